@@ -1,0 +1,75 @@
+#pragma once
+// One interface for the 48 block projections of GPT-2 (c_attn, attn.c_proj, c_fc, mlp.c_proj) in any
+// numeric format. The model calls forward(); the memory accounting calls bytes(); checkpoints go through
+// state()/from_state() with the tensor names transformers + bitsandbytes use (see docs/checkpoints.md).
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "evalsvc/kernels/torch_compat.h"
+
+namespace evalsvc::kernels {
+
+/// The numeric formats qbench compares. Names are the spec/CLI names.
+enum class Method {
+  kFp32,             ///< "fp32": plain fp32 weights (the baseline)
+  kFp16,             ///< "fp16": plain fp16 weights and activations
+  kBf16,             ///< "bf16": plain bf16 weights and activations
+  kInt8SymTensor,    ///< "int8-sym": weight-only int8, one scale per tensor (the reference's "scratch")
+  kInt8SymChannel,   ///< "int8-sym-channel": weight-only int8, one scale per output channel
+  kInt8W8A8,         ///< "int8-w8a8": per-channel weight, per-token activation, int8 GEMM
+  kLlmInt8,          ///< "llm-int8": bitsandbytes Linear8bitLt, outliers through fp16
+  kNf4,              ///< "nf4": bitsandbytes Linear4bit nf4, blocks of 64, optional double quantization
+  kFp8E4M3,          ///< "fp8-e4m3": W8A8 fp8 with per-channel / per-token scales (sm_89+)
+};
+
+/// Parses a method name ("int8-sym", ...); InputError listing the valid names otherwise.
+Method parse_method(const std::string& name);
+std::string method_name(Method m);
+
+/// Options that a method may use; others ignore them.
+struct QuantOptions {
+  double outlier_threshold = 6.0;          ///< llm-int8
+  bool double_quant = true;                ///< nf4
+  torch::ScalarType compute_dtype = torch::kFloat16;  ///< nf4 / llm-int8 / w8a8 activations side (fp16|bf16)
+  int64_t block_size = 64;                 ///< nf4
+};
+
+/// Byte counts of one layer, per SPEC section 3: `hf_footprint` counts what get_memory_footprint() counts
+/// (parameters + registered buffers as transformers/bitsandbytes register them); `runtime` counts every
+/// byte the layer needs to run (adds scales, absmax, code maps, outlier state).
+struct LayerBytes {
+  int64_t hf_footprint = 0;
+  int64_t runtime = 0;
+};
+
+/// A linear projection y = x W^T + b with W logically [out, in] (note: Hugging Face Conv1D stores [in, out];
+/// loaders transpose once). Implementations: plain (fp32/fp16/bf16) and each quantized method, with a
+/// CPU reference path and, where built, CUDA kernels chosen by the device of the stored weight.
+class QuantizedLinear {
+ public:
+  virtual ~QuantizedLinear() = default;
+  /// x: [..., in] on the layer's device; returns [..., out] in the activation dtype of x.
+  virtual torch::Tensor forward(const torch::Tensor& x) const = 0;
+  virtual Method method() const = 0;
+  virtual int64_t in_features() const = 0;
+  virtual int64_t out_features() const = 0;
+  virtual LayerBytes bytes() const = 0;
+  /// The fp32 weight this layer represents, [out, in] (dequantized for quantized methods).
+  virtual torch::Tensor dequantized_weight() const = 0;
+  /// Tensors to serialize, keyed relative to the layer ("weight", "bias", "SCB", "weight.absmax", ...).
+  virtual std::map<std::string, torch::Tensor> state() const = 0;
+  /// Moves all storage to `device` (CPU <-> CUDA).
+  virtual void to(const torch::Device& device) = 0;
+};
+
+/// Quantizes an fp32 weight [out, in] (+ optional bias [out]) with `method`.
+std::unique_ptr<QuantizedLinear> quantize_linear(Method method, const torch::Tensor& weight,
+                                                 const torch::Tensor& bias, const QuantOptions& options = {});
+
+/// Rebuilds a layer from tensors produced by state(); FormatError naming the missing/bad key.
+std::unique_ptr<QuantizedLinear> load_linear(Method method, const std::map<std::string, torch::Tensor>& state,
+                                             const QuantOptions& options = {});
+
+}  // namespace evalsvc::kernels
