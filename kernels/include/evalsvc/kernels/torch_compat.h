@@ -14,6 +14,15 @@
 #define EVALSVC_HAS_SDPA 0
 #endif
 
+// torch::kFloat8_e4m3fn / kFloat8_e5m2 (FP8 tensors, safetensors F8_E4M3 / F8_E5M2) arrived in 2.1.
+#ifndef EVALSVC_HAS_FLOAT8
+#if EVALSVC_TORCH_AT_LEAST(2, 1)
+#define EVALSVC_HAS_FLOAT8 1
+#else
+#define EVALSVC_HAS_FLOAT8 0
+#endif
+#endif
+
 namespace evalsvc::compat {
 
 /// True when this libtorch was built with CUDA and a device is visible.
