@@ -1,0 +1,139 @@
+#pragma once
+// CUDA implementations of the quantization methods of SPEC section 2, as torch-level ops on CUDA tensors.
+//
+// Declared in every build; defined only when the build has the CUDA kernels and a CUDA libtorch
+// (EVALSVC_WITH_CUDA, set by kernels/CMakeLists.txt). Callers test cuda::built() first (or guard with
+// EVALSVC_WITH_CUDA) - on a CPU build a call would not link.
+//
+// Every op checks its arguments (device, dtype, shape, contiguity) and throws evalsvc::InputError naming the
+// argument, the expected and the actual value; a failing kernel launch throws evalsvc::CudaError with the file
+// and line of the check. Nothing here synchronises with the host: outlier detection happens on the device.
+// Kernels run on at::cuda::getCurrentCUDAStream() of the tensors' device.
+//
+// Layouts are those of the CPU references in reference.h (kernels::ref): weights are [out, in] row-major.
+// "Linear" ops take x as [..., in] (any number of leading dims, made contiguous) and return [..., out].
+#include <cstdint>
+
+#include "evalsvc/kernels/torch_compat.h"
+
+namespace evalsvc::kernels::cuda {
+
+/// Whether this build contains the CUDA kernels and their libtorch adapter.
+constexpr bool built() {
+#ifdef EVALSVC_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// NF4 (bitsandbytes Linear4bit, quant_type nf4)
+
+/// An NF4 weight on the GPU, in the layout of ref::Nf4Weight. Element e = o * in_features + k of the
+/// [out, in] weight is code e of `packed` (byte e / 2, high nibble when e is even) in block e / blocksize.
+struct Nf4Weight {
+  torch::Tensor packed;         ///< uint8 [ceil(out*in / 2)]
+  torch::Tensor absmax;         ///< fp32 [nblocks]; undefined when double-quantized
+  torch::Tensor absmax_q;       ///< uint8 [nblocks] (double quant): absmax = dynamic_map[q] * nested[b / 256] + offset
+  torch::Tensor nested_absmax;  ///< fp32 [ceil(nblocks / 256)] (double quant)
+  float offset = 0.0f;          ///< double quant: mean of the fp32 absmax that absmax_q encodes
+  int64_t out_features = 0;
+  int64_t in_features = 0;
+  int64_t blocksize = 64;       ///< weights per absmax; even, >= 2
+  /// True when absmax is stored double-quantized (absmax_q defined).
+  bool double_quant() const { return absmax_q.defined(); }
+};
+
+/// Which NF4 kernel nf4_linear uses. kAuto: GEMV for at most kNf4GemvMaxTokens tokens, else the fused GEMM.
+enum class Nf4Path { kAuto, kGemv, kGemm };
+/// Token count up to which kAuto picks the GEMV path (it re-streams the weight once per 4 tokens).
+inline constexpr int64_t kNf4GemvMaxTokens = 4;
+
+/// The dense weight [out, in] in `dtype` (fp16, bf16 or fp32).
+torch::Tensor nf4_dequantize(const Nf4Weight& w, torch::ScalarType dtype);
+
+/// y = x W^T + bias with W dequantized on the fly (tiles decoded into shared memory, tensor-core mma with
+/// fp32 accumulation; batch-1 GEMV path streaming the packed weight). x: fp16 or bf16 [..., in];
+/// bias: undefined or [out] (any float dtype); returns x's dtype.
+torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w, const torch::Tensor& bias,
+                         Nf4Path path = Nf4Path::kAuto);
+
+// ---------------------------------------------------------------------------------------------------------
+// INT8: per-token activation quantization, int8 GEMM with a dequantizing epilogue, LLM.int8, weight-only
+
+/// Per-token int8 activations. q: int8 [T, in]; scale: fp32 [T] = row absmax / 127 (0 for a row of zeros,
+/// whose q is all 0); outlier_cols: int32 [in], 1 for an outlier column, 0 otherwise (undefined when no
+/// outlier detection was asked for).
+struct Int8Activations {
+  torch::Tensor q;
+  torch::Tensor scale;
+  torch::Tensor outlier_cols;
+};
+
+/// Quantizes x (fp16, bf16 or fp32, [T, in]) per token: q = round_half_even(x / scale) clamped to +-127.
+/// threshold > 0: a column is an outlier when any |x| >= threshold in it; outlier columns are zeroed in q and
+/// left out of the row absmax (LLM.int8). threshold <= 0: plain per-token quantization (W8A8).
+Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold);
+
+/// Which int8 matrix product int8_linear uses. kCublasLt: at::_int_mm (needs T > 16, in and out multiples
+/// of 8) followed by the epilogue kernel; kWmma: qbench's own tensor-core kernel with the epilogue fused;
+/// kAuto: cuBLASLt where its shape limits allow, else WMMA.
+enum class Int8Gemm { kAuto, kCublasLt, kWmma };
+
+/// out[t, o] = (sum_k xq[t, k] * wq[o, k]) * xscale[t] * wscale[o] * alpha + bias[o], int32 accumulation,
+/// cast to out_dtype (fp16, bf16 or fp32). xq int8 [T, in]; xscale fp32 [T]; wq int8 [out, in];
+/// wscale fp32 [out] or [1] (per tensor); bias undefined or [out].
+torch::Tensor int8_linear(const torch::Tensor& xq, const torch::Tensor& xscale, const torch::Tensor& wq,
+                          const torch::Tensor& wscale, const torch::Tensor& bias, torch::ScalarType out_dtype,
+                          double alpha = 1.0, Int8Gemm gemm = Int8Gemm::kAuto);
+
+/// int8 W8A8: x (fp16/bf16/fp32 [..., in]) quantized per token, then int8_linear; returns x's dtype.
+/// wq int8 [out, in] with wscale fp32 [out] (per channel) or [1] (per tensor).
+torch::Tensor int8_w8a8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
+                               const torch::Tensor& bias, Int8Gemm gemm = Int8Gemm::kAuto);
+
+/// LLM.int8 (bitsandbytes Linear8bitLt) without host synchronisation: outlier columns of x (any
+/// |x| >= threshold) go through fp16-rounded x times the dequantized weight columns (CB * SCB / 127), the
+/// rest through the int8 GEMM; out = C * rowstat * SCB / (127*127) + outlier part + bias. The outlier
+/// columns are compacted into a device-side index list that the GEMM epilogue walks.
+/// x: fp16/bf16/fp32 [..., in]; CB int8 [out, in]; SCB fp32 [out]; returns x's dtype. threshold <= 0: no
+/// outlier decomposition.
+torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, const torch::Tensor& SCB,
+                              const torch::Tensor& bias, double threshold, Int8Gemm gemm = Int8Gemm::kAuto);
+
+/// Weight-only int8: q int8 [out, in] times scale (fp32 [1] per tensor or [out] per channel) in `dtype`
+/// (fp16, bf16 or fp32).
+torch::Tensor dequantize_int8_weight(const torch::Tensor& q, const torch::Tensor& scale, torch::ScalarType dtype);
+
+/// Weight-only int8 linear: dequantize_int8_weight to x's dtype, then torch::matmul + bias. x fp16/bf16/fp32.
+torch::Tensor int8_weight_only_linear(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale,
+                                      const torch::Tensor& bias);
+
+// ---------------------------------------------------------------------------------------------------------
+// FP8 E4M3 W8A8 (compute capability 8.9+)
+
+/// Per-token fp8 activations: q uint8 [T, in] holding E4M3FN bit patterns (round to nearest even, saturate
+/// to +-448); scale fp32 [T] = row absmax / 448 (0 for a row of zeros, whose q is all 0).
+struct Fp8Activations {
+  torch::Tensor q;
+  torch::Tensor scale;
+};
+
+/// Whether `device` can run fp8_linear (compute capability >= 8.9).
+bool fp8_supported(const torch::Device& device);
+
+/// Quantizes x (fp16, bf16 or fp32, [T, in]) per token to E4M3 (runs on any CUDA device).
+Fp8Activations quantize_per_token_fp8(const torch::Tensor& x);
+
+/// fp8 W8A8: x quantized per token to E4M3, scaled matrix product with rowwise scales (cuBLASLt through
+/// at::_scaled_mm), + bias; returns x's dtype. wq uint8 [out, in] E4M3 bits; wscale fp32 [out].
+/// UnsupportedError below compute capability 8.9.
+torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
+                         const torch::Tensor& bias);
+
+/// The dense weight q * scale[o] in `dtype` (fp16, bf16 or fp32) from E4M3 bits q uint8 [out, in] and
+/// wscale fp32 [out] (runs on any CUDA device; used for checks and by fallbacks).
+torch::Tensor dequantize_fp8_weight(const torch::Tensor& q, const torch::Tensor& wscale, torch::ScalarType dtype);
+
+}  // namespace evalsvc::kernels::cuda
