@@ -38,6 +38,9 @@ struct Nf4Weight {
   torch::Tensor absmax_q;       ///< uint8 [nblocks] (double quant): absmax = dynamic_map[q] * nested[b / 256] + offset
   torch::Tensor nested_absmax;  ///< fp32 [ceil(nblocks / 256)] (double quant)
   float offset = 0.0f;          ///< double quant: mean of the fp32 absmax that absmax_q encodes
+  torch::Tensor nested_map;     ///< fp32 [256] code map of absmax_q (a checkpoint's nested_quant_map);
+                                ///< undefined = kDynamicMapSigned of codebooks.h
+  torch::Tensor quant_map;      ///< fp32 [16] NF4 levels (a checkpoint's quant_map); undefined = kNf4Levels
   int64_t out_features = 0;
   int64_t in_features = 0;
   int64_t blocksize = 64;       ///< weights per absmax; even, >= 2
@@ -72,8 +75,10 @@ struct Int8Activations {
 };
 
 /// Quantizes x (fp16, bf16 or fp32, [T, in]) per token: q = round_half_even(x / scale) clamped to +-127.
-/// threshold > 0: a column is an outlier when any |x| >= threshold in it; outlier columns are zeroed in q and
-/// left out of the row absmax (LLM.int8). threshold <= 0: plain per-token quantization (W8A8).
+/// threshold > 0 (LLM.int8, as ref::quantize_llm_int8_activations and bitsandbytes): a column is an outlier
+/// when any |x| >= threshold in it; the row absmax skips elements with |x| >= threshold; outlier columns are
+/// zeroed in q. threshold <= 0: plain per-token quantization (W8A8, as ref::quantize_per_token).
+/// x is used as given: LLM.int8's rounding of x to fp16 happens in llm_int8_linear.
 Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold);
 
 /// Which int8 matrix product int8_linear uses. kCublasLt: at::_int_mm (needs T > 16, in and out multiples
@@ -93,8 +98,8 @@ torch::Tensor int8_linear(const torch::Tensor& xq, const torch::Tensor& xscale, 
 torch::Tensor int8_w8a8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
                                const torch::Tensor& bias, Int8Gemm gemm = Int8Gemm::kAuto);
 
-/// LLM.int8 (bitsandbytes Linear8bitLt) without host synchronisation: outlier columns of x (any
-/// |x| >= threshold) go through fp16-rounded x times the dequantized weight columns (CB * SCB / 127), the
+/// LLM.int8 (bitsandbytes Linear8bitLt) without host synchronisation, as ref::llm_int8_linear: x is rounded to
+/// fp16 (as bitsandbytes casts it); outlier columns of x (any |x| >= threshold) go through fp16-rounded x times the dequantized weight columns (CB * SCB / 127), the
 /// rest through the int8 GEMM; out = C * rowstat * SCB / (127*127) + outlier part + bias. The outlier
 /// columns are compacted into a device-side index list that the GEMM epilogue walks.
 /// x: fp16/bf16/fp32 [..., in]; CB int8 [out, in]; SCB fp32 [out]; returns x's dtype. threshold <= 0: no

@@ -1,0 +1,310 @@
+// INT8 kernels of SPEC section 2: per-token activation quantization with device-side outlier detection
+// (LLM.int8 without host synchronisation), an int8 tensor-core GEMM with a dequantizing epilogue, the same
+// epilogue over an int32 product from cuBLASLt, and weight-only int8 dequantization.
+#include <mma.h>
+
+#include "common.cuh"
+
+namespace evalsvc::kernels::cuda {
+namespace {
+
+using detail::from_float;
+using detail::to_float;
+
+// ---- outlier columns ---------------------------------------------------------------------------------------
+
+/// flags[c] |= 1 when some |x[r, c]| >= threshold. Consecutive threads read consecutive elements (coalesced);
+/// the flag is read first so that a column full of outliers does not serialise on one atomic.
+template <typename T>
+__global__ void k_outlier_columns(const T* __restrict__ x, int64_t total, int64_t k, float threshold,
+                                  int32_t* flags) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    if (fabsf(to_float(x[i])) >= threshold) {
+      int32_t* f = flags + (i % k);
+      if (*reinterpret_cast<volatile int32_t*>(f) == 0) atomicOr(f, 1);
+    }
+  }
+}
+
+/// One block of 1024 threads turns flags [k] into ascending indices: ballot + popc within a warp, a running
+/// base across 1024-column chunks. Deterministic order, so the outlier sum is reproducible run to run.
+__global__ void __launch_bounds__(1024) k_compact_columns(const int32_t* __restrict__ flags, int64_t k,
+                                                          int32_t* idx, int32_t* count) {
+  __shared__ int warp_counts[32];
+  __shared__ int base;
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  if (tid == 0) base = 0;
+  __syncthreads();
+  for (int64_t c0 = 0; c0 < k; c0 += 1024) {
+    const int64_t c = c0 + tid;
+    const bool flagged = c < k && flags[c] != 0;
+    const unsigned ballot = __ballot_sync(0xffffffffu, flagged);
+    if (lane == 0) warp_counts[warp] = __popc(ballot);
+    __syncthreads();
+    int offset = base;
+    for (int w = 0; w < warp; ++w) offset += warp_counts[w];
+    if (flagged) idx[offset + __popc(ballot & ((1u << lane) - 1u))] = static_cast<int32_t>(c);
+    __syncthreads();
+    if (tid == 0) {
+      int s = 0;
+      for (int w = 0; w < 32; ++w) s += warp_counts[w];
+      base += s;
+    }
+    __syncthreads();
+  }
+  if (tid == 0) *count = base;
+}
+
+// ---- per-token quantization --------------------------------------------------------------------------------
+
+/// One block per row. absmax over the elements with |x| < threshold (all elements when threshold <= 0): as
+/// bitsandbytes' kInt8VectorQuant, which skips outliers element by element. Then q = rint(x / scale) (half to
+/// even, as torch.round) clamped to +-127, 0 in flagged (outlier) columns. Dividing by scale = absmax / 127
+/// (not multiplying by 127 / absmax) matches the CPU reference bit for bit.
+template <typename T>
+__global__ void k_quantize_rows_int8(const T* __restrict__ x, int64_t k, float threshold,
+                                     const int32_t* __restrict__ flags, int8_t* __restrict__ q,
+                                     float* __restrict__ scale) {
+  const int64_t row = blockIdx.x;
+  const T* xr = x + row * k;
+  int8_t* qr = q + row * k;
+  const bool skip_outliers = threshold > 0.0f;
+  float amax = 0.0f;
+  for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
+    const float a = fabsf(to_float(xr[c]));
+    if (!skip_outliers || a < threshold) amax = fmaxf(amax, a);
+  }
+  amax = detail::block_max(amax);
+  const float s = amax / 127.0f;
+  if (threadIdx.x == 0) scale[row] = s;
+  for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
+    int8_t v = 0;
+    if (s > 0.0f && (flags == nullptr || flags[c] == 0)) {
+      const float r = fminf(fmaxf(rintf(to_float(xr[c]) / s), -127.0f), 127.0f);
+      v = static_cast<int8_t>(r);
+    }
+    qr[c] = v;
+  }
+}
+
+// ---- epilogue ----------------------------------------------------------------------------------------------
+
+/// The dequantized output element (see Int8Epilogue); T = type of the output and of the LLM.int8 input x.
+template <typename T>
+__device__ __forceinline__ float epilogue_value(Int8Epilogue ep, float acc, int64_t r, int64_t c, int64_t k) {
+  float v = acc * ep.row_scale[r] * ep.col_scale[ep.col_scale_per_channel ? c : 0] * ep.alpha;
+  if (ep.outlier_count != nullptr) {
+    const int cnt = *ep.outlier_count;
+    const T* xr = static_cast<const T*>(ep.outlier_x) + r * k;
+    const int8_t* cb = ep.outlier_cb + c * k;
+    const float scb = ep.outlier_scb[c];
+    float o = 0.0f;
+    for (int j = 0; j < cnt; ++j) {
+      const int col = ep.outlier_idx[j];
+      // fp16 operands, fp32 accumulation: what an fp16 matmul of the outlier columns computes.
+      const float xv = __half2float(__float2half_rn(to_float(xr[col])));
+      const float wv = __half2float(__float2half_rn(static_cast<float>(cb[col]) * scb / 127.0f));
+      o = fmaf(xv, wv, o);
+    }
+    v += o;
+  }
+  if (ep.bias != nullptr) v += ep.bias[c];
+  return v;
+}
+
+template <typename T>
+__global__ void k_int8_epilogue(const int32_t* __restrict__ acc, int64_t m, int64_t n, int64_t k, Int8Epilogue ep,
+                                T* __restrict__ y) {
+  const int64_t total = m * n;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int64_t r = i / n;
+    const int64_t c = i - r * n;
+    y[i] = from_float<T>(epilogue_value<T>(ep, static_cast<float>(acc[i]), r, c, k));
+  }
+}
+
+// ---- int8 GEMM ---------------------------------------------------------------------------------------------
+//
+// Block tile 64 (tokens) x 64 (outputs) x 64 (k), 4 warps, each warp 32x32 = 2x2 WMMA 16x16x16 s8 fragments
+// with s32 accumulators. Shared tiles are stored k-chunk-major, [BK/16][64 rows][16 bytes], so that every
+// fragment pointer is 32-byte aligned (WMMA requires 256-bit alignment; a row-major [64][64] tile would put
+// the k = 16 fragment 16 bytes off) and a warp's 16-byte row reads hit distinct banks.
+constexpr int kI8Bm = 64;
+constexpr int kI8Bn = 64;
+constexpr int kI8Bk = 64;
+constexpr int kI8Threads = 128;
+
+/// Loads a [64 rows][64 k] int8 tile starting at (row0, k0) of a [rows, k] matrix into s[4][64][16]; zero
+/// outside the matrix. vec: k % 16 == 0 and the base 16-byte aligned, so each 16-byte chunk is all in or out.
+__device__ __forceinline__ void load_i8_tile(const int8_t* __restrict__ g, int64_t rows, int64_t k, int64_t row0,
+                                             int64_t k0, bool vec, int8_t (*s)[kI8Bm][16]) {
+  if (vec) {
+    for (int i = threadIdx.x; i < kI8Bm * (kI8Bk / 16); i += kI8Threads) {
+      const int r = i >> 2;
+      const int ch = i & 3;
+      const int64_t gr = row0 + r;
+      const int64_t gk = k0 + ch * 16;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (gr < rows && gk < k) v = __ldg(reinterpret_cast<const uint4*>(g + gr * k + gk));
+      *reinterpret_cast<uint4*>(&s[ch][r][0]) = v;
+    }
+  } else {
+    for (int i = threadIdx.x; i < kI8Bm * kI8Bk; i += kI8Threads) {
+      const int r = i / kI8Bk;
+      const int c = i % kI8Bk;
+      const int64_t gr = row0 + r;
+      const int64_t gk = k0 + c;
+      s[c >> 4][r][c & 15] = (gr < rows && gk < k) ? g[gr * k + gk] : int8_t{0};
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kI8Threads) k_int8_gemm(const int8_t* __restrict__ xq,
+                                                           const int8_t* __restrict__ wq, int64_t m, int64_t n,
+                                                           int64_t k, Int8Epilogue ep, T* __restrict__ y,
+                                                           bool vec) {
+  using namespace nvcuda;
+  __shared__ __align__(128) int8_t sa[kI8Bk / 16][kI8Bm][16];
+  __shared__ __align__(128) int8_t sb[kI8Bk / 16][kI8Bn][16];
+  __shared__ __align__(128) int32_t sc[kI8Bm][kI8Bn + 4];
+
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kI8Bn;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kI8Bm;
+  const int warp = threadIdx.x >> 5;
+  const int wm = (warp >> 1) * 32;
+  const int wn = (warp & 1) * 32;
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, int> acc[2][2];
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0);
+
+  for (int64_t k0 = 0; k0 < k; k0 += kI8Bk) {
+    load_i8_tile(xq, m, k, m0, k0, vec, sa);
+    load_i8_tile(wq, n, k, n0, k0, vec, sb);
+    __syncthreads();
+#pragma unroll
+    for (int kc = 0; kc < kI8Bk / 16; ++kc) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, signed char, wmma::row_major> a[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, signed char, wmma::col_major> b[2];
+      // A chunk is [64 rows][16 k] row-major (ldm 16); W chunk [64 outputs][16 k] is B = W^T col-major.
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], &sa[kc][wm + i * 16][0], 16);
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], &sb[kc][wn + j * 16][0], 16);
+      for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(&sc[wm + i * 16][wn + j * 16], acc[i][j], kI8Bn + 4, wmma::mem_row_major);
+  __syncthreads();
+
+  for (int i = threadIdx.x; i < kI8Bm * kI8Bn; i += kI8Threads) {
+    const int r = i / kI8Bn;
+    const int c = i % kI8Bn;
+    const int64_t gr = m0 + r;
+    const int64_t gc = n0 + c;
+    if (gr < m && gc < n) y[gr * n + gc] = from_float<T>(epilogue_value<T>(ep, static_cast<float>(sc[r][c]), gr, gc, k));
+  }
+}
+
+// ---- weight-only dequantization ----------------------------------------------------------------------------
+
+template <typename T>
+__global__ void k_int8_dequantize(const int8_t* __restrict__ q, const float* __restrict__ scale, bool per_channel,
+                                  int64_t n, int64_t k, T* __restrict__ out) {
+  const int64_t total = n * k;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const float s = scale[per_channel ? i / k : 0];
+    out[i] = from_float<T>(static_cast<float>(q[i]) * s);
+  }
+}
+
+bool epilogue_ok(const Int8Epilogue& ep) {
+  if (ep.row_scale == nullptr || ep.col_scale == nullptr) return false;
+  if (ep.outlier_count != nullptr &&
+      (ep.outlier_x == nullptr || ep.outlier_cb == nullptr || ep.outlier_scb == nullptr || ep.outlier_idx == nullptr))
+    return false;
+  return true;
+}
+
+}  // namespace
+
+const char* launch_status_string(int status) {
+  switch (status) {
+    case kLaunchOk: return "ok";
+    case kLaunchBadShape: return "bad shape";
+    case kLaunchBadDtype: return "unsupported dtype";
+    case kLaunchBadPointer: return "null pointer";
+    case kLaunchBadBlocksize: return "bad NF4 blocksize";
+    default: break;
+  }
+  return status > 0 ? cudaGetErrorString(static_cast<cudaError_t>(status)) : "unknown launcher status";
+}
+
+int launch_outlier_columns(const void* x, DType dtype, int64_t t, int64_t k, float threshold, int32_t* flags,
+                           cudaStream_t stream) {
+  if (t <= 0 || k <= 0) return kLaunchBadShape;
+  if (x == nullptr || flags == nullptr) return kLaunchBadPointer;
+  const cudaError_t e = cudaMemsetAsync(flags, 0, static_cast<size_t>(k) * sizeof(int32_t), stream);
+  if (e != cudaSuccess) return static_cast<int>(e);
+  const int threads = 256;
+  const unsigned grid = detail::grid_for(t * k, threads, 4096);
+  EVALSVC_DISPATCH_FLOAT(dtype, T, k_outlier_columns<T><<<grid, threads, 0, stream>>>(static_cast<const T*>(x), t * k, k, threshold, flags));
+  return detail::launch_result();
+}
+
+int launch_compact_columns(const int32_t* flags, int64_t k, int32_t* idx, int32_t* count, cudaStream_t stream) {
+  if (k <= 0 || k > INT32_MAX) return kLaunchBadShape;
+  if (flags == nullptr || idx == nullptr || count == nullptr) return kLaunchBadPointer;
+  k_compact_columns<<<1, 1024, 0, stream>>>(flags, k, idx, count);
+  return detail::launch_result();
+}
+
+int launch_quantize_rows_int8(const void* x, DType dtype, int64_t t, int64_t k, float threshold, const int32_t* flags,
+                              int8_t* q, float* scale, cudaStream_t stream) {
+  if (t <= 0 || k <= 0 || t > INT32_MAX) return kLaunchBadShape;
+  if (x == nullptr || q == nullptr || scale == nullptr) return kLaunchBadPointer;
+  EVALSVC_DISPATCH_FLOAT(dtype, T, k_quantize_rows_int8<T><<<static_cast<unsigned>(t), 256, 0, stream>>>(static_cast<const T*>(x), k, threshold, flags, q, scale));
+  return detail::launch_result();
+}
+
+int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
+                     void* y, DType dtype, cudaStream_t stream) {
+  if (m <= 0 || n <= 0 || k <= 0) return kLaunchBadShape;
+  if ((m + kI8Bm - 1) / kI8Bm > 65535 || (n + kI8Bn - 1) / kI8Bn > INT32_MAX) return kLaunchBadShape;
+  if (xq == nullptr || wq == nullptr || y == nullptr || !epilogue_ok(ep)) return kLaunchBadPointer;
+  const bool vec = k % 16 == 0 && reinterpret_cast<uintptr_t>(xq) % 16 == 0 && reinterpret_cast<uintptr_t>(wq) % 16 == 0;
+  const dim3 grid(static_cast<unsigned>((n + kI8Bn - 1) / kI8Bn), static_cast<unsigned>((m + kI8Bm - 1) / kI8Bm));
+  EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_gemm<T><<<grid, kI8Threads, 0, stream>>>(xq, wq, m, n, k, ep, static_cast<T*>(y), vec));
+  return detail::launch_result();
+}
+
+int launch_int8_epilogue(const int32_t* acc, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep, void* y,
+                         DType dtype, cudaStream_t stream) {
+  if (m <= 0 || n <= 0 || k <= 0) return kLaunchBadShape;
+  if (acc == nullptr || y == nullptr || !epilogue_ok(ep)) return kLaunchBadPointer;
+  const int threads = 256;
+  const unsigned grid = detail::grid_for(m * n, threads, 8192);
+  EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_epilogue<T><<<grid, threads, 0, stream>>>(acc, m, n, k, ep, static_cast<T*>(y)));
+  return detail::launch_result();
+}
+
+int launch_int8_dequantize(const int8_t* q, const float* scale, bool per_channel, int64_t n, int64_t k, void* out,
+                           DType dtype, cudaStream_t stream) {
+  if (n <= 0 || k <= 0) return kLaunchBadShape;
+  if (q == nullptr || scale == nullptr || out == nullptr) return kLaunchBadPointer;
+  const int threads = 256;
+  const unsigned grid = detail::grid_for(n * k, threads, 8192);
+  EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize<T><<<grid, threads, 0, stream>>>(q, scale, per_channel, n, k, static_cast<T*>(out)));
+  return detail::launch_result();
+}
+
+}  // namespace evalsvc::kernels::cuda

@@ -1,0 +1,333 @@
+// NF4 kernels of SPEC section 2 (bitsandbytes Linear4bit, quant_type nf4): dequantization, a batch-1 GEMV that
+// streams the packed weight, and a GEMM that dequantizes weight tiles into shared memory for the tensor cores.
+// Double-quantized absmax values are decoded on the fly: absmax[b] = dynamic_map[absmax_q[b]] * nested[b/256]
+// + offset (bitsandbytes' dequantize_blockwise, then + offset), with explicit _rn operations so that no fused
+// multiply-add makes the device disagree with the CPU reference in the last bit.
+#include <mma.h>
+
+#include "common.cuh"
+#include "evalsvc/kernels/codebooks.h"
+
+namespace evalsvc::kernels::cuda {
+namespace {
+
+using detail::from_float;
+using detail::to_float;
+
+/// Shared-memory copies of the codebooks: per-thread lookups with different indices serialise in constant
+/// memory, while 16 + 256 floats in shared memory answer a warp in one pass (or few bank conflicts).
+struct Nf4Tables {
+  float level[16];
+  float dmap[256];
+};
+
+__device__ __forceinline__ void load_tables(Nf4Tables& t, const float* quant_map, const float* nested_map) {
+  for (int i = threadIdx.x; i < 16; i += blockDim.x) t.level[i] = quant_map != nullptr ? quant_map[i] : kNf4LevelsDevice[i];
+  for (int i = threadIdx.x; i < 256; i += blockDim.x)
+    t.dmap[i] = nested_map != nullptr ? nested_map[i] : kDynamicMapSignedDevice[i];
+}
+
+/// absmax of block b, plain or double-quantized.
+__device__ __forceinline__ float block_absmax(const Nf4View& w, const Nf4Tables& t, int64_t b) {
+  if (w.absmax != nullptr) return w.absmax[b];
+  return __fadd_rn(__fmul_rn(t.dmap[w.absmax_q[b]], w.nested[b / kNestedBlockSize]), w.offset);
+}
+
+/// The weight value of a code in the compute dtype, returned as fp32 (what a dequantize-then-matmul sees).
+template <typename T>
+__device__ __forceinline__ float weight_value(const Nf4Tables& t, unsigned code, float absmax) {
+  return to_float(from_float<T>(__fmul_rn(t.level[code], absmax)));
+}
+
+/// Code of flat element e (byte e / 2; high nibble for even e).
+__device__ __forceinline__ unsigned code_at(const uint8_t* packed, int64_t e) {
+  const unsigned byte = packed[e >> 1];
+  return (e & 1) ? (byte & 0xFu) : (byte >> 4);
+}
+
+// ---- dequantize --------------------------------------------------------------------------------------------
+
+template <typename T>
+__global__ void k_nf4_dequantize(Nf4View w, T* __restrict__ out) {
+  __shared__ Nf4Tables t;
+  load_tables(t, w.quant_map, w.nested_map);
+  __syncthreads();
+  const int64_t total = w.n * w.k;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+    out[e] = from_float<T>(__fmul_rn(t.level[code_at(w.packed, e)], block_absmax(w, t, e / w.blocksize)));
+  }
+}
+
+// ---- GEMV (few tokens) -------------------------------------------------------------------------------------
+//
+// One warp per output row; all m tokens at once, so the packed row is read once for the batch. Fast path
+// (kVec): k % 32 == 0 and blocksize % 32 == 0, so every lane reads whole 16-byte chunks (32 codes, one absmax
+// block) of its row, and the 32 matching activations as four 16-byte loads per token.
+constexpr int kGemvWarps = 8;
+
+template <typename T, bool kVec>
+__global__ void __launch_bounds__(kGemvWarps * 32) k_nf4_gemv(const T* __restrict__ x, Nf4View w,
+                                                              const float* __restrict__ bias, T* __restrict__ y,
+                                                              int m) {
+  __shared__ Nf4Tables t;
+  load_tables(t, w.quant_map, w.nested_map);
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
+  if (o >= w.n) return;
+  const int64_t k = w.k;
+
+  float acc[kNf4GemvMaxM];
+#pragma unroll
+  for (int i = 0; i < kNf4GemvMaxM; ++i) acc[i] = 0.0f;
+
+  if constexpr (kVec) {
+    const uint4* prow = reinterpret_cast<const uint4*>(w.packed + (o * k) / 2);
+    const int64_t nchunks = k / 32;
+    for (int64_t c = lane; c < nchunks; c += 32) {
+      const uint4 p = __ldg(prow + c);
+      const float am = block_absmax(w, t, (o * k + c * 32) / w.blocksize);
+      const uint32_t words[4] = {p.x, p.y, p.z, p.w};
+      float wv[32];
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const unsigned byte = (words[j >> 2] >> ((j & 3) * 8)) & 0xFFu;  // little-endian: byte j of the chunk
+        wv[2 * j] = weight_value<T>(t, byte >> 4, am);
+        wv[2 * j + 1] = weight_value<T>(t, byte & 0xFu, am);
+      }
+#pragma unroll
+      for (int i = 0; i < kNf4GemvMaxM; ++i) {
+        if (i < m) {
+          const uint4* xp = reinterpret_cast<const uint4*>(x + i * k + c * 32);
+          float s = 0.0f;
+#pragma unroll
+          for (int v = 0; v < 4; ++v) {
+            const uint4 xv = __ldg(xp + v);
+            const T* xe = reinterpret_cast<const T*>(&xv);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) s = fmaf(wv[v * 8 + e], to_float(xe[e]), s);
+          }
+          acc[i] += s;
+        }
+      }
+    }
+  } else {
+    for (int64_t kk = lane; kk < k; kk += 32) {
+      const int64_t e = o * k + kk;
+      const float wv = weight_value<T>(t, code_at(w.packed, e), block_absmax(w, t, e / w.blocksize));
+#pragma unroll
+      for (int i = 0; i < kNf4GemvMaxM; ++i) {
+        if (i < m) acc[i] = fmaf(wv, to_float(x[i * k + kk]), acc[i]);
+      }
+    }
+  }
+
+  const float b = bias != nullptr ? bias[o] : 0.0f;
+#pragma unroll
+  for (int i = 0; i < kNf4GemvMaxM; ++i) {
+    if (i < m) {
+      const float s = detail::warp_sum(acc[i]);
+      if (lane == 0) y[i * w.n + o] = from_float<T>(s + b);
+    }
+  }
+}
+
+// ---- GEMM (many tokens) ------------------------------------------------------------------------------------
+//
+// Block tile 64 tokens x 64 outputs, k in steps of 64; 4 warps, each 32x32 = 2x2 WMMA 16x16x16 fragments with
+// fp32 accumulators. Per k step the block stages x [64][64] and the dequantized weight [64][64] in shared
+// memory (rows padded by 16 bytes against bank conflicts; 72 elements keep every fragment 32-byte aligned).
+constexpr int kGemmBm = 64;
+constexpr int kGemmBn = 64;
+constexpr int kGemmBk = 64;
+constexpr int kGemmLd = kGemmBk + 8;
+constexpr int kGemmThreads = 128;
+
+template <typename T>
+__device__ __forceinline__ void load_x_tile(const T* __restrict__ x, int64_t m, int64_t k, int64_t m0, int64_t k0,
+                                            bool vec, T (*sx)[kGemmLd]) {
+  if (vec) {  // k % 8 == 0: each 8-element chunk is wholly inside or outside
+    for (int i = threadIdx.x; i < kGemmBm * (kGemmBk / 8); i += kGemmThreads) {
+      const int r = i >> 3;
+      const int ch = i & 7;
+      const int64_t gr = m0 + r;
+      const int64_t gk = k0 + ch * 8;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (gr < m && gk < k) v = __ldg(reinterpret_cast<const uint4*>(x + gr * k + gk));
+      *reinterpret_cast<uint4*>(&sx[r][ch * 8]) = v;
+    }
+  } else {
+    for (int i = threadIdx.x; i < kGemmBm * kGemmBk; i += kGemmThreads) {
+      const int r = i / kGemmBk;
+      const int c = i % kGemmBk;
+      const int64_t gr = m0 + r;
+      const int64_t gk = k0 + c;
+      sx[r][c] = (gr < m && gk < k) ? x[gr * k + gk] : from_float<T>(0.0f);
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void load_w_tile(const Nf4View& w, const Nf4Tables& t, int64_t n0, int64_t k0, bool vec,
+                                            T (*sw)[kGemmLd]) {
+  const int64_t n = w.n;
+  const int64_t k = w.k;
+  if (vec) {  // k % 32 == 0, blocksize % 32 == 0: one 16-byte load = 32 codes of one absmax block
+    for (int i = threadIdx.x; i < kGemmBn * (kGemmBk / 32); i += kGemmThreads) {
+      const int r = i >> 1;
+      const int h = i & 1;
+      const int64_t gn = n0 + r;
+      const int64_t gk = k0 + h * 32;
+      uint4* dst = reinterpret_cast<uint4*>(&sw[r][h * 32]);
+      if (gn < n && gk < k) {
+        const int64_t e = gn * k + gk;
+        const uint4 p = __ldg(reinterpret_cast<const uint4*>(w.packed + e / 2));
+        const float am = block_absmax(w, t, e / w.blocksize);
+        const uint32_t words[4] = {p.x, p.y, p.z, p.w};
+#pragma unroll
+        for (int v = 0; v < 4; ++v) {  // 4 x 8 values, one 16-byte shared store each
+          T vals[8];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const unsigned byte = (words[v] >> (j * 8)) & 0xFFu;
+            vals[2 * j] = from_float<T>(__fmul_rn(t.level[byte >> 4], am));
+            vals[2 * j + 1] = from_float<T>(__fmul_rn(t.level[byte & 0xFu], am));
+          }
+          dst[v] = *reinterpret_cast<const uint4*>(vals);
+        }
+      } else {
+        for (int v = 0; v < 4; ++v) dst[v] = make_uint4(0, 0, 0, 0);
+      }
+    }
+  } else {
+    for (int i = threadIdx.x; i < kGemmBn * kGemmBk; i += kGemmThreads) {
+      const int r = i / kGemmBk;
+      const int c = i % kGemmBk;
+      const int64_t gn = n0 + r;
+      const int64_t gk = k0 + c;
+      float v = 0.0f;
+      if (gn < n && gk < k) {
+        const int64_t e = gn * k + gk;
+        v = __fmul_rn(t.level[code_at(w.packed, e)], block_absmax(w, t, e / w.blocksize));
+      }
+      sw[r][c] = from_float<T>(v);
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kGemmThreads) k_nf4_gemm(const T* __restrict__ x, Nf4View w,
+                                                            const float* __restrict__ bias, T* __restrict__ y,
+                                                            int64_t m, bool x_vec, bool w_vec) {
+  using namespace nvcuda;
+  __shared__ Nf4Tables t;
+  __shared__ __align__(128) T sx[kGemmBm][kGemmLd];
+  __shared__ __align__(128) T sw[kGemmBn][kGemmLd];
+  __shared__ __align__(128) float sc[kGemmBm][kGemmBn + 4];
+  load_tables(t, w.quant_map, w.nested_map);
+  __syncthreads();
+
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kGemmBn;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kGemmBm;
+  const int warp = threadIdx.x >> 5;
+  const int wm = (warp >> 1) * 32;
+  const int wn = (warp & 1) * 32;
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+  for (int64_t k0 = 0; k0 < w.k; k0 += kGemmBk) {
+    load_x_tile<T>(x, m, w.k, m0, k0, x_vec, sx);
+    load_w_tile<T>(w, t, n0, k0, w_vec, sw);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kGemmBk; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b[2];
+      // sw is [outputs][k] row-major, i.e. B = W^T [k][outputs] column-major.
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], &sx[wm + i * 16][kk], kGemmLd);
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], &sw[wn + j * 16][kk], kGemmLd);
+      for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(&sc[wm + i * 16][wn + j * 16], acc[i][j], kGemmBn + 4, wmma::mem_row_major);
+  __syncthreads();
+  for (int i = threadIdx.x; i < kGemmBm * kGemmBn; i += kGemmThreads) {
+    const int r = i / kGemmBn;
+    const int c = i % kGemmBn;
+    const int64_t gr = m0 + r;
+    const int64_t gc = n0 + c;
+    if (gr < m && gc < w.n) y[gr * w.n + gc] = from_float<T>(sc[r][c] + (bias != nullptr ? bias[gc] : 0.0f));
+  }
+}
+
+int check_view(const Nf4View& w) {
+  if (w.n <= 0 || w.k <= 0) return kLaunchBadShape;
+  if (w.blocksize < 2 || w.blocksize % 2 != 0) return kLaunchBadBlocksize;
+  if (w.packed == nullptr) return kLaunchBadPointer;
+  if (w.absmax == nullptr && (w.absmax_q == nullptr || w.nested == nullptr)) return kLaunchBadPointer;
+  return kLaunchOk;
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+int launch_nf4_dequantize(const Nf4View& w, void* out, DType dtype, cudaStream_t stream) {
+  if (const int s = check_view(w); s != kLaunchOk) return s;
+  if (out == nullptr) return kLaunchBadPointer;
+  const int threads = 256;
+  const unsigned grid = detail::grid_for(w.n * w.k, threads, 8192);
+  EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize<T><<<grid, threads, 0, stream>>>(w, static_cast<T*>(out)));
+  return detail::launch_result();
+}
+
+int launch_nf4_gemv(const void* x, const Nf4View& w, const float* bias, void* y, int64_t m, DType dtype,
+                    cudaStream_t stream) {
+  if (const int s = check_view(w); s != kLaunchOk) return s;
+  if (m <= 0 || m > kNf4GemvMaxM) return kLaunchBadShape;
+  if (x == nullptr || y == nullptr) return kLaunchBadPointer;
+  if (dtype == DType::kF32) return kLaunchBadDtype;
+  const bool vec = w.k % 32 == 0 && w.blocksize % 32 == 0 && aligned16(w.packed) && aligned16(x);
+  const unsigned grid = static_cast<unsigned>((w.n + kGemvWarps - 1) / kGemvWarps);
+  const int mi = static_cast<int>(m);
+  if (dtype == DType::kF16) {
+    using T = __half;
+    if (vec) k_nf4_gemv<T, true><<<grid, kGemvWarps * 32, 0, stream>>>(static_cast<const T*>(x), w, bias, static_cast<T*>(y), mi);
+    else k_nf4_gemv<T, false><<<grid, kGemvWarps * 32, 0, stream>>>(static_cast<const T*>(x), w, bias, static_cast<T*>(y), mi);
+  } else {
+    using T = __nv_bfloat16;
+    if (vec) k_nf4_gemv<T, true><<<grid, kGemvWarps * 32, 0, stream>>>(static_cast<const T*>(x), w, bias, static_cast<T*>(y), mi);
+    else k_nf4_gemv<T, false><<<grid, kGemvWarps * 32, 0, stream>>>(static_cast<const T*>(x), w, bias, static_cast<T*>(y), mi);
+  }
+  return detail::launch_result();
+}
+
+int launch_nf4_gemm(const void* x, const Nf4View& w, const float* bias, void* y, int64_t m, DType dtype,
+                    cudaStream_t stream) {
+  if (const int s = check_view(w); s != kLaunchOk) return s;
+  if (m <= 0 || (m + kGemmBm - 1) / kGemmBm > 65535) return kLaunchBadShape;
+  if (x == nullptr || y == nullptr) return kLaunchBadPointer;
+  const bool x_vec = w.k % 8 == 0 && aligned16(x);
+  const bool w_vec = w.k % 32 == 0 && w.blocksize % 32 == 0 && aligned16(w.packed);
+  const dim3 grid(static_cast<unsigned>((w.n + kGemmBn - 1) / kGemmBn), static_cast<unsigned>((m + kGemmBm - 1) / kGemmBm));
+  if (dtype == DType::kF16) {
+    using T = __half;
+    k_nf4_gemm<T><<<grid, kGemmThreads, 0, stream>>>(static_cast<const T*>(x), w, bias, static_cast<T*>(y), m, x_vec, w_vec);
+  } else if (dtype == DType::kBF16) {
+    using T = __nv_bfloat16;
+    k_nf4_gemm<T><<<grid, kGemmThreads, 0, stream>>>(static_cast<const T*>(x), w, bias, static_cast<T*>(y), m, x_vec, w_vec);
+  } else {
+    return kLaunchBadDtype;
+  }
+  return detail::launch_result();
+}
+
+}  // namespace evalsvc::kernels::cuda

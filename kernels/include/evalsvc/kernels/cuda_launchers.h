@@ -1,0 +1,118 @@
+#pragma once
+// Plain launchers of the qbench CUDA kernels (kernels/cuda/*.cu): raw device pointers, sizes and a stream in,
+// an int status out (marlin style). No libtorch here, so nvcc compiles the kernels without it; the libtorch
+// adapter (kernels/src/cuda/*.cpp) checks tensors before calling these and turns a status into an exception.
+//
+// Status: 0 = launched; a negative LaunchStatus = an argument the adapter should have rejected (a bug);
+// a positive value = the cudaError_t of the launch (cudaGetLastError right after it).
+// All matrices are row-major and contiguous; "ld" is not supported on purpose (the adapter makes inputs
+// contiguous). Sizes are int64_t; kernels index with 64-bit offsets where a product can pass 2^31.
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace evalsvc::kernels::cuda {
+
+/// Negative launcher statuses (argument errors); positive statuses are cudaError_t values.
+enum LaunchStatus : int {
+  kLaunchOk = 0,
+  kLaunchBadShape = -1,      ///< a size is zero/negative or sizes disagree
+  kLaunchBadDtype = -2,      ///< a DType value the launcher has no instance for
+  kLaunchBadPointer = -3,    ///< a required pointer is null
+  kLaunchBadBlocksize = -4,  ///< NF4 blocksize not even or < 2
+};
+
+/// Element types of floating-point tensors crossing the launcher boundary.
+enum class DType : int { kF16 = 0, kBF16 = 1, kF32 = 2 };
+
+/// Text for a launcher status ("bad shape", or cudaGetErrorString for positive values).
+const char* launch_status_string(int status);
+
+// --- NF4 (kernels/cuda/nf4.cu) -------------------------------------------------------------------------------
+
+/// NF4 weight pointers (layout of ref::Nf4Weight); either absmax (plain) or absmax_q + nested (double quant).
+struct Nf4View {
+  const uint8_t* packed = nullptr;   ///< [ceil(n*k/2)], element e in byte e/2, high nibble when e even
+  const float* absmax = nullptr;     ///< [nblocks] or null when double-quantized
+  const uint8_t* absmax_q = nullptr; ///< [nblocks] (double quant)
+  const float* nested = nullptr;     ///< [ceil(nblocks/256)] (double quant)
+  float offset = 0.0f;               ///< double quant offset (mean absmax)
+  const float* nested_map = nullptr; ///< [256] code map of absmax_q; null = kDynamicMapSigned (codebooks.h)
+  const float* quant_map = nullptr;  ///< [16] NF4 levels; null = kNf4Levels (codebooks.h)
+  int64_t n = 0;                     ///< out features
+  int64_t k = 0;                     ///< in features
+  int64_t blocksize = 64;
+};
+
+/// out [n, k] (dtype) = dequantized weight.
+int launch_nf4_dequantize(const Nf4View& w, void* out, DType dtype, cudaStream_t stream);
+
+/// y [m, n] = x [m, k] W^T + bias; x and y in `dtype` (kF16 or kBF16); bias fp32 [n] or null.
+/// GEMV path: one warp per output row, every token of x at once (m <= 8), packed weights streamed with
+/// 16-byte loads when k % 32 == 0 and blocksize % 32 == 0.
+int launch_nf4_gemv(const void* x, const Nf4View& w, const float* bias, void* y, int64_t m, DType dtype,
+                    cudaStream_t stream);
+/// Largest m launch_nf4_gemv accepts.
+inline constexpr int64_t kNf4GemvMaxM = 8;
+
+/// Same product through the fused dequantize + tensor-core GEMM (64x64 tiles, fp32 accumulation).
+int launch_nf4_gemm(const void* x, const Nf4View& w, const float* bias, void* y, int64_t m, DType dtype,
+                    cudaStream_t stream);
+
+// --- INT8 (kernels/cuda/int8.cu) -----------------------------------------------------------------------------
+
+/// Sets flags[c] = 1 for every column c of x [t, k] with some |x| >= threshold, 0 otherwise (the launcher
+/// clears flags first, then kernels atomicOr into it: no host synchronisation).
+int launch_outlier_columns(const void* x, DType dtype, int64_t t, int64_t k, float threshold, int32_t* flags,
+                           cudaStream_t stream);
+
+/// Compacts flags [k] into ascending column indices idx [k] and their number *count (on the device).
+int launch_compact_columns(const int32_t* flags, int64_t k, int32_t* idx, int32_t* count, cudaStream_t stream);
+
+/// Per-token int8: scale[r] = absmax / 127 over the row's elements with |x| < threshold (all of them when
+/// threshold <= 0); q = rint(x / scale) clamped to +-127, 0 in flagged columns and for rows with scale 0.
+/// flags may be null (no outlier columns).
+int launch_quantize_rows_int8(const void* x, DType dtype, int64_t t, int64_t k, float threshold, const int32_t* flags,
+                              int8_t* q, float* scale, cudaStream_t stream);
+
+/// Epilogue parameters shared by the int8 GEMM and the int32 epilogue:
+/// y[r, c] = acc * row_scale[r] * col_scale[col_scale_per_channel ? c : 0] * alpha + outlier(r, c) + bias[c]
+/// where outlier(r, c) = sum_{j < *outlier_count} fp16(x[r, idx_j]) * fp16(cb[c, idx_j] * scb[c] / 127)
+/// (LLM.int8's fp16 product of the outlier columns; skipped when outlier_count is null).
+struct Int8Epilogue {
+  const float* row_scale = nullptr;   ///< [m]
+  const float* col_scale = nullptr;   ///< [n] or [1]
+  bool col_scale_per_channel = true;
+  float alpha = 1.0f;
+  const float* bias = nullptr;        ///< [n] or null
+  const void* outlier_x = nullptr;    ///< [m, k] in the output dtype (LLM.int8 input)
+  const int8_t* outlier_cb = nullptr; ///< [n, k]
+  const float* outlier_scb = nullptr; ///< [n]
+  const int32_t* outlier_idx = nullptr;   ///< [k] ascending column indices
+  const int32_t* outlier_count = nullptr; ///< device scalar; null = no outlier part
+};
+
+/// y [m, n] (dtype) = epilogue(xq [m, k] int8 . wq [n, k]^T int32), WMMA int8 tensor cores, fused epilogue.
+int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
+                     void* y, DType dtype, cudaStream_t stream);
+
+/// y [m, n] (dtype) = epilogue(acc [m, n] int32) for products that came from cuBLASLt; k = inner size (for the
+/// outlier part).
+int launch_int8_epilogue(const int32_t* acc, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep, void* y,
+                         DType dtype, cudaStream_t stream);
+
+/// out [n, k] (dtype) = q * scale[per_channel ? row : 0].
+int launch_int8_dequantize(const int8_t* q, const float* scale, bool per_channel, int64_t n, int64_t k, void* out,
+                           DType dtype, cudaStream_t stream);
+
+// --- FP8 E4M3 (kernels/cuda/fp8.cu) --------------------------------------------------------------------------
+
+/// Per-token E4M3: scale[r] = absmax / 448; q = e4m3_rne_satfinite(x / scale) bits; all-zero rows: scale 0, q 0.
+int launch_quantize_rows_fp8(const void* x, DType dtype, int64_t t, int64_t k, uint8_t* q, float* scale,
+                             cudaStream_t stream);
+
+/// out [n, k] (dtype) = e4m3_decode(q) * scale[row].
+int launch_fp8_dequantize(const uint8_t* q, const float* scale, int64_t n, int64_t k, void* out, DType dtype,
+                          cudaStream_t stream);
+
+}  // namespace evalsvc::kernels::cuda

@@ -1,0 +1,501 @@
+// The libtorch adapter over the qbench CUDA launchers (kernels/cuda/*.cu): checks every tensor argument
+// (device, dtype, shape, contiguity) and reports the bad value as InputError, picks the current stream of the
+// tensors' device, calls the launcher and turns a non-zero status into CudaError (or InternalError for an
+// argument the checks here should have caught) with the file and line of the call.
+// Compiled only with a CUDA-enabled libtorch (PyTorch 2.x), see kernels/CMakeLists.txt.
+#include "evalsvc/kernels/cuda_ops.h"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <fmt/format.h>
+
+#include "evalsvc/common/error.h"
+#include "evalsvc/kernels/codebooks.h"
+#include "evalsvc/kernels/cuda_launchers.h"
+
+namespace evalsvc::kernels::cuda {
+namespace {
+
+std::string shape_of(const torch::Tensor& t) {
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + "]";
+}
+
+std::string describe(const torch::Tensor& t) {
+  if (!t.defined()) return "undefined";
+  return fmt::format("{} {} on {}{}", c10::toString(t.scalar_type()), shape_of(t), t.device().str(),
+                     t.is_contiguous() ? "" : " (non-contiguous)");
+}
+
+/// `t` must be a defined CUDA tensor; with `like` defined, on the same device.
+void check_cuda(const char* op, const char* name, const torch::Tensor& t, const torch::Tensor& like = {}) {
+  EVALSVC_CHECK(t.defined(), InputError, "cuda::{}: {} is undefined", op, name);
+  EVALSVC_CHECK(t.is_cuda(), InputError, "cuda::{}: {} must be a CUDA tensor, got {}", op, name, describe(t));
+  if (like.defined()) {
+    EVALSVC_CHECK(t.device() == like.device(), InputError, "cuda::{}: {} is on {} but the input is on {}", op, name,
+                  t.device().str(), like.device().str());
+  }
+}
+
+void check_dtype(const char* op, const char* name, const torch::Tensor& t, std::initializer_list<torch::ScalarType> ok) {
+  for (const auto s : ok) {
+    if (t.scalar_type() == s) return;
+  }
+  std::string expected;
+  for (const auto s : ok) expected += (expected.empty() ? "" : " or ") + std::string(c10::toString(s));
+  throw InputError(fmt::format("cuda::{}: {} must be {}, got {}", op, name, expected, describe(t)));
+}
+
+void check_contiguous(const char* op, const char* name, const torch::Tensor& t) {
+  EVALSVC_CHECK(t.is_contiguous(), InputError, "cuda::{}: {} must be contiguous, got {}", op, name, describe(t));
+}
+
+void check_numel(const char* op, const char* name, const torch::Tensor& t, int64_t expected) {
+  EVALSVC_CHECK(t.numel() == expected, InputError, "cuda::{}: {} must have {} elements, got {}", op, name, expected,
+                describe(t));
+}
+
+/// A weight-like argument: defined, on x's device, the given dtype, contiguous, `numel` elements.
+void check_param(const char* op, const char* name, const torch::Tensor& t, const torch::Tensor& like,
+                 torch::ScalarType dtype, int64_t numel) {
+  check_cuda(op, name, t, like);
+  check_dtype(op, name, t, {dtype});
+  check_contiguous(op, name, t);
+  check_numel(op, name, t, numel);
+}
+
+DType launcher_dtype(torch::ScalarType s) {
+  switch (s) {
+    case torch::kFloat16: return DType::kF16;
+    case torch::kBFloat16: return DType::kBF16;
+    case torch::kFloat32: return DType::kF32;
+    default: break;
+  }
+  throw InternalError(fmt::format("cuda ops: no launcher dtype for {}", c10::toString(s)));
+}
+
+[[noreturn]] void throw_launch(int status, const char* call, const char* file, int line) {
+  if (status < 0) {
+    throw InternalError(fmt::format("{}:{}: {} rejected its arguments ({}) although the adapter checked them", file,
+                                    line, call, launch_status_string(status)));
+  }
+  throw CudaError(fmt::format("{}:{}: {} failed: {} (cudaError {})", file, line, call, launch_status_string(status),
+                              status));
+}
+
+#define EVALSVC_LAUNCH(call)                                           \
+  do {                                                                 \
+    const int evalsvc_status_ = (call);                                \
+    if (evalsvc_status_ != 0) throw_launch(evalsvc_status_, #call, __FILE__, __LINE__); \
+  } while (0)
+
+cudaStream_t stream_of(const torch::Tensor& t) { return at::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+
+/// x [..., in] -> contiguous [T, in]; checks CUDA, dtype and the last dimension.
+torch::Tensor flatten_input(const char* op, const torch::Tensor& x, int64_t in_features,
+                            std::initializer_list<torch::ScalarType> dtypes) {
+  check_cuda(op, "x", x);
+  check_dtype(op, "x", x, dtypes);
+  EVALSVC_CHECK(x.dim() >= 1 && x.size(-1) == in_features, InputError,
+                "cuda::{}: x must be [..., {}] (in_features), got {}", op, in_features, describe(x));
+  return x.reshape({-1, in_features}).contiguous();
+}
+
+/// [..., out] with the leading dims of x.
+std::vector<int64_t> output_shape(const torch::Tensor& x, int64_t out_features) {
+  std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
+  s.back() = out_features;
+  return s;
+}
+
+/// Bias as fp32 [out] on x's device, or undefined.
+torch::Tensor bias_f32(const char* op, const torch::Tensor& bias, const torch::Tensor& like, int64_t out_features) {
+  if (!bias.defined()) return {};
+  check_cuda(op, "bias", bias, like);
+  check_dtype(op, "bias", bias, {torch::kFloat32, torch::kFloat16, torch::kBFloat16});
+  EVALSVC_CHECK(bias.dim() == 1 && bias.size(0) == out_features, InputError, "cuda::{}: bias must be [{}], got {}",
+                op, out_features, describe(bias));
+  return bias.to(torch::kFloat32).contiguous();
+}
+
+const float* ptr_or_null(const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+// ---- NF4 ----------------------------------------------------------------------------------------------------
+
+Nf4View nf4_view(const char* op, const Nf4Weight& w, const torch::Tensor& like) {
+  EVALSVC_CHECK(w.out_features > 0 && w.in_features > 0, InputError,
+                "cuda::{}: NF4 weight shape must be positive, got out_features={} in_features={}", op, w.out_features,
+                w.in_features);
+  EVALSVC_CHECK(w.blocksize >= 2 && w.blocksize % 2 == 0, InputError,
+                "cuda::{}: NF4 blocksize must be even and >= 2, got {}", op, w.blocksize);
+  const int64_t numel = w.out_features * w.in_features;
+  const int64_t nblocks = (numel + w.blocksize - 1) / w.blocksize;
+  const torch::Tensor& ref = like.defined() ? like : w.packed;
+  check_param(op, "packed", w.packed, ref, torch::kUInt8, (numel + 1) / 2);
+  Nf4View v;
+  v.packed = w.packed.data_ptr<uint8_t>();
+  v.n = w.out_features;
+  v.k = w.in_features;
+  v.blocksize = w.blocksize;
+  if (w.double_quant()) {
+    check_param(op, "absmax_q", w.absmax_q, ref, torch::kUInt8, nblocks);
+    check_param(op, "nested_absmax", w.nested_absmax, ref, torch::kFloat32,
+                (nblocks + kNestedBlockSize - 1) / kNestedBlockSize);
+    EVALSVC_CHECK(std::isfinite(w.offset), InputError, "cuda::{}: NF4 offset must be finite, got {}", op, w.offset);
+    v.absmax_q = w.absmax_q.data_ptr<uint8_t>();
+    v.nested = w.nested_absmax.data_ptr<float>();
+    v.offset = w.offset;
+    if (w.nested_map.defined()) {
+      check_param(op, "nested_map", w.nested_map, ref, torch::kFloat32, 256);
+      v.nested_map = w.nested_map.data_ptr<float>();
+    }
+  } else {
+    check_param(op, "absmax", w.absmax, ref, torch::kFloat32, nblocks);
+    v.absmax = w.absmax.data_ptr<float>();
+  }
+  if (w.quant_map.defined()) {
+    check_param(op, "quant_map", w.quant_map, ref, torch::kFloat32, 16);
+    v.quant_map = w.quant_map.data_ptr<float>();
+  }
+  return v;
+}
+
+// ---- INT8 ---------------------------------------------------------------------------------------------------
+
+/// Shared body of int8_linear and llm_int8_linear: `ep` carries the outlier fields (or none).
+torch::Tensor int8_product(const char* op, const torch::Tensor& xq, const torch::Tensor& xscale,
+                           const torch::Tensor& wq, const torch::Tensor& wscale, const torch::Tensor& bias,
+                           torch::ScalarType out_dtype, double alpha, Int8Gemm gemm, Int8Epilogue ep) {
+  check_cuda(op, "xq", xq);
+  check_dtype(op, "xq", xq, {torch::kInt8});
+  check_contiguous(op, "xq", xq);
+  EVALSVC_CHECK(xq.dim() == 2, InputError, "cuda::{}: xq must be [T, in], got {}", op, describe(xq));
+  const int64_t m = xq.size(0);
+  const int64_t k = xq.size(1);
+  check_cuda(op, "wq", wq, xq);
+  check_dtype(op, "wq", wq, {torch::kInt8});
+  check_contiguous(op, "wq", wq);
+  EVALSVC_CHECK(wq.dim() == 2 && wq.size(1) == k && wq.size(0) > 0, InputError,
+                "cuda::{}: wq must be [out, {}] to match xq {}, got {}", op, k, describe(xq), describe(wq));
+  const int64_t n = wq.size(0);
+  check_param(op, "xscale", xscale, xq, torch::kFloat32, m);
+  check_cuda(op, "wscale", wscale, xq);
+  check_dtype(op, "wscale", wscale, {torch::kFloat32});
+  check_contiguous(op, "wscale", wscale);
+  EVALSVC_CHECK(wscale.numel() == n || wscale.numel() == 1, InputError,
+                "cuda::{}: wscale must have {} (per channel) or 1 (per tensor) elements, got {}", op, n,
+                describe(wscale));
+  EVALSVC_CHECK(out_dtype == torch::kFloat16 || out_dtype == torch::kBFloat16 || out_dtype == torch::kFloat32,
+                InputError, "cuda::{}: out_dtype must be Half, BFloat16 or Float, got {}", op,
+                c10::toString(out_dtype));
+  EVALSVC_CHECK(std::isfinite(alpha), InputError, "cuda::{}: alpha must be finite, got {}", op, alpha);
+  const torch::Tensor b = bias_f32(op, bias, xq, n);
+
+  auto y = torch::empty({m, n}, xq.options().dtype(out_dtype));
+  if (m == 0 || k == 0) {  // nothing to multiply: the product is 0, the output is the bias
+    if (b.defined()) y.copy_(b.unsqueeze(0).expand({m, n}));
+    else y.zero_();
+    return y;
+  }
+  const c10::cuda::CUDAGuard guard(xq.device());
+  ep.row_scale = xscale.data_ptr<float>();
+  ep.col_scale = wscale.data_ptr<float>();
+  ep.col_scale_per_channel = wscale.numel() == n;  // with n == 1 both readings agree
+  ep.alpha = static_cast<float>(alpha);
+  ep.bias = ptr_or_null(b);
+
+  const bool cublas_ok = m > 16 && k % 8 == 0 && n % 8 == 0;
+  EVALSVC_CHECK(gemm != Int8Gemm::kCublasLt || cublas_ok, InputError,
+                "cuda::{}: the cuBLASLt int8 product needs T > 16 and in, out multiples of 8, got T={} in={} out={}",
+                op, m, k, n);
+  const cudaStream_t stream = stream_of(xq);
+  if (gemm == Int8Gemm::kCublasLt || (gemm == Int8Gemm::kAuto && cublas_ok)) {
+    // cuBLASLt wants the weight as a column-major [in, out] matrix: wq^T is exactly that view, no copy.
+    const torch::Tensor acc = at::_int_mm(xq, wq.t());
+    EVALSVC_LAUNCH(launch_int8_epilogue(acc.data_ptr<int32_t>(), m, n, k, ep, y.data_ptr(),
+                                        launcher_dtype(out_dtype), stream));
+  } else {
+    EVALSVC_LAUNCH(launch_int8_gemm(xq.data_ptr<int8_t>(), wq.data_ptr<int8_t>(), m, n, k, ep, y.data_ptr(),
+                                    launcher_dtype(out_dtype), stream));
+  }
+  return y;
+}
+
+void check_threshold(const char* op, double threshold) {
+  EVALSVC_CHECK(!std::isnan(threshold), InputError, "cuda::{}: threshold must not be NaN", op);
+}
+
+}  // namespace
+
+// ---- NF4 ----------------------------------------------------------------------------------------------------
+
+torch::Tensor nf4_dequantize(const Nf4Weight& w, torch::ScalarType dtype) {
+  const char* op = "nf4_dequantize";
+  EVALSVC_CHECK(w.packed.defined(), InputError, "cuda::{}: packed is undefined", op);
+  check_cuda(op, "packed", w.packed);
+  EVALSVC_CHECK(dtype == torch::kFloat16 || dtype == torch::kBFloat16 || dtype == torch::kFloat32, InputError,
+                "cuda::{}: dtype must be Half, BFloat16 or Float, got {}", op, c10::toString(dtype));
+  const Nf4View v = nf4_view(op, w, w.packed);
+  auto out = torch::empty({w.out_features, w.in_features}, w.packed.options().dtype(dtype));
+  const c10::cuda::CUDAGuard guard(w.packed.device());
+  EVALSVC_LAUNCH(launch_nf4_dequantize(v, out.data_ptr(), launcher_dtype(dtype), stream_of(w.packed)));
+  return out;
+}
+
+torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w, const torch::Tensor& bias, Nf4Path path) {
+  const char* op = "nf4_linear";
+  const torch::Tensor x2 = flatten_input(op, x, w.in_features, {torch::kFloat16, torch::kBFloat16});
+  const Nf4View v = nf4_view(op, w, x);
+  const torch::Tensor b = bias_f32(op, bias, x, w.out_features);
+  const int64_t m = x2.size(0);
+  auto y = torch::empty({m, w.out_features}, x2.options());
+  if (m > 0) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const cudaStream_t stream = stream_of(x);
+    const DType dt = launcher_dtype(x2.scalar_type());
+    const bool gemv = path == Nf4Path::kGemv || (path == Nf4Path::kAuto && m <= kNf4GemvMaxTokens);
+    if (gemv) {
+      // The GEMV kernel takes at most kNf4GemvMaxM tokens at once; a forced GEMV of more goes in slices.
+      const int64_t esize = x2.element_size();
+      for (int64_t r = 0; r < m; r += kNf4GemvMaxM) {
+        const int64_t rows = std::min<int64_t>(kNf4GemvMaxM, m - r);
+        const auto* xp = static_cast<const char*>(x2.data_ptr()) + r * w.in_features * esize;
+        auto* yp = static_cast<char*>(y.data_ptr()) + r * w.out_features * esize;
+        EVALSVC_LAUNCH(launch_nf4_gemv(xp, v, ptr_or_null(b), yp, rows, dt, stream));
+      }
+    } else {
+      EVALSVC_LAUNCH(launch_nf4_gemm(x2.data_ptr(), v, ptr_or_null(b), y.data_ptr(), m, dt, stream));
+    }
+  }
+  return y.view(output_shape(x, w.out_features));
+}
+
+// ---- INT8 ---------------------------------------------------------------------------------------------------
+
+Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold) {
+  const char* op = "quantize_per_token_int8";
+  check_cuda(op, "x", x);
+  check_dtype(op, "x", x, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
+  EVALSVC_CHECK(x.dim() == 2, InputError, "cuda::{}: x must be [T, in], got {}", op, describe(x));
+  check_threshold(op, threshold);
+  const torch::Tensor xc = x.contiguous();
+  const int64_t t = xc.size(0);
+  const int64_t k = xc.size(1);
+  Int8Activations out;
+  out.q = torch::empty({t, k}, xc.options().dtype(torch::kInt8));
+  out.scale = torch::empty({t}, xc.options().dtype(torch::kFloat32));
+  const bool outliers = threshold > 0;
+  if (outliers) out.outlier_cols = torch::zeros({k}, xc.options().dtype(torch::kInt32));
+  if (t == 0 || k == 0) {
+    out.scale.zero_();
+    return out;
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = stream_of(x);
+  const DType dt = launcher_dtype(xc.scalar_type());
+  int32_t* flags = nullptr;
+  if (outliers) {
+    flags = out.outlier_cols.data_ptr<int32_t>();
+    // +inf threshold: no element can reach it, the launcher still clears the flags.
+    EVALSVC_LAUNCH(launch_outlier_columns(xc.data_ptr(), dt, t, k, static_cast<float>(threshold), flags, stream));
+  }
+  EVALSVC_LAUNCH(launch_quantize_rows_int8(xc.data_ptr(), dt, t, k, static_cast<float>(outliers ? threshold : 0.0),
+                                           flags, out.q.data_ptr<int8_t>(),
+                                           out.scale.data_ptr<float>(), stream));
+  return out;
+}
+
+torch::Tensor int8_linear(const torch::Tensor& xq, const torch::Tensor& xscale, const torch::Tensor& wq,
+                          const torch::Tensor& wscale, const torch::Tensor& bias, torch::ScalarType out_dtype,
+                          double alpha, Int8Gemm gemm) {
+  return int8_product("int8_linear", xq, xscale, wq, wscale, bias, out_dtype, alpha, gemm, Int8Epilogue{});
+}
+
+torch::Tensor int8_w8a8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
+                               const torch::Tensor& bias, Int8Gemm gemm) {
+  const char* op = "int8_w8a8_linear";
+  check_cuda(op, "wq", wq);
+  EVALSVC_CHECK(wq.dim() == 2, InputError, "cuda::{}: wq must be [out, in], got {}", op, describe(wq));
+  const torch::Tensor x2 = flatten_input(op, x, wq.size(1), {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
+  const Int8Activations a = quantize_per_token_int8(x2, 0.0);
+  const torch::Tensor y = int8_product(op, a.q, a.scale, wq, wscale, bias, x.scalar_type(), 1.0, gemm, Int8Epilogue{});
+  return y.view(output_shape(x, wq.size(0)));
+}
+
+torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, const torch::Tensor& SCB,
+                              const torch::Tensor& bias, double threshold, Int8Gemm gemm) {
+  const char* op = "llm_int8_linear";
+  check_cuda(op, "CB", CB);
+  EVALSVC_CHECK(CB.dim() == 2, InputError, "cuda::{}: CB must be [out, in], got {}", op, describe(CB));
+  const int64_t n = CB.size(0);
+  const int64_t k = CB.size(1);
+  const torch::Tensor x2 = flatten_input(op, x, k, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
+  check_param(op, "SCB", SCB, x, torch::kFloat32, n);
+  check_threshold(op, threshold);
+  // bitsandbytes casts the activations to fp16 before it looks for outliers and quantizes.
+  const torch::Tensor x16 = x2.scalar_type() == torch::kFloat16 ? x2 : x2.to(torch::kFloat16);
+  const Int8Activations a = quantize_per_token_int8(x16, threshold);
+  Int8Epilogue ep;
+  torch::Tensor idx, count;
+  if (a.outlier_cols.defined() && x2.size(0) > 0 && k > 0) {
+    idx = torch::empty({k}, x2.options().dtype(torch::kInt32));
+    count = torch::empty({1}, x2.options().dtype(torch::kInt32));
+    const c10::cuda::CUDAGuard guard(x.device());
+    EVALSVC_LAUNCH(launch_compact_columns(a.outlier_cols.data_ptr<int32_t>(), k, idx.data_ptr<int32_t>(),
+                                          count.data_ptr<int32_t>(), stream_of(x)));
+    check_cuda(op, "CB", CB, x);
+    check_dtype(op, "CB", CB, {torch::kInt8});
+    check_contiguous(op, "CB", CB);
+    ep.outlier_x = x2.data_ptr();
+    ep.outlier_cb = CB.data_ptr<int8_t>();
+    ep.outlier_scb = SCB.data_ptr<float>();
+    ep.outlier_idx = idx.data_ptr<int32_t>();
+    ep.outlier_count = count.data_ptr<int32_t>();
+  }
+  // C * (absmax_x / 127) * SCB / 127 = C * rowstat * SCB / (127 * 127)
+  const torch::Tensor y = int8_product(op, a.q, a.scale, CB, SCB, bias, x.scalar_type(), 1.0 / 127.0, gemm, ep);
+  return y.view(output_shape(x, n));
+}
+
+torch::Tensor dequantize_int8_weight(const torch::Tensor& q, const torch::Tensor& scale, torch::ScalarType dtype) {
+  const char* op = "dequantize_int8_weight";
+  check_cuda(op, "q", q);
+  check_dtype(op, "q", q, {torch::kInt8});
+  check_contiguous(op, "q", q);
+  EVALSVC_CHECK(q.dim() == 2, InputError, "cuda::{}: q must be [out, in], got {}", op, describe(q));
+  const int64_t n = q.size(0);
+  const int64_t k = q.size(1);
+  check_cuda(op, "scale", scale, q);
+  check_dtype(op, "scale", scale, {torch::kFloat32});
+  check_contiguous(op, "scale", scale);
+  EVALSVC_CHECK(scale.numel() == n || scale.numel() == 1, InputError,
+                "cuda::{}: scale must have {} (per channel) or 1 (per tensor) elements, got {}", op, n,
+                describe(scale));
+  EVALSVC_CHECK(dtype == torch::kFloat16 || dtype == torch::kBFloat16 || dtype == torch::kFloat32, InputError,
+                "cuda::{}: dtype must be Half, BFloat16 or Float, got {}", op, c10::toString(dtype));
+  auto out = torch::empty({n, k}, q.options().dtype(dtype));
+  if (n == 0 || k == 0) return out;
+  const c10::cuda::CUDAGuard guard(q.device());
+  EVALSVC_LAUNCH(launch_int8_dequantize(q.data_ptr<int8_t>(), scale.data_ptr<float>(), scale.numel() == n,
+                                        n, k, out.data_ptr(), launcher_dtype(dtype), stream_of(q)));
+  return out;
+}
+
+torch::Tensor int8_weight_only_linear(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale,
+                                      const torch::Tensor& bias) {
+  const char* op = "int8_weight_only_linear";
+  check_cuda(op, "q", q);
+  EVALSVC_CHECK(q.dim() == 2, InputError, "cuda::{}: q must be [out, in], got {}", op, describe(q));
+  check_cuda(op, "x", x, q);
+  check_dtype(op, "x", x, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
+  EVALSVC_CHECK(x.dim() >= 1 && x.size(-1) == q.size(1), InputError, "cuda::{}: x must be [..., {}], got {}", op,
+                q.size(1), describe(x));
+  const torch::Tensor w = dequantize_int8_weight(q, scale, x.scalar_type());
+  torch::Tensor b;
+  if (bias.defined()) b = bias_f32(op, bias, x, q.size(0)).to(x.scalar_type());
+  return at::linear(x, w, b);
+}
+
+// ---- FP8 ----------------------------------------------------------------------------------------------------
+
+bool fp8_supported(const torch::Device& device) {
+  if (!device.is_cuda()) return false;
+  const auto* prop = at::cuda::getDeviceProperties(device.has_index() ? device.index() : at::cuda::current_device());
+  return prop->major * 10 + prop->minor >= 89;
+}
+
+Fp8Activations quantize_per_token_fp8(const torch::Tensor& x) {
+  const char* op = "quantize_per_token_fp8";
+  check_cuda(op, "x", x);
+  check_dtype(op, "x", x, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
+  EVALSVC_CHECK(x.dim() == 2, InputError, "cuda::{}: x must be [T, in], got {}", op, describe(x));
+  const torch::Tensor xc = x.contiguous();
+  const int64_t t = xc.size(0);
+  const int64_t k = xc.size(1);
+  Fp8Activations out;
+  out.q = torch::empty({t, k}, xc.options().dtype(torch::kUInt8));
+  out.scale = torch::zeros({t}, xc.options().dtype(torch::kFloat32));
+  if (t == 0 || k == 0) return out;
+  const c10::cuda::CUDAGuard guard(x.device());
+  EVALSVC_LAUNCH(launch_quantize_rows_fp8(xc.data_ptr(), launcher_dtype(xc.scalar_type()), t, k,
+                                          out.q.data_ptr<uint8_t>(), out.scale.data_ptr<float>(), stream_of(x)));
+  return out;
+}
+
+torch::Tensor dequantize_fp8_weight(const torch::Tensor& q, const torch::Tensor& wscale, torch::ScalarType dtype) {
+  const char* op = "dequantize_fp8_weight";
+  check_cuda(op, "q", q);
+  check_dtype(op, "q", q, {torch::kUInt8});
+  check_contiguous(op, "q", q);
+  EVALSVC_CHECK(q.dim() == 2, InputError, "cuda::{}: q must be [out, in], got {}", op, describe(q));
+  check_param(op, "wscale", wscale, q, torch::kFloat32, q.size(0));
+  EVALSVC_CHECK(dtype == torch::kFloat16 || dtype == torch::kBFloat16 || dtype == torch::kFloat32, InputError,
+                "cuda::{}: dtype must be Half, BFloat16 or Float, got {}", op, c10::toString(dtype));
+  auto out = torch::empty({q.size(0), q.size(1)}, q.options().dtype(dtype));
+  if (q.numel() == 0) return out;
+  const c10::cuda::CUDAGuard guard(q.device());
+  EVALSVC_LAUNCH(launch_fp8_dequantize(q.data_ptr<uint8_t>(), wscale.data_ptr<float>(), q.size(0), q.size(1),
+                                       out.data_ptr(), launcher_dtype(dtype), stream_of(q)));
+  return out;
+}
+
+torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
+                         const torch::Tensor& bias) {
+  const char* op = "fp8_linear";
+  check_cuda(op, "wq", wq);
+  check_dtype(op, "wq", wq, {torch::kUInt8});
+  check_contiguous(op, "wq", wq);
+  EVALSVC_CHECK(wq.dim() == 2 && wq.size(0) > 0 && wq.size(1) > 0, InputError,
+                "cuda::{}: wq must be [out, in] with out, in > 0, got {}", op, describe(wq));
+  const int64_t n = wq.size(0);
+  const int64_t k = wq.size(1);
+  const torch::Tensor x2 = flatten_input(op, x, k, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
+  check_cuda(op, "wq", wq, x);
+  check_param(op, "wscale", wscale, x, torch::kFloat32, n);
+  const torch::Tensor b = bias_f32(op, bias, x, n);
+  if (!fp8_supported(x.device())) {
+    const auto* prop = at::cuda::getDeviceProperties(x.device().index());
+    throw UnsupportedError(fmt::format("cuda::{}: FP8 E4M3 needs compute capability 8.9 or newer; {} ({}) is {}.{}",
+                                       op, x.device().str(), prop->name, prop->major, prop->minor));
+  }
+  const int64_t m = x2.size(0);
+  if (m == 0) return torch::empty(output_shape(x, n), x.options());
+  const Fp8Activations a = quantize_per_token_fp8(x2);
+
+  // cuBLASLt's fp8 product wants in and out as multiples of 16: pad with zero codes (E4M3 0x00 = +0), which add
+  // nothing to the sums, and drop the padded outputs afterwards. GPT-2's shapes need no padding.
+  const int64_t kp = (k + 15) / 16 * 16;
+  const int64_t np = (n + 15) / 16 * 16;
+  torch::Tensor aq = a.q;
+  torch::Tensor bq = wq;
+  torch::Tensor bs = wscale;
+  if (kp != k) {
+    aq = torch::constant_pad_nd(aq, {0, kp - k}, 0);
+    bq = torch::constant_pad_nd(bq, {0, kp - k}, 0);
+  }
+  if (np != n) {
+    bq = torch::constant_pad_nd(bq, {0, 0, 0, np - n}, 0);
+    bs = torch::constant_pad_nd(bs, {0, np - n}, 1.0);
+  }
+  torch::Tensor y;
+  try {
+    // Rowwise scaling: scale_a [T, 1], scale_b [1, out]; the weight as a column-major [in, out] view.
+    // bf16 output: the rowwise-scaled fp8 kernels of PyTorch produce bf16 only.
+    y = at::_scaled_mm(aq.view(at::kFloat8_e4m3fn), bq.view(at::kFloat8_e4m3fn).t(), a.scale.view({m, 1}),
+                       bs.view({1, np}), std::nullopt, std::nullopt, at::kBFloat16, false);
+  } catch (const c10::Error& e) {
+    throw UnsupportedError(fmt::format("cuda::{}: at::_scaled_mm rejected x {} x w {} on {}: {}", op, describe(aq),
+                                       describe(bq), x.device().str(), e.what_without_backtrace()));
+  }
+  if (np != n) y = y.narrow(1, 0, n);
+  y = y.to(x.scalar_type());
+  if (b.defined()) y = y.add_(b.to(x.scalar_type()));
+  return y.contiguous().view(output_shape(x, n));
+}
+
+}  // namespace evalsvc::kernels::cuda
