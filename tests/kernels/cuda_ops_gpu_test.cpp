@@ -1,0 +1,492 @@
+// The CUDA ops of cuda_ops.h against the CPU references of reference.h, on the same seeded inputs (STYLE items
+// 6 and 7): odd shapes, in (K) not a multiple of the NF4 block or the 16/32-byte vector widths, 1, 7, 128 and
+// 1000 tokens, a planted LLM.int8 outlier, named tolerances per dtype, and bad input -> InputError.
+// Skipped (GTEST_SKIP) when the build has no CUDA kernels or the machine no GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "evalsvc/common/error.h"
+#include "evalsvc/kernels/cuda_ops.h"
+#include "evalsvc/kernels/reference.h"
+
+#ifndef EVALSVC_WITH_CUDA
+
+TEST(CudaOps, SkippedWithoutCudaBuild) {
+  GTEST_SKIP() << "built without EVALSVC_WITH_CUDA (no CUDA libtorch): the CUDA ops are not compiled in";
+}
+
+#else
+
+namespace {
+
+using namespace evalsvc;
+using namespace evalsvc::kernels;
+
+// Tolerances: max |got - want| / max |want| over the output. The GPU and the references accumulate in fp32 in
+// different orders, then round once to the output dtype, so the bound is a few output ulps of the largest
+// value: fp16 has 11 significant bits (2^-11 = 4.9e-4), bf16 8 (2^-8 = 3.9e-3).
+constexpr double kF32Tol = 2e-5;
+constexpr double kF16Tol = 3e-3;
+constexpr double kBF16Tol = 2e-2;
+// fp8: PyTorch's rowwise _scaled_mm rounds its output to bf16 before our cast.
+constexpr double kFp8Tol = kBF16Tol;
+
+double tol_for(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat16: return kF16Tol;
+    case torch::kBFloat16: return kBF16Tol;
+    default: return kF32Tol;
+  }
+}
+
+struct Shape {
+  int64_t k;  // in features
+  int64_t n;  // out features
+};
+// 768: GPT-2's width (vector paths); 100: odd, rows straddle NF4 blocks and bytes; 200: multiple of 8 but not
+// 16/32; 3072 x 40: GPT-2's mlp.c_proj depth with few outputs; 33 and 72: partial 64-wide output tiles.
+const std::vector<Shape> kShapes = {{768, 128}, {100, 33}, {200, 72}, {3072, 40}};
+const std::vector<int64_t> kTokens = {1, 7, 128, 1000};
+
+bool gpu_ready() { return torch::cuda::is_available(); }
+
+#define REQUIRE_GPU() \
+  if (!gpu_ready()) GTEST_SKIP() << "no CUDA device visible"
+
+torch::Device gpu() { return torch::Device(torch::kCUDA, 0); }
+
+/// Seeded normal tensor on the CPU.
+torch::Tensor randn(std::vector<int64_t> shape, uint64_t seed, double stddev = 1.0) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return at::normal(0.0, stddev, shape, gen);
+}
+
+/// Compares got (any device/dtype) with want (CPU): max abs error relative to max |want| must be <= tol.
+/// On failure prints the parameters, the error figures and the first mismatching elements.
+::testing::AssertionResult close(const torch::Tensor& got_any, const torch::Tensor& want_any, double tol,
+                                 const std::string& what) {
+  const auto got = got_any.to(torch::kCPU).to(torch::kFloat64).contiguous();
+  const auto want = want_any.to(torch::kCPU).to(torch::kFloat64).contiguous();
+  if (got.sizes() != want.sizes()) {
+    return ::testing::AssertionFailure() << what << ": shape " << got.sizes() << " vs reference " << want.sizes();
+  }
+  if (got.numel() == 0) return ::testing::AssertionSuccess();
+  const auto diff = (got - want).abs();
+  const double scale = std::max(want.abs().max().item<double>(), 1e-12);
+  const double max_err = diff.max().item<double>();
+  const bool finite = torch::isfinite(got).all().item<bool>() == torch::isfinite(want).all().item<bool>();
+  if (finite && max_err <= tol * scale) return ::testing::AssertionSuccess();
+  auto r = ::testing::AssertionFailure();
+  r << what << ": max |err| " << max_err << " = " << max_err / scale << " x max|ref| (" << scale << "), tolerance "
+    << tol << ", mean |err| " << diff.mean().item<double>() << (finite ? "" : ", non-finite values differ")
+    << "\n  first mismatches (flat index: got vs ref):";
+  const auto flat_g = got.view(-1);
+  const auto flat_w = want.view(-1);
+  const auto bad = (diff.view(-1) > tol * scale).nonzero().view(-1);
+  for (int64_t i = 0; i < std::min<int64_t>(bad.numel(), 8); ++i) {
+    const int64_t j = bad[i].item<int64_t>();
+    r << "\n    " << j << ": " << flat_g[j].item<double>() << " vs " << flat_w[j].item<double>();
+  }
+  return r;
+}
+
+/// Exact equality of integer / bit-pattern tensors, with the first differences on failure.
+::testing::AssertionResult same(const torch::Tensor& got_any, const torch::Tensor& want_any, const std::string& what) {
+  const auto got = got_any.to(torch::kCPU).to(torch::kInt64).contiguous();
+  const auto want = want_any.to(torch::kCPU).to(torch::kInt64).contiguous();
+  if (got.sizes() != want.sizes()) {
+    return ::testing::AssertionFailure() << what << ": shape " << got.sizes() << " vs reference " << want.sizes();
+  }
+  const auto ne = got.ne(want).view(-1);
+  const int64_t count = ne.sum().item<int64_t>();
+  if (count == 0) return ::testing::AssertionSuccess();
+  auto r = ::testing::AssertionFailure();
+  r << what << ": " << count << " of " << got.numel() << " elements differ; first (flat index: got vs ref):";
+  const auto idx = ne.nonzero().view(-1);
+  for (int64_t i = 0; i < std::min<int64_t>(idx.numel(), 8); ++i) {
+    const int64_t j = idx[i].item<int64_t>();
+    r << "\n    " << j << ": " << got.view(-1)[j].item<int64_t>() << " vs " << want.view(-1)[j].item<int64_t>();
+  }
+  return r;
+}
+
+cuda::Nf4Weight to_gpu(const ref::Nf4Weight& w) {
+  cuda::Nf4Weight g;
+  g.packed = w.packed.to(gpu());
+  if (w.double_quant()) {
+    g.absmax_q = w.absmax_q.to(gpu());
+    g.nested_absmax = w.nested_absmax.to(gpu());
+    g.offset = w.offset;
+    if (w.nested_quant_map.defined()) g.nested_map = w.nested_quant_map.to(torch::kFloat32).to(gpu()).contiguous();
+  } else {
+    g.absmax = w.absmax.to(gpu());
+  }
+  if (w.quant_map.defined()) g.quant_map = w.quant_map.to(torch::kFloat32).to(gpu()).contiguous();
+  EVALSVC_ASSERT(w.shape.size() == 2, "NF4 test weights are 2-D, got {} dims", w.shape.size());
+  g.out_features = w.shape[0];
+  g.in_features = w.shape[1];
+  g.blocksize = w.blocksize;
+  return g;
+}
+
+const char* path_name(cuda::Nf4Path p) {
+  switch (p) {
+    case cuda::Nf4Path::kGemv: return "gemv";
+    case cuda::Nf4Path::kGemm: return "gemm";
+    default: return "auto";
+  }
+}
+
+// ---- NF4 ------------------------------------------------------------------------------------------------------
+
+TEST(CudaNf4, DequantizeMatchesReference) {
+  REQUIRE_GPU();
+  for (const auto& s : kShapes) {
+    for (const bool dq : {false, true}) {
+      for (const int64_t bs : {64, 128}) {
+        const auto w = randn({s.n, s.k}, 11 + s.k, 0.05);
+        const auto qw = ref::quantize_nf4(w, bs, dq);
+        const auto want = ref::dequantize_nf4(qw);
+        const auto what = fmt::format("nf4_dequantize out={} in={} blocksize={} double_quant={}", s.n, s.k, bs, dq);
+        // fp32: same products and sums as the reference (explicitly rounded device ops), so within 1 fp32 ulp.
+        EXPECT_TRUE(close(cuda::nf4_dequantize(to_gpu(qw), torch::kFloat32), want, 1e-6, what + " fp32"));
+        EXPECT_TRUE(close(cuda::nf4_dequantize(to_gpu(qw), torch::kFloat16), want, 1e-3, what + " fp16"));
+        EXPECT_TRUE(close(cuda::nf4_dequantize(to_gpu(qw), torch::kBFloat16), want, 8e-3, what + " bf16"));
+      }
+    }
+  }
+}
+
+TEST(CudaNf4, LinearMatchesReferenceAllPathsShapesAndDtypes) {
+  REQUIRE_GPU();
+  for (const auto& s : kShapes) {
+    const auto w = randn({s.n, s.k}, 100 + s.k, 0.05);
+    const auto bias = randn({s.n}, 200 + s.n, 0.1);
+    for (const bool dq : {true, false}) {
+      const auto qw = ref::quantize_nf4(w, 64, dq);
+      const auto gw = to_gpu(qw);
+      for (const auto dtype : {torch::kFloat16, torch::kBFloat16}) {
+        for (const int64_t m : kTokens) {
+          const auto x = randn({m, s.k}, 300 + m + s.k).to(dtype);
+          const auto want = ref::nf4_linear(x, qw, bias, dtype);
+          for (const auto path : {cuda::Nf4Path::kAuto, cuda::Nf4Path::kGemv, cuda::Nf4Path::kGemm}) {
+            const auto got = cuda::nf4_linear(x.to(gpu()), gw, bias.to(gpu()), path);
+            const auto what = fmt::format("nf4_linear path={} M={} in={} out={} dtype={} double_quant={}",
+                                          path_name(path), m, s.k, s.n, c10::toString(dtype), dq);
+            EXPECT_EQ(got.scalar_type(), dtype) << what;
+            EXPECT_TRUE(close(got, want, tol_for(dtype), what));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaNf4, LinearKeepsLeadingDimsAndWorksWithoutBias) {
+  REQUIRE_GPU();
+  const auto w = randn({96, 64}, 5, 0.05);
+  const auto qw = ref::quantize_nf4(w, 64, true);
+  const auto x = randn({2, 3, 64}, 6).to(torch::kFloat16);
+  const auto got = cuda::nf4_linear(x.to(gpu()), to_gpu(qw), torch::Tensor());
+  ASSERT_EQ(got.sizes(), (std::vector<int64_t>{2, 3, 96}));
+  const auto want = ref::nf4_linear(x.reshape({6, 64}), qw, torch::Tensor(), torch::kFloat16).reshape({2, 3, 96});
+  EXPECT_TRUE(close(got, want, kF16Tol, "nf4_linear [2,3,64] without bias"));
+}
+
+TEST(CudaNf4, BadInputThrowsInputError) {
+  REQUIRE_GPU();
+  const auto qw = ref::quantize_nf4(randn({32, 64}, 1, 0.05), 64, true);
+  const auto gw = to_gpu(qw);
+  const auto x = randn({4, 64}, 2).to(torch::kFloat16);
+  EXPECT_THROW(cuda::nf4_linear(x, gw, {}), InputError);                              // x on the CPU
+  EXPECT_THROW(cuda::nf4_linear(x.to(gpu()).to(torch::kFloat32), gw, {}), InputError);  // fp32 x
+  EXPECT_THROW(cuda::nf4_linear(randn({4, 63}, 3).to(torch::kFloat16).to(gpu()), gw, {}), InputError);  // in
+  EXPECT_THROW(cuda::nf4_linear(x.to(gpu()), gw, torch::zeros({31}, torch::kFloat16).to(gpu())), InputError);
+  auto bad = gw;
+  bad.absmax_q = gw.absmax_q.narrow(0, 0, gw.absmax_q.numel() - 1);
+  EXPECT_THROW(cuda::nf4_linear(x.to(gpu()), bad, {}), InputError);  // absmax_q too short
+  bad = gw;
+  bad.blocksize = 63;
+  EXPECT_THROW(cuda::nf4_linear(x.to(gpu()), bad, {}), InputError);  // odd blocksize
+  bad = gw;
+  bad.packed = gw.packed.to(torch::kInt32);
+  EXPECT_THROW(cuda::nf4_linear(x.to(gpu()), bad, {}), InputError);  // packed dtype
+  try {
+    cuda::nf4_linear(x.to(gpu()).to(torch::kFloat32), gw, {});
+    ADD_FAILURE() << "fp32 x: expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("Float"), std::string::npos) << "message should name the bad dtype: " << e.what();
+  }
+}
+
+// ---- INT8 per-token quantization -----------------------------------------------------------------------------
+
+TEST(CudaInt8, PerTokenQuantizationMatchesReferenceExactly) {
+  REQUIRE_GPU();
+  for (const auto& s : kShapes) {
+    for (const int64_t m : kTokens) {
+      for (const auto dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
+        auto x = randn({m, s.k}, 400 + m + s.k).to(dtype);
+        if (m > 1) x[1].zero_();  // an all-zero row: scale 0, codes 0
+        const auto want = ref::quantize_per_token(x);
+        const auto got = cuda::quantize_per_token_int8(x.to(gpu()), 0.0);
+        const auto what = fmt::format("quantize_per_token_int8 M={} in={} dtype={}", m, s.k, c10::toString(dtype));
+        EXPECT_FALSE(got.outlier_cols.defined()) << what;
+        EXPECT_TRUE(same(got.q, want.q, what + " q"));
+        EXPECT_TRUE(close(got.scale, want.scale, 0.0, what + " scale"));
+      }
+    }
+  }
+}
+
+TEST(CudaInt8, OutlierQuantizationMatchesLlmInt8Reference) {
+  REQUIRE_GPU();
+  for (const auto& s : kShapes) {
+    for (const int64_t m : kTokens) {
+      auto x = randn({m, s.k}, 500 + m + s.k).clamp(-4.0, 4.0);
+      x.index_put_({m / 2, 5}, 20.0);         // a planted outlier: column 5 becomes an outlier column
+      x.index_put_({m - 1, s.k - 1}, -6.0);   // exactly at the threshold counts (|x| >= threshold)
+      const auto x16 = x.to(torch::kFloat16);
+      const auto want = ref::quantize_llm_int8_activations(x16, 6.0);
+      const auto got = cuda::quantize_per_token_int8(x16.to(gpu()), 6.0);
+      const auto what = fmt::format("quantize_per_token_int8(threshold 6) M={} in={}", m, s.k);
+      ASSERT_TRUE(got.outlier_cols.defined()) << what;
+      EXPECT_TRUE(same(got.outlier_cols, want.outlier_cols, what + " outlier columns"));
+      EXPECT_EQ(got.outlier_cols.sum().item<int64_t>(), 2) << what;
+      EXPECT_TRUE(same(got.q, want.q, what + " q"));
+      EXPECT_TRUE(close(got.scale * 127.0f, want.rowstat, 1e-6, what + " rowstat"));
+    }
+  }
+}
+
+// ---- INT8 GEMMs ----------------------------------------------------------------------------------------------
+
+const char* gemm_name(cuda::Int8Gemm g) {
+  switch (g) {
+    case cuda::Int8Gemm::kCublasLt: return "cublaslt";
+    case cuda::Int8Gemm::kWmma: return "wmma";
+    default: return "auto";
+  }
+}
+
+bool cublas_shape_ok(int64_t m, const Shape& s) { return m > 16 && s.k % 8 == 0 && s.n % 8 == 0; }
+
+TEST(CudaInt8, W8A8LinearMatchesReference) {
+  REQUIRE_GPU();
+  for (const auto& s : kShapes) {
+    const auto w = randn({s.n, s.k}, 600 + s.k, 0.05);
+    const auto bias = randn({s.n}, 601, 0.1);
+    for (const bool per_channel : {true, false}) {
+      const auto qw = ref::quantize_int8_sym(w, per_channel);
+      const auto wq = qw.q.to(gpu());
+      const auto ws = qw.scale.to(gpu());
+      for (const int64_t m : kTokens) {
+        for (const auto dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
+          const auto x = randn({m, s.k}, 700 + m).to(dtype);
+          const auto want = ref::int8_w8a8_linear(x, qw, bias);
+          for (const auto g : {cuda::Int8Gemm::kAuto, cuda::Int8Gemm::kWmma, cuda::Int8Gemm::kCublasLt}) {
+            const auto what = fmt::format("int8_w8a8_linear gemm={} M={} in={} out={} dtype={} per_channel={}",
+                                          gemm_name(g), m, s.k, s.n, c10::toString(dtype), per_channel);
+            if (g == cuda::Int8Gemm::kCublasLt && !cublas_shape_ok(m, s)) {
+              EXPECT_THROW(cuda::int8_w8a8_linear(x.to(gpu()), wq, ws, bias.to(gpu()), g), InputError) << what;
+              continue;
+            }
+            const auto got = cuda::int8_w8a8_linear(x.to(gpu()), wq, ws, bias.to(gpu()), g);
+            EXPECT_EQ(got.scalar_type(), dtype) << what;
+            EXPECT_TRUE(close(got, want, tol_for(dtype), what));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaInt8, Int8LinearEqualsExactIntegerProduct) {
+  REQUIRE_GPU();
+  // Scales of 1 and no bias: the fp32 output is the int32 product itself (exact below 2^24).
+  for (const auto& s : kShapes) {
+    for (const int64_t m : kTokens) {
+      const auto xq = torch::randint(-127, 128, {m, s.k}, at::detail::createCPUGenerator(800 + m), torch::kInt8);
+      const auto wq = torch::randint(-127, 128, {s.n, s.k}, at::detail::createCPUGenerator(801 + s.k), torch::kInt8);
+      const auto want = ref::int8_matmul_exact(xq, wq);
+      for (const auto g : {cuda::Int8Gemm::kWmma, cuda::Int8Gemm::kAuto}) {
+        const auto got = cuda::int8_linear(xq.to(gpu()), torch::ones({m}).to(gpu()), wq.to(gpu()),
+                                           torch::ones({1}).to(gpu()), {}, torch::kFloat32, 1.0, g);
+        const auto what = fmt::format("int8_linear exact gemm={} M={} in={} out={}", gemm_name(g), m, s.k, s.n);
+        EXPECT_TRUE(close(got, want, s.k * 127 * 127 < (1 << 24) ? 0.0 : 1e-7, what));
+      }
+    }
+  }
+}
+
+TEST(CudaLlmInt8, LinearWithPlantedOutlierMatchesReference) {
+  REQUIRE_GPU();
+  for (const auto& s : kShapes) {
+    const auto w = randn({s.n, s.k}, 900 + s.k, 0.05);
+    const auto bias = randn({s.n}, 901, 0.1);
+    const auto lw = ref::quantize_llm_int8(w);
+    const auto cb = lw.CB.to(gpu());
+    const auto scb = lw.SCB.to(gpu());
+    for (const int64_t m : kTokens) {
+      auto x = randn({m, s.k}, 1000 + m + s.k).clamp(-3.0, 3.0);
+      x.index_put_({m / 2, 3}, 40.0);  // planted outlier
+      for (const auto dtype : {torch::kFloat16, torch::kBFloat16, torch::kFloat32}) {
+        const auto xd = x.to(dtype);
+        for (const double thr : {6.0, 0.0}) {
+          const auto want = ref::llm_int8_linear(xd, lw, bias, thr);
+          for (const auto g : {cuda::Int8Gemm::kAuto, cuda::Int8Gemm::kWmma}) {
+            const auto got = cuda::llm_int8_linear(xd.to(gpu()), cb, scb, bias.to(gpu()), thr, g);
+            const auto what = fmt::format("llm_int8_linear gemm={} M={} in={} out={} dtype={} threshold={}",
+                                          gemm_name(g), m, s.k, s.n, c10::toString(dtype), thr);
+            EXPECT_EQ(got.scalar_type(), dtype) << what;
+            EXPECT_TRUE(close(got, want, tol_for(dtype), what));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaLlmInt8, OutlierDecompositionMattersForAPlantedOutlier) {
+  REQUIRE_GPU();
+  // The row with the outlier: with threshold 6 its error against the fp32 product stays at int8 level; with no
+  // decomposition (threshold 0) the outlier inflates that row's scale and wrecks its other columns.
+  const int64_t m = 16, k = 768, n = 256;
+  const auto w = randn({n, k}, 1, 0.05);
+  const auto lw = ref::quantize_llm_int8(w);
+  auto x = randn({m, k}, 2).clamp(-3.0, 3.0);
+  x.index_put_({4, 10}, 60.0);
+  const auto x16 = x.to(torch::kFloat16);
+  const auto exact = torch::matmul(x16.to(torch::kFloat32), ref::dequantize_llm_int8(lw).t());
+  const auto with = cuda::llm_int8_linear(x16.to(gpu()), lw.CB.to(gpu()), lw.SCB.to(gpu()), {}, 6.0).cpu().to(torch::kFloat32);
+  const auto without = cuda::llm_int8_linear(x16.to(gpu()), lw.CB.to(gpu()), lw.SCB.to(gpu()), {}, 0.0).cpu().to(torch::kFloat32);
+  const double err_with = (with[4] - exact[4]).abs().max().item<double>();
+  const double err_without = (without[4] - exact[4]).abs().max().item<double>();
+  EXPECT_LT(err_with * 5, err_without) << "outlier row error with decomposition " << err_with << ", without " << err_without;
+}
+
+TEST(CudaLlmInt8, ManyOutlierColumns) {
+  REQUIRE_GPU();
+  // Threshold 0.5: most columns are outliers, so nearly everything goes through the fp16 part of the epilogue.
+  const auto w = randn({40, 200}, 3, 0.05);
+  const auto lw = ref::quantize_llm_int8(w);
+  const auto x = randn({33, 200}, 4).to(torch::kFloat16);
+  const auto want = ref::llm_int8_linear(x, lw, {}, 0.5);
+  for (const auto g : {cuda::Int8Gemm::kAuto, cuda::Int8Gemm::kWmma, cuda::Int8Gemm::kCublasLt}) {
+    const auto got = cuda::llm_int8_linear(x.to(gpu()), lw.CB.to(gpu()), lw.SCB.to(gpu()), {}, 0.5, g);
+    EXPECT_TRUE(close(got, want, kF16Tol, fmt::format("llm_int8_linear threshold 0.5 gemm={}", gemm_name(g))));
+  }
+}
+
+TEST(CudaInt8, WeightOnlyDequantizeAndLinearMatchReference) {
+  REQUIRE_GPU();
+  for (const auto& s : kShapes) {
+    const auto w = randn({s.n, s.k}, 1100 + s.k, 0.05);
+    const auto bias = randn({s.n}, 1101, 0.1);
+    for (const bool per_channel : {true, false}) {
+      const auto qw = ref::quantize_int8_sym(w, per_channel);
+      const auto want_w = ref::dequantize_int8_sym(qw);
+      for (const auto dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
+        const auto what = fmt::format("int8 weight-only in={} out={} dtype={} per_channel={}", s.k, s.n,
+                                      c10::toString(dtype), per_channel);
+        const auto got_w = cuda::dequantize_int8_weight(qw.q.to(gpu()), qw.scale.to(gpu()), dtype);
+        EXPECT_TRUE(same(got_w.cpu().to(torch::kFloat32).view(torch::kInt32), want_w.to(dtype).to(torch::kFloat32).view(torch::kInt32),
+                         what + " dequantized weight bits"));
+        for (const int64_t m : {int64_t{1}, int64_t{128}}) {
+          const auto x = randn({m, s.k}, 1200 + m).to(dtype);
+          const auto want = ref::int8_weight_only_linear(x, qw, bias, dtype);
+          const auto got = cuda::int8_weight_only_linear(x.to(gpu()), qw.q.to(gpu()), qw.scale.to(gpu()), bias.to(gpu()));
+          EXPECT_TRUE(close(got, want, tol_for(dtype), what + fmt::format(" linear M={}", m)));
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaInt8, BadInputThrowsInputError) {
+  REQUIRE_GPU();
+  const auto x = randn({20, 64}, 1).to(torch::kFloat16).to(gpu());
+  const auto wq = torch::zeros({32, 64}, torch::kInt8).to(gpu());
+  const auto ws = torch::ones({32}).to(gpu());
+  EXPECT_THROW(cuda::quantize_per_token_int8(x.cpu(), 6.0), InputError);
+  EXPECT_THROW(cuda::quantize_per_token_int8(x.view({20, 2, 32}), 6.0), InputError);  // not 2-D
+  EXPECT_THROW(cuda::quantize_per_token_int8(x, std::nan("")), InputError);
+  EXPECT_THROW(cuda::int8_w8a8_linear(x, wq.to(torch::kFloat16), ws, {}), InputError);        // wq dtype
+  EXPECT_THROW(cuda::int8_w8a8_linear(x, wq, torch::ones({31}).to(gpu()), {}), InputError);   // wscale size
+  EXPECT_THROW(cuda::int8_w8a8_linear(x, torch::zeros({64, 32}, torch::kInt8).to(gpu()).t(), ws, {}), InputError);  // non-contiguous
+  EXPECT_THROW(cuda::int8_w8a8_linear(x, wq, ws, torch::zeros({33}).to(gpu())), InputError);  // bias size
+  EXPECT_THROW(cuda::llm_int8_linear(x, wq, torch::ones({31}).to(gpu()), {}, 6.0), InputError);  // SCB size
+  EXPECT_THROW(cuda::llm_int8_linear(randn({20, 65}, 2).to(gpu()), wq, ws, {}, 6.0), InputError);  // in mismatch
+  EXPECT_THROW(cuda::int8_linear(torch::zeros({7, 64}, torch::kInt8).to(gpu()), torch::ones({7}).to(gpu()), wq, ws, {},
+                                 torch::kFloat16, 1.0, cuda::Int8Gemm::kCublasLt),
+               InputError);  // cuBLASLt needs T > 16
+  EXPECT_THROW(cuda::dequantize_int8_weight(wq, ws, torch::kInt32), InputError);
+}
+
+// ---- FP8 -----------------------------------------------------------------------------------------------------
+
+TEST(CudaFp8, PerTokenQuantizationAndWeightDequantizationMatchReference) {
+  REQUIRE_GPU();  // the conversions run on any CUDA device
+  for (const auto& s : kShapes) {
+    for (const int64_t m : kTokens) {
+      for (const auto dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
+        auto x = randn({m, s.k}, 1300 + m + s.k).to(dtype);
+        if (m > 1) x[0].zero_();
+        const auto want = ref::quantize_fp8_per_token(x);
+        const auto got = cuda::quantize_per_token_fp8(x.to(gpu()));
+        const auto what = fmt::format("quantize_per_token_fp8 M={} in={} dtype={}", m, s.k, c10::toString(dtype));
+        EXPECT_TRUE(same(got.q, want.q, what + " E4M3 bits"));
+        EXPECT_TRUE(close(got.scale, want.scale, 0.0, what + " scale"));
+      }
+    }
+    const auto fw = ref::quantize_fp8_e4m3_channel(randn({s.n, s.k}, 1400 + s.k, 0.05));
+    EXPECT_TRUE(close(cuda::dequantize_fp8_weight(fw.q.to(gpu()), fw.scale.to(gpu()), torch::kFloat32),
+                      ref::dequantize_fp8(fw), 0.0, fmt::format("dequantize_fp8_weight in={} out={}", s.k, s.n)));
+  }
+}
+
+TEST(CudaFp8, LinearMatchesReferenceOrIsUnsupported) {
+  REQUIRE_GPU();
+  const auto w = randn({72, 200}, 1500, 0.05);
+  const auto fw = ref::quantize_fp8_e4m3_channel(w);
+  const auto x = randn({7, 200}, 1501).to(torch::kBFloat16);
+  if (!cuda::fp8_supported(gpu())) {
+    EXPECT_THROW(cuda::fp8_linear(x.to(gpu()), fw.q.to(gpu()), fw.scale.to(gpu()), {}), UnsupportedError);
+    GTEST_SKIP() << "FP8 needs compute capability 8.9+; checked that fp8_linear says so";
+  }
+  for (const auto& s : kShapes) {
+    const auto wf = ref::quantize_fp8_e4m3_channel(randn({s.n, s.k}, 1600 + s.k, 0.05));
+    const auto bias = randn({s.n}, 1601, 0.1);
+    for (const int64_t m : kTokens) {
+      for (const auto dtype : {torch::kBFloat16, torch::kFloat16, torch::kFloat32}) {
+        const auto xd = randn({m, s.k}, 1700 + m).to(dtype);
+        const auto want = ref::fp8_w8a8_linear(xd, wf, bias);
+        const auto got = cuda::fp8_linear(xd.to(gpu()), wf.q.to(gpu()), wf.scale.to(gpu()), bias.to(gpu()));
+        const auto what = fmt::format("fp8_linear M={} in={} out={} dtype={}", m, s.k, s.n, c10::toString(dtype));
+        EXPECT_EQ(got.scalar_type(), dtype) << what;
+        EXPECT_TRUE(close(got, want, kFp8Tol, what));
+      }
+    }
+  }
+}
+
+TEST(CudaFp8, BadInputThrowsInputError) {
+  REQUIRE_GPU();
+  const auto x = randn({4, 64}, 1).to(gpu());
+  EXPECT_THROW(cuda::quantize_per_token_fp8(x.to(torch::kInt32)), InputError);
+  EXPECT_THROW(cuda::fp8_linear(x, torch::zeros({8, 64}, torch::kInt8).to(gpu()), torch::ones({8}).to(gpu()), {}),
+               InputError);  // wq must be uint8 bits
+  EXPECT_THROW(cuda::fp8_linear(x, torch::zeros({8, 64}, torch::kUInt8).to(gpu()), torch::ones({7}).to(gpu()), {}),
+               InputError);  // wscale size
+  EXPECT_THROW(cuda::dequantize_fp8_weight(torch::zeros({8, 64}, torch::kUInt8).to(gpu()), torch::ones({8}), torch::kFloat16),
+               InputError);  // scale on the CPU
+}
+
+}  // namespace
+
+#endif  // EVALSVC_WITH_CUDA
