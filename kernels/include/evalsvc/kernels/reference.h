@@ -8,10 +8,9 @@
 //    [..., in] in any floating dtype, and linear functions return [..., out] in x's dtype.
 //  - All inputs must be CPU tensors; wrong dtype / rank / shape -> evalsvc::InputError naming the argument,
 //    the expected and the actual value. Non-contiguous inputs are accepted (the references copy).
-//  - Rounding is torch.round: half to even. Weights (int8-sym) use q = round(w / scale) with
-//    scale = absmax / 127 as SPEC says; activations (per-token int8, LLM.int8) and LLM.int8's CB use
-//    q = round(x * (127 / absmax)), the reciprocal form bitsandbytes' kernels use. Both give the same codes
-//    except exactly at rounding ties.
+//  - Rounding is torch.round: half to even. Every int8 code is q = round(v / scale) with scale = absmax / 127
+//    computed in fp32 (SPEC; weights, per-token activations, LLM.int8's CB and activations alike).
+//    bitsandbytes multiplies by 127 / absmax instead; the two differ only exactly at rounding ties.
 //  - A zero row / block has scale (absmax) 0 and all-zero codes; nothing divides by zero.
 #include <array>
 #include <cstdint>
@@ -57,7 +56,7 @@ struct TokenQuant {
   torch::Tensor scale;
 };
 
-/// x [T, in] (rows = tokens) -> q = round(x * (127 / absmax_row)), scale = absmax_row / 127.
+/// x [T, in] (rows = tokens) -> scale = absmax_row / 127, q = round(x / scale).
 TokenQuant quantize_per_token(const torch::Tensor& x);
 
 /// W8A8: per-token int8 x, int8 weight (per tensor or per channel), exact int32 accumulation,
@@ -67,7 +66,7 @@ torch::Tensor int8_w8a8_linear(const torch::Tensor& x, const Int8Weight& w, cons
 // ---------------------------------------------------------------------------------------------------------
 // LLM.int8 (bitsandbytes Linear8bitLt)
 
-/// CB int8 [out, in] = round(w * 127 / SCB); SCB fp32 [out] = per-row absmax.
+/// CB int8 [out, in] = round(w / (SCB / 127)); SCB fp32 [out] = per-row absmax.
 struct LlmInt8Weight {
   torch::Tensor CB;
   torch::Tensor SCB;
@@ -81,7 +80,7 @@ torch::Tensor dequantize_llm_int8(const LlmInt8Weight& w);
 
 /// LLM.int8's activation side: x [T, in] rounded to fp16, outlier columns = columns where any |x| >= threshold
 /// (none when threshold <= 0); rowstat [T] = absmax of the row over elements with |x| < threshold (bitsandbytes'
-/// kInt8VectorQuant skips outliers); q = round(x * 127 / rowstat) with every outlier column zeroed.
+/// kInt8VectorQuant skips outliers); q = round(x / (rowstat / 127)) with every outlier column zeroed.
 struct LlmInt8ActQuant {
   torch::Tensor q;             ///< int8 [T, in]
   torch::Tensor rowstat;       ///< fp32 [T]
@@ -89,9 +88,10 @@ struct LlmInt8ActQuant {
 };
 LlmInt8ActQuant quantize_llm_int8_activations(const torch::Tensor& x, double threshold);
 
-/// The SPEC / bitsandbytes algorithm: int8 part fp16(C * rowstat * SCB / (127*127) + bias), plus the outlier
-/// columns of x (fp16) times the dequantized weight columns (fp16) with fp32 accumulation, rounded to fp16;
-/// returned in x's dtype.
+/// The SPEC / bitsandbytes algorithm, accumulated in fp32 and cast once to x's dtype at the end:
+/// out = C * rowstat * SCB / (127*127) + x16[:, outliers] @ fp16(CB * SCB / 127)[:, outliers]^T + bias, where
+/// C is the exact int32 product of the quantized activations and CB, and x16 is x rounded to fp16 (as
+/// bitsandbytes casts it). threshold <= 0: no outlier columns.
 torch::Tensor llm_int8_linear(const torch::Tensor& x, const LlmInt8Weight& w, const torch::Tensor& bias,
                               double threshold);
 

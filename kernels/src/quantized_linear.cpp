@@ -1,0 +1,544 @@
+// The QuantizedLinear implementations: one class per method. On CPU forward() is the reference of
+// reference.h; when the stored tensors live on a CUDA device (after to()) and the build has the kernels
+// (EVALSVC_WITH_CUDA), forward() calls the ops of cuda_ops.h. Tensor names and layouts of state() are those
+// transformers + bitsandbytes serialize (docs/quantization.md).
+#include "evalsvc/kernels/quantized_linear.h"
+
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "evalsvc/common/error.h"
+#include "evalsvc/kernels/codebooks.h"
+#include "evalsvc/kernels/cuda_ops.h"
+#include "evalsvc/kernels/memory.h"
+#include "evalsvc/kernels/reference.h"
+
+namespace evalsvc::kernels {
+
+namespace {
+
+using TensorMap = std::map<std::string, torch::Tensor>;
+
+std::string shape_str(c10::IntArrayRef sizes) {
+  std::string s = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
+  return s + "]";
+}
+
+const char* hf_dtype_name(torch::ScalarType t) {
+  switch (t) {
+    case torch::kHalf: return "float16";
+    case torch::kBFloat16: return "bfloat16";
+    default: return "float32";
+  }
+}
+
+torch::ScalarType dtype_from_hf_name(const std::string& name, const std::string& key) {
+  if (name == "float16") return torch::kHalf;
+  if (name == "bfloat16") return torch::kBFloat16;
+  if (name == "float32") return torch::kFloat;
+  throw FormatError(fmt::format("{}: dtype must be float16, bfloat16 or float32, got '{}'", key, name));
+}
+
+void check_options(Method method, const QuantOptions& o) {
+  const auto c = o.compute_dtype;
+  EVALSVC_CHECK(c == torch::kFloat || c == torch::kHalf || c == torch::kBFloat16, InputError,
+                "{}: compute_dtype must be fp32, fp16 or bf16, got {}", method_name(method), c10::toString(c));
+  if (method == Method::kLlmInt8) {
+    EVALSVC_CHECK(std::isfinite(o.outlier_threshold) && o.outlier_threshold >= 0, InputError,
+                  "llm-int8: outlier_threshold must be finite and >= 0, got {}", o.outlier_threshold);
+  }
+  if (method == Method::kNf4) ref::check_nf4_blocksize(o.block_size);
+}
+
+/// Everything the methods share: sizes, bias in the base dtype, the byte formula, input checks and the
+/// CPU/CUDA dispatch of forward().
+class LayerBase : public QuantizedLinear {
+ public:
+  LayerBase(Method method, int64_t out, int64_t in, torch::Tensor bias, const QuantOptions& options)
+      : method_(method), out_(out), in_(in), options_(options), base_(layer_base_dtype(method, options)) {
+    if (bias.defined()) bias_ = bias.to(base_).contiguous();
+  }
+
+  torch::Tensor forward(const torch::Tensor& x) const final {
+    EVALSVC_CHECK(x.defined(), InputError, "{} linear [{}, {}]: x is undefined", method_name(method_), out_, in_);
+    EVALSVC_CHECK(torch::isFloatingType(x.scalar_type()), InputError,
+                  "{} linear [{}, {}]: x must be fp32, fp16 or bf16, got {}", method_name(method_), out_, in_,
+                  c10::toString(x.scalar_type()));
+    EVALSVC_CHECK(x.dim() >= 1 && x.size(-1) == in_, InputError, "{} linear [{}, {}]: x must be [..., {}], got {}",
+                  method_name(method_), out_, in_, in_, shape_str(x.sizes()));
+    EVALSVC_CHECK(x.device() == device(), InputError, "{} linear [{}, {}]: x is on {} but the layer is on {}",
+                  method_name(method_), out_, in_, x.device().str(), device().str());
+    // Activations enter in the base dtype (as on a GPU running the variant) and leave in x's dtype.
+    const auto xb = x.to(base_);
+    if (device().is_cpu()) return forward_cpu(xb).to(x.scalar_type());
+#ifdef EVALSVC_WITH_CUDA
+    return forward_cuda(xb.contiguous()).to(x.scalar_type());
+#else
+    throw UnsupportedError(fmt::format("{} linear: weights are on {} but this build has no CUDA kernels "
+                                       "(configure with -DEVALSVC_ENABLE_CUDA=ON and a CUDA libtorch)",
+                                       method_name(method_), device().str()));
+#endif
+  }
+
+  Method method() const final { return method_; }
+  int64_t in_features() const final { return in_; }
+  int64_t out_features() const final { return out_; }
+  LayerBytes bytes() const final {
+    return linear_layer_bytes(method_, out_, in_, bias_.defined(), base_, options_);
+  }
+
+  std::map<std::string, torch::Tensor> state() const final {
+    TensorMap s = own_state();
+    if (bias_.defined()) s["bias"] = bias_;
+    for (auto& [k, t] : s) t = t.cpu();
+    return s;
+  }
+
+  void to(const torch::Device& device) final {
+    before_move(device);
+    if (bias_.defined()) bias_ = bias_.to(device);
+    move_storage(device);
+  }
+
+ protected:
+  virtual torch::Device device() const = 0;
+  virtual torch::Tensor forward_cpu(const torch::Tensor& xb) const = 0;
+#ifdef EVALSVC_WITH_CUDA
+  virtual torch::Tensor forward_cuda(const torch::Tensor& xb) const = 0;
+#endif
+  virtual TensorMap own_state() const = 0;
+  virtual void move_storage(const torch::Device& device) = 0;
+  /// Lets a method refuse a device before anything moves (fp8 below compute capability 8.9).
+  virtual void before_move(const torch::Device&) {}
+
+  Method method_;
+  int64_t out_, in_;
+  QuantOptions options_;
+  torch::ScalarType base_;
+  torch::Tensor bias_;
+};
+
+// ---------------------------------------------------------------------------------------------------------
+
+class PlainLinear final : public LayerBase {
+ public:
+  PlainLinear(Method m, torch::Tensor weight, torch::Tensor bias, const QuantOptions& o)
+      : LayerBase(m, weight.size(0), weight.size(1), std::move(bias), o),
+        weight_(weight.to(layer_base_dtype(m, o)).contiguous()) {}
+
+  torch::Tensor dequantized_weight() const override { return weight_.to(torch::kFloat).cpu(); }
+
+ protected:
+  torch::Device device() const override { return weight_.device(); }
+  torch::Tensor forward_cpu(const torch::Tensor& xb) const override {
+    if (base_ == torch::kFloat) return torch::linear(xb, weight_, bias_);
+    return ref::linear_in_dtype(xb, weight_.to(torch::kFloat), bias_, base_);
+  }
+#ifdef EVALSVC_WITH_CUDA
+  torch::Tensor forward_cuda(const torch::Tensor& xb) const override { return torch::linear(xb, weight_, bias_); }
+#endif
+  TensorMap own_state() const override { return {{"weight", weight_}}; }
+  void move_storage(const torch::Device& d) override { weight_ = weight_.to(d); }
+
+ private:
+  torch::Tensor weight_;
+};
+
+/// int8-sym (per tensor), int8-sym-channel (weight-only) and int8-w8a8 (per-token activations too).
+class Int8Linear final : public LayerBase {
+ public:
+  Int8Linear(Method m, ref::Int8Weight w, torch::Tensor bias, const QuantOptions& o)
+      : LayerBase(m, w.q.size(0), w.q.size(1), std::move(bias), o), w_(std::move(w)) {}
+
+  torch::Tensor dequantized_weight() const override {
+    return ref::dequantize_int8_sym({w_.q.cpu(), w_.scale.cpu()});
+  }
+
+ protected:
+  torch::Device device() const override { return w_.q.device(); }
+  torch::Tensor forward_cpu(const torch::Tensor& xb) const override {
+    if (method_ == Method::kInt8W8A8) return ref::int8_w8a8_linear(xb, w_, bias_);
+    return ref::int8_weight_only_linear(xb, w_, bias_, base_);
+  }
+#ifdef EVALSVC_WITH_CUDA
+  torch::Tensor forward_cuda(const torch::Tensor& xb) const override {
+    if (method_ == Method::kInt8W8A8) return cuda::int8_w8a8_linear(xb, w_.q, w_.scale, bias_);
+    return cuda::int8_weight_only_linear(xb, w_.q, w_.scale, bias_);
+  }
+#endif
+  TensorMap own_state() const override { return {{"weight", w_.q}, {"weight_scale", w_.scale}}; }
+  void move_storage(const torch::Device& d) override {
+    w_.q = w_.q.to(d);
+    w_.scale = w_.scale.to(d);
+  }
+
+ private:
+  ref::Int8Weight w_;
+};
+
+class LlmInt8Linear final : public LayerBase {
+ public:
+  LlmInt8Linear(ref::LlmInt8Weight w, torch::Tensor bias, const QuantOptions& o)
+      : LayerBase(Method::kLlmInt8, w.CB.size(0), w.CB.size(1), std::move(bias), o), w_(std::move(w)) {}
+
+  torch::Tensor dequantized_weight() const override { return ref::dequantize_llm_int8({w_.CB.cpu(), w_.SCB.cpu()}); }
+
+ protected:
+  torch::Device device() const override { return w_.CB.device(); }
+  torch::Tensor forward_cpu(const torch::Tensor& xb) const override {
+    return ref::llm_int8_linear(xb, w_, bias_, options_.outlier_threshold);
+  }
+#ifdef EVALSVC_WITH_CUDA
+  torch::Tensor forward_cuda(const torch::Tensor& xb) const override {
+    return cuda::llm_int8_linear(xb, w_.CB, w_.SCB, bias_, options_.outlier_threshold);
+  }
+#endif
+  TensorMap own_state() const override { return {{"weight", w_.CB}, {"SCB", w_.SCB}}; }
+  void move_storage(const torch::Device& d) override {
+    w_.CB = w_.CB.to(d);
+    w_.SCB = w_.SCB.to(d);
+  }
+
+ private:
+  ref::LlmInt8Weight w_;
+};
+
+class Nf4Linear final : public LayerBase {
+ public:
+  Nf4Linear(ref::Nf4Weight w, torch::Tensor bias, const QuantOptions& o)
+      : LayerBase(Method::kNf4, w.shape.at(0), w.shape.at(1), std::move(bias), with_storage(o, w)), w_(std::move(w)) {}
+
+  torch::Tensor dequantized_weight() const override { return ref::dequantize_nf4(cpu_weight()); }
+
+ protected:
+  torch::Device device() const override { return w_.packed.device(); }
+  torch::Tensor forward_cpu(const torch::Tensor& xb) const override {
+    return ref::nf4_linear(xb, w_, bias_, base_);
+  }
+#ifdef EVALSVC_WITH_CUDA
+  torch::Tensor forward_cuda(const torch::Tensor& xb) const override {
+    if (base_ == torch::kFloat) {  // the fused kernels take fp16/bf16 activations only
+      return torch::linear(xb, cuda::nf4_dequantize(device_weight_, torch::kFloat), bias_);
+    }
+    return cuda::nf4_linear(xb, device_weight_, bias_);
+  }
+#endif
+  TensorMap own_state() const override {
+    const int64_t n = w_.numel();
+    TensorMap s{{"weight", w_.packed.reshape({(n + 1) / 2, 1})}, {"weight.quant_map", w_.quant_map}};
+    nlohmann::json qs{{"quant_type", "nf4"},
+                      {"blocksize", w_.blocksize},
+                      {"dtype", hf_dtype_name(base_)},
+                      {"shape", w_.shape}};
+    if (w_.double_quant()) {
+      s["weight.absmax"] = w_.absmax_q;
+      s["weight.nested_absmax"] = w_.nested_absmax;
+      s["weight.nested_quant_map"] = w_.nested_quant_map;
+      qs["nested_blocksize"] = kNestedBlockSize;
+      qs["nested_offset"] = w_.offset;
+      qs["nested_dtype"] = "float32";
+    } else {
+      s["weight.absmax"] = w_.absmax;
+    }
+    const std::string text = qs.dump();
+    auto bytes = torch::empty({static_cast<int64_t>(text.size())}, torch::kByte);
+    std::memcpy(bytes.data_ptr<uint8_t>(), text.data(), text.size());
+    s["weight.quant_state.bitsandbytes__nf4"] = bytes;
+    return s;
+  }
+  void move_storage(const torch::Device& d) override {
+    for (auto* t : {&w_.packed, &w_.absmax, &w_.absmax_q, &w_.nested_absmax, &w_.quant_map, &w_.nested_quant_map}) {
+      if (t->defined()) *t = t->to(d);
+    }
+#ifdef EVALSVC_WITH_CUDA
+    if (d.is_cuda()) {
+      device_weight_ = cuda::Nf4Weight{};
+      device_weight_.packed = w_.packed;
+      device_weight_.out_features = out_;
+      device_weight_.in_features = in_;
+      device_weight_.blocksize = w_.blocksize;
+      // The kernels decode with the built-in dynamic map; a file written with a map that differs in any bit
+      // (torch's linspace varies in the last bit across CPUs) gets its absmax decoded once, exactly, here.
+      const bool same_map = !w_.double_quant() || torch::equal(w_.nested_quant_map.cpu(),
+          torch::from_blob(const_cast<float*>(kDynamicMapSigned), {256}, torch::kFloat));
+      if (w_.double_quant() && same_map) {
+        device_weight_.absmax_q = w_.absmax_q;
+        device_weight_.nested_absmax = w_.nested_absmax;
+        device_weight_.offset = w_.offset;
+      } else {
+        device_weight_.absmax = ref::nf4_block_absmax(cpu_weight()).to(d);
+      }
+    } else {
+      device_weight_ = cuda::Nf4Weight{};
+    }
+#endif
+  }
+
+ private:
+  static QuantOptions with_storage(QuantOptions o, const ref::Nf4Weight& w) {
+    o.block_size = w.blocksize;
+    o.double_quant = w.double_quant();
+    return o;
+  }
+  ref::Nf4Weight cpu_weight() const {
+    ref::Nf4Weight c = w_;
+    for (auto* t : {&c.packed, &c.absmax, &c.absmax_q, &c.nested_absmax, &c.quant_map, &c.nested_quant_map}) {
+      if (t->defined()) *t = t->cpu();
+    }
+    return c;
+  }
+
+  ref::Nf4Weight w_;
+#ifdef EVALSVC_WITH_CUDA
+  cuda::Nf4Weight device_weight_;
+#endif
+};
+
+class Fp8Linear final : public LayerBase {
+ public:
+  Fp8Linear(ref::Fp8Weight w, torch::Tensor bias, const QuantOptions& o)
+      : LayerBase(Method::kFp8E4M3, w.q.size(0), w.q.size(1), std::move(bias), o), w_(std::move(w)) {}
+
+  torch::Tensor dequantized_weight() const override { return ref::dequantize_fp8({w_.q.cpu(), w_.scale.cpu()}); }
+
+ protected:
+  torch::Device device() const override { return w_.q.device(); }
+  torch::Tensor forward_cpu(const torch::Tensor& xb) const override { return ref::fp8_w8a8_linear(xb, w_, bias_); }
+#ifdef EVALSVC_WITH_CUDA
+  torch::Tensor forward_cuda(const torch::Tensor& xb) const override {
+    return cuda::fp8_linear(xb, w_.q, w_.scale, bias_);
+  }
+#endif
+  TensorMap own_state() const override { return {{"weight", w_.q}, {"weight_scale", w_.scale}}; }
+  void before_move(const torch::Device& d) override {
+    if (!d.is_cuda()) return;
+#ifdef EVALSVC_WITH_CUDA
+    EVALSVC_CHECK(cuda::fp8_supported(d), UnsupportedError,
+                  "fp8-e4m3 needs a GPU of compute capability 8.9 or newer; {} is older", d.str());
+#else
+    throw UnsupportedError(fmt::format("fp8-e4m3 on {}: this build has no CUDA kernels", d.str()));
+#endif
+  }
+  void move_storage(const torch::Device& d) override {
+    w_.q = w_.q.to(d);
+    w_.scale = w_.scale.to(d);
+  }
+
+ private:
+  ref::Fp8Weight w_;
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// load_linear helpers: every failure names the key, the expected and the actual value.
+
+const torch::Tensor& require(const TensorMap& s, const std::string& key, Method m) {
+  auto it = s.find(key);
+  EVALSVC_CHECK(it != s.end() && it->second.defined(), FormatError, "{} layer state: missing tensor '{}'",
+                method_name(m), key);
+  return it->second;
+}
+
+torch::Tensor require_tensor(const TensorMap& s, const std::string& key, Method m, std::optional<torch::ScalarType> dtype,
+                             std::vector<int64_t> shape) {
+  const auto& t = require(s, key, m);
+  if (dtype) {
+    EVALSVC_CHECK(t.scalar_type() == *dtype, FormatError, "{} layer state: '{}' must be {}, got {}", method_name(m),
+                  key, c10::toString(*dtype), c10::toString(t.scalar_type()));
+  }
+  EVALSVC_CHECK(t.sizes().vec() == shape, FormatError, "{} layer state: '{}' must have shape {}, got {}",
+                method_name(m), key, shape_str(shape), shape_str(t.sizes()));
+  // Stored quantized buffers go to the kernels as raw memory: a strided view here means the writer got the
+  // layout wrong (e.g. a transposed [in, out] weight), which copying would silently hide.
+  EVALSVC_CHECK(t.is_contiguous(), FormatError, "{} layer state: '{}' {} must be contiguous", method_name(m), key,
+                shape_str(t.sizes()));
+  return t.cpu();
+}
+
+void require_finite(const torch::Tensor& t, const std::string& key, Method m) {
+  EVALSVC_CHECK(torch::isfinite(t).all().item<bool>(), FormatError, "{} layer state: '{}' contains NaN or Inf",
+                method_name(m), key);
+}
+
+/// The 2-D [out, in] shape of the `weight` key (plain and 8-bit formats).
+std::pair<int64_t, int64_t> weight_shape(const TensorMap& s, Method m) {
+  const auto& w = require(s, "weight", m);
+  EVALSVC_CHECK(w.dim() == 2 && w.size(0) > 0 && w.size(1) > 0, FormatError,
+                "{} layer state: 'weight' must be 2-D [out, in], got {}", method_name(m), shape_str(w.sizes()));
+  return {w.size(0), w.size(1)};
+}
+
+torch::Tensor optional_bias(const TensorMap& s, Method m, int64_t out) {
+  auto it = s.find("bias");
+  if (it == s.end() || !it->second.defined()) return {};
+  const auto& b = it->second;
+  EVALSVC_CHECK(torch::isFloatingType(b.scalar_type()), FormatError,
+                "{} layer state: 'bias' must be floating, got {}", method_name(m), c10::toString(b.scalar_type()));
+  EVALSVC_CHECK(b.dim() == 1 && b.size(0) == out, FormatError, "{} layer state: 'bias' must be [{}], got {}",
+                method_name(m), out, shape_str(b.sizes()));
+  return b.cpu();
+}
+
+std::unique_ptr<QuantizedLinear> load_nf4(const TensorMap& s, const QuantOptions& options) {
+  constexpr Method m = Method::kNf4;
+  const std::string qs_key = "weight.quant_state.bitsandbytes__nf4";
+  const auto& qs_bytes = require(s, qs_key, m);
+  EVALSVC_CHECK(qs_bytes.scalar_type() == torch::kByte && qs_bytes.dim() == 1, FormatError,
+                "nf4 layer state: '{}' must be a 1-D uint8 tensor of JSON bytes, got {} {}", qs_key,
+                c10::toString(qs_bytes.scalar_type()), shape_str(qs_bytes.sizes()));
+  const auto qs_cpu = qs_bytes.cpu().contiguous();
+  const std::string text(reinterpret_cast<const char*>(qs_cpu.data_ptr<uint8_t>()), qs_cpu.numel());
+  const auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  EVALSVC_CHECK(j.is_object(), FormatError, "nf4 layer state: '{}' is not a JSON object: '{}'", qs_key, text);
+
+  ref::Nf4Weight w;
+  try {
+    EVALSVC_CHECK(j.at("quant_type").get<std::string>() == "nf4", FormatError,
+                  "nf4 layer state: {}.quant_type must be \"nf4\", got {}", qs_key, j.at("quant_type").dump());
+    w.blocksize = j.at("blocksize").get<int64_t>();
+    w.shape = j.at("shape").get<std::vector<int64_t>>();
+    dtype_from_hf_name(j.at("dtype").get<std::string>(), qs_key + ".dtype");
+    if (j.contains("nested_offset")) {
+      w.offset = j.at("nested_offset").get<float>();
+      EVALSVC_CHECK(j.value("nested_blocksize", int64_t{0}) == kNestedBlockSize, FormatError,
+                    "nf4 layer state: {}.nested_blocksize must be {}, got {}", qs_key, kNestedBlockSize,
+                    j.value("nested_blocksize", nlohmann::json()).dump());
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(fmt::format("nf4 layer state: bad field in '{}' ({}): {}", qs_key, e.what(), text));
+  }
+  EVALSVC_CHECK(w.shape.size() == 2 && w.shape[0] > 0 && w.shape[1] > 0, FormatError,
+                "nf4 layer state: {}.shape must be [out, in] with positive sizes, got {}", qs_key, shape_str(w.shape));
+  try {
+    ref::check_nf4_blocksize(w.blocksize);
+  } catch (const InputError& e) {
+    throw FormatError(fmt::format("nf4 layer state: {}.blocksize: {}", qs_key, e.what()));
+  }
+  const int64_t n = w.numel(), nblocks = w.nblocks();
+  w.packed = require_tensor(s, "weight", m, torch::kByte, {(n + 1) / 2, 1}).reshape({-1});
+  w.quant_map = require_tensor(s, "weight.quant_map", m, torch::kFloat, {16});
+  EVALSVC_CHECK(torch::allclose(w.quant_map, torch::from_blob(const_cast<float*>(kNf4Levels), {16}, torch::kFloat),
+                                0, 1e-6),
+                FormatError, "nf4 layer state: 'weight.quant_map' is not the NF4 table (an fp4 or custom map?)");
+  const bool dq = j.contains("nested_offset");
+  if (dq) {
+    w.absmax_q = require_tensor(s, "weight.absmax", m, torch::kByte, {nblocks});
+    w.nested_absmax = require_tensor(s, "weight.nested_absmax", m, torch::kFloat,
+                                     {(nblocks + kNestedBlockSize - 1) / kNestedBlockSize});
+    w.nested_quant_map = require_tensor(s, "weight.nested_quant_map", m, torch::kFloat, {256});
+    require_finite(w.nested_absmax, "weight.nested_absmax", m);
+    require_finite(w.nested_quant_map, "weight.nested_quant_map", m);
+    EVALSVC_CHECK(std::isfinite(w.offset), FormatError, "nf4 layer state: {}.nested_offset is not finite", qs_key);
+  } else {
+    w.absmax = require_tensor(s, "weight.absmax", m, torch::kFloat, {nblocks});
+    require_finite(w.absmax, "weight.absmax", m);
+  }
+  auto bias = optional_bias(s, m, w.shape[0]);
+  return std::make_unique<Nf4Linear>(std::move(w), std::move(bias), options);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------
+
+std::unique_ptr<QuantizedLinear> quantize_linear(Method method, const torch::Tensor& weight, const torch::Tensor& bias,
+                                                 const QuantOptions& options) {
+  const std::string where = "quantize_linear(" + method_name(method) + ")";
+  check_options(method, options);
+  EVALSVC_CHECK(weight.defined(), InputError, "{}: weight is undefined", where);
+  EVALSVC_CHECK(torch::isFloatingType(weight.scalar_type()), InputError, "{}: weight must be floating, got {}", where,
+                c10::toString(weight.scalar_type()));
+  EVALSVC_CHECK(weight.dim() == 2 && weight.size(0) > 0 && weight.size(1) > 0, InputError,
+                "{}: weight must be 2-D [out, in] with positive sizes, got {}", where, shape_str(weight.sizes()));
+  if (bias.defined()) {
+    EVALSVC_CHECK(torch::isFloatingType(bias.scalar_type()), InputError, "{}: bias must be floating, got {}", where,
+                  c10::toString(bias.scalar_type()));
+    EVALSVC_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), InputError, "{}: bias must be [{}], got {}",
+                  where, weight.size(0), shape_str(bias.sizes()));
+  }
+  // Quantization runs on the CPU references; the result goes back to the weight's device.
+  const auto device = weight.device();
+  const auto w = weight.cpu();
+  const auto b = bias.defined() ? bias.cpu() : bias;
+  std::unique_ptr<QuantizedLinear> layer;
+  switch (method) {
+    case Method::kFp32:
+    case Method::kFp16:
+    case Method::kBf16:
+      layer = std::make_unique<PlainLinear>(method, w, b, options);
+      break;
+    case Method::kInt8SymTensor:
+    case Method::kInt8SymChannel:
+    case Method::kInt8W8A8:
+      layer = std::make_unique<Int8Linear>(method, ref::quantize_int8_sym(w, method != Method::kInt8SymTensor), b,
+                                           options);
+      break;
+    case Method::kLlmInt8:
+      // bitsandbytes' Int8Params casts the weight to fp16 before computing CB and SCB.
+      layer = std::make_unique<LlmInt8Linear>(ref::quantize_llm_int8(w.to(torch::kHalf)), b, options);
+      break;
+    case Method::kNf4:
+      // bitsandbytes quantizes the weight in the model's dtype (fp16 / bf16 for the reference's variant).
+      layer = std::make_unique<Nf4Linear>(
+          ref::quantize_nf4(w.to(options.compute_dtype), options.block_size, options.double_quant), b, options);
+      break;
+    case Method::kFp8E4M3:
+      layer = std::make_unique<Fp8Linear>(ref::quantize_fp8_e4m3_channel(w), b, options);
+      break;
+  }
+  EVALSVC_ASSERT(layer != nullptr, "quantize_linear: unhandled method {}", static_cast<int>(method));
+  if (!device.is_cpu()) layer->to(device);
+  return layer;
+}
+
+std::unique_ptr<QuantizedLinear> load_linear(Method method, const std::map<std::string, torch::Tensor>& state,
+                                             const QuantOptions& options) {
+  check_options(method, options);
+  switch (method) {
+    case Method::kFp32:
+    case Method::kFp16:
+    case Method::kBf16: {
+      const auto [out, in] = weight_shape(state, method);
+      const auto dtype = layer_base_dtype(method, options);
+      auto w = require_tensor(state, "weight", method, dtype, {out, in});
+      return std::make_unique<PlainLinear>(method, w, optional_bias(state, method, out), options);
+    }
+    case Method::kInt8SymTensor:
+    case Method::kInt8SymChannel:
+    case Method::kInt8W8A8: {
+      const auto [out, in] = weight_shape(state, method);
+      ref::Int8Weight w;
+      w.q = require_tensor(state, "weight", method, torch::kChar, {out, in});
+      w.scale = require_tensor(state, "weight_scale", method, torch::kFloat,
+                               {method == Method::kInt8SymTensor ? int64_t{1} : out});
+      require_finite(w.scale, "weight_scale", method);
+      return std::make_unique<Int8Linear>(method, std::move(w), optional_bias(state, method, out), options);
+    }
+    case Method::kLlmInt8: {
+      const auto [out, in] = weight_shape(state, method);
+      ref::LlmInt8Weight w;
+      w.CB = require_tensor(state, "weight", method, torch::kChar, {out, in});
+      w.SCB = require_tensor(state, "SCB", method, torch::kFloat, {out});
+      require_finite(w.SCB, "SCB", method);
+      return std::make_unique<LlmInt8Linear>(std::move(w), optional_bias(state, method, out), options);
+    }
+    case Method::kNf4:
+      return load_nf4(state, options);
+    case Method::kFp8E4M3: {
+      const auto [out, in] = weight_shape(state, method);
+      ref::Fp8Weight w;
+      w.q = require_tensor(state, "weight", method, torch::kByte, {out, in});
+      w.scale = require_tensor(state, "weight_scale", method, torch::kFloat, {out});
+      require_finite(w.scale, "weight_scale", method);
+      return std::make_unique<Fp8Linear>(std::move(w), optional_bias(state, method, out), options);
+    }
+  }
+  throw InputError(fmt::format("load_linear: unknown method {}", static_cast<int>(method)));
+}
+
+}  // namespace evalsvc::kernels
