@@ -1,0 +1,274 @@
+// kernel_bench: validates every qbench CUDA op against its CPU reference, then times GPT-2's four projection
+// GEMM shapes (in, out) = (768, 2304) c_attn, (768, 768) attn.c_proj, (768, 3072) c_fc, (3072, 768) mlp.c_proj at
+// M = 1, 128, 4096, 32768 tokens with CUDA events, next to the fp16 torch::matmul (cuBLAS) peer of the same run.
+// Output: JSON lines on stdout (one "device" line, one line per validation, one per timing). Exit status 1 when
+// any validation fails (nothing is timed then), 2 on a usage error; 0 with a message when built without CUDA.
+//
+//   build-NAME/kernels/kernel_bench            # full sweep
+//   build-NAME/kernels/kernel_bench --quick    # M = 1 and 128 only
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "evalsvc/kernels/torch_compat.h"
+
+#ifndef EVALSVC_WITH_CUDA
+
+int main() {
+  std::fprintf(stderr,
+               "kernel_bench: built without the CUDA kernels (configure with -DEVALSVC_ENABLE_CUDA=ON against a "
+               "CUDA libtorch); nothing to validate or time.\n");
+  return 0;
+}
+
+#else
+
+#include <cuda_runtime_api.h>
+
+#include <ATen/cuda/CUDAContext.h>
+#include <fmt/format.h>
+
+#include "evalsvc/common/error.h"
+#include "evalsvc/kernels/cuda_ops.h"
+#include "evalsvc/kernels/reference.h"
+
+namespace {
+
+using namespace evalsvc;
+using namespace evalsvc::kernels;
+using json = nlohmann::json;
+
+#define BENCH_CUDA_CHECK(call)                                                                              \
+  do {                                                                                                      \
+    const cudaError_t e_ = (call);                                                                          \
+    if (e_ != cudaSuccess)                                                                                  \
+      throw CudaError(fmt::format("{}:{}: {} failed: {}", __FILE__, __LINE__, #call, cudaGetErrorString(e_))); \
+  } while (0)
+
+torch::Device gpu() { return torch::Device(torch::kCUDA, 0); }
+
+torch::Tensor randn(std::vector<int64_t> shape, uint64_t seed, double stddev = 1.0) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return at::normal(0.0, stddev, shape, gen);
+}
+
+/// max |got - want| / max |want|.
+double rel_err(const torch::Tensor& got, const torch::Tensor& want) {
+  const auto g = got.cpu().to(torch::kFloat64);
+  const auto w = want.cpu().to(torch::kFloat64);
+  if (g.sizes() != w.sizes()) return 1e30;
+  if (!torch::isfinite(g).all().item<bool>()) return 1e30;
+  return (g - w).abs().max().item<double>() / std::max(w.abs().max().item<double>(), 1e-12);
+}
+
+/// Milliseconds per call of fn, CUDA events around `iters` back-to-back calls after `warmup` calls.
+template <typename Fn>
+double time_ms(Fn&& fn, int warmup, int iters) {
+  for (int i = 0; i < warmup; ++i) fn();
+  cudaEvent_t start, stop;
+  BENCH_CUDA_CHECK(cudaEventCreate(&start));
+  BENCH_CUDA_CHECK(cudaEventCreate(&stop));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
+  BENCH_CUDA_CHECK(cudaEventRecord(start, stream));
+  for (int i = 0; i < iters; ++i) fn();
+  BENCH_CUDA_CHECK(cudaEventRecord(stop, stream));
+  BENCH_CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  BENCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  BENCH_CUDA_CHECK(cudaEventDestroy(start));
+  BENCH_CUDA_CHECK(cudaEventDestroy(stop));
+  return ms / iters;
+}
+
+cuda::Nf4Weight nf4_to_gpu(const ref::Nf4Weight& w) {
+  cuda::Nf4Weight g;
+  g.packed = w.packed.to(gpu());
+  if (w.double_quant()) {
+    g.absmax_q = w.absmax_q.to(gpu());
+    g.nested_absmax = w.nested_absmax.to(gpu());
+    g.offset = w.offset;
+  } else {
+    g.absmax = w.absmax.to(gpu());
+  }
+  g.out_features = w.shape.at(0);
+  g.in_features = w.shape.at(1);
+  g.blocksize = w.blocksize;
+  return g;
+}
+
+/// Every op on one shape: built once on the CPU (references) and moved to the GPU.
+struct Layer {
+  int64_t k = 0, n = 0;
+  torch::Tensor w, bias;                 // CPU fp32
+  ref::Nf4Weight nf4;
+  cuda::Nf4Weight nf4_gpu;
+  ref::Int8Weight i8;                    // per channel
+  torch::Tensor i8_q, i8_s;
+  ref::LlmInt8Weight llm;
+  torch::Tensor cb, scb;
+  ref::Fp8Weight f8;
+  torch::Tensor f8_q, f8_s;
+  torch::Tensor w16, bias_gpu, bias16;   // GPU
+
+  Layer(int64_t k_, int64_t n_, uint64_t seed) : k(k_), n(n_) {
+    w = randn({n, k}, seed, 0.02);
+    bias = randn({n}, seed + 1, 0.02);
+    nf4 = ref::quantize_nf4(w, 64, true);
+    nf4_gpu = nf4_to_gpu(nf4);
+    i8 = ref::quantize_int8_sym(w, true);
+    i8_q = i8.q.to(gpu());
+    i8_s = i8.scale.to(gpu());
+    llm = ref::quantize_llm_int8(w);
+    cb = llm.CB.to(gpu());
+    scb = llm.SCB.to(gpu());
+    f8 = ref::quantize_fp8_e4m3_channel(w);
+    f8_q = f8.q.to(gpu());
+    f8_s = f8.scale.to(gpu());
+    w16 = w.to(torch::kFloat16).to(gpu());
+    bias_gpu = bias.to(gpu());
+    bias16 = bias.to(torch::kFloat16).to(gpu());
+  }
+};
+
+struct Validation {
+  std::string op;
+  double tol;
+  double err;
+};
+
+/// Each op against its CPU reference at 1 and 77 tokens (77: partial tiles, more than cuBLASLt's 16).
+bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
+  bool ok = true;
+  for (const int64_t m : {int64_t{1}, int64_t{77}}) {
+    auto x = randn({m, L.k}, 42 + m).clamp(-4.0, 4.0);
+    x.index_put_({m / 2, 7}, 25.0);  // one LLM.int8 outlier column
+    const auto x16 = x.to(torch::kFloat16);
+    const auto xg = x16.to(gpu());
+    auto add = [&](const std::string& op, double tol, double err) {
+      out.push_back({fmt::format("{} M={} in={} out={}", op, m, L.k, L.n), tol, err});
+      ok = ok && err <= tol;
+    };
+    const auto want_nf4 = ref::nf4_linear(x16, L.nf4, L.bias, torch::kFloat16);
+    for (const auto path : {cuda::Nf4Path::kGemv, cuda::Nf4Path::kGemm}) {
+      add(path == cuda::Nf4Path::kGemv ? "nf4_linear/gemv" : "nf4_linear/gemm", 3e-3,
+          rel_err(cuda::nf4_linear(xg, L.nf4_gpu, L.bias_gpu, path), want_nf4));
+    }
+    add("int8_w8a8_linear", 3e-3, rel_err(cuda::int8_w8a8_linear(xg, L.i8_q, L.i8_s, L.bias_gpu),
+                                           ref::int8_w8a8_linear(x16, L.i8, L.bias)));
+    add("llm_int8_linear", 3e-3, rel_err(cuda::llm_int8_linear(xg, L.cb, L.scb, L.bias_gpu, 6.0),
+                                          ref::llm_int8_linear(x16, L.llm, L.bias, 6.0)));
+    add("int8_weight_only_linear", 3e-3,
+        rel_err(cuda::int8_weight_only_linear(xg, L.i8_q, L.i8_s, L.bias_gpu),
+                ref::int8_weight_only_linear(x16, L.i8, L.bias, torch::kFloat16)));
+    if (fp8) {
+      add("fp8_linear", 2e-2, rel_err(cuda::fp8_linear(xg, L.f8_q, L.f8_s, L.bias_gpu),
+                                       ref::fp8_w8a8_linear(x16, L.f8, L.bias)));
+    }
+  }
+  return ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) {
+      quick = true;
+    } else {
+      std::fprintf(stderr, "usage: kernel_bench [--quick]\n");
+      return 2;
+    }
+  }
+  if (!torch::cuda::is_available()) {
+    std::fprintf(stderr, "kernel_bench: no CUDA device visible; nothing to validate or time.\n");
+    return 0;
+  }
+  try {
+    torch::NoGradGuard no_grad;
+    const auto* prop = at::cuda::getCurrentDeviceProperties();
+    const bool fp8 = cuda::fp8_supported(gpu());
+    std::printf("%s\n", json{{"device", prop->name},
+                             {"compute_capability", fmt::format("{}.{}", prop->major, prop->minor)},
+                             {"sms", prop->multiProcessorCount},
+                             {"libtorch", TORCH_VERSION},
+                             {"cuda_runtime", CUDART_VERSION},
+                             {"fp8", fp8}}
+                            .dump()
+                            .c_str());
+
+    const std::vector<std::pair<int64_t, int64_t>> shapes = {{768, 2304}, {768, 768}, {768, 3072}, {3072, 768}};
+    std::vector<Layer> layers;
+    for (size_t i = 0; i < shapes.size(); ++i) layers.emplace_back(shapes[i].first, shapes[i].second, 1000 + 10 * i);
+
+    bool all_ok = true;
+    for (const auto& L : layers) {
+      std::vector<Validation> v;
+      all_ok = validate(L, fp8, v) && all_ok;
+      for (const auto& r : v) {
+        std::printf("%s\n", json{{"validate", r.op}, {"rel_err", r.err}, {"tol", r.tol}, {"ok", r.err <= r.tol}}
+                                .dump()
+                                .c_str());
+      }
+    }
+    std::fflush(stdout);
+    if (!all_ok) {
+      std::fprintf(stderr, "kernel_bench: validation failed; not timing\n");
+      return 1;
+    }
+
+    const std::vector<int64_t> ms = quick ? std::vector<int64_t>{1, 128} : std::vector<int64_t>{1, 128, 4096, 32768};
+    for (const auto& L : layers) {
+      for (const int64_t m : ms) {
+        const auto x16 = randn({m, L.k}, 7 + m).clamp(-4.0, 4.0).to(torch::kFloat16).to(gpu());
+        const int iters = m >= 4096 ? 20 : 200;
+        const int warmup = m >= 4096 ? 3 : 20;
+        const double flop = 2.0 * m * L.n * L.k;
+        const double peer = time_ms([&] { (void)at::linear(x16, L.w16, L.bias16); }, warmup, iters);
+        auto report = [&](const std::string& op, double weight_bytes, double t) {
+          // Bytes that must cross memory at least once: the weight as stored, x in and y out (fp16).
+          const double bytes = weight_bytes + 2.0 * m * L.k + 2.0 * m * L.n;
+          std::printf("%s\n", json{{"op", op},
+                                   {"m", m},
+                                   {"k", L.k},
+                                   {"n", L.n},
+                                   {"ms", t},
+                                   {"tflops", flop / (t * 1e-3) / 1e12},
+                                   {"gbps", bytes / (t * 1e-3) / 1e9},
+                                   {"fp16_matmul_ms", peer},
+                                   {"speedup_vs_fp16", peer / t}}
+                                  .dump()
+                                  .c_str());
+          std::fflush(stdout);
+        };
+        report("fp16_matmul", 2.0 * L.n * L.k, peer);
+        report("nf4_linear", L.n * L.k / 2.0 + L.n * L.k / 64.0,
+               time_ms([&] { (void)cuda::nf4_linear(x16, L.nf4_gpu, L.bias_gpu); }, warmup, iters));
+        report("int8_w8a8_linear", L.n * L.k + 4.0 * L.n,
+               time_ms([&] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu); }, warmup, iters));
+        if (m > 16) {
+          report("int8_w8a8_linear/wmma", L.n * L.k + 4.0 * L.n,
+                 time_ms([&] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu, cuda::Int8Gemm::kWmma); },
+                         warmup, iters));
+        }
+        report("llm_int8_linear", L.n * L.k + 4.0 * L.n,
+               time_ms([&] { (void)cuda::llm_int8_linear(x16, L.cb, L.scb, L.bias_gpu, 6.0); }, warmup, iters));
+        report("int8_weight_only_linear", L.n * L.k + 4.0 * L.n,
+               time_ms([&] { (void)cuda::int8_weight_only_linear(x16, L.i8_q, L.i8_s, L.bias_gpu); }, warmup, iters));
+        if (fp8) {
+          report("fp8_linear", L.n * L.k + 4.0 * L.n,
+                 time_ms([&] { (void)cuda::fp8_linear(x16, L.f8_q, L.f8_s, L.bias_gpu); }, warmup, iters));
+        }
+      }
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kernel_bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
+
+#endif  // EVALSVC_WITH_CUDA
