@@ -3,6 +3,7 @@
 // embeddings, pre-LayerNorm blocks, GELU (tanh form), LayerNorm eps 1e-5, a bias-free score head
 // read at the last non-pad token. The 48 block projections are kernels::QuantizedLinear slots so a
 // variant can swap them for any quantized format; during training they are plain parameters.
+#include <array>
 #include <map>
 #include <memory>
 #include <string>
@@ -36,5 +37,82 @@ struct ModelConfig {
   static ModelConfig from_json(const nlohmann::json& j);
   nlohmann::json to_json() const;
 };
+
+}  // namespace evalsvc::worker
+
+namespace evalsvc::worker {
+
+/// Indices of the four projections inside a block, in Hugging Face order.
+enum class Projection : int { kAttn = 0, kAttnProj = 1, kFc = 2, kMlpProj = 3 };
+/// "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj".
+const char* projection_name(Projection p);
+
+/// GPT2ForSequenceClassification. Inputs are right-padded: row b holds lengths[b] real tokens followed by
+/// padding. With right padding, causal attention alone gives exactly what Hugging Face computes with its
+/// padding mask at every real position (a real query never sees a later, padded key), and the logits are
+/// read at position lengths[b]-1, the last non-pad token, as Hugging Face does. So the fast causal
+/// (flash) attention path is exact, not an approximation.
+class GPT2ClassifierImpl : public torch::nn::Module {
+ public:
+  /// Random initialisation as Hugging Face GPT2PreTrainedModel._init_weights does (normal(0, 0.02),
+  /// c_proj weights scaled by 1/sqrt(2 * n_layer), LayerNorm 1/0, biases 0), seeded.
+  GPT2ClassifierImpl(const ModelConfig& config, uint64_t seed);
+
+  /// input_ids [B, T] int64 (right-padded), lengths [B] int64 (>= 1) on the model's device.
+  /// Returns logits [B, num_labels] in fp32. Dropout is active in train() mode.
+  torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& lengths);
+
+  const ModelConfig& config() const { return config_; }
+
+  /// Activation/compute dtype for the matrix products during training (kBFloat16 = autocast-like mixed
+  /// precision: fp32 master weights, bf16 GEMMs, fp32 LayerNorm/softmax statistics and residual stream).
+  void set_autocast(torch::ScalarType dtype) { autocast_ = dtype; }
+
+  /// Weights with Hugging Face names and shapes (Conv1D projections [in, out]), on CPU, fp32 (dequantized
+  /// for quantized projections).
+  std::map<std::string, torch::Tensor> hf_state_dict() const;
+  /// Loads Hugging Face-named weights (see checkpoint.h normalize_gpt2_state); FormatError for a missing
+  /// key or wrong shape. When `with_head` is false the score head keeps its fresh initialisation.
+  void load_hf_state_dict(const std::map<std::string, torch::Tensor>& state, bool with_head);
+
+  /// Inference variant: converts embeddings, LayerNorms, biases and the head to `base_dtype` and replaces
+  /// the 48 projections by `method` (SPEC section 2). Irreversible: the fp32 projection weights are freed.
+  void quantize(kernels::Method method, torch::ScalarType base_dtype, const kernels::QuantOptions& options);
+  /// The quantized projection of block `layer`, or nullptr while the model is unquantized.
+  const kernels::QuantizedLinear* projection(int64_t layer, Projection p) const;
+  /// The variant's method (kFp32 until quantize() is called) and base dtype.
+  kernels::Method method() const { return method_; }
+  torch::ScalarType base_dtype() const { return base_dtype_; }
+
+  /// Moves the model (parameters and quantized storage) to `device`.
+  void to_device(const torch::Device& device);
+  torch::Device device() const;
+
+  /// Trainable tensors, split as Hugging Face's Trainer splits them for AdamW: matrices and embeddings get
+  /// weight decay, biases and LayerNorm parameters do not.
+  std::vector<torch::Tensor> decay_parameters() const;
+  std::vector<torch::Tensor> no_decay_parameters() const;
+
+ private:
+  struct Block {
+    torch::Tensor ln1_w, ln1_b, ln2_w, ln2_b;
+    std::array<torch::Tensor, 4> w;  // [out, in] fp32 (training) - undefined after quantize()
+    std::array<torch::Tensor, 4> b;  // [out]
+    std::array<std::unique_ptr<kernels::QuantizedLinear>, 4> q;
+  };
+  torch::Tensor linear(const Block& blk, int p, const torch::Tensor& x) const;
+  torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) const;
+
+  ModelConfig config_;
+  torch::Tensor wte_, wpe_, lnf_w_, lnf_b_, score_w_;
+  std::vector<Block> blocks_;
+  torch::ScalarType autocast_ = torch::kFloat32;
+  kernels::Method method_ = kernels::Method::kFp32;
+  torch::ScalarType base_dtype_ = torch::kFloat32;
+};
+TORCH_MODULE(GPT2Classifier);
+
+/// Number of trainable parameters in the body (embeddings + blocks + final LayerNorm) and in the head.
+std::pair<int64_t, int64_t> parameter_counts(const ModelConfig& config);
 
 }  // namespace evalsvc::worker

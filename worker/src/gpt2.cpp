@@ -1,0 +1,247 @@
+#include "evalsvc/worker/gpt2.h"
+
+#include <cmath>
+
+#include <fmt/ranges.h>
+
+#include "evalsvc/common/error.h"
+
+namespace evalsvc::worker {
+
+namespace {
+constexpr std::array<const char*, 4> kProjectionNames = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
+
+std::string block_key(size_t layer, const char* rest) { return fmt::format("transformer.h.{}.{}", layer, rest); }
+
+torch::Tensor param(torch::Tensor t) { return t.set_requires_grad(true); }
+
+std::string dims(c10::IntArrayRef s) { return fmt::format("[{}]", fmt::join(s.begin(), s.end(), ", ")); }
+}  // namespace
+
+const char* projection_name(Projection p) { return kProjectionNames[static_cast<int>(p)]; }
+
+std::pair<int64_t, int64_t> parameter_counts(const ModelConfig& c) {
+  const int64_t E = c.n_embd, I = c.inner();
+  const int64_t per_block = 4 * E /*ln1, ln2*/ + (E * 3 * E + 3 * E) + (E * E + E) + (E * I + I) + (I * E + E);
+  const int64_t body = c.vocab_size * E + c.n_positions * E + c.n_layer * per_block + 2 * E;
+  return {body, c.num_labels * E};
+}
+
+GPT2ClassifierImpl::GPT2ClassifierImpl(const ModelConfig& config, uint64_t seed) : config_(config) {
+  EVALSVC_CHECK(config.n_embd % config.n_head == 0, InputError, "n_embd {} is not a multiple of n_head {}",
+                config.n_embd, config.n_head);
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(seed);
+  const int64_t E = config.n_embd, I = config.inner();
+  const double std = config.initializer_range;
+  const double proj_std = std / std::sqrt(2.0 * static_cast<double>(config.n_layer));
+  auto normal = [](std::vector<int64_t> shape, double s) { return torch::randn(shape) * s; };
+  wte_ = param(normal({config.vocab_size, E}, std));
+  wpe_ = param(normal({config.n_positions, E}, std));
+  lnf_w_ = param(torch::ones({E}));
+  lnf_b_ = param(torch::zeros({E}));
+  blocks_.resize(static_cast<size_t>(config.n_layer));
+  const std::array<std::pair<int64_t, int64_t>, 4> shapes = {{{3 * E, E}, {E, E}, {I, E}, {E, I}}};
+  for (auto& blk : blocks_) {
+    blk.ln1_w = param(torch::ones({E}));
+    blk.ln1_b = param(torch::zeros({E}));
+    blk.ln2_w = param(torch::ones({E}));
+    blk.ln2_b = param(torch::zeros({E}));
+    for (int p = 0; p < 4; ++p) {
+      const bool is_c_proj = (p == 1 || p == 3);
+      blk.w[p] = param(normal({shapes[p].first, shapes[p].second}, is_c_proj ? proj_std : std));
+      blk.b[p] = param(torch::zeros({shapes[p].first}));
+    }
+  }
+  score_w_ = param(normal({config.num_labels, E}, std));
+}
+
+std::vector<torch::Tensor> GPT2ClassifierImpl::decay_parameters() const {
+  std::vector<torch::Tensor> out = {wte_, wpe_, score_w_};
+  for (const auto& blk : blocks_)
+    for (const auto& w : blk.w)
+      if (w.defined()) out.push_back(w);
+  return out;
+}
+
+std::vector<torch::Tensor> GPT2ClassifierImpl::no_decay_parameters() const {
+  std::vector<torch::Tensor> out = {lnf_w_, lnf_b_};
+  for (const auto& blk : blocks_) {
+    out.insert(out.end(), {blk.ln1_w, blk.ln1_b, blk.ln2_w, blk.ln2_b});
+    for (const auto& b : blk.b) out.push_back(b);
+  }
+  return out;
+}
+
+torch::Tensor GPT2ClassifierImpl::layer_norm(const torch::Tensor& x, const torch::Tensor& w,
+                                             const torch::Tensor& b) const {
+  // Parameters are stored in the base dtype; on CPU a half-precision variant computes in fp32 (libtorch
+  // has no CPU half kernels for most ops), so cast the small LayerNorm vectors to the activation dtype.
+  const auto dt = x.scalar_type();
+  return torch::layer_norm(x, {config_.n_embd}, w.to(dt), b.to(dt), config_.layer_norm_epsilon);
+}
+
+torch::Tensor GPT2ClassifierImpl::linear(const Block& blk, int p, const torch::Tensor& x) const {
+  if (blk.q[p]) return blk.q[p]->forward(x);
+  if (autocast_ != torch::kFloat32) {
+    return torch::linear(x.to(autocast_), blk.w[p].to(autocast_), blk.b[p].to(autocast_));
+  }
+  return torch::linear(x, blk.w[p], blk.b[p]);
+}
+
+torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& lengths) {
+  EVALSVC_CHECK(input_ids.dim() == 2, InputError, "input_ids must be [batch, seq], got {} dims", input_ids.dim());
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  EVALSVC_CHECK(T <= config_.n_positions, InputError, "sequence length {} exceeds n_positions {}", T,
+                config_.n_positions);
+  EVALSVC_CHECK(lengths.dim() == 1 && lengths.size(0) == B, InputError, "lengths must be [{}], got {}", B,
+                dims(lengths.sizes()));
+  const int64_t E = config_.n_embd, H = config_.n_head, D = E / H;
+  const bool train = is_training();
+  auto pos = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(input_ids.device()));
+  // Activation dtype: the variant's base dtype on CUDA; fp32 on CPU (storage stays in the base dtype).
+  const auto act = input_ids.is_cuda() ? base_dtype_ : torch::kFloat32;
+  torch::Tensor h = (torch::embedding(wte_, input_ids) + torch::embedding(wpe_, pos).unsqueeze(0)).to(act);
+  if (train && config_.embd_pdrop > 0) h = torch::dropout(h, config_.embd_pdrop, true);
+
+  for (const auto& blk : blocks_) {
+    auto a = layer_norm(h, blk.ln1_w, blk.ln1_b);
+    auto qkv = linear(blk, 0, a).view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
+    auto attn = compat::attention(qkv[0], qkv[1], qkv[2], torch::Tensor(), /*causal=*/true,
+                                  train ? config_.attn_pdrop : 0.0);
+    attn = attn.transpose(1, 2).reshape({B, T, E});
+    auto o = linear(blk, 1, attn);
+    if (train && config_.resid_pdrop > 0) o = torch::dropout(o, config_.resid_pdrop, true);
+    h = h + o;
+    auto m = layer_norm(h, blk.ln2_w, blk.ln2_b);
+    m = linear(blk, 3, torch::gelu(linear(blk, 2, m), "tanh"));
+    if (train && config_.resid_pdrop > 0) m = torch::dropout(m, config_.resid_pdrop, true);
+    h = h + m;
+  }
+  // The final LayerNorm and the head act per position: apply them only at the last real token.
+  auto last = (lengths - 1).clamp_min(0);
+  auto rows = torch::arange(B, last.options());
+  auto pooled = h.index({rows, last});
+  pooled = layer_norm(pooled, lnf_w_, lnf_b_);
+  const auto head_dt = autocast_ != torch::kFloat32 ? autocast_ : pooled.scalar_type();
+  return torch::linear(pooled.to(head_dt), score_w_.to(head_dt)).to(torch::kFloat32);
+}
+
+std::map<std::string, torch::Tensor> GPT2ClassifierImpl::hf_state_dict() const {
+  std::map<std::string, torch::Tensor> s;
+  auto cpu = [](const torch::Tensor& t) { return t.detach().to(torch::kCPU, torch::kFloat32).contiguous(); };
+  s["transformer.wte.weight"] = cpu(wte_);
+  s["transformer.wpe.weight"] = cpu(wpe_);
+  s["transformer.ln_f.weight"] = cpu(lnf_w_);
+  s["transformer.ln_f.bias"] = cpu(lnf_b_);
+  s["score.weight"] = cpu(score_w_);
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    const auto& blk = blocks_[l];
+    s[block_key(l, "ln_1.weight")] = cpu(blk.ln1_w);
+    s[block_key(l, "ln_1.bias")] = cpu(blk.ln1_b);
+    s[block_key(l, "ln_2.weight")] = cpu(blk.ln2_w);
+    s[block_key(l, "ln_2.bias")] = cpu(blk.ln2_b);
+    for (int p = 0; p < 4; ++p) {
+      torch::Tensor w = blk.q[p] ? blk.q[p]->dequantized_weight() : blk.w[p];
+      // Hugging Face Conv1D stores [in, out].
+      s[block_key(l, kProjectionNames[p]) + ".weight"] = cpu(w).t().contiguous();
+      s[block_key(l, kProjectionNames[p]) + ".bias"] = cpu(blk.b[p]);
+    }
+  }
+  return s;
+}
+
+void GPT2ClassifierImpl::load_hf_state_dict(const std::map<std::string, torch::Tensor>& state, bool with_head) {
+  EVALSVC_CHECK(!blocks_.empty() && !blocks_[0].q[0], InputError, "cannot load fp32 weights into a quantized model");
+  torch::NoGradGuard no_grad;
+  auto take = [&](const std::string& key, torch::Tensor& dst, bool transpose) {
+    auto it = state.find(key);
+    if (it == state.end()) throw FormatError(fmt::format("checkpoint has no tensor '{}'", key));
+    torch::Tensor src = it->second;
+    if (transpose) src = src.t();
+    if (src.sizes() != dst.sizes()) {
+      throw FormatError(fmt::format("tensor '{}' has shape {}, expected {}{}", key, dims(it->second.sizes()),
+                                    dims(transpose ? dst.t().sizes() : dst.sizes()), transpose ? " (Conv1D [in, out])" : ""));
+    }
+    dst.copy_(src.to(dst.dtype()));
+  };
+  take("transformer.wte.weight", wte_, false);
+  take("transformer.wpe.weight", wpe_, false);
+  take("transformer.ln_f.weight", lnf_w_, false);
+  take("transformer.ln_f.bias", lnf_b_, false);
+  if (with_head) take("score.weight", score_w_, false);
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    auto& blk = blocks_[l];
+    take(block_key(l, "ln_1.weight"), blk.ln1_w, false);
+    take(block_key(l, "ln_1.bias"), blk.ln1_b, false);
+    take(block_key(l, "ln_2.weight"), blk.ln2_w, false);
+    take(block_key(l, "ln_2.bias"), blk.ln2_b, false);
+    for (int p = 0; p < 4; ++p) {
+      take(block_key(l, kProjectionNames[p]) + ".weight", blk.w[p], true);
+      take(block_key(l, kProjectionNames[p]) + ".bias", blk.b[p], false);
+    }
+  }
+}
+
+void GPT2ClassifierImpl::quantize(kernels::Method method, torch::ScalarType base_dtype,
+                                  const kernels::QuantOptions& options) {
+  EVALSVC_CHECK(!blocks_.empty() && !blocks_[0].q[0], InputError, "model is already quantized ({})",
+                kernels::method_name(method_));
+  torch::NoGradGuard no_grad;
+  eval();
+  auto conv = [&](torch::Tensor& t) { t = t.detach().to(base_dtype); };
+  conv(wte_);
+  conv(wpe_);
+  conv(lnf_w_);
+  conv(lnf_b_);
+  conv(score_w_);
+  for (auto& blk : blocks_) {
+    conv(blk.ln1_w);
+    conv(blk.ln1_b);
+    conv(blk.ln2_w);
+    conv(blk.ln2_b);
+    for (int p = 0; p < 4; ++p) {
+      blk.q[p] = kernels::quantize_linear(method, blk.w[p].detach().to(torch::kFloat32), blk.b[p].detach(), options);
+      blk.w[p] = torch::Tensor();  // free the fp32 copy: the variant's memory is what it stores
+      conv(blk.b[p]);
+    }
+  }
+  method_ = method;
+  base_dtype_ = base_dtype;
+  autocast_ = torch::kFloat32;
+}
+
+const kernels::QuantizedLinear* GPT2ClassifierImpl::projection(int64_t layer, Projection p) const {
+  EVALSVC_CHECK(layer >= 0 && layer < static_cast<int64_t>(blocks_.size()), InputError, "layer {} out of range", layer);
+  return blocks_[static_cast<size_t>(layer)].q[static_cast<int>(p)].get();
+}
+
+void GPT2ClassifierImpl::to_device(const torch::Device& device) {
+  torch::NoGradGuard no_grad;
+  auto mv = [&](torch::Tensor& t) {
+    if (!t.defined()) return;
+    const bool rg = t.requires_grad();
+    t = t.detach().to(device);
+    if (rg) t.set_requires_grad(true);
+  };
+  mv(wte_);
+  mv(wpe_);
+  mv(lnf_w_);
+  mv(lnf_b_);
+  mv(score_w_);
+  for (auto& blk : blocks_) {
+    mv(blk.ln1_w);
+    mv(blk.ln1_b);
+    mv(blk.ln2_w);
+    mv(blk.ln2_b);
+    for (int p = 0; p < 4; ++p) {
+      mv(blk.w[p]);
+      mv(blk.b[p]);
+      if (blk.q[p]) blk.q[p]->to(device);
+    }
+  }
+}
+
+torch::Device GPT2ClassifierImpl::device() const { return wte_.device(); }
+
+}  // namespace evalsvc::worker
