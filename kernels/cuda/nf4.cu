@@ -39,6 +39,10 @@ __device__ __forceinline__ float weight_value(const Nf4Tables& t, unsigned code,
   return to_float(from_float<T>(__fmul_rn(t.level[code], absmax)));
 }
 
+/// Bit pattern of a 16-bit float (for packing two into a word without going through memory).
+__device__ __forceinline__ uint32_t bits16(__half v) { return __half_as_ushort(v); }
+__device__ __forceinline__ uint32_t bits16(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+
 /// Code of flat element e (byte e / 2; high nibble for even e).
 __device__ __forceinline__ unsigned code_at(const uint8_t* packed, int64_t e) {
   const unsigned byte = packed[e >> 1];
@@ -187,14 +191,15 @@ __device__ __forceinline__ void load_w_tile(const Nf4View& w, const Nf4Tables& t
         const uint32_t words[4] = {p.x, p.y, p.z, p.w};
 #pragma unroll
         for (int v = 0; v < 4; ++v) {  // 4 x 8 values, one 16-byte shared store each
-          T vals[8];
+          // Two 16-bit values a word, the even element (high nibble) at the lower address = the low half.
+          uint32_t pair[4];
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
             const unsigned byte = (words[v] >> (j * 8)) & 0xFFu;
-            vals[2 * j] = from_float<T>(__fmul_rn(t.level[byte >> 4], am));
-            vals[2 * j + 1] = from_float<T>(__fmul_rn(t.level[byte & 0xFu], am));
+            pair[j] = bits16(from_float<T>(__fmul_rn(t.level[byte >> 4], am))) |
+                      (bits16(from_float<T>(__fmul_rn(t.level[byte & 0xFu], am))) << 16);
           }
-          dst[v] = *reinterpret_cast<const uint4*>(vals);
+          dst[v] = make_uint4(pair[0], pair[1], pair[2], pair[3]);
         }
       } else {
         for (int v = 0; v < 4; ++v) dst[v] = make_uint4(0, 0, 0, 0);

@@ -290,11 +290,13 @@ Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold
   out.q = torch::empty({t, k}, xc.options().dtype(torch::kInt8));
   out.scale = torch::empty({t}, xc.options().dtype(torch::kFloat32));
   const bool outliers = threshold > 0;
-  if (outliers) out.outlier_cols = torch::zeros({k}, xc.options().dtype(torch::kInt32));
   if (t == 0 || k == 0) {
     out.scale.zero_();
+    if (outliers) out.outlier_cols = torch::zeros({k}, xc.options().dtype(torch::kInt32));
     return out;
   }
+  // launch_outlier_columns clears the mask itself (on the stream), so no zero-fill kernel here.
+  if (outliers) out.outlier_cols = torch::empty({k}, xc.options().dtype(torch::kInt32));
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = stream_of(x);
   const DType dt = launcher_dtype(xc.scalar_type());
