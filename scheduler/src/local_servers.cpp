@@ -74,6 +74,7 @@ LocalRedis::LocalRedis(Options options) : options_(std::move(options)) {
         << "appendfsync everysec\n"
         << "protected-mode yes\n";
     if (options_.password) out << "requirepass \"" << *options_.password << "\"\n";
+    if (options_.unix_socket) out << "unixsocket " << (options_.dir / "redis.sock").string() << "\nunixsocketperm 700\n";
   }
   ::chmod(conf.c_str(), 0600);
   start();
@@ -91,6 +92,14 @@ std::string LocalRedis::url() const {
   RedisUrl u;
   u.host = "127.0.0.1";
   u.port = port_;
+  if (options_.password) u.password = *options_.password;
+  return u.str(false);
+}
+
+std::string LocalRedis::socket_url() const {
+  if (!options_.unix_socket) throw InputError("LocalRedis: started without Options::unix_socket");
+  RedisUrl u;
+  u.socket_path = (options_.dir / "redis.sock").string();
   if (options_.password) u.password = *options_.password;
   return u.str(false);
 }

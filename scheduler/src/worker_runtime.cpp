@@ -95,7 +95,12 @@ WorkerRuntime::WorkerRuntime(WorkerOptions options, ExecutorRegistry executors)
     std::random_device rd;
     options_.worker_id = fmt::format("{}-{}-{:04x}", host, ::getpid(), rd() & 0xffff);
   }
-  validate_job_id(options_.worker_id);  // same character rules: it becomes part of a key
+  try {
+    validate_job_id(options_.worker_id);  // same character rules: it becomes part of a key
+  } catch (const InputError&) {
+    throw InputError(fmt::format("worker id '{}' is invalid (expected 1..200 printable characters, no spaces)",
+                                 options_.worker_id));
+  }
   registration_ = options_.info.is_object() ? options_.info : json{{"info", options_.info}};
   registration_["id"] = options_.worker_id;
   if (!registration_.contains("host")) registration_["host"] = host;

@@ -336,6 +336,30 @@ TEST(AsyncRedisTest, ConnectFailuresAndAuth) {
   fs::remove_all(dir);
 }
 
+TEST(RedisUnixSocketTest, SyncAndAsyncOverAUnixSocket) {
+  fs::path dir = make_temp_dir();
+  {
+    LocalRedis server({.dir = dir, .password = "sock-pw", .unix_socket = true});
+    const std::string url = server.socket_url();
+    EXPECT_TRUE(url.starts_with("unix://"));
+    RedisClient c(url);
+    EXPECT_EQ(c.command({"SET", "via", "socket"}).str(), "OK");
+    EXPECT_EQ(c.describe().find("sock-pw"), std::string::npos);
+    boost::asio::io_context io;
+    AsyncRedisClient ac(io, url);
+    std::string got;
+    ac.connect([](const RedisError* e) { EXPECT_EQ(e, nullptr) << (e ? e->what() : ""); });
+    ac.command({"GET", "via"}, [&](const RedisError* e, ReplyView r) {
+      ASSERT_EQ(e, nullptr);
+      got = std::string(r.str());
+      ac.disconnect();
+    });
+    io.run_for(std::chrono::seconds(5));
+    EXPECT_EQ(got, "socket");
+  }
+  fs::remove_all(dir);
+}
+
 TEST_F(RedisServerTest, LocalRedisKeepsPortAndDataAcrossRestarts) {
   const int port = server_->port();
   {

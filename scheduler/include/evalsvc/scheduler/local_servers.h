@@ -26,6 +26,7 @@ class LocalRedis {
     std::string redis_server = "redis-server";  ///< binary (looked up on PATH)
     std::chrono::milliseconds start_timeout{10000};
     int port = 0;                            ///< 0: pick a free port
+    bool unix_socket = false;                ///< also listen on <dir>/redis.sock (mode 0700)
   };
 
   /// Starts the server and waits until it answers PING; RedisError (with the log's tail) on failure.
@@ -49,6 +50,8 @@ class LocalRedis {
   /// redis://[:password@]127.0.0.1:<port>/0 (with the real password: for connecting, not for logs).
   std::string url() const;
   const std::filesystem::path& dir() const { return options_.dir; }
+  /// unix://[:password@]<dir>/redis.sock; InputError unless Options::unix_socket was set.
+  std::string socket_url() const;
 
  private:
   void wait_ready();
