@@ -112,8 +112,9 @@ static __constant__ float kDynamicMapSignedDevice[256] = {EVALSVC_DYNAMIC_MAP_SI
 #endif
 
 /// NF4 code of a value already divided by its block absmax (so in [-1, 1]): the nearest level, decided by
-/// the 15 midpoints between neighbouring levels exactly as bitsandbytes' dQuantizeNF4 does (x > midpoint
-/// goes up, so a value exactly on a midpoint takes the lower level). NaN maps to code 0 like bitsandbytes;
+/// the 15 midpoints between neighbouring levels exactly as bitsandbytes' dQuantizeNF4 does (x > threshold goes
+/// up; the thresholds are bitsandbytes' decimal midpoints as float literals, within one ulp of the exact
+/// midpoint, which is often a float rounding tie). NaN maps to code 0 like bitsandbytes;
 /// callers avoid it by using 0 as the inverse absmax of an all-zero block.
 EVALSVC_HOST_DEVICE inline constexpr uint8_t nf4_encode(float x) {
   // Midpoints (L[k] + L[k+1]) / 2 computed in double, as in bitsandbytes' csrc/kernels.cu.
