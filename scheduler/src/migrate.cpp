@@ -51,6 +51,15 @@ std::vector<MigrationFile> list_migrations(const fs::path& dir) {
   return files;
 }
 
+/// libpq/server text on one line, without credentials.
+std::string clean_message(const std::string& what, const std::string& url) {
+  std::string s = scrub_secrets(what, url);
+  for (char& ch : s)
+    if (ch == '\n' || ch == '\t') ch = ' ';
+  while (!s.empty() && s.back() == ' ') s.pop_back();
+  return s;
+}
+
 bool has_migrations(const fs::path& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return false;
@@ -136,10 +145,10 @@ MigrateResult migrate(const std::string& conn_url, const fs::path& dir) {
     throw;
   } catch (const pqxx::sql_error& e) {
     throw DatabaseError(fmt::format("migrate ({}) on {}: {} (SQLSTATE {}); nothing was applied", step,
-                                    redact_url(conn_url), scrub_secrets(e.what(), conn_url), e.sqlstate()));
+                                    redact_url(conn_url), clean_message(e.what(), conn_url), e.sqlstate()));
   } catch (const std::exception& e) {
     throw DatabaseError(fmt::format("migrate ({}) on {}: {}; nothing was applied", step, redact_url(conn_url),
-                                    scrub_secrets(e.what(), conn_url)));
+                                    clean_message(e.what(), conn_url)));
   }
   for (const auto& a : result.applied) spdlog::info("applied migration {}", a);
   return result;
