@@ -2,6 +2,8 @@
 // The rules are documented for users in docs/spec.md; keep the two in step.
 #include "evalsvc/common/experiment_spec.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -9,8 +11,6 @@
 #include <limits>
 #include <map>
 #include <set>
-
-#include <fmt/format.h>
 
 #include "evalsvc/common/error.h"
 
@@ -34,8 +34,8 @@ constexpr size_t kMaxNameLength = 64;
 /// What a method accepts. One table, so the method list lives in one place (SPEC section 2).
 struct MethodInfo {
   const char* name;
-  const char* default_base;   // base dtype when the spec names none
-  const char* fixed_base;     // plain methods run entirely in their own dtype; nullptr = any base dtype
+  const char* default_base;  // base dtype when the spec names none
+  const char* fixed_base;    // plain methods run entirely in their own dtype; nullptr = any base dtype
   bool cuda_only;
   std::vector<const char*> options;  // the VariantOptions fields the method reads
 };
@@ -202,8 +202,8 @@ std::optional<ExperimentSpec> preset_defaults(std::string_view preset) {
     s.train.epochs = 3;
     s.train.batch_size = 32;
     s.train.lr = 1e-3;
-    s.variants = variants_from_methods(
-        {"fp32", "fp16", "bf16", "int8-sym", "int8-sym-channel", "int8-w8a8", "llm-int8", "nf4"});
+    s.variants =
+        variants_from_methods({"fp32", "fp16", "bf16", "int8-sym", "int8-sym-channel", "int8-w8a8", "llm-int8", "nf4"});
     s.device = "cpu";
     s.eval.shards = 4;
     s.bench.batch_sizes = {1, 8, 32};
@@ -244,8 +244,8 @@ VariantSpec parse_variant(const json& v, const std::string& path, std::string& m
     if (!valid_name(method)) fail(path, fmt::format("'{}' is not a valid variant name", method));
     return variant_from_method(method);
   }
-  if (!v.is_object()) fail(path, "expected a method name or an object {name, method, base_dtype, options}, got " +
-                                     describe(v));
+  if (!v.is_object())
+    fail(path, "expected a method name or an object {name, method, base_dtype, options}, got " + describe(v));
   check_fields(v, path, {"name", "method", "base_dtype", "options"});
   method_path = child(path, "method");
   auto mit = v.find("method");
@@ -253,8 +253,7 @@ VariantSpec parse_variant(const json& v, const std::string& path, std::string& m
   const std::string method = to_string_value(*mit, method_path);
   const MethodInfo* info = find_method(method);
   if (!info) {
-    fail(method_path,
-         fmt::format("unknown method '{}' (expected one of {})", method, join_names(known_methods())));
+    fail(method_path, fmt::format("unknown method '{}' (expected one of {})", method, join_names(known_methods())));
   }
   VariantSpec out = variant_from_method(method);
   field(v, path, "name", [&](const json& x, const std::string& p) { out.name = to_name(x, p); });
@@ -269,8 +268,8 @@ VariantSpec parse_variant(const json& v, const std::string& path, std::string& m
   field(v, path, "options", [&](const json& opts, const std::string& p) {
     if (!opts.is_object()) fail(p, "expected an object, got " + describe(opts));
     for (const auto& item : opts.items()) {
-      const bool takes = std::any_of(info->options.begin(), info->options.end(),
-                                     [&](const char* o) { return item.key() == o; });
+      const bool takes =
+          std::any_of(info->options.begin(), info->options.end(), [&](const char* o) { return item.key() == o; });
       if (!takes) {
         fail(child(p, item.key()),
              info->options.empty()
@@ -278,9 +277,11 @@ VariantSpec parse_variant(const json& v, const std::string& path, std::string& m
                  : fmt::format("not an option of method '{}' (its options: {})", method, join_names(info->options)));
       }
     }
-    field(opts, p, "double_quant", [&](const json& x, const std::string& q) { out.options.double_quant = to_bool(x, q); });
+    field(opts, p, "double_quant",
+          [&](const json& x, const std::string& q) { out.options.double_quant = to_bool(x, q); });
     field(opts, p, "outlier_threshold", [&](const json& x, const std::string& q) {
-      out.options.outlier_threshold = to_double(x, q, [](double t) { return t >= 0; }, ">= 0");
+      out.options.outlier_threshold = to_double(
+          x, q, [](double t) { return t >= 0; }, ">= 0");
     });
     field(opts, p, "block_size", [&](const json& x, const std::string& q) {
       const int64_t b = to_int(x, q, 32, 4096);
@@ -335,6 +336,61 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
+/// `override '<assignment>'`, cut to a line for long values (a whole variants list).
+std::string override_label(std::string_view assignment) {
+  constexpr size_t kMax = 100;
+  if (assignment.size() <= kMax) return fmt::format("override '{}'", assignment);
+  return fmt::format("override '{}...'", assignment.substr(0, kMax - 3));
+}
+
+/// Sets the field `assignment` names in `j` (a spec in JSON form). InputError for bad syntax, `preset`, or a
+/// path through a field that is not an object or list, or past the end of a list.
+void set_path(json& j, std::string_view assignment) {
+  const std::string label = override_label(assignment);
+  const size_t eq = assignment.find('=');
+  EVALSVC_CHECK(eq != std::string_view::npos, InputError, "{}: expected path=value (e.g. train.epochs=2)", label);
+  const std::string_view path_text = trim(assignment.substr(0, eq));
+  const std::string_view value_text = trim(assignment.substr(eq + 1));
+  const auto steps = split_path(path_text);
+  EVALSVC_CHECK(steps.has_value(), InputError,
+                "{}: '{}' is not a field path (expected keys joined by '.', with [N] for list elements, e.g. "
+                "variants[1].method)",
+                label, path_text);
+  EVALSVC_CHECK(!(steps->size() == 1 && (*steps)[0].key == "preset"), InputError,
+                "{}: preset: cannot be overridden (start from that preset instead)", label);
+
+  // JSON when it is JSON (numbers, true, null, lists), a plain string otherwise: `name=my-run`.
+  json value = json::parse(value_text.begin(), value_text.end(), nullptr, /*allow_exceptions=*/false);
+  if (value.is_discarded()) value = std::string(value_text);
+
+  json* at = &j;
+  std::string where;
+  for (const auto& step : *steps) {
+    if (!step.key.empty()) {
+      EVALSVC_CHECK(at->is_object(), InputError, "{}: {} is {}, not an object with field '{}'", label, where,
+                    describe(*at), step.key);
+      where = child(where, step.key);
+      // A missing key is created here and then rejected by parse() as an unknown field, with its path.
+      at = &(*at)[step.key];
+    } else {
+      EVALSVC_CHECK(at->is_array(), InputError, "{}: {} is {}, not a list", label, where, describe(*at));
+      EVALSVC_CHECK(step.index < at->size(), InputError, "{}: {}: index out of range ({} has {} entries)", label,
+                    element(where, step.index), where, at->size());
+      where = element(where, step.index);
+      at = &(*at)[step.index];
+    }
+  }
+  *at = std::move(value);
+  // A new method makes the old base_dtype and options meaningless (fixed-base methods, per-method options):
+  // the variant restarts from the new method's defaults, keeping its name.
+  if (steps->size() == 3 && (*steps)[0].key == "variants" && (*steps)[1].key.empty() && (*steps)[2].key == "method") {
+    json& variant = j["variants"][(*steps)[1].index];
+    if (variant.is_object() && variant.contains("name")) {
+      variant = {{"name", variant["name"]}, {"method", variant["method"]}};
+    }
+  }
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------
@@ -382,8 +438,9 @@ json VariantSpec::to_json() const {
 
 ExperimentSpec ExperimentSpec::parse(const json& j) {
   if (!j.is_object()) throw InputError("spec: expected a JSON object, got " + describe(j));
-  check_fields(j, "", {"name", "preset", "model", "data", "train", "variants", "baseline", "eval", "bench", "device",
-                       "max_attempts"});
+  check_fields(
+      j, "",
+      {"name", "preset", "model", "data", "train", "variants", "baseline", "eval", "bench", "device", "max_attempts"});
 
   ExperimentSpec s;
   // null = no preset: the normalized form of a spec without one says so explicitly.
@@ -410,29 +467,38 @@ ExperimentSpec ExperimentSpec::parse(const json& j) {
     field(d, p, "train", [&](const json& x, const std::string& q) { s.data.train = to_optional_path(x, q); });
     field(d, p, "test", [&](const json& x, const std::string& q) { s.data.test = to_optional_path(x, q); });
     const int64_t max_rows = std::numeric_limits<int32_t>::max();  // sample indices are int4 in PostgreSQL
-    field(d, p, "train_limit", [&](const json& x, const std::string& q) { s.data.train_limit = to_int(x, q, 0, max_rows); });
-    field(d, p, "test_limit", [&](const json& x, const std::string& q) { s.data.test_limit = to_int(x, q, 0, max_rows); });
-    field(d, p, "max_len", [&](const json& x, const std::string& q) { s.data.max_len = to_int(x, q, 1, kMaxLenLimit); });
+    field(d, p, "train_limit",
+          [&](const json& x, const std::string& q) { s.data.train_limit = to_int(x, q, 0, max_rows); });
+    field(d, p, "test_limit",
+          [&](const json& x, const std::string& q) { s.data.test_limit = to_int(x, q, 0, max_rows); });
+    field(d, p, "max_len",
+          [&](const json& x, const std::string& q) { s.data.max_len = to_int(x, q, 1, kMaxLenLimit); });
     field(d, p, "validation_fraction", [&](const json& x, const std::string& q) {
-      s.data.validation_fraction = to_double(x, q, [](double f) { return f >= 0 && f < 0.5; }, "in [0, 0.5)");
+      s.data.validation_fraction = to_double(
+          x, q, [](double f) { return f >= 0 && f < 0.5; }, "in [0, 0.5)");
     });
   });
 
   field(j, "", "train", [&](const json& t, const std::string& p) {
     check_fields(t, p, {"epochs", "batch_size", "lr", "weight_decay", "warmup_fraction", "grad_clip", "seed"});
     field(t, p, "epochs", [&](const json& x, const std::string& q) { s.train.epochs = to_int(x, q, 1, kMaxEpochs); });
-    field(t, p, "batch_size", [&](const json& x, const std::string& q) { s.train.batch_size = to_int(x, q, 1, kMaxBatch); });
+    field(t, p, "batch_size",
+          [&](const json& x, const std::string& q) { s.train.batch_size = to_int(x, q, 1, kMaxBatch); });
     field(t, p, "lr", [&](const json& x, const std::string& q) {
-      s.train.lr = to_double(x, q, [](double v) { return v > 0; }, "> 0");
+      s.train.lr = to_double(
+          x, q, [](double v) { return v > 0; }, "> 0");
     });
     field(t, p, "weight_decay", [&](const json& x, const std::string& q) {
-      s.train.weight_decay = to_double(x, q, [](double v) { return v >= 0; }, ">= 0");
+      s.train.weight_decay = to_double(
+          x, q, [](double v) { return v >= 0; }, ">= 0");
     });
     field(t, p, "warmup_fraction", [&](const json& x, const std::string& q) {
-      s.train.warmup_fraction = to_double(x, q, [](double v) { return v >= 0 && v < 1; }, "in [0, 1)");
+      s.train.warmup_fraction = to_double(
+          x, q, [](double v) { return v >= 0 && v < 1; }, "in [0, 1)");
     });
     field(t, p, "grad_clip", [&](const json& x, const std::string& q) {
-      s.train.grad_clip = to_double(x, q, [](double v) { return v >= 0; }, ">= 0 (0 = no clipping)");
+      s.train.grad_clip = to_double(
+          x, q, [](double v) { return v >= 0; }, ">= 0 (0 = no clipping)");
     });
     field(t, p, "seed", [&](const json& x, const std::string& q) {
       if (!x.is_number_integer()) fail(q, "expected an integer, got " + describe(x));
@@ -446,7 +512,8 @@ ExperimentSpec ExperimentSpec::parse(const json& j) {
   if (auto it = j.find("variants"); it != j.end()) {
     if (!it->is_array()) fail("variants", "expected an array of variants, got " + describe(*it));
     if (it->empty()) fail("variants", "must list at least one variant");
-    if (it->size() > kMaxVariants) fail("variants", fmt::format("at most {} variants, got {}", kMaxVariants, it->size()));
+    if (it->size() > kMaxVariants)
+      fail("variants", fmt::format("at most {} variants, got {}", kMaxVariants, it->size()));
     s.variants.clear();
     std::map<std::string, size_t> seen;
     for (size_t i = 0; i < it->size(); ++i) {
@@ -455,8 +522,8 @@ ExperimentSpec ExperimentSpec::parse(const json& j) {
       VariantSpec v = parse_variant((*it)[i], path, method_path);
       if (auto dup = seen.find(v.name); dup != seen.end()) {
         const std::string name_path = (*it)[i].is_object() && (*it)[i].contains("name") ? child(path, "name") : path;
-        fail(name_path, fmt::format("duplicate variant name '{}' (also variants[{}]; give one a \"name\")", v.name,
-                                    dup->second));
+        fail(name_path,
+             fmt::format("duplicate variant name '{}' (also variants[{}]; give one a \"name\")", v.name, dup->second));
       }
       seen.emplace(v.name, i);
       s.variants.push_back(std::move(v));
@@ -471,7 +538,8 @@ ExperimentSpec ExperimentSpec::parse(const json& j) {
   field(j, "", "eval", [&](const json& e, const std::string& p) {
     check_fields(e, p, {"shards", "batch_size"});
     field(e, p, "shards", [&](const json& x, const std::string& q) { s.eval.shards = to_int(x, q, 1, kMaxShards); });
-    field(e, p, "batch_size", [&](const json& x, const std::string& q) { s.eval.batch_size = to_int(x, q, 1, kMaxBatch); });
+    field(e, p, "batch_size",
+          [&](const json& x, const std::string& q) { s.eval.batch_size = to_int(x, q, 1, kMaxBatch); });
   });
   field(j, "", "bench", [&](const json& b, const std::string& p) {
     check_fields(b, p, {"enabled", "batch_sizes", "seq_len", "warmup", "iters"});
@@ -491,14 +559,15 @@ ExperimentSpec ExperimentSpec::parse(const json& j) {
       }
       s.bench.batch_sizes = std::move(sizes);
     });
-    field(b, p, "seq_len", [&](const json& x, const std::string& q) { s.bench.seq_len = to_int(x, q, 1, kMaxLenLimit); });
-    field(b, p, "warmup", [&](const json& x, const std::string& q) { s.bench.warmup = to_int(x, q, 0, kMaxBenchRuns); });
+    field(b, p, "seq_len",
+          [&](const json& x, const std::string& q) { s.bench.seq_len = to_int(x, q, 1, kMaxLenLimit); });
+    field(b, p, "warmup",
+          [&](const json& x, const std::string& q) { s.bench.warmup = to_int(x, q, 0, kMaxBenchRuns); });
     field(b, p, "iters", [&](const json& x, const std::string& q) { s.bench.iters = to_int(x, q, 1, kMaxBenchRuns); });
   });
   field(j, "", "device", [&](const json& x, const std::string& q) { s.device = to_choice(x, q, kDevices, "device"); });
-  field(j, "", "max_attempts", [&](const json& x, const std::string& q) {
-    s.max_attempts = static_cast<int>(to_int(x, q, 1, kMaxAttempts));
-  });
+  field(j, "", "max_attempts",
+        [&](const json& x, const std::string& q) { s.max_attempts = static_cast<int>(to_int(x, q, 1, kMaxAttempts)); });
 
   // Checks across fields, once every default is in place.
   if (!s.find_variant(s.baseline)) {
@@ -515,12 +584,12 @@ ExperimentSpec ExperimentSpec::parse(const json& j) {
   }
   const int64_t context = s.model_context();
   if (s.data.max_len > context) {
-    fail("data.max_len", fmt::format("{} exceeds the context of model '{}' ({} positions)", s.data.max_len,
-                                     s.model.config, context));
+    fail("data.max_len",
+         fmt::format("{} exceeds the context of model '{}' ({} positions)", s.data.max_len, s.model.config, context));
   }
   if (s.bench.seq_len > context) {
-    fail("bench.seq_len", fmt::format("{} exceeds the context of model '{}' ({} positions)", s.bench.seq_len,
-                                      s.model.config, context));
+    fail("bench.seq_len",
+         fmt::format("{} exceeds the context of model '{}' ({} positions)", s.bench.seq_len, s.model.config, context));
   }
   return s;
 }
@@ -587,54 +656,26 @@ ExperimentSpec ExperimentSpec::from_preset(const std::string& preset_name) {
   return *s;
 }
 
-void ExperimentSpec::apply_override(std::string_view assignment) {
-  const size_t eq = assignment.find('=');
-  EVALSVC_CHECK(eq != std::string_view::npos, InputError,
-                "override '{}': expected path=value (e.g. train.epochs=2)", assignment);
-  const std::string_view path_text = trim(assignment.substr(0, eq));
-  const std::string_view value_text = trim(assignment.substr(eq + 1));
-  const auto steps = split_path(path_text);
-  EVALSVC_CHECK(steps.has_value(), InputError,
-                "override '{}': '{}' is not a field path (expected keys joined by '.', with [N] for list "
-                "elements, e.g. variants[1].method)",
-                assignment, path_text);
-  EVALSVC_CHECK(!(steps->size() == 1 && (*steps)[0].key == "preset"), InputError,
-                "override '{}': preset: cannot be overridden (start from that preset instead)", assignment);
+void ExperimentSpec::apply_override(std::string_view assignment) { apply_overrides({std::string(assignment)}); }
 
-  // JSON when it is JSON (numbers, true, null, lists), a plain string otherwise: `name=my-run`.
-  json value = json::parse(value_text.begin(), value_text.end(), nullptr, /*allow_exceptions=*/false);
-  if (value.is_discarded()) value = std::string(value_text);
-
+void ExperimentSpec::apply_overrides(const std::vector<std::string>& assignments) {
   json j = to_json();
-  json* at = &j;
-  std::string where;
-  for (const auto& step : *steps) {
-    if (!step.key.empty()) {
-      EVALSVC_CHECK(at->is_object(), InputError, "override '{}': {} is {}, not an object with field '{}'",
-                    assignment, where, describe(*at), step.key);
-      where = child(where, step.key);
-      // A missing key is created here and then rejected by parse() as an unknown field, with its path.
-      at = &(*at)[step.key];
-    } else {
-      EVALSVC_CHECK(at->is_array(), InputError, "override '{}': {} is {}, not a list", assignment, where,
-                    describe(*at));
-      EVALSVC_CHECK(step.index < at->size(), InputError, "override '{}': {}: index out of range ({} has {} entries)",
-                    assignment, element(where, step.index), where, at->size());
-      where = element(where, step.index);
-      at = &(*at)[step.index];
+  for (const auto& a : assignments) {
+    set_path(j, a);
+    // Normalize between steps when the partial result is valid, so a later path can address what an earlier
+    // one set in short form (`variants=["fp32","nf4"]` then `variants[1].options.block_size=128`). A middle
+    // state may be invalid (new variants, baseline not yet changed): only the end result must pass.
+    try {
+      j = parse(j).to_json();
+    } catch (const InputError&) {
     }
-  }
-  *at = std::move(value);
-  // A new method makes the old base_dtype and options meaningless (fixed-base methods, per-method options):
-  // the variant restarts from the new method's defaults, keeping its name.
-  if (steps->size() == 3 && (*steps)[0].key == "variants" && (*steps)[1].key.empty() && (*steps)[2].key == "method") {
-    json& variant = j["variants"][(*steps)[1].index];
-    variant = {{"name", variant["name"]}, {"method", variant["method"]}};
   }
   try {
     *this = parse(j);
   } catch (const InputError& e) {
-    throw InputError(fmt::format("override '{}': {}", assignment, e.what()));
+    std::string label;
+    for (const auto& a : assignments) label += (label.empty() ? "" : " + ") + override_label(a);
+    throw InputError(fmt::format("{}: {}", label.empty() ? "overrides" : label, e.what()));
   }
 }
 

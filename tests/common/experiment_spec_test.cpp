@@ -44,8 +44,8 @@ TEST(ExperimentSpecTest, MethodTable) {
   EXPECT_EQ(known_methods(), (std::vector<std::string>{"fp32", "fp16", "bf16", "int8-sym", "int8-sym-channel",
                                                        "int8-w8a8", "llm-int8", "nf4", "fp8-e4m3"}));
   const std::vector<std::pair<std::string, std::string>> bases = {
-      {"fp32", "fp32"}, {"fp16", "fp16"},      {"bf16", "bf16"}, {"int8-sym", "fp32"}, {"int8-sym-channel", "fp16"},
-      {"int8-w8a8", "fp16"}, {"llm-int8", "fp16"}, {"nf4", "fp16"}, {"fp8-e4m3", "fp16"}};
+      {"fp32", "fp32"},      {"fp16", "fp16"},     {"bf16", "bf16"}, {"int8-sym", "fp32"}, {"int8-sym-channel", "fp16"},
+      {"int8-w8a8", "fp16"}, {"llm-int8", "fp16"}, {"nf4", "fp16"},  {"fp8-e4m3", "fp16"}};
   for (const auto& [method, base] : bases) {
     EXPECT_EQ(default_base_dtype(method), base) << method;
     EXPECT_TRUE(is_known_method(method));
@@ -86,8 +86,8 @@ TEST(ExperimentSpecTest, SeedPreset) {
   EXPECT_DOUBLE_EQ(s.train.lr, 2e-4);
   std::vector<std::string> names;
   for (const auto& v : s.variants) names.push_back(v.name);
-  EXPECT_EQ(names, (std::vector<std::string>{"fp32", "fp16", "bf16", "int8-sym", "int8-w8a8", "llm-int8", "nf4",
-                                             "fp8-e4m3"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"fp32", "fp16", "bf16", "int8-sym", "int8-w8a8", "llm-int8", "nf4", "fp8-e4m3"}));
   EXPECT_EQ(s.device, "cuda");
   EXPECT_EQ(s.eval.shards, 8);
   EXPECT_EQ(s.bench.batch_sizes, (std::vector<int64_t>{1, 8, 32, 128, 512}));
@@ -146,7 +146,7 @@ TEST(ExperimentSpecTest, PresetFieldsOverrideOnlyWhatIsGiven) {
   EXPECT_EQ(s.train.batch_size, 32);
   EXPECT_EQ(s.eval.shards, 2);
   EXPECT_EQ(s.eval.batch_size, 256);
-  EXPECT_EQ(s.bench.iters, 20);  // from the preset
+  EXPECT_EQ(s.bench.iters, 20);      // from the preset
   ASSERT_EQ(s.variants.size(), 2u);  // the list replaces the preset's
   EXPECT_EQ(s.variants[1].name, "nf4");
 }
@@ -306,13 +306,14 @@ TEST(ExperimentSpecTest, ValidationErrorsNameThePath) {
       j = base_with(c.patch);
     }
     const std::string msg = error_of(j);
-    EXPECT_EQ(msg.rfind(c.expected, 0), 0u) << "patch " << c.patch << "\n  expected: " << c.expected
-                                            << "\n  got:      " << msg;
+    EXPECT_EQ(msg.rfind(c.expected, 0), 0u)
+        << "patch " << c.patch << "\n  expected: " << c.expected << "\n  got:      " << msg;
   }
 }
 
 TEST(ExperimentSpecTest, LongNamesAndManyVariants) {
-  EXPECT_NO_THROW(ExperimentSpec::parse(base_with(R"({"name": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"})")));
+  EXPECT_NO_THROW(ExperimentSpec::parse(
+      base_with(R"({"name": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"})")));
   EXPECT_EQ(error_of(base_with(R"({"name": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"})"))
                 .rfind("name: 'aaaa", 0),
             0u);
@@ -419,7 +420,7 @@ TEST(ExperimentSpecTest, Overrides) {
   EXPECT_EQ(s.variants[1].method, "fp8-e4m3");
   EXPECT_EQ(s.variants[1].name, "q");
   EXPECT_EQ(s.variants[1].base_dtype, "fp16");  // a new method restarts from its defaults
-  s.apply_override("variants[0].method=bf16");   // fp32's base would be impossible for bf16
+  s.apply_override("variants[0].method=bf16");  // fp32's base would be impossible for bf16
   EXPECT_EQ(s.variants[0], (VariantSpec{"fp32", "bf16", "bf16", {}}));
   s.apply_override("baseline=q");
   EXPECT_EQ(s.train.epochs, 2);  // earlier overrides stay
@@ -435,15 +436,18 @@ TEST(ExperimentSpecTest, OverrideErrorsLeaveTheSpecUnchanged) {
       {"train.epoch=2", "override 'train.epoch=2': train.epoch: unknown field"},
       {"train.epochs=0", "override 'train.epochs=0': train.epochs: must be in [1, 10000], got 0"},
       {"train.epochs=two", "override 'train.epochs=two': train.epochs: expected an integer, got string \"two\""},
-      {"variants[99].method=nf4", "override 'variants[99].method=nf4': variants[99]: index out of range (variants has "
-                                  "8 entries)"},
+      {"variants[99].method=nf4",
+       "override 'variants[99].method=nf4': variants[99]: index out of range (variants has "
+       "8 entries)"},
       {"name.first=x", "override 'name.first=x': name is string \"tiny\", not an object with field 'first'"},
       {"train[0]=1", "override 'train[0]=1': train is object, not a list"},
       {"preset=seed", "override 'preset=seed': preset: cannot be overridden"},
-      {"variants[7].method=fp8-e4m3", "override 'variants[7].method=fp8-e4m3': variants[7].method: method 'fp8-e4m3' "
-                                      "needs device cuda"},
-      {"variants[1].name=nf4", "override 'variants[1].name=nf4': variants[7].name: duplicate variant name 'nf4' (also "
-                               "variants[1]"},
+      {"variants[7].method=fp8-e4m3",
+       "override 'variants[7].method=fp8-e4m3': variants[7].method: method 'fp8-e4m3' "
+       "needs device cuda"},
+      {"variants[1].name=nf4",
+       "override 'variants[1].name=nf4': variants[7].name: duplicate variant name 'nf4' (also "
+       "variants[1]"},
       {"device=cuda,cpu", "override 'device=cuda,cpu': device: unknown device 'cuda,cpu'"},
   };
   const auto original = ExperimentSpec::from_preset("tiny");
@@ -456,6 +460,52 @@ TEST(ExperimentSpecTest, OverrideErrorsLeaveTheSpecUnchanged) {
       EXPECT_EQ(std::string(e.what()).rfind(expected, 0), 0u) << "expected: " << expected << "\ngot:      " << e.what();
     }
     EXPECT_EQ(s, original) << assignment;
+  }
+}
+
+TEST(ExperimentSpecTest, OverridesThatAreOnlyValidTogether) {
+  const auto original = ExperimentSpec::from_preset("tiny");
+  auto s = original;
+  try {
+    s.apply_override("variants=[\"nf4\"]");
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_STREQ(e.what(), "override 'variants=[\"nf4\"]': baseline: 'fp32' is not one of the variants (nf4)");
+  }
+  EXPECT_EQ(s, original);
+  s.apply_overrides(
+      {R"(variants=["fp32","nf4"])", "variants[1].options.block_size=128", "variants[0].name=ref", "baseline=ref"});
+  ASSERT_EQ(s.variants.size(), 2u);
+  EXPECT_EQ(s.variants[1].options.block_size, 128);  // addressable although set in short form
+  EXPECT_EQ(s.baseline, "ref");
+  EXPECT_EQ(s.variants[0], (VariantSpec{"ref", "fp32", "fp32", {}}));
+
+  s = original;
+  try {
+    s.apply_overrides({"variants=[\"nf4\"]", "eval.shards=2"});
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_STREQ(e.what(),
+                 "override 'variants=[\"nf4\"]' + override 'eval.shards=2': baseline: 'fp32' is not one of the "
+                 "variants (nf4)");
+  }
+  EXPECT_EQ(s, original);
+  try {
+    s.apply_overrides({"eval.shards=2", "bench.seq_len"});
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_STREQ(e.what(), "override 'bench.seq_len': expected path=value (e.g. train.epochs=2)");
+  }
+  EXPECT_EQ(s, original);
+  s.apply_overrides({});
+  EXPECT_EQ(s, original);
+  // Long values are cut in messages so an error stays one readable line.
+  const std::string long_list = "variants=[" + std::string(200, ' ') + "\"nf4\"]";
+  try {
+    s.apply_override(long_list);
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_LT(std::string(e.what()).size(), 200u) << e.what();
   }
 }
 

@@ -5,12 +5,11 @@
 // bad field is reported with its JSON path (`variants[2].method: unknown method 'nf5' ...`).
 // The reference for users is docs/spec.md. Free of libtorch: the scheduler and the CLI use it.
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace evalsvc {
 
@@ -68,7 +67,7 @@ struct DataSpec {
 struct TrainSpec {
   int64_t epochs = 3;
   int64_t batch_size = 32;
-  double lr = 1e-3;               ///< peak learning rate (AdamW)
+  double lr = 1e-3;  ///< peak learning rate (AdamW)
   double weight_decay = 0.01;
   double warmup_fraction = 0.06;  ///< of all optimizer steps, in [0, 1)
   double grad_clip = 1.0;         ///< max global gradient L2 norm; 0 = no clipping
@@ -85,9 +84,9 @@ struct EvalSpec {
 struct BenchSpec {
   bool enabled = true;
   std::vector<int64_t> batch_sizes = {1, 8, 32, 128, 512};  ///< throughput sweep (no duplicates)
-  int64_t seq_len = 128;  ///< latency runs pad to this (<= the model's context)
-  int64_t warmup = 20;    ///< untimed runs before timing
-  int64_t iters = 200;    ///< timed runs
+  int64_t seq_len = 128;                                    ///< latency runs pad to this (<= the model's context)
+  int64_t warmup = 20;                                      ///< untimed runs before timing
+  int64_t iters = 200;                                      ///< timed runs
   bool operator==(const BenchSpec&) const = default;
 };
 
@@ -103,8 +102,8 @@ struct ExperimentSpec {
   std::string baseline = "fp32";      ///< the variant the others are compared with; must be listed
   EvalSpec eval;
   BenchSpec bench;
-  std::string device = "cpu";         ///< "cpu" or "cuda": the queue of the train/quantize/eval/bench jobs
-  int max_attempts = 3;               ///< per job, in [1, 100]
+  std::string device = "cpu";  ///< "cpu" or "cuda": the queue of the train/quantize/eval/bench jobs
+  int max_attempts = 3;        ///< per job, in [1, 100]
 
   /// Validates `j` and fills every field it leaves out from its "preset" (or the built-in defaults when
   /// there is none; then "name", "model.config" and "variants" are required). InputError whose message
@@ -122,6 +121,9 @@ struct ExperimentSpec {
   /// JSON when it parses as JSON, else as a plain string (so `name=my-run` needs no quotes). The spec is
   /// unchanged when this throws InputError (bad syntax, a path that does not exist, any validation error).
   void apply_override(std::string_view assignment);
+  /// Applies several overrides in order and validates the end result, so that changes which are only valid
+  /// together (`variants=["q"]` and `baseline=q`) can be made. The spec is unchanged when this throws.
+  void apply_overrides(const std::vector<std::string>& assignments);
 
   /// The full, normalized spec: every default filled in and every variant in object form, so a stored spec
   /// describes the experiment on its own. parse(to_json()) == *this.
