@@ -2,18 +2,16 @@
 // round trips over mixed scripts, invalid UTF-8, malformed vocabulary files, threads, and hostile sizes.
 #include "evalsvc/worker/tokenizer.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
-
-#include <unistd.h>
-
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include "evalsvc/common/error.h"
 #include "evalsvc/common/paths.h"
@@ -93,7 +91,8 @@ class NaiveBpe {
     while (std::getline(in, line)) {
       if (line.empty()) continue;
       const size_t sp = line.find(' ');
-      ranks_[{alphabet_string_to_bytes(line.substr(0, sp), u2b), alphabet_string_to_bytes(line.substr(sp + 1), u2b)}] = rank++;
+      ranks_[{alphabet_string_to_bytes(line.substr(0, sp), u2b), alphabet_string_to_bytes(line.substr(sp + 1), u2b)}] =
+          rank++;
     }
   }
   std::vector<int32_t> word(const std::string& w) const {
@@ -142,15 +141,15 @@ class NaiveBpe {
 /// Random valid UTF-8 drawn from pools that exercise every branch of the pre-tokenizer pattern.
 std::string random_text(std::mt19937& rng, size_t max_chars) {
   static const std::vector<std::vector<uint32_t>> pools = {
-      {'a', 'b', 'e', 'n', 's', 't', 'z', 'A', 'Q', 'T'},                        // ASCII letters
-      {'0', '1', '5', '9'},                                                      // digits
-      {'\'', '.', ',', '!', '?', '-', '$', '%', '\\', '"', '<', '|', '>', '_'},  // punctuation
+      {'a', 'b', 'e', 'n', 's', 't', 'z', 'A', 'Q', 'T'},                                         // ASCII letters
+      {'0', '1', '5', '9'},                                                                       // digits
+      {'\'', '.', ',', '!', '?', '-', '$', '%', '\\', '"', '<', '|', '>', '_'},                   // punctuation
       {' ', ' ', ' ', '\t', '\n', '\r', 0x0B, 0x0C, 0xA0, 0x3000, 0x2028, 0x85, 0x180E, 0x200B},  // (not) spaces
       {0xE9, 0xFC, 0xF1, 0x3B1, 0x3A9, 0x416, 0x44F, 0x5D0, 0x627, 0x915, 0x94D},  // accented, Greek, ...
-      {0x4E2D, 0x6587, 0x65E5, 0x672C, 0xAC00, 0xD55C, 0x3042, 0x30AB},           // CJK, Hangul, kana
-      {0x1F600, 0x1F44D, 0x1F3FD, 0x200D, 0xFE0F, 0x2764, 0x1F1FA, 0x1F1F8},      // emoji, ZWJ, flags
-      {0x301, 0x308, 0xB2, 0xBD, 0x2167, 0x0, 0x7F, 0xFFFD, 0x10FFFF, 0xE000},    // marks, odd numbers, edges
-      {0x2019, 0x201C, 0x2014, 0x2026, 0x20AC, 0xA3},                            // typographic
+      {0x4E2D, 0x6587, 0x65E5, 0x672C, 0xAC00, 0xD55C, 0x3042, 0x30AB},            // CJK, Hangul, kana
+      {0x1F600, 0x1F44D, 0x1F3FD, 0x200D, 0xFE0F, 0x2764, 0x1F1FA, 0x1F1F8},       // emoji, ZWJ, flags
+      {0x301, 0x308, 0xB2, 0xBD, 0x2167, 0x0, 0x7F, 0xFFFD, 0x10FFFF, 0xE000},     // marks, odd numbers, edges
+      {0x2019, 0x201C, 0x2014, 0x2026, 0x20AC, 0xA3},                              // typographic
   };
   std::uniform_int_distribution<size_t> len_dist(0, max_chars);
   std::uniform_int_distribution<size_t> pool_dist(0, pools.size() - 1);
@@ -275,7 +274,9 @@ TEST(Tokenizer, PretokenizerMatchesPythonRegex) {
       {"tab\tend  ", {"tab", "\t", "end", "  "}},
       // U+180E is not White_Space (PCRE2's own \s would say it is).
       {" \xE1\xA0\x8E", {" \xE1\xA0\x8E"}},
-      {"a\xE1\xA0\x8E" "b", {"a", "\xE1\xA0\x8E", "b"}},
+      {"a\xE1\xA0\x8E"
+       "b",
+       {"a", "\xE1\xA0\x8E", "b"}},
       {"don't DON'T", {"don", "'t", " DON", "'", "T"}},
   };
   for (const auto& [text, want] : cases) {
@@ -315,20 +316,22 @@ TEST(Tokenizer, RandomRoundTrip) {
 
 TEST(Tokenizer, InvalidUtf8IsAnInputErrorNamingTheOffset) {
   const std::vector<std::pair<std::string, size_t>> cases = {
-      {"\x80", 0},                         // lone continuation byte
-      {"abc\xBF" "def", 3},                // continuation byte in ASCII
-      {"ab\xC3", 2},                       // truncated 2-byte sequence at the end
-      {"ab\xE2\x82", 2},                   // truncated 3-byte sequence at the end
-      {"\xF0\x9F\x98", 0},                 // truncated 4-byte sequence at the end
-      {"ok\xE2\x82x", 2},                  // cut short by ASCII
-      {"\xC0\xAF", 0},                     // overlong '/'
-      {"\xE0\x80\xAF", 0},                 // overlong 3-byte
-      {"\xF0\x80\x80\xAF", 0},             // overlong 4-byte
-      {"x\xED\xA0\x80", 1},                // surrogate U+D800
-      {"\xF4\x90\x80\x80", 0},             // above U+10FFFF
-      {"hello \xFF", 6},                   // never valid
-      {"\xF8\x88\x80\x80\x80", 0},         // 5-byte form
-      {"12345678\xE2\x82\xAC\xC3", 11},    // after the 8-byte ASCII fast path and a valid euro sign
+      {"\x80", 0},  // lone continuation byte
+      {"abc\xBF"
+       "def",
+       3},                               // continuation byte in ASCII
+      {"ab\xC3", 2},                     // truncated 2-byte sequence at the end
+      {"ab\xE2\x82", 2},                 // truncated 3-byte sequence at the end
+      {"\xF0\x9F\x98", 0},               // truncated 4-byte sequence at the end
+      {"ok\xE2\x82x", 2},                // cut short by ASCII
+      {"\xC0\xAF", 0},                   // overlong '/'
+      {"\xE0\x80\xAF", 0},               // overlong 3-byte
+      {"\xF0\x80\x80\xAF", 0},           // overlong 4-byte
+      {"x\xED\xA0\x80", 1},              // surrogate U+D800
+      {"\xF4\x90\x80\x80", 0},           // above U+10FFFF
+      {"hello \xFF", 6},                 // never valid
+      {"\xF8\x88\x80\x80\x80", 0},       // 5-byte form
+      {"12345678\xE2\x82\xAC\xC3", 11},  // after the 8-byte ASCII fast path and a valid euro sign
   };
   for (const auto& [text, offset] : cases) {
     for (int mode = 0; mode < 3; ++mode) {
@@ -463,9 +466,7 @@ TEST_F(TinyVocab, LoadsAndMergesByRank) {
   EXPECT_NE(tok.fingerprint(), gpt2().fingerprint());
 }
 
-TEST_F(TinyVocab, MissingFileIsAnIoError) {
-  EXPECT_THROW(Tokenizer::load(dir_ / "nowhere"), IoError);
-}
+TEST_F(TinyVocab, MissingFileIsAnIoError) { EXPECT_THROW(Tokenizer::load(dir_ / "nowhere"), IoError); }
 
 TEST_F(TinyVocab, MalformedJsonNamesLineAndColumn) {
   write({}, "", "\"x\": }");
@@ -500,7 +501,8 @@ TEST_F(TinyVocab, BadIdsAndTokensAreFormatErrors) {
   EXPECT_NE(load_error().find("repeats the bytes of token 33"), std::string::npos) << load_error();
   // A vocabulary without every single byte cannot encode arbitrary text.
   std::string j = "{";
-  for (int b = 0; b < 255; ++b) j += fmt::format("{}{}: {}", b ? "," : "", key(std::string(1, static_cast<char>(b))), b);
+  for (int b = 0; b < 255; ++b)
+    j += fmt::format("{}{}: {}", b ? "," : "", key(std::string(1, static_cast<char>(b))), b);
   write_file_atomic(dir_ / "encoder.json", j + "}");
   write_file_atomic(dir_ / "vocab.bpe", "#version: 0.2\n");
   EXPECT_NE(load_error().find("no token for the single byte 0xFF"), std::string::npos) << load_error();
@@ -529,7 +531,8 @@ TEST_F(TinyVocab, BadMergesNameTheLine) {
 
 TEST_F(TinyVocab, NoEndOfTextTokenMeansEncodeWithSpecialFails) {
   std::string j = "{";
-  for (int b = 0; b < 256; ++b) j += fmt::format("{}{}: {}", b ? "," : "", key(std::string(1, static_cast<char>(b))), b);
+  for (int b = 0; b < 256; ++b)
+    j += fmt::format("{}{}: {}", b ? "," : "", key(std::string(1, static_cast<char>(b))), b);
   write_file_atomic(dir_ / "encoder.json", j + "}");
   write_file_atomic(dir_ / "vocab.bpe", "#version: 0.2\n");
   const Tokenizer tok = Tokenizer::load(dir_);

@@ -1,6 +1,7 @@
 #include "evalsvc/worker/tokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
+#include <fmt/format.h>
 #include <pcre2.h>
 
 #include <algorithm>
@@ -11,8 +12,6 @@
 #include <optional>
 #include <queue>
 #include <utility>
-
-#include <fmt/format.h>
 
 #include "evalsvc/common/error.h"
 #include "evalsvc/common/hash.h"
@@ -25,10 +24,10 @@ namespace {
 // U+180E (MONGOLIAN VOWEL SEPARATOR, no longer White_Space since Unicode 6.3), while Python's `regex`
 // (GPT-2's encoder.py, Hugging Face) and Rust's regex (tiktoken) do not; the explicit class keeps the
 // three in agreement.
-#define EVALSVC_WS "\\t\\n\\x{0B}\\f\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
-constexpr const char* kPattern =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" EVALSVC_WS "\\p{L}\\p{N}]+|[" EVALSVC_WS "]+(?![^" EVALSVC_WS
-    "])|[" EVALSVC_WS "]+";
+#define EVALSVC_WS \
+  "\\t\\n\\x{0B}\\f\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+constexpr const char* kPattern = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" EVALSVC_WS
+                                 "\\p{L}\\p{N}]+|[" EVALSVC_WS "]+(?![^" EVALSVC_WS "])|[" EVALSVC_WS "]+";
 #undef EVALSVC_WS
 
 constexpr uint32_t kNoRank = std::numeric_limits<uint32_t>::max();
@@ -136,8 +135,8 @@ void check_utf8(std::string_view s) {
     for (size_t k = bad->offset; k < std::min(s.size(), bad->offset + 4); ++k) {
       bytes += fmt::format("{}0x{:02X}", bytes.empty() ? "" : " ", static_cast<unsigned char>(s[k]));
     }
-    throw InputError(fmt::format("invalid UTF-8 at byte offset {} of {} (bytes {}): {}", bad->offset, s.size(),
-                                 bytes, bad->what));
+    throw InputError(
+        fmt::format("invalid UTF-8 at byte offset {} of {} (bytes {}): {}", bad->offset, s.size(), bytes, bad->what));
   }
 }
 
@@ -192,7 +191,8 @@ class StringTable {
     for (size_t i = h & mask_;; i = (i + 1) & mask_) {
       const Slot& s = slots_[i];
       if (s.key_len == kEmpty) return nullptr;
-      if (s.hash == h && s.key_len == key.size() && std::memcmp(arena_.data() + s.key_off, key.data(), key.size()) == 0) {
+      if (s.hash == h && s.key_len == key.size() &&
+          std::memcmp(arena_.data() + s.key_off, key.data(), key.size()) == 0) {
         return &s;
       }
     }
@@ -401,7 +401,10 @@ class EncoderJsonReader {
     uint32_t v = 0;
     for (int k = 0; k < 4; ++k) {
       char c = t_[i_ + k];
-      int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+      int d = c >= '0' && c <= '9'   ? c - '0'
+              : c >= 'a' && c <= 'f' ? c - 'a' + 10
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                     : -1;
       if (d < 0) fail(i_ + k, fmt::format("bad hex digit '{}' in \\u escape", c));
       v = v * 16 + d;
     }
@@ -428,18 +431,35 @@ class EncoderJsonReader {
       if (i_ >= t_.size()) fail(esc, "unterminated escape");
       const char e = t_[i_++];
       switch (e) {
-        case '"': cps.push_back('"'); break;
-        case '\\': cps.push_back('\\'); break;
-        case '/': cps.push_back('/'); break;
-        case 'b': cps.push_back('\b'); break;
-        case 'f': cps.push_back('\f'); break;
-        case 'n': cps.push_back('\n'); break;
-        case 'r': cps.push_back('\r'); break;
-        case 't': cps.push_back('\t'); break;
+        case '"':
+          cps.push_back('"');
+          break;
+        case '\\':
+          cps.push_back('\\');
+          break;
+        case '/':
+          cps.push_back('/');
+          break;
+        case 'b':
+          cps.push_back('\b');
+          break;
+        case 'f':
+          cps.push_back('\f');
+          break;
+        case 'n':
+          cps.push_back('\n');
+          break;
+        case 'r':
+          cps.push_back('\r');
+          break;
+        case 't':
+          cps.push_back('\t');
+          break;
         case 'u': {
           uint32_t v = hex4();
           if (v >= 0xD800 && v <= 0xDBFF) {
-            if (i_ + 2 > t_.size() || t_[i_] != '\\' || t_[i_ + 1] != 'u') fail(esc, "high surrogate without a low one");
+            if (i_ + 2 > t_.size() || t_[i_] != '\\' || t_[i_ + 1] != 'u')
+              fail(esc, "high surrogate without a low one");
             i_ += 2;
             uint32_t lo = hex4();
             if (lo < 0xDC00 || lo > 0xDFFF) fail(esc, "high surrogate followed by a non-low surrogate");
@@ -450,7 +470,8 @@ class EncoderJsonReader {
           cps.push_back(v);
           break;
         }
-        default: fail(esc, fmt::format("unknown escape '\\{}'", e));
+        default:
+          fail(esc, fmt::format("unknown escape '\\{}'", e));
       }
     }
   }
@@ -524,7 +545,7 @@ struct ThreadState {
   Pcre2Scratch pcre;
   uint64_t cache_owner = 0;  // Impl::uid of the tokenizer the caches belong to
   std::vector<HotEntry> hot = std::vector<HotEntry>(kHotEntries);
-  StringTable cache{1024};   // word -> (offset, count) into cache_ids
+  StringTable cache{1024};  // word -> (offset, count) into cache_ids
   std::vector<int32_t> cache_ids;
   // BPE scratch, reused so a word costs no allocation.
   std::vector<int32_t> sym;
@@ -602,8 +623,8 @@ struct Tokenizer::Impl {
                                      reinterpret_cast<const char*>(msg)));
       }
       const size_t start = ov[0], end = ov[1];
-      EVALSVC_ASSERT(end > start && start >= off && end <= n, "empty or out-of-range match [{}, {}) at {}", start,
-                     end, off);
+      EVALSVC_ASSERT(end > start && start >= off && end <= n, "empty or out-of-range match [{}, {}) at {}", start, end,
+                     off);
       f(text.substr(start, end - start));
       off = end;
     }
@@ -727,9 +748,7 @@ struct Tokenizer::Impl {
     });
   }
 
-  static size_t hot_count(const HotEntry& e) {
-    return e.ids[2] >= 0 ? 3 : e.ids[1] >= 0 ? 2 : 1;
-  }
+  static size_t hot_count(const HotEntry& e) { return e.ids[2] >= 0 ? 3 : e.ids[1] >= 0 ? 2 : 1; }
 
   /// One pre-tokenizer piece: whole-token table, then the thread's word cache, then BPE.
   void encode_word(std::string_view piece, ThreadState& ts, std::vector<int32_t>& out) const {
@@ -784,7 +803,8 @@ Tokenizer Tokenizer::load(const std::filesystem::path& dir) {
     seen[e.id] = true;
     uint32_t bad = 0;
     auto bytes = alphabet_to_bytes(e.key, &bad);
-    if (!bytes) reader.fail(e.offset, fmt::format("token {} has code point U+{:04X}, outside GPT-2's byte alphabet", e.id, bad));
+    if (!bytes)
+      reader.fail(e.offset, fmt::format("token {} has code point U+{:04X}, outside GPT-2's byte alphabet", e.id, bad));
     if (bytes->empty()) reader.fail(e.offset, fmt::format("token {} is the empty string", e.id));
     const uint64_t h = hash_bytes(*bytes);
     if (const auto* s = by_bytes.find(*bytes, h)) {
@@ -804,12 +824,14 @@ Tokenizer Tokenizer::load(const std::filesystem::path& dir) {
     const std::string one(1, static_cast<char>(b));
     const auto* s = by_bytes.find(one, hash_bytes(one));
     if (s == nullptr) {
-      throw FormatError(fmt::format("{}: no token for the single byte 0x{:02X} (code point U+{:04X}); every byte needs one",
-                                    enc_path.string(), b, alphabet().to_cp[b]));
+      throw FormatError(
+          fmt::format("{}: no token for the single byte 0x{:02X} (code point U+{:04X}); every byte needs one",
+                      enc_path.string(), b, alphabet().to_cp[b]));
     }
     impl->byte_id[b] = static_cast<int32_t>(s->a);
   }
-  if (const auto* s = by_bytes.find(kEndOfTextText, hash_bytes(kEndOfTextText))) impl->eot_id = static_cast<int32_t>(s->a);
+  if (const auto* s = by_bytes.find(kEndOfTextText, hash_bytes(kEndOfTextText)))
+    impl->eot_id = static_cast<int32_t>(s->a);
 
   // vocab.bpe: "#version" header, then one "left right" merge a line, rank = order.
   std::vector<std::pair<int32_t, int32_t>> merges;
@@ -838,7 +860,8 @@ Tokenizer Tokenizer::load(const std::filesystem::path& dir) {
       }
       if (trailing_blank) fail("merge after a blank line (blank lines may only end the file)");
       const size_t sp = line.find(' ');
-      if (sp == std::string_view::npos || sp == 0 || sp + 1 == line.size() || line.find(' ', sp + 1) != std::string_view::npos) {
+      if (sp == std::string_view::npos || sp == 0 || sp + 1 == line.size() ||
+          line.find(' ', sp + 1) != std::string_view::npos) {
         fail(fmt::format("expected two tokens separated by one space, got '{}'", line));
       }
       auto to_bytes = [&](std::string_view part) {
@@ -857,9 +880,11 @@ Tokenizer Tokenizer::load(const std::filesystem::path& dir) {
       if (r == nullptr) fail(fmt::format("right part '{}' is not in encoder.json", line.substr(sp + 1)));
       const std::string joined = left + right;
       const auto* j = by_bytes.find(joined, hash_bytes(joined));
-      if (j == nullptr) fail(fmt::format("merged token '{}{}' is not in encoder.json", line.substr(0, sp), line.substr(sp + 1)));
+      if (j == nullptr)
+        fail(fmt::format("merged token '{}{}' is not in encoder.json", line.substr(0, sp), line.substr(sp + 1)));
       const auto rank = static_cast<uint32_t>(merges.size());
-      if (!impl->ranks.insert(static_cast<int32_t>(l->a), static_cast<int32_t>(r->a), {rank, static_cast<int32_t>(j->a)})) {
+      if (!impl->ranks.insert(static_cast<int32_t>(l->a), static_cast<int32_t>(r->a),
+                              {rank, static_cast<int32_t>(j->a)})) {
         fail(fmt::format("duplicate merge '{}'", line));
       }
       merges.emplace_back(static_cast<int32_t>(l->a), static_cast<int32_t>(r->a));
