@@ -14,7 +14,9 @@ Effects on success: attempt += 1, state = active, token/worker/claimed_ms set, <
   PX lease, active zset score = now + lease.
 Returns:
   nil                                when nothing claimable is waiting
-  {id, payload, attempt, deadline}   the leased job (payload is raw: the caller validates it)
+  {id, payload, attempt, deadline, remaining}
+                                     the leased job (payload is raw: the caller validates it) and how
+                                     many ids are still on the wait list
 An id whose job hash is missing goes to the dead list with the reason (and a "dead" event), never lost
 silently; an id whose job is no longer waiting (cancelled, duplicate entry) is dropped, its hash keeps its
 state. At most 100 entries are examined per call to keep the script short.
@@ -40,10 +42,11 @@ for _ = 1, 100 do
     redis.call('HSET', jk, 'state', 'active', 'token', ARGV[3], 'worker', ARGV[2], 'claimed_ms', now)
     redis.call('SET', jk .. ':lock', ARGV[3], 'PX', ARGV[4])
     redis.call('ZADD', KEYS[2], deadline, id)
-    if redis.call('LLEN', KEYS[1]) == 0 then
+    local remaining = redis.call('LLEN', KEYS[1])
+    if remaining == 0 then
       redis.call('DEL', KEYS[3])
     end
-    return {id, redis.call('HGET', jk, 'data') or '', attempt, deadline}
+    return {id, redis.call('HGET', jk, 'data') or '', attempt, deadline, remaining}
   end
 end
 return nil

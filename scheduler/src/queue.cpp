@@ -212,14 +212,22 @@ std::optional<Lease> Queue::claim(const std::vector<std::string>& queues, const 
   const std::string jprefix = prefix_ + ":job:";
   const std::string ak = active_key(), dk = dead_key(), ek = events_key();
   int malformed = 0;
+  bool skip_scripts = wait.count() > 0 && std::all_of(queues.begin(), queues.end(), [&](const std::string& q) {
+    auto it = seen_empty_.find(q);
+    return it != seen_empty_.end() && it->second;
+  });
   for (;;) {
     for (const auto& q : queues) {
+      if (skip_scripts) break;
       const std::string wk = wait_key(q), wake = wake_key(q);
       for (;;) {
         const std::string token = random_token();
         Reply r = redis_.eval(claim_, {wk, ak, wake, dk, ek}, {jprefix, worker_id, token, lease_ms, q});
-        if (r.is_nil()) break;
-        EVALSVC_REDIS_CHECK(r.is_array() && r.size() == 4, "script claim-5 on queue {} returned {} with {} elements",
+        if (r.is_nil()) {
+          seen_empty_[q] = true;
+          break;
+        }
+        EVALSVC_REDIS_CHECK(r.is_array() && r.size() == 5, "script claim-5 on queue {} returned {} with {} elements",
                             q, r.type_name(), r.is_array() ? r.size() : 0);
         Lease l;
         l.token = token;
@@ -227,6 +235,7 @@ std::optional<Lease> Queue::claim(const std::vector<std::string>& queues, const 
         const std::string id(r.at(0).str());
         const std::string_view payload = r.at(1).str();
         l.deadline_ms = r.at(3).integer();
+        seen_empty_[q] = r.at(4).integer() == 0;
         try {
           l.job = parse_job_message(id, payload, q);
         } catch (const FormatError& e) {
@@ -244,7 +253,8 @@ std::optional<Lease> Queue::claim(const std::vector<std::string>& queues, const 
       }
     }
     const auto now = std::chrono::steady_clock::now();
-    if (now >= deadline) return std::nullopt;
+    if (now >= deadline && !skip_scripts) return std::nullopt;
+    skip_scripts = false;  // after one wait, always look at the wait lists (bounds a missed wake token)
     auto slice = std::min(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now), kWakePoll);
     if (slice.count() < 10) slice = std::chrono::milliseconds(10);  // BLPOP 0 would block forever
     std::vector<std::string> keys;

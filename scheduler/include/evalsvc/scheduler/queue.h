@@ -166,6 +166,9 @@ class Queue {
 
   RedisClient& redis_;
   std::string prefix_;
+  // Queues whose wait list this Queue last saw empty: the next claim with a wait goes straight to the
+  // wake lists (any enqueue since then left a token there), saving a round trip per idle cycle.
+  std::map<std::string, bool> seen_empty_;
   RedisScript enqueue_, claim_, renew_, complete_, fail_, release_, dead_letter_, requeue_stalled_, cancel_;
 };
 
