@@ -27,5 +27,5 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_COMPILER="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)" \
   -DCURL_INCLUDE_DIR="$curl_inc" ${curl_lib:+-DCURL_LIBRARY="$curl_lib"} \
   -DGTest_DIR="$lib/cmake/GTest"
-ninja -C "$build"
+ninja -C "$build" ${QBENCH_TARGETS:-}
 echo "built in $build; runtime needs LD_LIBRARY_PATH=$lib"

@@ -189,6 +189,9 @@ void GPT2ClassifierImpl::quantize(kernels::Method method, torch::ScalarType base
                 kernels::method_name(method_));
   torch::NoGradGuard no_grad;
   eval();
+  // The quantized layers compute in the variant's base dtype (fp32 for the reference's int8 "scratch").
+  kernels::QuantOptions opts = options;
+  opts.compute_dtype = base_dtype;
   auto conv = [&](torch::Tensor& t) { t = t.detach().to(base_dtype); };
   conv(wte_);
   conv(wpe_);
@@ -201,9 +204,76 @@ void GPT2ClassifierImpl::quantize(kernels::Method method, torch::ScalarType base
     conv(blk.ln2_w);
     conv(blk.ln2_b);
     for (int p = 0; p < 4; ++p) {
-      blk.q[p] = kernels::quantize_linear(method, blk.w[p].detach().to(torch::kFloat32), blk.b[p].detach(), options);
+      blk.q[p] = kernels::quantize_linear(method, blk.w[p].detach().to(torch::kFloat32), blk.b[p].detach(), opts);
       blk.w[p] = torch::Tensor();  // free the fp32 copy: the variant's memory is what it stores
       conv(blk.b[p]);
+    }
+  }
+  method_ = method;
+  base_dtype_ = base_dtype;
+  autocast_ = torch::kFloat32;
+}
+
+std::map<std::string, torch::Tensor> GPT2ClassifierImpl::variant_state_dict() const {
+  EVALSVC_CHECK(!blocks_.empty() && blocks_[0].q[0], InputError, "variant_state_dict() needs a quantized model");
+  std::map<std::string, torch::Tensor> s;
+  auto cpu = [](const torch::Tensor& t) { return t.detach().to(torch::kCPU).contiguous(); };
+  s["transformer.wte.weight"] = cpu(wte_);
+  s["transformer.wpe.weight"] = cpu(wpe_);
+  s["transformer.ln_f.weight"] = cpu(lnf_w_);
+  s["transformer.ln_f.bias"] = cpu(lnf_b_);
+  s["score.weight"] = cpu(score_w_);
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    const auto& blk = blocks_[l];
+    s[block_key(l, "ln_1.weight")] = cpu(blk.ln1_w);
+    s[block_key(l, "ln_1.bias")] = cpu(blk.ln1_b);
+    s[block_key(l, "ln_2.weight")] = cpu(blk.ln2_w);
+    s[block_key(l, "ln_2.bias")] = cpu(blk.ln2_b);
+    for (int p = 0; p < 4; ++p) {
+      for (const auto& [k, t] : blk.q[p]->state()) s[block_key(l, kProjectionNames[p]) + "." + k] = cpu(t);
+    }
+  }
+  return s;
+}
+
+void GPT2ClassifierImpl::load_variant_state_dict(const std::map<std::string, torch::Tensor>& state,
+                                                 kernels::Method method, torch::ScalarType base_dtype,
+                                                 const kernels::QuantOptions& options) {
+  torch::NoGradGuard no_grad;
+  eval();
+  auto take = [&](const std::string& key, torch::Tensor& dst) {
+    auto it = state.find(key);
+    if (it == state.end()) throw FormatError(fmt::format("variant checkpoint has no tensor '{}'", key));
+    if (it->second.sizes() != dst.sizes()) {
+      throw FormatError(fmt::format("tensor '{}' has shape {}, expected {}", key, dims(it->second.sizes()), dims(dst.sizes())));
+    }
+    dst = it->second.to(base_dtype).contiguous();
+  };
+  take("transformer.wte.weight", wte_);
+  take("transformer.wpe.weight", wpe_);
+  take("transformer.ln_f.weight", lnf_w_);
+  take("transformer.ln_f.bias", lnf_b_);
+  take("score.weight", score_w_);
+  kernels::QuantOptions opts = options;
+  opts.compute_dtype = base_dtype;
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    auto& blk = blocks_[l];
+    take(block_key(l, "ln_1.weight"), blk.ln1_w);
+    take(block_key(l, "ln_1.bias"), blk.ln1_b);
+    take(block_key(l, "ln_2.weight"), blk.ln2_w);
+    take(block_key(l, "ln_2.bias"), blk.ln2_b);
+    for (int p = 0; p < 4; ++p) {
+      const std::string prefix = block_key(l, kProjectionNames[p]) + ".";
+      std::map<std::string, torch::Tensor> sub;
+      for (auto it = state.lower_bound(prefix); it != state.end() && it->first.rfind(prefix, 0) == 0; ++it) {
+        sub[it->first.substr(prefix.size())] = it->second;
+      }
+      blk.q[p] = kernels::load_linear(method, sub, opts);
+      EVALSVC_CHECK(blk.q[p]->out_features() == blk.w[p].size(0) && blk.q[p]->in_features() == blk.w[p].size(1),
+                    FormatError, "{}: quantized layer is {}x{}, the config implies {}x{}", prefix,
+                    blk.q[p]->out_features(), blk.q[p]->in_features(), blk.w[p].size(0), blk.w[p].size(1));
+      if (sub.count("bias")) blk.b[p] = sub["bias"].to(base_dtype);
+      blk.w[p] = torch::Tensor();
     }
   }
   method_ = method;

@@ -4,28 +4,28 @@
 
 namespace evalsvc::worker {
 
-RunConfig preset_run(const std::string& name) {
+RunConfig run_config(const ExperimentSpec& spec) {
   RunConfig r;
-  r.preset = name;
-  if (name == "tiny") {
-    // Sized for the 2-core CI machine: ~3 minutes of training reaches ~85% on AG News from scratch.
-    r.model = ModelConfig::preset("tiny");
-    r.train.epochs = 3;
-    r.train.batch_size = 32;
-    r.train.lr = 1e-3;
-    r.validation_fraction = 0.0;
-  } else if (name == "seed") {
-    // The reference's setting (GPT-2 Small, 10 epochs, max length 128) on the train rows available.
-    r.model = ModelConfig::preset("gpt2");
-    r.train.epochs = 10;
-    r.train.batch_size = 64;
-    r.train.lr = 2e-4;
-    r.validation_fraction = 0.0;
-  } else {
-    throw InputError(fmt::format("unknown preset '{}': expected tiny or seed", name));
-  }
+  r.preset = spec.preset.value_or(spec.name);
+  r.model = ModelConfig::preset(spec.model.config);
+  r.train.epochs = spec.train.epochs;
+  r.train.batch_size = spec.train.batch_size;
+  r.train.lr = spec.train.lr;
+  r.train.weight_decay = spec.train.weight_decay;
+  r.train.warmup_fraction = spec.train.warmup_fraction;
+  r.train.grad_clip = spec.train.grad_clip;
+  r.train.seed = spec.train.seed;
+  r.max_len = spec.data.max_len;
+  r.train_limit = static_cast<size_t>(spec.data.train_limit);
+  r.test_limit = static_cast<size_t>(spec.data.test_limit);
+  r.validation_fraction = spec.data.validation_fraction;
+  r.eval_batch_size = spec.eval.batch_size;
   return r;
 }
+
+// The presets themselves live in one place, the experiment spec (common/experiment_spec.cpp), so
+// `qbench train --preset X` and `qbench submit --preset X` train exactly the same model.
+RunConfig preset_run(const std::string& name) { return run_config(ExperimentSpec::from_preset(name)); }
 
 nlohmann::json RunConfig::to_json() const {
   return {{"preset", preset},

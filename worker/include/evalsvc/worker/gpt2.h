@@ -78,6 +78,14 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// Inference variant: converts embeddings, LayerNorms, biases and the head to `base_dtype` and replaces
   /// the 48 projections by `method` (SPEC section 2). Irreversible: the fp32 projection weights are freed.
   void quantize(kernels::Method method, torch::ScalarType base_dtype, const kernels::QuantOptions& options);
+  /// A quantized variant's tensors for saving: embeddings, LayerNorms, biases and head in the base dtype with
+  /// Hugging Face names, and each projection's QuantizedLinear::state() under its Hugging Face prefix
+  /// (`transformer.h.0.attn.c_attn.weight`, `...c_attn.SCB`, `...c_attn.weight.absmax`, ...).
+  std::map<std::string, torch::Tensor> variant_state_dict() const;
+  /// Rebuilds a quantized variant from variant_state_dict() output (on CPU); FormatError for missing keys.
+  void load_variant_state_dict(const std::map<std::string, torch::Tensor>& state, kernels::Method method,
+                               torch::ScalarType base_dtype, const kernels::QuantOptions& options);
+
   /// The quantized projection of block `layer`, or nullptr while the model is unquantized.
   const kernels::QuantizedLinear* projection(int64_t layer, Projection p) const;
   /// The variant's method (kFp32 until quantize() is called) and base dtype.

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "evalsvc/common/experiment_spec.h"
 #include "evalsvc/worker/gpt2.h"
 #include "evalsvc/worker/train.h"
 
@@ -22,7 +23,9 @@ struct RunConfig {
   nlohmann::json to_json() const;
 };
 
-/// "tiny" or "seed"; InputError naming the valid presets otherwise.
+/// The model-core settings of an experiment spec.
+RunConfig run_config(const ExperimentSpec& spec);
+/// "tiny" or "seed" (ExperimentSpec::from_preset); InputError naming the valid presets otherwise.
 RunConfig preset_run(const std::string& name);
 
 }  // namespace evalsvc::worker

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One batch of GPU measurements on a GPU host (what docs/results were measured with). Builds qbench with CUDA
+# (scripts/gpu_bootstrap.sh), then: the model core's training on the seed preset next to the Hugging Face
+# peer, parity with transformers, the tokenizer against tiktoken, the CUDA kernel tests and benchmarks.
+# Everything goes to $OUT (default ./gpu-out).
+#   scripts/gpu_session.sh DATA_DIR [DEBS_DIR]
+set -uo pipefail
+data=${1:?data folder}
+debs=${2:-.debs}
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+start=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/device.txt" 2>&1
+stamp build
+QBENCH_TARGETS="qbench tokenizer_bench kernel_bench kernels_cuda_ops_gpu_test" bash scripts/gpu_bootstrap.sh "$debs" /opt/qbench-deps build-cuda > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
+export LD_LIBRARY_PATH=/opt/qbench-deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+q=build-cuda/cli/qbench
+stamp "train seed (qbench)"
+$q train --preset seed --device cuda --data "$data" --out /tmp/seed --no-resume > "$out/qbench_train_seed.json" 2> "$out/qbench_train_seed.log"
+tail -3 "$out/qbench_train_seed.log"
+stamp "train seed (Hugging Face peer)"
+python3 scripts/peer_train_hf.py --data "$data" --epochs 10 --lr "${PEER_LR:-2e-4}" > "$out/peer_train_hf.json" 2> "$out/peer_train_hf.log"
+cat "$out/peer_train_hf.json"
+stamp parity
+python3 scripts/hf_parity.py --config gpt2 --out /tmp/hf_gpt2 --dtypes fp32,fp16,bf16 --device cuda > /dev/null 2>&1
+$q parity /tmp/hf_gpt2 --dtype fp32 fp16 bf16 --device cuda | tee "$out/parity_gpt2.jsonl"
+$q parity tests/fixtures/hf_tiny --dtype fp32 --device cuda | tee -a "$out/parity_gpt2.jsonl"
+stamp tokenizer
+python3 scripts/peer_tokenizer.py --qbench build-cuda/worker/tokenizer_bench --data "$data" > "$out/tokenizer_vs_tiktoken.txt" 2>&1
+tail -5 "$out/tokenizer_vs_tiktoken.txt"
+stamp "gpu tests"
+(cd build-cuda && ctest -L gpu --output-on-failure --timeout 300) > "$out/gpu_tests.log" 2>&1
+tail -15 "$out/gpu_tests.log"
+stamp "kernel bench"
+timeout 120 build-cuda/kernels/kernel_bench --quick > "$out/kernel_bench.jsonl" 2> "$out/kernel_bench.log"
+tail -5 "$out/kernel_bench.jsonl"
+stamp done

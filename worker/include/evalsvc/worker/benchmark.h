@@ -1,0 +1,47 @@
+#pragma once
+// The bench job's measurements (SPEC section 3): batch-1 latency percentiles at a fixed sequence length,
+// the throughput sweep over batch sizes, and peak device memory. Model forward only, inputs already on the
+// device, device-synchronised timings.
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "evalsvc/worker/dataset.h"
+#include "evalsvc/worker/gpt2.h"
+
+namespace evalsvc::worker {
+
+struct BenchOptions {
+  std::vector<int64_t> batch_sizes = {1, 8, 32, 128, 512};
+  int64_t seq_len = 128;
+  int64_t warmup = 20;
+  int64_t iters = 200;          ///< timed runs for latency (batch 1)
+  int64_t throughput_iters = 0; ///< timed runs per batch size in the sweep; 0 = enough for ~2 s or >= 5 runs
+};
+
+struct LatencyStats {
+  double p50_ms = 0, p90_ms = 0, p99_ms = 0, mean_ms = 0;
+  int64_t runs = 0;
+};
+
+struct ThroughputPoint {
+  int64_t batch_size = 0;
+  double samples_per_s = 0;
+  double ms_per_batch = 0;
+  int64_t peak_memory_bytes = -1;  ///< CUDA only; -1 where not measured (CPU)
+};
+
+struct BenchResult {
+  LatencyStats latency;                    ///< batch 1, seq_len tokens
+  int64_t latency_peak_memory_bytes = -1;  ///< CUDA only
+  std::vector<ThroughputPoint> sweep;
+  nlohmann::json to_json() const;
+};
+
+/// Times `model` (already on `device`, eval mode) on random token ids of length seq_len.
+BenchResult run_benchmark(GPT2Classifier& model, const torch::Device& device, const BenchOptions& options);
+
+/// Percentiles by linear interpolation between order statistics (numpy's default); `values` is copied.
+double percentile(std::vector<double> values, double q);
+
+}  // namespace evalsvc::worker

@@ -1,0 +1,133 @@
+#include "evalsvc/worker/benchmark.h"
+
+#include <algorithm>
+#include <chrono>
+#include <numeric>
+
+#include "evalsvc/common/error.h"
+#include "evalsvc/worker/device.h"
+
+#if EVALSVC_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace evalsvc::worker {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void reset_peak(const torch::Device& d) {
+#if EVALSVC_WITH_CUDA
+  if (d.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(d.index());
+#else
+  (void)d;
+#endif
+}
+
+int64_t peak_bytes(const torch::Device& d) {
+#if EVALSVC_WITH_CUDA
+  if (d.is_cuda()) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(d.index());
+    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+  }
+#else
+  (void)d;
+#endif
+  return -1;
+}
+
+std::pair<torch::Tensor, torch::Tensor> random_batch(const GPT2Classifier& model, int64_t B, int64_t T,
+                                                     const torch::Device& device) {
+  // Token ids below 50,000 are ordinary BPE tokens; padding is not needed: every row is T long.
+  auto ids = torch::randint(0, std::min<int64_t>(model->config().vocab_size - 1, 50000), {B, T}, torch::kLong).to(device);
+  auto lengths = torch::full({B}, T, torch::kLong).to(device);
+  return {ids, lengths};
+}
+
+}  // namespace
+
+double percentile(std::vector<double> v, double q) {
+  EVALSVC_CHECK(!v.empty(), InputError, "percentile of no values");
+  std::sort(v.begin(), v.end());
+  const double pos = q * static_cast<double>(v.size() - 1);
+  const size_t lo = static_cast<size_t>(pos);
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (pos - static_cast<double>(lo));
+}
+
+nlohmann::json BenchResult::to_json() const {
+  nlohmann::json j;
+  j["latency"] = {{"batch_size", 1},       {"p50_ms", latency.p50_ms}, {"p90_ms", latency.p90_ms},
+                  {"p99_ms", latency.p99_ms}, {"mean_ms", latency.mean_ms}, {"runs", latency.runs},
+                  {"peak_memory_bytes", latency_peak_memory_bytes}};
+  j["sweep"] = nlohmann::json::array();
+  for (const auto& p : sweep) {
+    j["sweep"].push_back({{"batch_size", p.batch_size},
+                          {"samples_per_s", p.samples_per_s},
+                          {"ms_per_batch", p.ms_per_batch},
+                          {"peak_memory_bytes", p.peak_memory_bytes}});
+  }
+  return j;
+}
+
+BenchResult run_benchmark(GPT2Classifier& model, const torch::Device& device, const BenchOptions& o) {
+  EVALSVC_CHECK(o.seq_len >= 1 && o.seq_len <= model->config().n_positions, InputError,
+                "bench seq_len {} outside [1, {}]", o.seq_len, model->config().n_positions);
+  EVALSVC_CHECK(o.iters >= 1 && o.warmup >= 0, InputError, "bench needs iters >= 1 and warmup >= 0");
+  model->eval();
+  torch::NoGradGuard ng;
+  BenchResult r;
+
+  // Latency: batch 1, one device-synchronised forward per sample.
+  {
+    auto [ids, lengths] = random_batch(model, 1, o.seq_len, device);
+    for (int64_t i = 0; i < o.warmup; ++i) model->forward(ids, lengths);
+    synchronize(device);
+    reset_peak(device);
+    std::vector<double> ms;
+    ms.reserve(static_cast<size_t>(o.iters));
+    for (int64_t i = 0; i < o.iters; ++i) {
+      const auto t0 = Clock::now();
+      model->forward(ids, lengths);
+      synchronize(device);
+      ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    }
+    r.latency.runs = o.iters;
+    r.latency.p50_ms = percentile(ms, 0.50);
+    r.latency.p90_ms = percentile(ms, 0.90);
+    r.latency.p99_ms = percentile(ms, 0.99);
+    r.latency.mean_ms = std::accumulate(ms.begin(), ms.end(), 0.0) / static_cast<double>(ms.size());
+    r.latency_peak_memory_bytes = peak_bytes(device);
+  }
+
+  // Throughput sweep: fixed sequence length, one batch shape per point.
+  for (int64_t B : o.batch_sizes) {
+    EVALSVC_CHECK(B >= 1, InputError, "bench batch size {} < 1", B);
+    auto [ids, lengths] = random_batch(model, B, o.seq_len, device);
+    const int64_t warm = std::max<int64_t>(1, std::min<int64_t>(o.warmup, 5));
+    for (int64_t i = 0; i < warm; ++i) model->forward(ids, lengths);
+    synchronize(device);
+    reset_peak(device);
+    // Size the timed loop from one probe run so every point takes about the same wall time.
+    auto t0 = Clock::now();
+    model->forward(ids, lengths);
+    synchronize(device);
+    const double probe = std::chrono::duration<double>(Clock::now() - t0).count();
+    int64_t runs = o.throughput_iters > 0 ? o.throughput_iters
+                                          : std::clamp<int64_t>(static_cast<int64_t>(2.0 / std::max(probe, 1e-6)), 5, 200);
+    t0 = Clock::now();
+    for (int64_t i = 0; i < runs; ++i) model->forward(ids, lengths);
+    synchronize(device);
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    ThroughputPoint p;
+    p.batch_size = B;
+    p.ms_per_batch = 1000.0 * s / static_cast<double>(runs);
+    p.samples_per_s = static_cast<double>(B * runs) / s;
+    p.peak_memory_bytes = peak_bytes(device);
+    r.sweep.push_back(p);
+  }
+  return r;
+}
+
+}  // namespace evalsvc::worker
