@@ -9,7 +9,7 @@ build=${3:-build-cuda}
 mkdir -p "$prefix"
 for f in "$debs"/*.deb; do dpkg -x "$f" "$prefix"; done
 # Debian's pkg-config files say prefix=/usr: point them at the unpacked tree.
-find "$prefix" -name '*.pc' -exec sed -i "s#^prefix=/usr#prefix=$prefix/usr#" {} +
+find "$prefix" -name '*.pc' -exec sed -i -e "s#=/usr#=$prefix/usr#g" -e "s#-I/usr/#-I$prefix/usr/#g" -e "s#-L/usr/#-L$prefix/usr/#g" {} +
 lib="$prefix/usr/lib/x86_64-linux-gnu"
 # Unversioned .so links of -dev packages point at absolute /usr paths of the runtime packages: relink.
 for l in "$lib"/*.so; do

@@ -17,23 +17,37 @@ stamp build
 QBENCH_TARGETS="qbench tokenizer_bench kernel_bench kernels_cuda_ops_gpu_test" bash scripts/gpu_bootstrap.sh "$debs" /opt/qbench-deps build-cuda > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
 export LD_LIBRARY_PATH=/opt/qbench-deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 q=build-cuda/cli/qbench
+steps=${STEPS:-train peer parity tokenizer gputests kernelbench}
+has() { [[ " $steps " == *" $1 "* ]]; }
+if has train; then
 stamp "train seed (qbench)"
 $q train --preset seed --device cuda --data "$data" --out /tmp/seed --no-resume > "$out/qbench_train_seed.json" 2> "$out/qbench_train_seed.log"
 tail -3 "$out/qbench_train_seed.log"
+fi
+if has peer; then
 stamp "train seed (Hugging Face peer)"
 python3 scripts/peer_train_hf.py --data "$data" --epochs 10 --lr "${PEER_LR:-2e-4}" > "$out/peer_train_hf.json" 2> "$out/peer_train_hf.log"
 cat "$out/peer_train_hf.json"
+fi
+if has parity; then
 stamp parity
 python3 scripts/hf_parity.py --config gpt2 --out /tmp/hf_gpt2 --dtypes fp32,fp16,bf16 --device cuda > /dev/null 2>&1
 $q parity /tmp/hf_gpt2 --dtype fp32 fp16 bf16 --device cuda | tee "$out/parity_gpt2.jsonl"
 $q parity tests/fixtures/hf_tiny --dtype fp32 --device cuda | tee -a "$out/parity_gpt2.jsonl"
+fi
+if has tokenizer; then
 stamp tokenizer
 python3 scripts/peer_tokenizer.py --qbench build-cuda/worker/tokenizer_bench --data "$data" > "$out/tokenizer_vs_tiktoken.txt" 2>&1
-tail -5 "$out/tokenizer_vs_tiktoken.txt"
+tail -25 "$out/tokenizer_vs_tiktoken.txt"
+fi
+if has gputests; then
 stamp "gpu tests"
 (cd build-cuda && ctest -L gpu --output-on-failure --timeout 300) > "$out/gpu_tests.log" 2>&1
 tail -15 "$out/gpu_tests.log"
+fi
+if has kernelbench; then
 stamp "kernel bench"
 timeout 120 build-cuda/kernels/kernel_bench --quick > "$out/kernel_bench.jsonl" 2> "$out/kernel_bench.log"
 tail -5 "$out/kernel_bench.jsonl"
+fi
 stamp done

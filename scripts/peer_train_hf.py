@@ -3,8 +3,8 @@
 
 GPT2ForSequenceClassification (GPT-2 Small config, random init), bf16 autocast, batch 64, padded to 128,
 AdamW (weight decay 0.01 off biases/LayerNorms), warm-up then cosine decay, gradient clipping 1.0, dropout
-as GPT-2, over the train CSV for N epochs; then test accuracy. Prints one JSON line. Tokenizes with the
-GPT2TokenizerFast built from the same encoder.json/vocab.bpe qbench uses (no download).
+as GPT-2, over the train CSV for N epochs; then test accuracy. Prints one JSON line. Tokenizes with
+tiktoken's GPT-2 encoding built from the same encoder.json/vocab.bpe qbench uses (no download).
 
   python3 scripts/peer_train_hf.py --data DIR [--epochs 10] [--lr 2e-4] [--device cuda]
 """
@@ -13,11 +13,15 @@ import csv
 import json
 import math
 import os
+import sys
 import time
 
 import torch
 import transformers
-from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2TokenizerFast
+from transformers import GPT2Config, GPT2ForSequenceClassification
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peer_tokenizer import tiktoken_encoder  # noqa: E402  (same BPE files, no download)
 
 
 def read_rows(path):
@@ -38,21 +42,25 @@ def main():
     args = ap.parse_args()
     torch.manual_seed(args.seed)
 
-    tok = GPT2TokenizerFast(vocab_file=os.path.join(args.data, "gpt2", "encoder.json"),
-                            merges_file=os.path.join(args.data, "gpt2", "vocab.bpe"))
-    tok.pad_token = tok.eos_token
+    encode_ordinary, _ = tiktoken_encoder(os.path.join(args.data, "gpt2"))
+    eos = 50256
     train = read_rows(os.path.join(args.data, "ag_news", "train_first10429.csv"))
     test = read_rows(os.path.join(args.data, "ag_news", "test.csv"))
 
     def encode(rows):
-        enc = tok([t for _, t in rows], padding="max_length", truncation=True, max_length=args.max_len,
-                  return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"], torch.tensor([y for y, _ in rows])
+        # Padded to max_len with <|endoftext|> (right padding), as GPT2Tokenizer with pad_token = eos does.
+        ids = torch.full((len(rows), args.max_len), eos, dtype=torch.long)
+        mask = torch.zeros((len(rows), args.max_len), dtype=torch.long)
+        for i, (_, text) in enumerate(rows):
+            t = encode_ordinary(text)[: args.max_len]
+            ids[i, : len(t)] = torch.tensor(t)
+            mask[i, : len(t)] = 1
+        return ids, mask, torch.tensor([y for y, _ in rows])
 
     tr_ids, tr_mask, tr_y = encode(train)
     te_ids, te_mask, te_y = encode(test)
     dev = torch.device(args.device)
-    cfg = GPT2Config(num_labels=4, pad_token_id=tok.eos_token_id)
+    cfg = GPT2Config(num_labels=4, pad_token_id=eos)
     model = GPT2ForSequenceClassification(cfg).to(dev)
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or ".ln_" in n or "ln_f" in n]
     decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or ".ln_" in n or "ln_f" in n)]

@@ -39,11 +39,13 @@ nlohmann::json TrainResult::to_json() const {
 }
 
 Batch make_batch(const TokenizedDataset& data, const std::vector<size_t>& idx, const torch::Device& device,
-                 int64_t pad_to, int64_t pad_id) {
+                 int64_t pad_to, int64_t pad_id, int64_t pad_multiple) {
   EVALSVC_CHECK(!idx.empty(), InputError, "empty batch");
   int64_t T = pad_to;
   if (T <= 0) {
     for (size_t i : idx) T = std::max<int64_t>(T, static_cast<int64_t>(data.row(i).size()));
+    if (pad_multiple <= 0) pad_multiple = device.is_cuda() ? 8 : 1;
+    T = std::max(T, std::min<int64_t>((T + pad_multiple - 1) / pad_multiple * pad_multiple, data.max_len));
   }
   T = std::max<int64_t>(T, 1);
   const int64_t B = static_cast<int64_t>(idx.size());
@@ -105,6 +107,86 @@ double lr_at(int64_t step, int64_t total, int64_t warmup, double base) {
   return base * 0.5 * (1.0 + std::cos(M_PI * std::min(1.0, progress)));
 }
 
+/// AdamW (decoupled weight decay, as torch.optim.AdamW) over one flat fp32 buffer that every parameter is a
+/// view of. libtorch's C++ AdamW loops over tensors, ~10 kernel launches each: 150 tensors make a GPT-2 step
+/// launch-bound. Flat, one step is ~10 launches whatever the model, and gradient clipping is one norm.
+class FlatAdamW {
+ public:
+  FlatAdamW(const std::vector<torch::Tensor>& decay, const std::vector<torch::Tensor>& no_decay, const TrainOptions& o)
+      : o_(o) {
+    int64_t n = 0;
+    for (const auto& t : decay) n += t.numel();
+    for (const auto& t : no_decay) n += t.numel();
+    auto opts = decay.front().options().requires_grad(false);
+    params_flat_ = torch::empty({n}, opts);
+    grads_flat_ = torch::zeros({n}, opts);
+    m_ = torch::zeros({n}, opts);
+    v_ = torch::zeros({n}, opts);
+    decay_mask_ = torch::zeros({n}, opts);
+    torch::NoGradGuard ng;
+    int64_t off = 0;
+    auto adopt = [&](const torch::Tensor& t, bool wd) {
+      const int64_t k = t.numel();
+      params_flat_.narrow(0, off, k).copy_(t.detach().reshape({k}));
+      if (wd) decay_mask_.narrow(0, off, k).fill_(1.0);
+      torch::Tensor p = t;
+      p.set_data(params_flat_.narrow(0, off, k).view(t.sizes()));  // the model's tensor now lives in the buffer
+      p.mutable_grad() = grads_flat_.narrow(0, off, k).view(t.sizes());  // autograd accumulates in place here
+      params_.push_back(p);
+      off += k;
+    };
+    for (const auto& t : decay) adopt(t, true);
+    for (const auto& t : no_decay) adopt(t, false);
+  }
+
+  void zero_grad() { grads_flat_.zero_(); }
+
+  /// Clips the global gradient norm to `max_norm` without a host synchronisation.
+  void clip(double max_norm) {
+    auto norm = grads_flat_.norm();
+    grads_flat_.mul_((max_norm / (norm + 1e-6)).clamp_max(1.0));
+  }
+
+  void step(double lr) {
+    torch::NoGradGuard ng;
+    ++step_;
+    const double bc1 = 1.0 - std::pow(o_.adam_beta1, static_cast<double>(step_));
+    const double bc2 = 1.0 - std::pow(o_.adam_beta2, static_cast<double>(step_));
+    if (o_.weight_decay > 0) params_flat_.addcmul_(params_flat_, decay_mask_, -lr * o_.weight_decay);
+    m_.mul_(o_.adam_beta1).add_(grads_flat_, 1.0 - o_.adam_beta1);
+    v_.mul_(o_.adam_beta2).addcmul_(grads_flat_, grads_flat_, 1.0 - o_.adam_beta2);
+    auto denom = (v_.sqrt() / std::sqrt(bc2)).add_(o_.adam_eps);
+    params_flat_.addcdiv_(m_, denom, -lr / bc1);
+  }
+
+  void save(torch::serialize::OutputArchive& ar) const {
+    ar.write("flat_params", params_flat_.cpu());
+    ar.write("adam_m", m_.cpu());
+    ar.write("adam_v", v_.cpu());
+    ar.write("adam_step", torch::tensor(step_));
+  }
+  void load(torch::serialize::InputArchive& ar) {
+    torch::NoGradGuard ng;
+    torch::Tensor p, m, v, st;
+    ar.read("flat_params", p);
+    ar.read("adam_m", m);
+    ar.read("adam_v", v);
+    ar.read("adam_step", st);
+    EVALSVC_CHECK(p.numel() == params_flat_.numel(), FormatError, "training state has {} parameters, model {}",
+                  p.numel(), params_flat_.numel());
+    params_flat_.copy_(p);
+    m_.copy_(m);
+    v_.copy_(v);
+    step_ = st.item<int64_t>();
+  }
+
+ private:
+  TrainOptions o_;
+  torch::Tensor params_flat_, grads_flat_, m_, v_, decay_mask_;
+  std::vector<torch::Tensor> params_;
+  int64_t step_ = 0;
+};
+
 std::string fmt_eta(double s) {
   const int64_t t = static_cast<int64_t>(s);
   return fmt::format("{:02d}:{:02d}", t / 60, t % 60);
@@ -116,16 +198,12 @@ std::string run_key(const GPT2Classifier& model, const TokenizedDataset& data, c
                      o.epochs, o.batch_size, o.lr, o.seed, o.bucket_batches);
 }
 
-void save_state(const fs::path& dir, const std::string& key, int64_t step, int64_t epoch,
-                const std::vector<torch::Tensor>& params, torch::optim::Optimizer& opt) {
+void save_state(const fs::path& dir, const std::string& key, int64_t step, int64_t epoch, const FlatAdamW& opt) {
   torch::serialize::OutputArchive ar;
   ar.write("key", torch::tensor(std::vector<int64_t>(key.begin(), key.end())));
   ar.write("step", torch::tensor(step));
   ar.write("epoch", torch::tensor(epoch));
-  for (size_t i = 0; i < params.size(); ++i) ar.write(fmt::format("param{}", i), params[i].detach().cpu());
-  torch::serialize::OutputArchive opt_ar;
-  opt.save(opt_ar);
-  ar.write("optimizer", opt_ar);
+  opt.save(ar);
   fs::create_directories(dir);
   const fs::path tmp = dir / "train_state.pt.tmp";
   ar.save_to(tmp.string());
@@ -133,8 +211,7 @@ void save_state(const fs::path& dir, const std::string& key, int64_t step, int64
 }
 
 /// Returns {step, epoch} restored, or {0, 0} when there is no matching state.
-std::pair<int64_t, int64_t> load_state(const fs::path& dir, const std::string& key, std::vector<torch::Tensor>& params,
-                                       torch::optim::Optimizer& opt) {
+std::pair<int64_t, int64_t> load_state(const fs::path& dir, const std::string& key, FlatAdamW& opt) {
   const fs::path file = dir / "train_state.pt";
   if (dir.empty() || !fs::exists(file)) return {0, 0};
   torch::serialize::InputArchive ar;
@@ -147,7 +224,7 @@ std::pair<int64_t, int64_t> load_state(const fs::path& dir, const std::string& k
   torch::Tensor k, step, epoch;
   ar.read("key", k);
   auto* kp = k.data_ptr<int64_t>();
-  std::string saved(k.numel(), ' ');
+  std::string saved(static_cast<size_t>(k.numel()), ' ');
   for (int64_t i = 0; i < k.numel(); ++i) saved[static_cast<size_t>(i)] = static_cast<char>(kp[i]);
   if (saved != key) {
     spdlog::warn("training state {} belongs to another configuration; starting from scratch", file.string());
@@ -155,15 +232,7 @@ std::pair<int64_t, int64_t> load_state(const fs::path& dir, const std::string& k
   }
   ar.read("step", step);
   ar.read("epoch", epoch);
-  torch::NoGradGuard ng;
-  for (size_t i = 0; i < params.size(); ++i) {
-    torch::Tensor t;
-    ar.read(fmt::format("param{}", i), t);
-    params[i].copy_(t.to(params[i].device()));
-  }
-  torch::serialize::InputArchive opt_ar;
-  ar.read("optimizer", opt_ar);
-  opt.load(opt_ar);
+  opt.load(ar);
   return {step.item<int64_t>(), epoch.item<int64_t>()};
 }
 
@@ -178,20 +247,7 @@ TrainResult train(GPT2Classifier& model, const TokenizedDataset& train_set, cons
   model->train();
   model->set_autocast(device.is_cuda() && o.bf16_on_cuda ? torch::kBFloat16 : torch::kFloat32);
 
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(model->decay_parameters(),
-                      std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(o.lr)
-                                                                       .betas({o.adam_beta1, o.adam_beta2})
-                                                                       .eps(o.adam_eps)
-                                                                       .weight_decay(o.weight_decay)));
-  groups.emplace_back(model->no_decay_parameters(),
-                      std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(o.lr)
-                                                                       .betas({o.adam_beta1, o.adam_beta2})
-                                                                       .eps(o.adam_eps)
-                                                                       .weight_decay(0.0)));
-  torch::optim::AdamW opt(groups, torch::optim::AdamWOptions(o.lr));
-  std::vector<torch::Tensor> all_params = model->decay_parameters();
-  for (auto& t : model->no_decay_parameters()) all_params.push_back(t);
+  FlatAdamW opt(model->decay_parameters(), model->no_decay_parameters(), o);
 
   const int64_t steps_per_epoch =
       (static_cast<int64_t>(train_set.size()) + o.batch_size - 1) / o.batch_size;
@@ -201,7 +257,7 @@ TrainResult train(GPT2Classifier& model, const TokenizedDataset& train_set, cons
 
   TrainResult result;
   auto [step, start_epoch] = o.state_dir.empty() ? std::pair<int64_t, int64_t>{0, 0}
-                                                 : load_state(o.state_dir, key, all_params, opt);
+                                                 : load_state(o.state_dir, key, opt);
   result.resumed_from_step = step;
   if (step > 0) spdlog::info("resuming training at step {} of {} (epoch {})", step, total, start_epoch + 1);
 
@@ -220,13 +276,12 @@ TrainResult train(GPT2Classifier& model, const TokenizedDataset& train_set, cons
       result.padded_tokens += batch.ids.numel();
       for (size_t i : idx) result.real_tokens += static_cast<int64_t>(train_set.row(i).size());
       const double lr = lr_at(step, total, warmup, o.lr);
-      for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
       opt.zero_grad();
       auto logits = model->forward(batch.ids, batch.lengths);
       auto loss = torch::nn::functional::cross_entropy(logits, batch.labels);
       loss.backward();
-      if (o.grad_clip > 0) torch::nn::utils::clip_grad_norm_(all_params, o.grad_clip);
-      opt.step();
+      if (o.grad_clip > 0) opt.clip(o.grad_clip);
+      opt.step(lr);
       loss_sum += loss.detach();
       ++n_batches;
       ++step;
@@ -240,7 +295,7 @@ TrainResult train(GPT2Classifier& model, const TokenizedDataset& train_set, cons
                    step, total, loss.item<double>(), rate, fmt_eta(eta));
       }
       if (!o.state_dir.empty() && o.checkpoint_every_steps > 0 && step % o.checkpoint_every_steps == 0) {
-        save_state(o.state_dir, key, step, epoch, all_params, opt);
+        save_state(o.state_dir, key, step, epoch, opt);
       }
     }
     if (tty) fmt::print(stderr, "\n");
@@ -262,7 +317,7 @@ TrainResult train(GPT2Classifier& model, const TokenizedDataset& train_set, cons
                  rec.seconds, rec.samples_per_s,
                  rec.validation_accuracy >= 0 ? fmt::format(", validation accuracy {:.4f}", rec.validation_accuracy) : "");
     result.epochs.push_back(rec);
-    if (!o.state_dir.empty() && o.checkpoint_every_steps == 0) save_state(o.state_dir, key, step, epoch + 1, all_params, opt);
+    if (!o.state_dir.empty() && o.checkpoint_every_steps == 0) save_state(o.state_dir, key, step, epoch + 1, opt);
   }
   synchronize(device);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

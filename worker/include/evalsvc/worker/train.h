@@ -66,9 +66,11 @@ struct Batch {
   torch::Tensor ids, lengths, labels;
   std::vector<size_t> rows;  ///< dataset rows in batch order
 };
-/// Pads rows `idx` of `data` to the longest among them (or to `pad_to` when > 0).
+/// Pads rows `idx` of `data` to the longest among them rounded up to a multiple of `pad_multiple` (or to
+/// `pad_to` when > 0). On CUDA a multiple of 8 keeps GEMM shapes tensor-core friendly and the number of
+/// distinct shapes (each costs kernel selection the first time) small; right padding keeps results exact.
 Batch make_batch(const TokenizedDataset& data, const std::vector<size_t>& idx, const torch::Device& device,
-                 int64_t pad_to = 0, int64_t pad_id = 50256);
+                 int64_t pad_to = 0, int64_t pad_id = 50256, int64_t pad_multiple = 0);
 
 /// Batches of `batch_size` rows in length-bucketed, seeded-random order (see TrainOptions::bucket_batches).
 std::vector<std::vector<size_t>> bucketed_batches(const TokenizedDataset& data, int64_t batch_size,
