@@ -1,6 +1,7 @@
 // ReportInputs (raw rows, from the Store or a JSON fixture) -> ReportData (every figure of SPEC section 3).
 // Metrics, intervals and McNemar come from common/metrics.h; nothing here re-derives those formulas.
 #include <algorithm>
+#include <cmath>
 #include <ctime>
 #include <future>
 #include <set>
@@ -439,7 +440,8 @@ ReportData build_report_data(const ReportInputs& in) {
       if (!p.labels.empty()) v.vs_baseline = mcnemar_exact(p.labels, p.a, p.b);
       v.accuracy_delta = v.metrics->accuracy - b->metrics->accuracy;
     }
-    if (v.memory.footprint_bytes && b->memory.footprint_bytes && *v.memory.footprint_bytes > 0) {
+    if (v.memory.footprint_bytes && b->memory.footprint_bytes && *v.memory.footprint_bytes > 0 &&
+        *b->memory.footprint_bytes > 0) {
       v.compression = static_cast<double>(*b->memory.footprint_bytes) / static_cast<double>(*v.memory.footprint_bytes);
       v.memory_reduction = 1.0 - static_cast<double>(*v.memory.footprint_bytes) / static_cast<double>(*b->memory.footprint_bytes);
     }
@@ -482,7 +484,8 @@ ReportData build_report_data(const ReportInputs& in) {
     }
     std::vector<const BenchResult*> lat1;
     for (const auto* br : lat) {
-      if (br->batch_size == 1 && br->p50_ms) lat1.push_back(br);
+      // A non-positive or non-finite time is not a measurement (and would divide by zero downstream).
+      if (br->batch_size == 1 && br->p50_ms && std::isfinite(*br->p50_ms) && *br->p50_ms > 0) lat1.push_back(br);
     }
     if (!lat1.empty()) {
       const int seq = dominant_seq_len(lat1, preferred_seq);
@@ -503,7 +506,7 @@ ReportData build_report_data(const ReportInputs& in) {
     }
     std::vector<const BenchResult*> thr_ok;
     for (const auto* br : thr) {
-      if (br->samples_per_s) thr_ok.push_back(br);
+      if (br->samples_per_s && std::isfinite(*br->samples_per_s) && *br->samples_per_s > 0) thr_ok.push_back(br);
     }
     if (!thr_ok.empty()) {
       const int seq = dominant_seq_len(thr_ok, preferred_seq);

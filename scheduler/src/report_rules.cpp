@@ -184,7 +184,7 @@ Findings derive_findings(const ReportData& d) {
     for (const auto& name : f.accuracy_degraded) {
       const VariantFigures* v = d.find(name);
       f.trade_offs.push_back(fmt::format("Accuracy cost: {} loses {} points against {} (McNemar p = {}, significant){}.",
-                                         v->name, signed_points(*v->accuracy_delta).substr(1), *v->baseline,
+                                         v->name, fmt::format("{:.2f}", -*v->accuracy_delta * 100.0), *v->baseline,
                                          pvalue(v->vs_baseline->p_value),
                                          v->compression ? fmt::format(" for {:.2f}x compression", *v->compression) : ""));
     }
@@ -235,7 +235,7 @@ Findings derive_findings(const ReportData& d) {
           f.recommendations.push_back(fmt::format("  {} is smaller still ({}) but loses {} points of accuracy "
                                                   "(significant).",
                                                   v->name, mib(*v->memory.footprint_bytes),
-                                                  signed_points(*v->accuracy_delta).substr(1)));
+                                                  fmt::format("{:.2f}", -*v->accuracy_delta * 100.0)));
         }
       }
     } else {

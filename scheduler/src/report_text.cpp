@@ -447,15 +447,21 @@ std::string render_markdown(const ReportData& d) {
     o += md_table(head, rows);
   }
   if (!f.speed_not_measured.empty()) o += "\nLatency not measured: " + md_escape(join(f.speed_not_measured)) + ".\n";
-  rows.clear();
+  // End-to-end rates, one table per device: rates from different devices are not set side by side.
+  std::vector<std::string> rate_devices;
   for (const auto& v : d.variants) {
-    if (!v.dataset_rate) continue;
-    rows.push_back({md_escape(v.name), fmt::format("{:.2f}", v.dataset_rate->samples_per_s),
-                    std::to_string(v.dataset_rate->samples), std::to_string(v.dataset_rate->shards),
-                    md_escape(v.dataset_rate->on.label())});
+    if (v.dataset_rate && std::find(rate_devices.begin(), rate_devices.end(), v.dataset_rate->on.device) == rate_devices.end())
+      rate_devices.push_back(v.dataset_rate->on.device);
   }
-  if (!rows.empty()) {
-    o += "\nEnd-to-end evaluation rate (tokenize + forward + write, summed worker time):\n\n";
+  for (const auto& dev : rate_devices) {
+    rows.clear();
+    for (const auto& v : d.variants) {
+      if (!v.dataset_rate || v.dataset_rate->on.device != dev) continue;
+      rows.push_back({md_escape(v.name), fmt::format("{:.2f}", v.dataset_rate->samples_per_s),
+                      std::to_string(v.dataset_rate->samples), std::to_string(v.dataset_rate->shards),
+                      md_escape(v.dataset_rate->on.label())});
+    }
+    o += "\nEnd-to-end evaluation rate on " + md_escape(dev) + " (tokenize + forward + write, summed worker time):\n\n";
     o += md_table({"variant", "samples/s", "samples", "shards", "measured on"}, rows);
   }
 

@@ -397,6 +397,17 @@ TEST(ReportInput, InconsistentStoredRowsAreReported) {
   EXPECT_NO_THROW(render_html(d));
 }
 
+TEST(ReportInput, NonPositiveTimesAreNotMeasurements) {
+  const ReportData d = Builder().variant("fp32", {}, 0).variant("x", {}, 100).latency("fp32", 0.0).latency("x", 2.0)
+                           .throughput("fp32", 8, -1.0).data();
+  EXPECT_FALSE(d.variants[0].latency.has_value());
+  EXPECT_TRUE(d.variants[0].sweep.empty());
+  EXPECT_FALSE(d.variants[1].compression.has_value());  // a zero baseline footprint gives no ratio
+  for (const std::string& out : {render_text(d), render_markdown(d), render_json(d), render_html(d)}) {
+    EXPECT_FALSE(std::regex_search(out, std::regex("\\b(inf|nan)\\b", std::regex::icase))) << out;
+  }
+}
+
 TEST(ReportInput, FormatsParse) {
   EXPECT_EQ(parse_report_format("md"), ReportFormat::kMarkdown);
   EXPECT_EQ(parse_report_format("html"), ReportFormat::kHtml);
@@ -448,7 +459,7 @@ TEST(ReportHtml, SelfContainedWithEveryChart) {
   d.variants[4].error = "<script>alert(1)</script>";
   EXPECT_EQ(render_html(d).find("<script>alert(1)"), std::string::npos);
   // one confusion matrix per evaluated variant (4 in the fixture)
-  const std::regex conf("data-chart=\"confusion\"");
+  const std::regex conf("<svg data-chart=\"confusion\"");
   EXPECT_EQ(std::distance(std::sregex_iterator(html.begin(), html.end(), conf), std::sregex_iterator()), 4);
 }
 
