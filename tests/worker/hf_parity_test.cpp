@@ -3,6 +3,7 @@
 // rows of lengths 17, 1, 9, 32, 5, 32. qbench must reproduce its fp32 logits within 1e-4.
 #include <gtest/gtest.h>
 
+#include "evalsvc/common/error.h"
 #include "evalsvc/common/paths.h"
 #include "evalsvc/worker/parity.h"
 
