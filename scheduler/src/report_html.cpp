@@ -331,7 +331,7 @@ std::string confusion_charts(const ReportData& d) {
 const char* kStyle = R"css(
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1100px;color:#222}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ccc}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+table{border-collapse:collapse;margin:8px 0;font-size:13px;display:block;overflow-x:auto;max-width:100%}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}
 .warn{background:#fff4e5;border-left:4px solid #f0a030;padding:6px 10px}
 .nm{color:#999;font-style:italic}.charts svg{display:block;margin:12px 0;background:#fff}
