@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "service_urls.h"
 #include "evalsvc/common/error.h"
 #include "evalsvc/common/paths.h"
 #include "evalsvc/scheduler/report.h"
@@ -23,13 +24,14 @@ CommandRegistrar reg(
     "report", "Render the report of an experiment (text, markdown, json or html) from the results database",
     [](CLI::App& sub) -> RunFn {
       struct Options {
-        std::string experiment, format = "text", out, compare, url;
+        std::string experiment, format = "text", out, compare, url, stack = "var/stack";
       };
       auto o = std::make_shared<Options>();
       sub.add_option("experiment", o->experiment, "experiment id or name (the latest run of that name)")->required();
       sub.add_option("--format,-f", o->format, "text | markdown | json | html (default text)");
       sub.add_option("--out,-o", o->out, "write to FILE (atomically) instead of stdout");
       sub.add_option("--compare", o->compare, "a second experiment (id or name): side by side with differences");
+      sub.add_option("--stack", o->stack, "embedded stack folder (qbench up), used when no URL is given");
       sub.add_option("--database-url", o->url,
                      "postgresql://USER[:PASS]@HOST:PORT/DB (default $QBENCH_DATABASE_URL; the password may come "
                      "from the file named by $QBENCH_DATABASE_PASSWORD_FILE)");
@@ -38,7 +40,7 @@ CommandRegistrar reg(
         EVALSVC_CHECK(format.has_value(), InputError, "report --format: expected text, markdown, json or html, got '{}'",
                       o->format);
         scheduler::Store store(
-            scheduler::resolve_database_url(o->url.empty() ? std::nullopt : std::optional<std::string>(o->url)));
+            database_url_or_stack(o->url, o->stack));
         const scheduler::ReportData a = scheduler::load_report_data(store, resolve(store, o->experiment));
         std::string text;
         if (o->compare.empty()) {

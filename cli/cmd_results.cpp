@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "service_urls.h"
 #include "evalsvc/common/error.h"
 #include "evalsvc/scheduler/report.h"
 #include "evalsvc/scheduler/store.h"
@@ -153,18 +154,19 @@ CommandRegistrar reg(
     "results", "List stored results: recent experiments, or one experiment's variants (table, csv or json)",
     [](CLI::App& sub) -> RunFn {
       struct Options {
-        std::string experiment, variant, format = "table", url;
+        std::string experiment, variant, format = "table", url, stack = "var/stack";
       };
       auto o = std::make_shared<Options>();
       sub.add_option("experiment", o->experiment, "experiment id or name; without it, the recent experiments");
       sub.add_option("--variant", o->variant, "only this variant");
       sub.add_option("--format,-f", o->format, "table | csv | json (default table)");
+      sub.add_option("--stack", o->stack, "embedded stack folder (qbench up), used when no URL is given");
       sub.add_option("--database-url", o->url, "postgresql://... (default $QBENCH_DATABASE_URL)");
       return [o] {
         EVALSVC_CHECK(o->format == "table" || o->format == "csv" || o->format == "json", InputError,
                       "results --format: expected table, csv or json, got '{}'", o->format);
         scheduler::Store store(
-            scheduler::resolve_database_url(o->url.empty() ? std::nullopt : std::optional<std::string>(o->url)));
+            database_url_or_stack(o->url, o->stack));
         if (o->experiment.empty()) {
           EVALSVC_CHECK(o->variant.empty(), InputError, "results --variant needs an EXPERIMENT");
           print(experiment_rows(store), o->format);

@@ -37,4 +37,19 @@ ServiceUrls ServiceOptions::resolve() const {
   return u;
 }
 
+std::string database_url_or_stack(const std::string& flag, const std::string& stack_dir) {
+  if (!flag.empty() || getenv_opt("QBENCH_DATABASE_URL")) {
+    return scheduler::resolve_database_url(flag.empty() ? std::nullopt : std::optional<std::string>(flag));
+  }
+  ServiceOptions o;
+  o.stack_dir = stack_dir;
+  const auto file = std::filesystem::path(stack_dir) / "stack.json";
+  if (std::filesystem::exists(file)) {
+    auto j = nlohmann::json::parse(read_file(file), nullptr, false);
+    if (j.is_object() && j.contains("database_url")) return j["database_url"].get<std::string>();
+  }
+  throw InputError(fmt::format("no PostgreSQL URL: pass --database-url, set QBENCH_DATABASE_URL, or start the "
+                               "embedded stack with `qbench up` ({} not found)", file.string()));
+}
+
 }  // namespace evalsvc::cli

@@ -23,4 +23,8 @@ struct ServiceOptions {
   ServiceUrls resolve() const;
 };
 
+/// The database URL alone (report, results, migrate): `flag`, else QBENCH_DATABASE_URL (+ password file),
+/// else the embedded stack's stack.json in `stack_dir`.
+std::string database_url_or_stack(const std::string& flag, const std::string& stack_dir = "var/stack");
+
 }  // namespace evalsvc::cli
