@@ -127,20 +127,28 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   return torch::linear(pooled.to(head_dt), score_w_.to(head_dt)).to(torch::kFloat32);
 }
 
+std::vector<std::pair<std::string, torch::Tensor*>> GPT2ClassifierImpl::plain_tensors() {
+  std::vector<std::pair<std::string, torch::Tensor*>> out = {{"transformer.wte.weight", &wte_},
+                                                             {"transformer.wpe.weight", &wpe_},
+                                                             {"transformer.ln_f.weight", &lnf_w_},
+                                                             {"transformer.ln_f.bias", &lnf_b_},
+                                                             {"score.weight", &score_w_}};
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    auto& blk = blocks_[l];
+    out.emplace_back(block_key(l, "ln_1.weight"), &blk.ln1_w);
+    out.emplace_back(block_key(l, "ln_1.bias"), &blk.ln1_b);
+    out.emplace_back(block_key(l, "ln_2.weight"), &blk.ln2_w);
+    out.emplace_back(block_key(l, "ln_2.bias"), &blk.ln2_b);
+  }
+  return out;
+}
+
 std::map<std::string, torch::Tensor> GPT2ClassifierImpl::hf_state_dict() const {
   std::map<std::string, torch::Tensor> s;
   auto cpu = [](const torch::Tensor& t) { return t.detach().to(torch::kCPU, torch::kFloat32).contiguous(); };
-  s["transformer.wte.weight"] = cpu(wte_);
-  s["transformer.wpe.weight"] = cpu(wpe_);
-  s["transformer.ln_f.weight"] = cpu(lnf_w_);
-  s["transformer.ln_f.bias"] = cpu(lnf_b_);
-  s["score.weight"] = cpu(score_w_);
+  for (auto& [k, t] : const_cast<GPT2ClassifierImpl*>(this)->plain_tensors()) s[k] = cpu(*t);
   for (size_t l = 0; l < blocks_.size(); ++l) {
     const auto& blk = blocks_[l];
-    s[block_key(l, "ln_1.weight")] = cpu(blk.ln1_w);
-    s[block_key(l, "ln_1.bias")] = cpu(blk.ln1_b);
-    s[block_key(l, "ln_2.weight")] = cpu(blk.ln2_w);
-    s[block_key(l, "ln_2.bias")] = cpu(blk.ln2_b);
     for (int p = 0; p < 4; ++p) {
       torch::Tensor w = blk.q[p] ? blk.q[p]->dequantized_weight() : blk.w[p];
       // Hugging Face Conv1D stores [in, out].
@@ -165,17 +173,11 @@ void GPT2ClassifierImpl::load_hf_state_dict(const std::map<std::string, torch::T
     }
     dst.copy_(src.to(dst.dtype()));
   };
-  take("transformer.wte.weight", wte_, false);
-  take("transformer.wpe.weight", wpe_, false);
-  take("transformer.ln_f.weight", lnf_w_, false);
-  take("transformer.ln_f.bias", lnf_b_, false);
-  if (with_head) take("score.weight", score_w_, false);
+  for (auto& [k, t] : plain_tensors()) {
+    if (with_head || k != "score.weight") take(k, *t, false);
+  }
   for (size_t l = 0; l < blocks_.size(); ++l) {
     auto& blk = blocks_[l];
-    take(block_key(l, "ln_1.weight"), blk.ln1_w, false);
-    take(block_key(l, "ln_1.bias"), blk.ln1_b, false);
-    take(block_key(l, "ln_2.weight"), blk.ln2_w, false);
-    take(block_key(l, "ln_2.bias"), blk.ln2_b, false);
     for (int p = 0; p < 4; ++p) {
       take(block_key(l, kProjectionNames[p]) + ".weight", blk.w[p], true);
       take(block_key(l, kProjectionNames[p]) + ".bias", blk.b[p], false);
@@ -193,16 +195,8 @@ void GPT2ClassifierImpl::quantize(kernels::Method method, torch::ScalarType base
   kernels::QuantOptions opts = options;
   opts.compute_dtype = base_dtype;
   auto conv = [&](torch::Tensor& t) { t = t.detach().to(base_dtype); };
-  conv(wte_);
-  conv(wpe_);
-  conv(lnf_w_);
-  conv(lnf_b_);
-  conv(score_w_);
+  for (auto& [k, t] : plain_tensors()) conv(*t);
   for (auto& blk : blocks_) {
-    conv(blk.ln1_w);
-    conv(blk.ln1_b);
-    conv(blk.ln2_w);
-    conv(blk.ln2_b);
     for (int p = 0; p < 4; ++p) {
       blk.q[p] = kernels::quantize_linear(method, blk.w[p].detach().to(torch::kFloat32), blk.b[p].detach(), opts);
       blk.w[p] = torch::Tensor();  // free the fp32 copy: the variant's memory is what it stores
@@ -218,17 +212,9 @@ std::map<std::string, torch::Tensor> GPT2ClassifierImpl::variant_state_dict() co
   EVALSVC_CHECK(!blocks_.empty() && blocks_[0].q[0], InputError, "variant_state_dict() needs a quantized model");
   std::map<std::string, torch::Tensor> s;
   auto cpu = [](const torch::Tensor& t) { return t.detach().to(torch::kCPU).contiguous(); };
-  s["transformer.wte.weight"] = cpu(wte_);
-  s["transformer.wpe.weight"] = cpu(wpe_);
-  s["transformer.ln_f.weight"] = cpu(lnf_w_);
-  s["transformer.ln_f.bias"] = cpu(lnf_b_);
-  s["score.weight"] = cpu(score_w_);
+  for (auto& [k, t] : const_cast<GPT2ClassifierImpl*>(this)->plain_tensors()) s[k] = cpu(*t);
   for (size_t l = 0; l < blocks_.size(); ++l) {
     const auto& blk = blocks_[l];
-    s[block_key(l, "ln_1.weight")] = cpu(blk.ln1_w);
-    s[block_key(l, "ln_1.bias")] = cpu(blk.ln1_b);
-    s[block_key(l, "ln_2.weight")] = cpu(blk.ln2_w);
-    s[block_key(l, "ln_2.bias")] = cpu(blk.ln2_b);
     for (int p = 0; p < 4; ++p) {
       for (const auto& [k, t] : blk.q[p]->state()) s[block_key(l, kProjectionNames[p]) + "." + k] = cpu(t);
     }
@@ -249,19 +235,11 @@ void GPT2ClassifierImpl::load_variant_state_dict(const std::map<std::string, tor
     }
     dst = it->second.to(base_dtype).contiguous();
   };
-  take("transformer.wte.weight", wte_);
-  take("transformer.wpe.weight", wpe_);
-  take("transformer.ln_f.weight", lnf_w_);
-  take("transformer.ln_f.bias", lnf_b_);
-  take("score.weight", score_w_);
+  for (auto& [k, t] : plain_tensors()) take(k, *t);
   kernels::QuantOptions opts = options;
   opts.compute_dtype = base_dtype;
   for (size_t l = 0; l < blocks_.size(); ++l) {
     auto& blk = blocks_[l];
-    take(block_key(l, "ln_1.weight"), blk.ln1_w);
-    take(block_key(l, "ln_1.bias"), blk.ln1_b);
-    take(block_key(l, "ln_2.weight"), blk.ln2_w);
-    take(block_key(l, "ln_2.bias"), blk.ln2_b);
     for (int p = 0; p < 4; ++p) {
       const std::string prefix = block_key(l, kProjectionNames[p]) + ".";
       std::map<std::string, torch::Tensor> sub;
@@ -294,16 +272,8 @@ void GPT2ClassifierImpl::to_device(const torch::Device& device) {
     t = t.detach().to(device);
     if (rg) t.set_requires_grad(true);
   };
-  mv(wte_);
-  mv(wpe_);
-  mv(lnf_w_);
-  mv(lnf_b_);
-  mv(score_w_);
+  for (auto& [k, t] : plain_tensors()) mv(*t);
   for (auto& blk : blocks_) {
-    mv(blk.ln1_w);
-    mv(blk.ln1_b);
-    mv(blk.ln2_w);
-    mv(blk.ln2_b);
     for (int p = 0; p < 4; ++p) {
       mv(blk.w[p]);
       mv(blk.b[p]);

@@ -109,6 +109,9 @@ class GPT2ClassifierImpl : public torch::nn::Module {
     std::array<std::unique_ptr<kernels::QuantizedLinear>, 4> q;
   };
   torch::Tensor linear(const Block& blk, int p, const torch::Tensor& x) const;
+  /// Every tensor that is not a projection (embeddings, LayerNorms, head) with its Hugging Face name: the
+  /// one list that state dicts, loading, dtype conversion and device moves all walk.
+  std::vector<std::pair<std::string, torch::Tensor*>> plain_tensors();
   torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) const;
 
   ModelConfig config_;
