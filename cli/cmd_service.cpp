@@ -71,6 +71,8 @@ CommandRegistrar worker_reg("worker", "Run a worker: claim jobs and execute them
     o.info = {{"device", dev}, {"artifacts", env.artifacts.string()}};
     if (*max_jobs > 0) o.max_jobs = *max_jobs;
     o.lease = std::chrono::milliseconds(*lease_ms);
+    // Chaos testing (documented in docs/queue.md): jobs whose id matches fail on this worker.
+    o.fail_jobs_matching = getenv_opt("QBENCH_FAULT_INJECT").value_or("");
     scheduler::WorkerRuntime::install_signal_handlers();
     scheduler::WorkerRuntime rt(o, registry);
     spdlog::info("worker {} on {} serving {}", rt.worker_id(), dev.value("device", "?"), fmt::join(o.queues, ","));

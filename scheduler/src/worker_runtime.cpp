@@ -7,6 +7,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <random>
+#include <regex>
 #include <thread>
 
 #include "evalsvc/common/paths.h"
@@ -100,6 +101,15 @@ WorkerRuntime::WorkerRuntime(WorkerOptions options, ExecutorRegistry executors)
   } catch (const InputError&) {
     throw InputError(fmt::format("worker id '{}' is invalid (expected 1..200 printable characters, no spaces)",
                                  options_.worker_id));
+  }
+  if (!options_.fail_jobs_matching.empty()) {
+    try {
+      fault_ = std::regex(options_.fail_jobs_matching, std::regex::ECMAScript);
+    } catch (const std::regex_error& e) {
+      throw InputError(fmt::format("worker: fault-injection pattern '{}' is not a valid regex: {}",
+                                   options_.fail_jobs_matching, e.what()));
+    }
+    spdlog::warn("worker: fault injection on: jobs matching '{}' will fail", options_.fail_jobs_matching);
   }
   registration_ = options_.info.is_object() ? options_.info : json{{"info", options_.info}};
   registration_["id"] = options_.worker_id;
@@ -269,7 +279,11 @@ WorkerStats WorkerRuntime::run() {
     std::optional<std::string> error;
     bool retryable = false;
     auto it = executors_.find(job.type);
-    if (it == executors_.end()) {
+    if (fault_ && std::regex_search(job.id, *fault_)) {
+      error = fmt::format("fault injected by worker {} (QBENCH_FAULT_INJECT='{}' matches job {})", options_.worker_id,
+                          options_.fail_jobs_matching, job.id);
+      retryable = true;
+    } else if (it == executors_.end()) {
       std::vector<std::string> known;
       for (const auto& [name, fn] : executors_) known.push_back(name);
       error = fmt::format("worker {} has no executor for job type '{}' (it runs: {})", options_.worker_id, job.type,

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -73,6 +74,10 @@ struct WorkerOptions {
   /// After handing a job back at the end of the grace period, end the process with _exit(kExitHandedBack):
   /// an executor cannot be interrupted, and the job is safe. false: wait for the executor to return.
   bool exit_process_on_grace_timeout = true;
+  /// Chaos testing only (QBENCH_FAULT_INJECT): a job whose id matches this ECMAScript regex fails on this
+  /// worker with a retryable "fault injected" error instead of running, so the retry, backoff and
+  /// blocked-dependant paths can be exercised on the real queue. Empty: off.
+  std::string fail_jobs_matching;
 };
 
 /// Exit code of a worker process that handed its job back on shutdown.
@@ -114,6 +119,7 @@ class WorkerRuntime {
   WorkerOptions options_;
   ExecutorRegistry executors_;
   nlohmann::json registration_;
+  std::optional<std::regex> fault_;  ///< compiled WorkerOptions::fail_jobs_matching
   std::atomic<bool> stop_{false};
   std::atomic<bool> done_{false};
   std::mutex mu_;
