@@ -203,10 +203,15 @@ int Scheduler::reconcile() {
       if (it == rec.end()) continue;
       JobRecord& job = it->second;
       if (!ended(job.state)) all_ended = false;
-      if (job.state == JobState::kQueued) {
-        // The queue lost the job (e.g. Redis restarted without its data): queue it again.
+      if (job.state == JobState::kQueued || job.state == JobState::kRunning) {
+        // The queue lost the job (Redis restarted without its last writes, or with an emptied data folder):
+        // queue it again. A worker still running it then finishes into a job it no longer leases and is
+        // refused; the requeued copy produces the result (idempotent writes keep it single).
         if (!queue_.job_fields(job.id)) {
+          spdlog::warn("job {} is {} in the database but unknown to the queue: queueing it again", job.id,
+                       to_string(job.state));
           queue_.enqueue(message_of(js, exp_id));
+          if (job.state == JobState::kRunning) store_.set_job_state(job.id, JobState::kQueued, {}, {JobState::kRunning});
           ++changes;
         }
         continue;
@@ -264,6 +269,34 @@ int Scheduler::reconcile() {
   return changes;
 }
 
+void Scheduler::mirror_workers() {
+  // Workers register in Redis (a hash of registrations plus a heartbeat key with a TTL); the database keeps
+  // the durable history (who ran what: jobs.worker_id joins workers.id), refreshed here for live workers.
+  auto all = queue_.redis().command({"HGETALL", queue_.prefix() + ":workers"});
+  for (size_t i = 0; i + 1 < all.size(); i += 2) {
+    const std::string id(all.at(i).str());
+    if (queue_.redis().command({"EXISTS", queue_.prefix() + ":worker:" + id}).integer() == 0) continue;  // silent
+    nlohmann::json reg = nlohmann::json::parse(all.at(i + 1).str(), nullptr, false);
+    if (reg.is_discarded() || !reg.is_object()) {
+      spdlog::warn("worker {}: registration is not JSON; not mirrored", id);
+      continue;
+    }
+    if (seen_workers_.insert(id).second) {
+      WorkerRecord w;
+      w.id = id;
+      w.host = reg.value("host", "");
+      nlohmann::json dev = reg.value("device", nlohmann::json::object());
+      if (!dev.is_object()) dev = nlohmann::json{{"device", dev}};
+      dev["queues"] = reg.value("queues", nlohmann::json::array());
+      dev["version"] = reg.value("version", "");
+      w.devices = nlohmann::json::array({dev});
+      store_.upsert_worker(w);
+    } else if (!store_.touch_worker(id)) {
+      seen_workers_.erase(id);  // the row went away (e.g. a restored database): upsert next time
+    }
+  }
+}
+
 int Scheduler::step() {
   int changes = process_events();
   if (Clock::now() >= next_stall_check_) {
@@ -271,6 +304,7 @@ int Scheduler::step() {
       spdlog::warn("job {} lease expired: {}", s.id, s.outcome);
       ++changes;
     }
+    mirror_workers();
     next_stall_check_ = Clock::now() + options_.stall_check;
   }
   changes += reconcile();

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,8 @@ class Scheduler {
   int process_events();
   int reconcile();
   void fail_for_good(const JobRecord& job, const std::string& error);
+  /// Upserts live workers (Redis registrations with a fresh heartbeat) into the workers table.
+  void mirror_workers();
 
   Store& store_;
   Queue& queue_;
@@ -62,6 +65,7 @@ class Scheduler {
   std::string last_event_id_;
   std::chrono::steady_clock::time_point next_stall_check_{};
   std::map<std::string, std::chrono::steady_clock::time_point> not_before_;  // backoff of retried jobs
+  std::set<std::string> seen_workers_;  // workers already upserted; later beats only touch last_seen
 };
 
 }  // namespace evalsvc::scheduler
