@@ -481,7 +481,8 @@ ExperimentSpec ExperimentSpec::parse(const json& j) {
 
   field(j, "", "train", [&](const json& t, const std::string& p) {
     check_fields(t, p, {"epochs", "batch_size", "lr", "weight_decay", "warmup_fraction", "grad_clip", "seed"});
-    field(t, p, "epochs", [&](const json& x, const std::string& q) { s.train.epochs = to_int(x, q, 1, kMaxEpochs); });
+    // 0 = no fine-tuning: the experiment quantizes and evaluates model.init as it is (checked below).
+    field(t, p, "epochs", [&](const json& x, const std::string& q) { s.train.epochs = to_int(x, q, 0, kMaxEpochs); });
     field(t, p, "batch_size",
           [&](const json& x, const std::string& q) { s.train.batch_size = to_int(x, q, 1, kMaxBatch); });
     field(t, p, "lr", [&](const json& x, const std::string& q) {
@@ -581,6 +582,9 @@ ExperimentSpec ExperimentSpec::parse(const json& j) {
                                         "8.9+), but device is '{}'",
                                         s.variants[i].method, s.device));
     }
+  }
+  if (s.train.epochs == 0 && !s.model.init) {
+    fail("train.epochs", "0 (no training) needs model.init: a fine-tuned classifier checkpoint to evaluate as it is");
   }
   const int64_t context = s.model_context();
   if (s.data.max_len > context) {

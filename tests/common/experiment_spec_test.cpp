@@ -96,6 +96,16 @@ TEST(ExperimentSpecTest, SeedPreset) {
   EXPECT_EQ(s.model_context(), 1024);
 }
 
+TEST(ExperimentSpecTest, ZeroEpochsEvaluatesModelInitAsItIs) {
+  // No training needs a fine-tuned checkpoint to evaluate; the error names the field.
+  EXPECT_NE(error_of(base_with(R"({"train": {"epochs": 0}})")).find("train.epochs"), std::string::npos);
+  const auto s = ExperimentSpec::parse(base_with(R"({"train": {"epochs": 0}, "model": {"init": "/ckpt/exp-1/model"}})"));
+  EXPECT_EQ(s.train.epochs, 0);
+  EXPECT_EQ(s.model.init.value_or(""), "/ckpt/exp-1/model");
+  EXPECT_NE(error_of(base_with(R"({"train": {"epochs": -1}, "model": {"init": "/x"}})")).find("train.epochs"),
+            std::string::npos);
+}
+
 TEST(ExperimentSpecTest, UnknownPreset) {
   try {
     ExperimentSpec::from_preset("huge");

@@ -144,13 +144,28 @@ nlohmann::json run_train(Shared& s, const JobMessage& job, JobContext&) {
     validation = select(all, split.validation);
   }
   GPT2Classifier model(rc.model, rc.train.seed);
+  bool init_is_classifier = false;
   if (spec.model.init) {
     Checkpoint ck = load_checkpoint(*spec.model.init);
+    init_is_classifier = ck.kind == CheckpointKind::kClassifier;
     model = GPT2Classifier(ck.config, rc.train.seed);
-    model->load_hf_state_dict(ck.state, ck.kind == CheckpointKind::kClassifier);
+    model->load_hf_state_dict(ck.state, init_is_classifier);
     rc.model = ck.config;
   }
   const fs::path dir = experiment_dir(s.env.artifacts, job.experiment_id);
+  if (rc.train.epochs == 0) {
+    // Nothing to train: model.init is the fine-tuned classifier to quantize and evaluate (one trained
+    // elsewhere, or by an earlier experiment, so that two experiments compare on exactly the same weights).
+    EVALSVC_CHECK(init_is_classifier, InputError,
+                  "job {}: train.epochs is 0 but model.init ({}) has no classification head: it is a base model "
+                  "that must be fine-tuned first",
+                  job.id, *spec.model.init);
+    EVALSVC_CHECK(rc.model.num_labels == 4, InputError, "job {}: model.init ({}) has {} labels; AG News has 4",
+                  job.id, *spec.model.init, rc.model.num_labels);
+    save_checkpoint(dir / "model", rc.model, model->hf_state_dict(),
+                    {{"qbench_experiment", std::to_string(job.experiment_id)}, {"qbench_init", *spec.model.init}});
+    return {{"seconds", 0.0}, {"trained", false}, {"init", *spec.model.init}};
+  }
   rc.train.state_dir = dir / "train_state";  // a redelivered train job resumes from the last epoch
   rc.train.progress = false;
   TrainResult tr = train(model, train_set, validation, rc.train, s.env.device);
