@@ -34,7 +34,8 @@ std::string random_secret() {
   return fmt::format("{:016x}{:016x}", (uint64_t(rd()) << 32) | rd(), (uint64_t(rd()) << 32) | rd());
 }
 
-pid_t spawn_worker(const std::string& device, int threads, const fs::path& log) {
+/// One worker process; `gpu` (when not empty) becomes its CUDA_VISIBLE_DEVICES, so that worker owns that GPU.
+pid_t spawn_worker(const std::string& device, int threads, const fs::path& log, const std::string& gpu) {
   pid_t pid = ::fork();
   if (pid < 0) throw IoError(fmt::format("fork: {}", std::strerror(errno)));
   if (pid == 0) {
@@ -43,6 +44,7 @@ pid_t spawn_worker(const std::string& device, int threads, const fs::path& log) 
       ::dup2(fd, 1);
       ::dup2(fd, 2);
     }
+    if (!gpu.empty()) ::setenv("CUDA_VISIBLE_DEVICES", gpu.c_str(), 1);
     const std::string th = std::to_string(threads);
     // URLs (with passwords) travel in the environment, set by the parent, never in argv.
     ::execl("/proc/self/exe", "qbench", "worker", "--device", device.c_str(), "--threads", th.c_str(), nullptr);
@@ -51,7 +53,11 @@ pid_t spawn_worker(const std::string& device, int threads, const fs::path& log) 
   return pid;
 }
 
-int run_stack(const fs::path& dir, int workers, const std::string& device, int threads) {
+/// The GPU of worker i: the i-th of `gpus` (round robin), or "" (inherit the environment) when none are given.
+std::string gpu_of(const std::vector<std::string>& gpus, size_t i) { return gpus.empty() ? "" : gpus[i % gpus.size()]; }
+
+int run_stack(const fs::path& dir, int workers, const std::string& device, int threads,
+              const std::vector<std::string>& gpus) {
   fs::create_directories(dir);
   ::signal(SIGTERM, on_signal);
   ::signal(SIGINT, on_signal);
@@ -82,9 +88,12 @@ int run_stack(const fs::path& dir, int workers, const std::string& device, int t
     }
   });
   std::vector<pid_t> pids;
-  for (int i = 0; i < workers; ++i) pids.push_back(spawn_worker(device, threads, dir / fmt::format("worker-{}.log", i)));
+  for (int i = 0; i < workers; ++i) {
+    pids.push_back(spawn_worker(device, threads, dir / fmt::format("worker-{}.log", i), gpu_of(gpus, size_t(i))));
+  }
   nlohmann::json info{{"pid", ::getpid()},          {"redis_url", redis.url()}, {"database_url", pg.url()},
-                      {"workers", workers},         {"device", device},         {"started", std::time(nullptr)}};
+                      {"workers", workers},         {"device", device},         {"gpus", gpus},
+                      {"started", std::time(nullptr)}};
   write_file_atomic(dir / "stack.json", info.dump(2));
   fs::permissions(dir / "stack.json", fs::perms::owner_read | fs::perms::owner_write);
   spdlog::info("stack up: redis {}, postgres {}, {} workers", redis.port(), pg.port(), workers);
@@ -95,7 +104,7 @@ int run_stack(const fs::path& dir, int workers, const std::string& device, int t
       for (size_t i = 0; i < pids.size(); ++i) {
         if (pids[i] == done) {
           spdlog::warn("worker {} (pid {}) exited ({}); starting a new one", i, done, status);
-          pids[i] = spawn_worker(device, threads, dir / fmt::format("worker-{}.log", i));
+          pids[i] = spawn_worker(device, threads, dir / fmt::format("worker-{}.log", i), gpu_of(gpus, i));
         }
       }
     }
@@ -124,6 +133,7 @@ struct StackArgs {
   int workers = 2;
   std::string device = "cpu";
   int threads = 1;
+  std::vector<std::string> gpus;
 };
 
 void add_stack_options(CLI::App& sub, StackArgs& a) {
@@ -131,12 +141,14 @@ void add_stack_options(CLI::App& sub, StackArgs& a) {
   sub.add_option("--workers", a.workers, "worker processes")->capture_default_str();
   sub.add_option("--device", a.device, "device of the workers: cpu | cuda | cuda:N")->capture_default_str();
   sub.add_option("--threads", a.threads, "libtorch CPU threads per worker")->capture_default_str();
+  sub.add_option("--gpus", a.gpus, "GPU indices, one per worker in turn (worker i gets CUDA_VISIBLE_DEVICES=gpus[i])")
+      ->delimiter(',');
 }
 
 CommandRegistrar stack_reg("stack", "Run the embedded stack in the foreground (what `qbench up` starts)", [](CLI::App& sub) -> RunFn {
   auto a = std::make_shared<StackArgs>();
   add_stack_options(sub, *a);
-  return [a] { return run_stack(a->dir, a->workers, a->device, a->threads); };
+  return [a] { return run_stack(a->dir, a->workers, a->device, a->threads, a->gpus); };
 });
 
 CommandRegistrar up_reg("up", "Start the embedded stack (Redis, PostgreSQL, scheduler, workers) in the background",
@@ -160,8 +172,15 @@ CommandRegistrar up_reg("up", "Start the embedded stack (Redis, PostgreSQL, sche
         ::dup2(fd, 2);
       }
       const std::string w = std::to_string(a->workers), t = std::to_string(a->threads);
-      ::execl("/proc/self/exe", "qbench", "stack", "--stack", a->dir.c_str(), "--workers", w.c_str(), "--device",
-              a->device.c_str(), "--threads", t.c_str(), nullptr);
+      const std::string g = fmt::format("{}", fmt::join(a->gpus, ","));
+      std::vector<const char*> argv = {"qbench", "stack", "--stack", a->dir.c_str(), "--workers", w.c_str(),
+                                       "--device", a->device.c_str(), "--threads", t.c_str()};
+      if (!a->gpus.empty()) {
+        argv.push_back("--gpus");
+        argv.push_back(g.c_str());
+      }
+      argv.push_back(nullptr);
+      ::execv("/proc/self/exe", const_cast<char* const*>(argv.data()));
       ::_exit(127);
     }
     for (int i = 0; i < 1200; ++i) {
