@@ -25,7 +25,7 @@ using namespace evalsvc::worker;
 struct TrainArgs {
   std::string preset = "tiny";
   std::string data, train_csv, test_csv, device = "auto", out, init, cache;
-  int64_t epochs = 0, batch_size = 0, threads = 0;
+  int64_t epochs = 0, batch_size = 0, threads = 0, pad_multiple = 0;
   double lr = 0, validation_fraction = -1;
   uint64_t seed = 0;
   size_t train_limit = 0, test_limit = 0;
@@ -36,6 +36,7 @@ int run_train(const TrainArgs& a) {
   RunConfig rc = preset_run(a.preset);
   if (a.epochs > 0) rc.train.epochs = a.epochs;
   if (a.batch_size > 0) rc.train.batch_size = a.batch_size;
+  if (a.pad_multiple > 0) rc.train.pad_multiple = a.pad_multiple;
   if (a.lr > 0) rc.train.lr = a.lr;
   if (a.seed > 0) rc.train.seed = a.seed;
   if (a.train_limit > 0) rc.train_limit = a.train_limit;
@@ -120,6 +121,7 @@ CommandRegistrar reg("train", "Train and evaluate a preset directly (no job syst
   sub.add_option("--init", a->init, "initialise from a Hugging Face checkpoint (folder with config.json + model.safetensors)");
   sub.add_option("--epochs", a->epochs, "override the preset's epochs");
   sub.add_option("--batch-size", a->batch_size, "override the preset's batch size");
+  sub.add_option("--pad-multiple", a->pad_multiple, "round batch lengths up to a multiple of N (default 8 on CUDA, 1 on CPU)");
   sub.add_option("--lr", a->lr, "override the preset's peak learning rate");
   sub.add_option("--seed", a->seed, "override the seed");
   sub.add_option("--train-limit", a->train_limit, "use only the first N train rows");

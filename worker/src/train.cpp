@@ -194,8 +194,8 @@ std::string fmt_eta(double s) {
 
 /// Identity of a training run: a saved state is only resumed by the same configuration.
 std::string run_key(const GPT2Classifier& model, const TokenizedDataset& data, const TrainOptions& o) {
-  return fmt::format("{}|{}|{}|{}|{}|{}|{}|{}", model->config().to_json().dump(), data.size(), data.tokens.size(),
-                     o.epochs, o.batch_size, o.lr, o.seed, o.bucket_batches);
+  return fmt::format("{}|{}|{}|{}|{}|{}|{}|{}|{}", model->config().to_json().dump(), data.size(), data.tokens.size(),
+                     o.epochs, o.batch_size, o.lr, o.seed, o.bucket_batches, o.pad_multiple);
 }
 
 void save_state(const fs::path& dir, const std::string& key, int64_t step, int64_t epoch, const FlatAdamW& opt) {
@@ -272,7 +272,7 @@ TrainResult train(GPT2Classifier& model, const TokenizedDataset& train_set, cons
     int64_t n_batches = 0, epoch_samples = 0;
     for (int64_t bi = std::max<int64_t>(first, 0); bi < static_cast<int64_t>(batches.size()); ++bi) {
       const auto& idx = batches[static_cast<size_t>(bi)];
-      Batch batch = make_batch(train_set, idx, device);
+      Batch batch = make_batch(train_set, idx, device, 0, 50256, o.pad_multiple);
       result.padded_tokens += batch.ids.numel();
       for (size_t i : idx) result.real_tokens += static_cast<int64_t>(train_set.row(i).size());
       const double lr = lr_at(step, total, warmup, o.lr);

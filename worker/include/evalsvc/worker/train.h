@@ -27,6 +27,9 @@ struct TrainOptions {
   /// Rows are sorted by length inside windows of bucket_batches * batch_size shuffled rows, so a batch holds
   /// rows of similar length (little padding) while the epoch order stays random.
   int64_t bucket_batches = 50;
+  /// Batch length rounded up to a multiple of this (0: 8 on CUDA, where tensor cores want multiples of 8,
+  /// 1 on CPU). Larger multiples mean fewer distinct shapes (fewer kernels to select and load) but more padding.
+  int64_t pad_multiple = 0;
   /// bf16 mixed precision on CUDA (fp32 master weights); ignored on CPU, which trains in fp32.
   bool bf16_on_cuda = true;
   /// Folder for resumable training state; empty = no periodic checkpoints. A run finding a matching state
