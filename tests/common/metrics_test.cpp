@@ -5,6 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -262,6 +266,56 @@ TEST(BootstrapTest, DeterministicForSeedAndContainsPointEstimate) {
                          << "]";
 }
 
+/// The definition written out plainly: n draws with replacement per resample (mt19937_64, rejection-bounded
+/// draw), macro F1 of each resample from its own TP / predicted / true counts, linear percentiles.
+Interval plain_bootstrap(const std::vector<int32_t>& labels, const std::vector<int32_t>& preds, int k, int resamples,
+                         uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const uint64_t n = labels.size(), max = std::numeric_limits<uint64_t>::max(), limit = max - max % n;
+  std::vector<double> stats;
+  for (int r = 0; r < resamples; ++r) {
+    std::vector<double> tp(k), predicted(k), actual(k);
+    for (uint64_t i = 0; i < n; ++i) {
+      uint64_t x = rng();
+      while (x >= limit) x = rng();
+      const uint64_t j = x % n;
+      actual[labels[j]] += 1;
+      predicted[preds[j]] += 1;
+      if (labels[j] == preds[j]) tp[labels[j]] += 1;
+    }
+    double f1 = 0;
+    for (int c = 0; c < k; ++c) f1 += predicted[c] + actual[c] > 0 ? 2 * tp[c] / (predicted[c] + actual[c]) : 0;
+    stats.push_back(f1 / k);
+  }
+  std::sort(stats.begin(), stats.end());
+  auto q = [&](double p) {
+    const double pos = p * (stats.size() - 1);
+    const size_t lo = static_cast<size_t>(pos), hi = std::min(lo + 1, stats.size() - 1);
+    return stats[lo] + (stats[hi] - stats[lo]) * (pos - lo);
+  };
+  return {q(0.025), q(0.975)};
+}
+
+TEST(BootstrapTest, SameIntervalAsThePlainDefinition) {
+  // The library counts confusion cells per draw (faster); the resamples and the interval must be exactly
+  // those of the plain per-draw counting, for several seeds and an unbalanced 5-class case.
+  std::vector<int32_t> labels, preds;
+  synthetic(labels, preds);
+  for (uint64_t seed : {1234u, 7u}) {
+    const Interval a = bootstrap_macro_f1(labels, preds, 4, 1000, seed), b = plain_bootstrap(labels, preds, 4, 1000, seed);
+    EXPECT_EQ(a.low, b.low) << seed;
+    EXPECT_EQ(a.high, b.high) << seed;
+  }
+  std::vector<int32_t> l5, p5;
+  for (int i = 0; i < 777; ++i) {
+    l5.push_back(i % 7 == 0 ? 4 : i % 3);
+    p5.push_back(i % 11 == 0 ? (l5.back() + 1) % 5 : l5.back());
+  }
+  const Interval a = bootstrap_macro_f1(l5, p5, 5, 1200, 99), b = plain_bootstrap(l5, p5, 5, 1200, 99);
+  EXPECT_EQ(a.low, b.low);
+  EXPECT_EQ(a.high, b.high);
+}
+
 TEST(BootstrapTest, PerfectPredictionsGiveDegenerateInterval) {
   const std::vector<int32_t> y = {0, 1, 2, 3, 0, 1, 2, 3, 1, 1};
   const Interval iv = bootstrap_macro_f1(y, y, 4);
@@ -276,6 +330,27 @@ TEST(BootstrapTest, BadInputIsInputError) {
   EXPECT_THROW(bootstrap_macro_f1(empty, empty, 2), InputError);
   EXPECT_THROW(bootstrap_macro_f1(two, two, 2, 999), InputError);
   EXPECT_THROW(bootstrap_macro_f1(two, std::vector<int32_t>{0, 2}, 2), InputError);
+}
+
+TEST(SqnrTest, DecibelsOfSignalOverError) {
+  // w = (3, 4), dequantized (3, 4.1): signal 25, error 0.01 -> 10 log10(2500) = 33.979... dB.
+  EXPECT_NEAR(*sqnr_db(25.0, 0.01), 33.979400086720375, 1e-12);
+  EXPECT_DOUBLE_EQ(*sqnr_db(100.0, 1.0), 20.0);
+  EXPECT_DOUBLE_EQ(*sqnr_db(1.0, 1.0), 0.0);
+  EXPECT_DOUBLE_EQ(*sqnr_db(1.0, 10.0), -10.0);  // more error than signal: negative, not clamped
+  // int8 per tensor of a uniform weight: the quantization step is absmax/127 and the noise step^2/12 per
+  // value, so SQNR = 10 log10((absmax^2 / 3) / ((absmax / 127)^2 / 12)) = 10 log10(4 * 127^2) = 48.1 dB.
+  EXPECT_NEAR(*sqnr_db(1.0 / 3.0, (1.0 / 127 / 127) / 12.0), 10 * std::log10(4.0 * 127 * 127), 1e-9);
+}
+
+TEST(SqnrTest, ExactWeightsHaveNoFiniteSqnrAndBadSumsAreInputErrors) {
+  EXPECT_FALSE(sqnr_db(25.0, 0.0).has_value());
+  EXPECT_FALSE(sqnr_db(0.0, 0.0).has_value());
+  EXPECT_THROW(sqnr_db(0.0, 1.0), InputError);
+  EXPECT_THROW(sqnr_db(-1.0, 1.0), InputError);
+  EXPECT_THROW(sqnr_db(1.0, -1e-9), InputError);
+  EXPECT_THROW(sqnr_db(std::numeric_limits<double>::quiet_NaN(), 1.0), InputError);
+  EXPECT_THROW(sqnr_db(1.0, std::numeric_limits<double>::infinity()), InputError);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 //     predictions (scikit-learn with labels=range(num_classes)).
 // All functions validate their inputs and throw InputError naming the bad index/value; none crashes.
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -72,5 +73,12 @@ PairedComparison mcnemar_exact(std::span<const int32_t> labels, std::span<const 
 
 /// The McNemar exact p-value from the discordant counts alone (b, c >= 0; InputError otherwise).
 double mcnemar_exact_p(int64_t b, int64_t c);
+
+/// Signal-to-quantization-noise ratio of a weight tensor, in dB: 10 log10(signal / error), where
+/// signal = sum of w^2 over the original fp32 weight and error = sum of (w - dequantize(quantize(w)))^2.
+/// nullopt when error is 0: the variant stores the weight exactly (an infinite SQNR, never a made-up
+/// number). InputError for negative or non-finite sums, and for signal 0 with error > 0 (no signal to
+/// compare the error with).
+std::optional<double> sqnr_db(double signal, double error);
 
 }  // namespace evalsvc
