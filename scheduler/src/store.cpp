@@ -1,8 +1,10 @@
 #include "evalsvc/scheduler/store.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <regex>
+#include <set>
 #include <thread>
 #include <tuple>
 
@@ -10,6 +12,7 @@
 
 #include "evalsvc/common/error.h"
 #include "evalsvc/common/log.h"
+#include "evalsvc/common/metrics.h"
 #include "evalsvc/common/paths.h"
 
 namespace evalsvc::scheduler {
@@ -1154,6 +1157,78 @@ std::vector<TrainingRun> Store::list_training_runs(int64_t experiment_id) {
       t.device = parse_json(row[8], "training_runs.device");
       t.history = parse_json(row[9], "training_runs.history");
       out.push_back(std::move(t));
+    }
+    return out;
+  });
+}
+
+// ---- quantization error ---------------------------------------------------------------------------------
+
+namespace {
+// The four block projections in Hugging Face order; the migration's CHECK allows exactly these.
+const std::vector<std::string> kProjections = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
+}  // namespace
+
+void Store::write_layer_errors(int64_t experiment_id, const std::string& variant, const std::vector<LayerError>& rows) {
+  std::vector<LayerError> checked = rows;
+  std::set<std::pair<int, std::string>> seen;
+  for (size_t i = 0; i < checked.size(); ++i) {
+    LayerError& e = checked[i];
+    const std::string where = fmt::format("write_layer_errors '{}' of experiment {}, row {} (layer {} {})", variant,
+                                          experiment_id, i, e.layer, e.projection);
+    EVALSVC_CHECK(e.experiment_id == experiment_id && e.variant == variant, InputError,
+                  "{}: the row belongs to variant '{}' of experiment {}", where, e.variant, e.experiment_id);
+    EVALSVC_CHECK(e.layer >= 0, InputError, "{}: layer must be >= 0", where);
+    EVALSVC_CHECK(std::find(kProjections.begin(), kProjections.end(), e.projection) != kProjections.end(), InputError,
+                  "{}: projection must be one of attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj", where);
+    EVALSVC_CHECK(seen.insert({e.layer, e.projection}).second, InputError, "{}: duplicate (layer, projection)", where);
+    EVALSVC_CHECK(e.numel > 0, InputError, "{}: numel must be > 0, got {}", where, e.numel);
+    EVALSVC_CHECK(std::isfinite(e.max_abs_error) && e.max_abs_error >= 0, InputError,
+                  "{}: max_abs_error must be finite and >= 0, got {}", where, e.max_abs_error);
+    try {
+      e.sqnr_db = sqnr_db(e.signal_sq, e.error_sq);
+    } catch (const InputError& err) {
+      throw InputError(fmt::format("{}: {}", where, err.what()));
+    }
+  }
+  impl_->run(fmt::format("write_layer_errors '{}' of experiment {}", variant, experiment_id), [&](pqxx::connection& c) {
+    pqxx::work tx(c);
+    tx.exec_params("DELETE FROM layer_errors WHERE experiment_id = $1 AND variant = $2", experiment_id, variant);
+    for (const auto& e : checked) {
+      tx.exec_params(
+          "INSERT INTO layer_errors (experiment_id, variant, layer, projection, numel, signal_sq, error_sq, "
+          "  max_abs_error, sqnr_db, device, job_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11)",
+          experiment_id, variant, e.layer, e.projection, e.numel, e.signal_sq, e.error_sq, e.max_abs_error, e.sqnr_db,
+          e.device.dump(), e.job_id);
+    }
+    tx.commit();
+    return 0;
+  });
+}
+
+std::vector<LayerError> Store::list_layer_errors(int64_t experiment_id) {
+  return impl_->run(fmt::format("list_layer_errors of experiment {}", experiment_id), [&](pqxx::connection& c) {
+    pqxx::read_transaction tx(c);
+    auto r = tx.exec_params(
+        "SELECT experiment_id, variant, layer, projection, numel, signal_sq, error_sq, max_abs_error, sqnr_db, "
+        "device::text, job_id FROM layer_errors WHERE experiment_id = $1 ORDER BY variant, layer, "
+        "array_position(ARRAY['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'], projection)",
+        experiment_id);
+    std::vector<LayerError> out;
+    for (const auto& row : r) {
+      LayerError e;
+      e.experiment_id = row[0].as<int64_t>();
+      e.variant = row[1].c_str();
+      e.layer = row[2].as<int>();
+      e.projection = row[3].c_str();
+      e.numel = row[4].as<int64_t>();
+      e.signal_sq = row[5].as<double>();
+      e.error_sq = row[6].as<double>();
+      e.max_abs_error = row[7].as<double>();
+      e.sqnr_db = opt<double>(row[8]);
+      e.device = parse_json(row[9], "layer_errors.device");
+      e.job_id = opt_string(row[10]);
+      out.push_back(std::move(e));
     }
     return out;
   });

@@ -1,5 +1,6 @@
 #include "evalsvc/worker/jobs.h"
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -7,6 +8,7 @@
 #include "evalsvc/common/error.h"
 #include "evalsvc/common/experiment_spec.h"
 #include "evalsvc/common/log.h"
+#include "evalsvc/common/metrics.h"
 #include "evalsvc/common/paths.h"
 #include "evalsvc/kernels/memory.h"
 #include "evalsvc/scheduler/report.h"
@@ -17,6 +19,7 @@
 #include "evalsvc/worker/device.h"
 #include "evalsvc/worker/evaluate.h"
 #include "evalsvc/worker/preset.h"
+#include "evalsvc/worker/quant_error.h"
 #include "evalsvc/worker/safetensors.h"
 #include "evalsvc/worker/tokenizer.h"
 
@@ -196,22 +199,33 @@ nlohmann::json run_quantize(Shared& s, const JobMessage& job, JobContext&) {
   const auto base = dtype_of(v.base_dtype);
   const auto opts = quant_options(v);
   model->quantize(method, base, opts);
-  // Quantization error per projection: SQNR = 10 log10(|W|^2 / |W - deq(Q(W))|^2), in dB.
-  nlohmann::json sqnr = nlohmann::json::array();
-  double sum_db = 0, min_db = 1e30;
-  for (int64_t l = 0; l < ck.config.n_layer; ++l) {
-    for (int p = 0; p < 4; ++p) {
-      const auto key = fmt::format("transformer.h.{}.{}.weight", l, projection_name(static_cast<Projection>(p)));
-      torch::Tensor w = ck.state.at(key).t().to(torch::kFloat32);
-      torch::Tensor d = model->projection(l, static_cast<Projection>(p))->dequantized_weight().to(torch::kFloat32);
-      const double sig = w.pow(2).sum().item<double>();
-      const double err = (w - d).pow(2).sum().item<double>();
-      const double db = err > 0 ? 10.0 * std::log10(sig / err) : 300.0;
-      sqnr.push_back({{"layer", l}, {"projection", projection_name(static_cast<Projection>(p))}, {"sqnr_db", db}});
-      sum_db += db;
-      min_db = std::min(min_db, db);
+  // Weight quantization error of each projection, written to layer_errors (the report's SQNR). The model
+  // was quantized on the CPU here, so that is the device the rows name. A redelivered job replaces them.
+  const auto errors = projection_errors(model, ck.state);
+  std::vector<scheduler::LayerError> rows;
+  std::vector<double> finite_db;
+  int exact = 0;
+  const auto cpu = describe_device(torch::kCPU);
+  for (const auto& e : errors) {
+    scheduler::LayerError r;
+    r.experiment_id = job.experiment_id;
+    r.variant = v.name;
+    r.layer = static_cast<int>(e.layer);
+    r.projection = projection_name(e.projection);
+    r.numel = e.numel;
+    r.signal_sq = e.signal_sq;
+    r.error_sq = e.error_sq;
+    r.max_abs_error = e.max_abs_error;
+    r.device = cpu;
+    r.job_id = job.id;
+    rows.push_back(std::move(r));
+    if (auto db = sqnr_db(e.signal_sq, e.error_sq)) {
+      finite_db.push_back(*db);
+    } else {
+      ++exact;
     }
   }
+  s.db().write_layer_errors(job.experiment_id, v.name, rows);
   auto state = model->variant_state_dict();
   write_safetensors(variant_file(s, job.experiment_id, v.name), state,
                     {{"qbench_method", v.method}, {"qbench_base_dtype", v.base_dtype}, {"qbench_variant", v.name}});
@@ -224,12 +238,13 @@ nlohmann::json run_quantize(Shared& s, const JobMessage& job, JobContext&) {
   vm.runtime_bytes = mem.runtime;
   s.db().set_variant_memory(job.experiment_id, v.name, vm);
   s.db().set_variant_state(job.experiment_id, v.name, scheduler::RunState::kRunning);
-  const double n = static_cast<double>(sqnr.size());
+  // A summary for the job record; every projection's figure is in layer_errors.
+  const auto min_db = std::min_element(finite_db.begin(), finite_db.end());
   return {{"footprint_bytes", mem.hf_with_mask_buffers},
           {"runtime_bytes", mem.runtime},
-          {"sqnr_db_mean", n > 0 ? sum_db / n : 0.0},
-          {"sqnr_db_min", min_db},
-          {"sqnr", sqnr}};
+          {"layer_errors", rows.size()},
+          {"exact_projections", exact},
+          {"sqnr_db_min", min_db == finite_db.end() ? nlohmann::json(nullptr) : nlohmann::json(*min_db)}};
 }
 
 nlohmann::json run_eval(Shared& s, const JobMessage& job, JobContext&) {

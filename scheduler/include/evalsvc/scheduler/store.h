@@ -219,6 +219,23 @@ struct BenchResult {
   nlohmann::json device = nlohmann::json::object();
 };
 
+/// A row of `layer_errors`: the weight quantization error of one projection matrix of a variant.
+struct LayerError {
+  int64_t experiment_id = 0;
+  std::string variant;
+  int layer = 0;           ///< block index
+  std::string projection;  ///< "attn.c_attn", "attn.c_proj", "mlp.c_fc" or "mlp.c_proj"
+  int64_t numel = 0;       ///< weights in the matrix
+  double signal_sq = 0;    ///< sum of w^2 over the original fp32 weight
+  double error_sq = 0;     ///< sum of (w - dequantized)^2 over the weight the variant stores
+  double max_abs_error = 0;
+  /// sqnr_db(signal_sq, error_sq) (common/metrics.h); nullopt = stored exactly. write_layer_errors computes
+  /// it from the two sums, so a row can never carry a figure that disagrees with them.
+  std::optional<double> sqnr_db;
+  nlohmann::json device = nlohmann::json::object();  ///< where the error was computed (describe_device)
+  std::optional<std::string> job_id;
+};
+
 /// A row of `training_runs`.
 struct TrainingRun {
   int64_t id = 0;  ///< set by the database
@@ -327,6 +344,15 @@ class Store {
   int64_t insert_training_run(const TrainingRun& run);
   /// Oldest first.
   std::vector<TrainingRun> list_training_runs(int64_t experiment_id);
+
+  // Quantization error
+  /// Replaces every layer_errors row of the variant with `rows` in one transaction, so a redelivered
+  /// quantize job leaves exactly its own rows. sqnr_db is computed here from signal_sq and error_sq.
+  /// InputError for a row of another experiment/variant, a duplicate (layer, projection), an unknown
+  /// projection, numel <= 0, or negative / non-finite sums (the message names the row).
+  void write_layer_errors(int64_t experiment_id, const std::string& variant, const std::vector<LayerError>& rows);
+  /// Every row of the experiment, by variant, layer and projection (Hugging Face order).
+  std::vector<LayerError> list_layer_errors(int64_t experiment_id);
 
  private:
   struct Impl;
