@@ -6,6 +6,7 @@
 #include "commands.h"
 #include "evalsvc/common/log.h"
 #include "evalsvc/common/paths.h"
+#include "evalsvc/scheduler/http_server.h"
 #include "evalsvc/scheduler/redis.h"
 #include "evalsvc/scheduler/scheduler.h"
 #include "evalsvc/scheduler/worker_runtime.h"
@@ -19,8 +20,12 @@ namespace {
 CommandRegistrar scheduler_reg("scheduler", "Run the scheduler: queue ready jobs, consume results, retry, requeue stalled",
                                [](CLI::App& sub) -> RunFn {
   auto svc = std::make_shared<ServiceOptions>();
+  auto http_listen = std::make_shared<std::string>();
   svc->add_to(sub);
-  return [svc] {
+  sub.add_option("--http-listen", *http_listen,
+                 "serve GET /healthz and /metrics (Prometheus) on HOST:PORT, e.g. 127.0.0.1:9464 (default: "
+                 "QBENCH_HTTP_LISTEN, else off)");
+  return [svc, http_listen] {
     auto urls = svc->resolve();
     scheduler::migrate(urls.database_url, scheduler::find_migrations_dir());
     scheduler::Store store(urls.database_url);
@@ -28,6 +33,16 @@ CommandRegistrar scheduler_reg("scheduler", "Run the scheduler: queue ready jobs
     scheduler::Queue queue(redis);
     scheduler::Scheduler s(store, queue);
     std::atomic<bool> stop{false};
+    // Off unless asked for: the endpoint is meant for a monitoring network, not for every host.
+    const std::string listen = !http_listen->empty() ? *http_listen : getenv_opt("QBENCH_HTTP_LISTEN").value_or("");
+    std::unique_ptr<scheduler::HttpServer> http;
+    if (!listen.empty()) {
+      scheduler::HttpServerOptions ho;
+      ho.listen = listen;
+      ho.redis_url = urls.redis_url;
+      ho.database_url = urls.database_url;
+      http = std::make_unique<scheduler::HttpServer>(ho);
+    }
     spdlog::info("scheduler running (redis {}, database {})", scheduler::mask_url(urls.redis_url), store.redacted_url());
     s.run(stop);
     spdlog::info("scheduler stopped");

@@ -780,6 +780,54 @@ std::map<JobState, int64_t> Store::job_state_counts(int64_t experiment_id) {
   });
 }
 
+ServiceStats Store::service_stats(const std::vector<double>& duration_bounds) {
+  EVALSVC_CHECK(!duration_bounds.empty(), InputError, "service_stats: no duration bounds");
+  for (size_t i = 0; i < duration_bounds.size(); ++i) {
+    EVALSVC_CHECK(std::isfinite(duration_bounds[i]) && (i == 0 || duration_bounds[i] > duration_bounds[i - 1]),
+                  InputError, "service_stats: duration bound {} ({}) must be finite and above the one before it", i,
+                  duration_bounds[i]);
+  }
+  // The bounds travel as one float8[] parameter (a text array literal), never spliced into the SQL.
+  std::string bounds = "{";
+  for (size_t i = 0; i < duration_bounds.size(); ++i) bounds += fmt::format("{}{:.17g}", i ? "," : "", duration_bounds[i]);
+  bounds += "}";
+  return impl_->run("service_stats", [&](pqxx::connection& c) {
+    pqxx::read_transaction tx(c);
+    ServiceStats out;
+    for (const auto& row : tx.exec("SELECT type, state, count(*), sum(greatest(attempt - 1, 0)) FROM jobs GROUP BY type, state")) {
+      auto st = parse_job_state(row[1].c_str());
+      EVALSVC_CHECK(st.has_value(), FormatError, "jobs.state '{}' (type {})", row[1].c_str(), row[0].c_str());
+      out.jobs[{row[0].c_str(), *st}] = row[2].as<int64_t>();
+      out.retries[row[0].c_str()] += row[3].as<int64_t>();
+    }
+    for (const auto& row : tx.exec("SELECT state, count(*) FROM experiments GROUP BY state")) {
+      auto st = parse_run_state(row[0].c_str());
+      EVALSVC_CHECK(st.has_value(), FormatError, "experiments.state '{}'", row[0].c_str());
+      out.experiments[*st] = row[1].as<int64_t>();
+    }
+    // Durations of done jobs, one statement so that buckets, count and sum agree; a clock step backwards
+    // must not make a negative duration. Every job row meets every bound, so count(*) per (type, bound)
+    // is the type's count.
+    auto r = tx.exec_params(
+        "SELECT s.type, b.i, count(*) FILTER (WHERE s.d <= b.le), count(*), sum(s.d) FROM ("
+        "SELECT type, greatest(0, extract(epoch FROM finished_at - coalesce(started_at, queued_at)))::float8 AS d "
+        "FROM jobs WHERE state = 'done' AND finished_at IS NOT NULL AND coalesce(started_at, queued_at) IS NOT NULL"
+        ") s CROSS JOIN unnest($1::float8[]) WITH ORDINALITY AS b(le, i) GROUP BY s.type, b.i",
+        bounds);
+    for (const auto& row : r) {
+      auto& d = out.durations[row[0].c_str()];
+      d.cumulative.resize(duration_bounds.size(), 0);
+      const auto i = row[1].as<int64_t>() - 1;  // ORDINALITY counts from 1
+      EVALSVC_CHECK(i >= 0 && static_cast<size_t>(i) < d.cumulative.size(), InternalError,
+                    "service_stats: bucket {} out of range", i);
+      d.cumulative[static_cast<size_t>(i)] = row[2].as<int64_t>();
+      d.count = row[3].as<int64_t>();
+      d.sum_seconds = row[4].as<double>();
+    }
+    return out;
+  });
+}
+
 // ---- workers --------------------------------------------------------------------------------------------
 
 void Store::upsert_worker(const WorkerRecord& worker) {

@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -248,6 +249,24 @@ struct TrainingRun {
   nlohmann::json history = nlohmann::json::array();
 };
 
+/// Aggregates over every experiment for monitoring (the scheduler's /metrics endpoint).
+struct ServiceStats {
+  /// Jobs per (type, state); pairs without jobs are absent.
+  std::map<std::pair<std::string, JobState>, int64_t> jobs;
+  /// Experiments per state; states without experiments are absent.
+  std::map<RunState, int64_t> experiments;
+  /// Per job type: attempts beyond the first, summed over its jobs (a job that needed 3 attempts adds 2).
+  std::map<std::string, int64_t> retries;
+  /// Durations of done jobs of one type: from started_at (queued_at where the start was not recorded)
+  /// to finished_at, so for jobs without a recorded start they include the wait in the queue.
+  struct Durations {
+    std::vector<int64_t> cumulative;  ///< cumulative[i]: jobs with duration <= bounds[i]
+    int64_t count = 0;
+    double sum_seconds = 0;
+  };
+  std::map<std::string, Durations> durations;
+};
+
 /// Connection behaviour of a Store.
 struct StoreOptions {
   /// How long an operation keeps re-opening a broken connection before it gives up with DatabaseError.
@@ -302,6 +321,10 @@ class Store {
                      const std::vector<JobState>& only_from = {});
   /// Number of jobs per state for one experiment (states without jobs are absent).
   std::map<JobState, int64_t> job_state_counts(int64_t experiment_id);
+  /// Job counts, experiment counts, retries and duration histograms (upper bounds `duration_bounds`, in
+  /// seconds, ascending) over all experiments, in one read-only transaction. InputError when there are no
+  /// bounds or they are not finite and ascending.
+  ServiceStats service_stats(const std::vector<double>& duration_bounds);
 
   // Workers
   /// Inserts or updates host and devices; last_seen = now().
