@@ -114,6 +114,27 @@ std::string md_escape(const std::string& s) {
   return out;
 }
 
+std::string peak_devices(const VariantFigures& v) {
+  const VariantMemory& m = v.memory;
+  if (m.peak_mem_batch1_bytes && m.peak_mem_max_batch_bytes) {
+    if (v.peak_mem_batch1_on == v.peak_mem_max_batch_on) return v.peak_mem_batch1_on.label();
+    return fmt::format("batch 1: {}; batch {}: {}", v.peak_mem_batch1_on.label(),
+                       m.max_batch_size ? std::to_string(*m.max_batch_size) : "max", v.peak_mem_max_batch_on.label());
+  }
+  if (m.peak_mem_batch1_bytes) return v.peak_mem_batch1_on.label();
+  if (m.peak_mem_max_batch_bytes) return v.peak_mem_max_batch_on.label();
+  return "";
+}
+
+std::string sqnr_summary(const std::optional<QuantErrorFigures>& q) {
+  if (!q) return kNotMeasured;
+  if (!q->min_db) return fmt::format("exact: all {} projections store the fp32 weights unchanged", q->projections);
+  std::string s = fmt::format("min {} ({}), median {} over {} projections", db(*q->min_db), q->min_at,
+                              median_cell(*q), q->projections);
+  if (q->exact > 0) s += fmt::format(" ({} exact)", q->exact);
+  return s;
+}
+
 }  // namespace report_detail
 
 std::optional<ReportFormat> parse_report_format(const std::string& s) {

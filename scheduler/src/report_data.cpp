@@ -4,10 +4,12 @@
 #include <cmath>
 #include <ctime>
 #include <future>
+#include <limits>
 #include <set>
 #include <string_view>
 
 #include "evalsvc/common/error.h"
+#include "evalsvc/common/metrics.h"
 #include "evalsvc/common/paths.h"
 #include "evalsvc/scheduler/report.h"
 #include "report_internal.h"
@@ -168,6 +170,14 @@ int dominant_seq_len(const std::vector<const BenchResult*>& rows, int preferred)
   return best;
 }
 
+/// The device of a (c) peak: the bench row of that kind and batch size that holds the same byte count.
+MeasuredOn peak_device(const std::vector<BenchResult>& bench, const std::string& variant,
+                       const std::optional<int64_t>& bytes, BenchKind kind, const std::optional<int>& batch);
+
+/// SQNR summary of one variant's layer_errors rows; the dB figures are recomputed from the stored sums
+/// (one definition: common/metrics.h sqnr_db). InputError naming the variant and projection for bad sums.
+QuantErrorFigures quant_error_figures(const std::string& variant, std::vector<LayerError> rows);
+
 }  // namespace
 
 const char* to_string(VariantStatus s) {
@@ -206,6 +216,58 @@ MeasuredOn measured_on_from_json(const json& device) {
   return on;
 }
 
+namespace {
+
+MeasuredOn peak_device(const std::vector<BenchResult>& bench, const std::string& variant,
+                       const std::optional<int64_t>& bytes, BenchKind kind, const std::optional<int>& batch) {
+  if (!bytes) return {};
+  for (const auto& br : bench) {
+    if (br.variant == variant && br.kind == kind && br.peak_mem_bytes == bytes && (!batch || br.batch_size == *batch))
+      return measured_on_from_json(br.device);
+  }
+  return {};
+}
+
+QuantErrorFigures quant_error_figures(const std::string& variant, std::vector<LayerError> rows) {
+  QuantErrorFigures q;
+  // Layer order, projections in Hugging Face order (rows from a fixture may come in any order).
+  static const std::vector<std::string> order = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
+  auto rank = [&](const LayerError& e) {
+    return std::make_pair(e.layer, std::find(order.begin(), order.end(), e.projection) - order.begin());
+  };
+  std::stable_sort(rows.begin(), rows.end(), [&](const LayerError& a, const LayerError& b) { return rank(a) < rank(b); });
+  q.projections = static_cast<int>(rows.size());
+  std::vector<double> all;  // exact projections as +infinity
+  std::vector<std::string> devices;
+  for (auto& e : rows) {
+    try {
+      e.sqnr_db = sqnr_db(e.signal_sq, e.error_sq);
+    } catch (const InputError& err) {
+      throw InputError(fmt::format("variant '{}', layer {} {}: {}", variant, e.layer, e.projection, err.what()));
+    }
+    all.push_back(e.sqnr_db.value_or(std::numeric_limits<double>::infinity()));
+    if (!e.sqnr_db) ++q.exact;
+    if (e.sqnr_db && (!q.min_db || *e.sqnr_db < *q.min_db)) {
+      q.min_db = e.sqnr_db;
+      q.min_at = fmt::format("h.{}.{}", e.layer, e.projection);
+    }
+    const MeasuredOn on = measured_on_from_json(e.device);
+    if (devices.empty()) q.on = on;
+    if (std::find(devices.begin(), devices.end(), on.device) == devices.end()) devices.push_back(on.device);
+  }
+  if (devices.size() > 1) q.on = MeasuredOn{"mixed: " + report_detail::join(devices), "", ""};
+  if (!all.empty()) {
+    std::sort(all.begin(), all.end());
+    const size_t n = all.size();
+    const double median = n % 2 ? all[n / 2] : (all[n / 2 - 1] + all[n / 2]) / 2;
+    if (std::isfinite(median)) q.median_db = median;
+  }
+  q.layers = std::move(rows);
+  return q;
+}
+
+}  // namespace
+
 const VariantFigures* ReportData::find(const std::string& name) const {
   for (const auto& v : variants) {
     if (v.name == name) return &v;
@@ -228,6 +290,7 @@ ReportInputs read_report_inputs(Store& store, int64_t experiment_id) {
   }
   in.bench = store.list_bench_results(experiment_id);
   in.training = store.list_training_runs(experiment_id);
+  for (auto& e : store.list_layer_errors(experiment_id)) in.layer_errors[e.variant].push_back(std::move(e));
   in.generated_at = format_time(std::chrono::system_clock::now());
   in.qbench_version = version();
   return in;
@@ -327,6 +390,25 @@ ReportInputs report_inputs_from_json(const json& j) {
         br.timed_runs = opt<int>(b, "timed_runs", bp);
         br.device = b.value("device", json::object());
         in.bench.push_back(std::move(br));
+      }
+    }
+    if (auto le = v.find("layer_errors"); le != v.end() && !le->is_null()) {
+      EVALSVC_CHECK(le->is_array(), InputError, "{}.layer_errors: expected an array, got {}", vp, le->type_name());
+      for (size_t k = 0; k < le->size(); ++k) {
+        const json& x = (*le)[k];
+        const std::string lp = fmt::format("{}.layer_errors[{}]", vp, k);
+        LayerError e;
+        e.experiment_id = in.experiment.id;
+        e.variant = r.name;
+        e.layer = req<int>(x, "layer", lp);
+        e.projection = req<std::string>(x, "projection", lp);
+        e.numel = req<int64_t>(x, "numel", lp);
+        e.signal_sq = req<double>(x, "signal_sq", lp);
+        e.error_sq = req<double>(x, "error_sq", lp);
+        e.max_abs_error = opt_or<double>(x, "max_abs_error", lp, 0.0);
+        EVALSVC_CHECK(e.layer >= 0 && e.numel > 0, InputError, "{}: layer must be >= 0 and numel > 0", lp);
+        e.device = x.value("device", json::object());
+        in.layer_errors[r.name].push_back(std::move(e));
       }
     }
     in.variants.push_back(std::move(r));
@@ -539,6 +621,7 @@ ReportData build_report_data(const ReportInputs& in) {
         if (r.shards == 1) r.on = on;
       }
       if (devices.size() > 1) r.on = MeasuredOn{"mixed: " + report_detail::join(devices), "", ""};
+      v.evaluated_on = r.on;
       if (r.seconds > 0) {
         r.samples_per_s = static_cast<double>(r.samples) / r.seconds;
         v.dataset_rate = r;
@@ -553,6 +636,16 @@ ReportData build_report_data(const ReportInputs& in) {
         break;
       }
     }
+  }
+
+  // Where the (c) peaks were measured, and the weight quantization error.
+  for (auto& v : d.variants) {
+    const VariantMemory& m = v.memory;
+    v.peak_mem_batch1_on = peak_device(in.bench, v.name, m.peak_mem_batch1_bytes, BenchKind::kLatency, 1);
+    v.peak_mem_max_batch_on =
+        peak_device(in.bench, v.name, m.peak_mem_max_batch_bytes, BenchKind::kThroughput, m.max_batch_size);
+    if (auto le = in.layer_errors.find(v.name); le != in.layer_errors.end() && !le->second.empty())
+      v.quant_error = quant_error_figures(v.name, le->second);
   }
 
   if (!in.training.empty()) {

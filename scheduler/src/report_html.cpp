@@ -4,6 +4,7 @@
 // A Content-Security-Policy forbids every network fetch.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "evalsvc/scheduler/report.h"
 #include "report_internal.h"
@@ -108,7 +109,7 @@ std::string accuracy_memory_chart(const ReportData& d) {
   if (idx.empty()) return no_data("accuracy-memory", title, "no variant has both accuracy and footprint (a) figures");
   Plot p;
   p.right = 160;
-  double xmin = 1e300, xmax = 0, ymin = 1, ymax = 0;
+  double xmin = 1e300, xmax = 0, ymin = 100, ymax = 0;  // y in percent
   for (size_t i : idx) {
     const auto& v = d.variants[i];
     const double x = *v.memory.footprint_bytes / kMiB;
@@ -133,21 +134,26 @@ std::string accuracy_memory_chart(const ReportData& d) {
   return s + legend(items, p.w - p.right + 12, p.top) + "</svg>";
 }
 
-/// Variants of one device with their value, for bar charts.
+/// Variants of one device with their value, for bar charts. An empty `device` leaves the device out of the
+/// title (figures that are not device measurements); a non-finite value draws no bar (not measured, not 0).
 std::string bar_chart(const std::string& chart, const std::string& title, const std::string& device,
                       const std::vector<std::string>& names, const std::vector<std::vector<double>>& series,
                       const std::vector<std::string>& series_names, const std::string& ylabel) {
   Plot p;
-  p.right = 120;
+  size_t longest = 0;
+  for (const auto& n : series_names) longest = std::max(longest, n.size());
+  p.right = std::max(120.0, 30.0 + 6.5 * static_cast<double>(longest));  // room for the legend's text
   p.w = std::max(640.0, 90.0 * names.size() + p.left + p.right);
-  double ymax = 0;
+  double ymin = 0, ymax = 0;  // bars start at 0; a negative value (an SQNR below 0 dB) extends the axis down
   for (const auto& s : series)
-    for (double v : s) ymax = std::max(ymax, v);
-  p.y0 = 0, p.y1 = ymax > 0 ? ymax * 1.1 : 1;
+    for (double v : s)
+      if (std::isfinite(v)) ymin = std::min(ymin, v), ymax = std::max(ymax, v);
+  p.y0 = ymin < 0 ? ymin * 1.1 : 0, p.y1 = ymax > 0 ? ymax * 1.1 : 1;
   p.x0 = 0, p.x1 = static_cast<double>(names.size());
   std::vector<std::pair<double, std::string>> xl;
   for (size_t i = 0; i < names.size(); ++i) xl.push_back({i + 0.5, names[i]});
-  std::string s = p.open(chart, title + " on " + device, " data-device=\"" + esc(device) + "\"") +
+  std::string s = (device.empty() ? p.open(chart, title)
+                                  : p.open(chart, title + " on " + device, " data-device=\"" + esc(device) + "\"")) +
                   p.axes("variant", ylabel, false, xl);
   const double slot = (p.px(1) - p.px(0)) * 0.8 / series.size();
   std::vector<std::pair<std::string, std::string>> items;
@@ -155,10 +161,12 @@ std::string bar_chart(const std::string& chart, const std::string& title, const 
     items.push_back({series_names[k], color(k)});
     for (size_t i = 0; i < names.size(); ++i) {
       const double v = series[k][i];
+      if (!std::isfinite(v)) continue;
       const double x = p.px(i + 0.1) + k * slot;
       s += fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"{}\"><title>{} {}: "
                        "{:.2f}</title></rect>",
-                       x, p.py(v), slot * 0.95, p.py(0) - p.py(v), color(k), esc(names[i]), esc(series_names[k]), v);
+                       x, p.py(std::max(v, 0.0)), slot * 0.95, std::fabs(p.py(0) - p.py(v)), color(k), esc(names[i]),
+                       esc(series_names[k]), v);
     }
   }
   return s + legend(items, p.w - p.right + 12, p.top) + "</svg>";
@@ -328,6 +336,74 @@ std::string confusion_charts(const ReportData& d) {
   return out.empty() ? no_data("confusion", "Confusion matrices", "no variant has accuracy figures") : out;
 }
 
+/// SQNR per projection, one line per variant, projections in layer order on the x axis. Exact
+/// projections have no finite SQNR: they are left out of the line and named in the legend.
+std::string sqnr_chart(const ReportData& d) {
+  const std::string title = "Weight SQNR per projection, dB (higher is closer to the fp32 weights)";
+  std::vector<size_t> idx;
+  size_t max_points = 0;
+  double ymin = 1e300, ymax = -1e300;
+  for (size_t i = 0; i < d.variants.size(); ++i) {
+    const auto& q = d.variants[i].quant_error;
+    if (!q || !q->min_db) continue;
+    idx.push_back(i);
+    max_points = std::max(max_points, q->layers.size());
+    for (const auto& e : q->layers) {
+      if (e.sqnr_db) ymin = std::min(ymin, *e.sqnr_db), ymax = std::max(ymax, *e.sqnr_db);
+    }
+  }
+  if (idx.empty()) {
+    bool any = false;
+    for (const auto& v : d.variants) any |= v.quant_error.has_value();
+    return no_data("sqnr", title, any ? "every measured projection is stored exactly (no quantization error)"
+                                      : "no quantization error measured");
+  }
+  Plot p;
+  p.right = 190;
+  p.w = std::max(720.0, 14.0 * max_points + p.left + p.right);
+  const double pad = std::max(1.0, (ymax - ymin) * 0.1);
+  p.x0 = -0.5, p.x1 = max_points - 0.5, p.y0 = ymin - pad, p.y1 = ymax + pad;
+  // One label per block, at its first projection.
+  std::vector<std::pair<double, std::string>> xl;
+  const auto& first = d.variants[idx[0]].quant_error->layers;
+  const int every = std::max(1, (first.back().layer + 1 + 11) / 12);  // at most 12 labels
+  for (size_t k = 0; k < first.size(); ++k) {
+    if (first[k].projection == "attn.c_attn" && first[k].layer % every == 0)
+      xl.push_back({static_cast<double>(k), fmt::format("h.{}", first[k].layer)});
+  }
+  std::string s = p.open("sqnr", title) + p.axes("projection (block h.N: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)",
+                                                 "SQNR, dB", false, xl);
+  std::vector<std::pair<std::string, std::string>> items;
+  for (size_t i : idx) {
+    const auto& q = *d.variants[i].quant_error;
+    // An exact projection breaks the line: no segment is drawn through a point that has no value.
+    std::vector<std::string> segments(1);
+    std::string dots;
+    for (size_t k = 0; k < q.layers.size(); ++k) {
+      const auto& e = q.layers[k];
+      if (!e.sqnr_db) {
+        if (!segments.back().empty()) segments.emplace_back();
+        continue;
+      }
+      const double x = p.px(static_cast<double>(k)), y = p.py(*e.sqnr_db);
+      segments.back() += fmt::format("{:.1f},{:.1f} ", x, y);
+      dots += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"2.5\" fill=\"{}\"><title>{} h.{}.{}: {}</title>"
+                          "</circle>",
+                          x, y, color(i), esc(d.variants[i].name), e.layer, esc(e.projection), db(*e.sqnr_db));
+    }
+    for (const auto& pts : segments) {
+      if (!pts.empty()) s += fmt::format("<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\"/>", pts, color(i));
+    }
+    s += dots;
+    items.push_back({d.variants[i].name + (q.exact ? fmt::format(" ({} exact)", q.exact) : ""), color(i)});
+  }
+  for (size_t i = 0; i < d.variants.size(); ++i) {
+    const auto& q = d.variants[i].quant_error;
+    if (q && !q->min_db) items.push_back({d.variants[i].name + ": exact", "#cccccc"});
+  }
+  return s + legend(items, p.w - p.right + 12, p.top) + "</svg>";
+}
+
 const char* kStyle = R"css(
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1100px;color:#222}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ccc}
@@ -367,7 +443,7 @@ std::string td_opt_mib(const std::optional<int64_t>& b) { return b ? td(mib(*b))
 
 const std::vector<std::string>& html_chart_names() {
   static const std::vector<std::string> names = {"accuracy-memory", "latency", "throughput", "sweep", "f1-heatmap",
-                                                 "confusion"};
+                                                 "confusion", "sqnr"};
   return names;
 }
 
@@ -415,7 +491,35 @@ std::string render_html(const ReportData& d) {
          td_opt_mib(v.memory.runtime_bytes) + td_opt_mib(v.memory.peak_mem_batch1_bytes) +
          td_opt_mib(v.memory.peak_mem_max_batch_bytes) + "</tr>\n";
   }
+  o += "</table>\n<p>(a) and (b) are counted from the tensor shapes and dtypes; (c) is measured on the device named "
+       "below.</p>\n";
+  // Every measured figure of the summary with its device and software, in a table of its own so that the
+  // long labels do not squeeze the figures.
+  o += "<h3>Where the figures were measured</h3>\n<table><tr><th>variant</th><th>predictions (accuracy, F1) "
+       "computed on</th><th>(c) peaks measured on</th><th>latency measured on</th><th>SQNR computed on</th></tr>\n";
+  for (const auto& v : d.variants) {
+    const std::string peaks = peak_devices(v);
+    o += "<tr>" + td(v.name) + (v.metrics ? td(v.evaluated_on.label()) : td(kNotMeasured, true)) +
+         (peaks.empty() ? td(kNotMeasured, true) : td(peaks)) +
+         (v.latency ? td(v.latency->on.label()) : td(kNotMeasured, true)) +
+         (v.quant_error ? td(v.quant_error->on.label()) : td(kNotMeasured, true)) + "</tr>\n";
+  }
   o += "</table>\n";
+
+  o += "<h2>Weight quantization error (SQNR)</h2>\n<table><tr><th>variant</th><th>projections</th><th>min SQNR</th>"
+       "<th>lowest at</th><th>median SQNR</th><th>exact</th><th>computed on</th></tr>\n";
+  for (const auto& v : d.variants) {
+    if (!v.quant_error) {
+      o += "<tr>" + td(v.name) + td(kNotMeasured, true) + td("") + td("") + td("") + td("") + td("") + "</tr>\n";
+      continue;
+    }
+    const QuantErrorFigures& q = *v.quant_error;
+    o += "<tr>" + td(v.name) + td(std::to_string(q.projections)) + td(q.min_db ? db(*q.min_db) : "exact") +
+         td(q.min_at) + td(median_cell(q)) + td(std::to_string(q.exact)) + td(q.on.label()) + "</tr>\n";
+  }
+  o += "</table>\n<p>SQNR = 10 log10(&sum; w&sup2; / &sum; (w &minus; w&prime;)&sup2;) per projection, w the fp32 "
+       "weight, w&prime; the stored weight dequantized; &ldquo;exact&rdquo; = no error. Chart <em>sqnr</em> below "
+       "shows every projection.</p>\n";
 
   o += "<h2>Speed (compared only within one device)</h2>\n";
   for (const auto& s : f.speed) {
@@ -435,10 +539,27 @@ std::string render_html(const ReportData& d) {
     o += "</table>\n";
   }
   if (!f.speed_not_measured.empty()) o += "<p class=\"nm\">Latency not measured: " + esc(join(f.speed_not_measured)) + "</p>\n";
+  // End-to-end evaluation rates, one table per device (never compared across devices).
+  std::vector<std::string> rate_devices;
+  for (const auto& v : d.variants) {
+    if (v.dataset_rate && std::find(rate_devices.begin(), rate_devices.end(), v.dataset_rate->on.device) == rate_devices.end())
+      rate_devices.push_back(v.dataset_rate->on.device);
+  }
+  for (const auto& dev : rate_devices) {
+    o += "<h3>End-to-end evaluation rate on " + esc(dev) + " (tokenize + forward + write, summed worker time)</h3>\n"
+         "<table><tr><th>variant</th><th>samples/s</th><th>samples</th><th>shards</th><th>measured on</th></tr>\n";
+    for (const auto& v : d.variants) {
+      if (!v.dataset_rate || v.dataset_rate->on.device != dev) continue;
+      const DatasetRate& r = *v.dataset_rate;
+      o += "<tr>" + td(v.name) + td(fmt::format("{:.2f}", r.samples_per_s)) + td(std::to_string(r.samples)) +
+           td(std::to_string(r.shards)) + td(r.on.label()) + "</tr>\n";
+    }
+    o += "</table>\n";
+  }
 
   o += "<h2>Charts</h2>\n<div class=\"charts\">\n";
   o += accuracy_memory_chart(d) + "\n" + latency_charts(d, f) + "\n" + throughput_charts(d, f) + "\n" +
-       sweep_charts(d, f) + "\n" + f1_heatmap(d) + "\n" + confusion_charts(d) + "\n</div>\n";
+       sweep_charts(d, f) + "\n" + f1_heatmap(d) + "\n" + confusion_charts(d) + "\n" + sqnr_chart(d) + "\n</div>\n";
 
   o += "<h2>Key findings</h2>\n<ul>\n";
   for (const auto& t : f.trade_offs) o += "<li>" + esc(t) + "</li>\n";
@@ -451,6 +572,11 @@ std::string render_html(const ReportData& d) {
     seen.push_back(v.method);
     o += "<li>" + esc(method_title(v.method)) + ": " + esc(method_description(v.method)) + "</li>\n";
   }
+  if (d.training) {
+    o += "<li>Training: " + esc(fmt::format("{} epochs in {:.1f} s on {}", d.training->epochs, d.training->seconds,
+                                             d.training->on.label())) +
+         ".</li>\n";
+  }
   o += "<li>Memory in MiB: (a) Hugging Face get_memory_footprint() with and without the causal-mask buffers, (b) all "
        "bytes needed to run, (c) peak device memory during inference.</li>\n"
        "<li>Accuracy interval: Wilson 95%; macro F1 interval: bootstrap, 1,000 resamples, seed 1234; differences: "
@@ -458,5 +584,119 @@ std::string render_html(const ReportData& d) {
   o += std::string("<script>") + kCheckScript + "</script>\n</body></html>\n";
   return o;
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Comparison of two experiments
+
+const std::vector<std::string>& comparison_chart_names() {
+  static const std::vector<std::string> names = {"compare-accuracy", "compare-sqnr"};
+  return names;
+}
+
+namespace report_detail {
+
+namespace {
+
+/// Accuracy of A and B with their Wilson intervals, side by side per variant name.
+std::string compare_accuracy_chart(const ReportData& a, const ReportData& b, const std::vector<std::string>& names) {
+  const std::string title = "Accuracy with 95% Wilson interval: A (left) and B (right)";
+  std::vector<std::string> shown;
+  double ymin = 100, ymax = 0;  // percent
+  for (const auto& n : names) {
+    bool any = false;
+    for (const ReportData* d : {&a, &b}) {
+      const VariantFigures* v = d->find(n);
+      if (v && v->metrics && v->accuracy_ci) {
+        any = true;
+        ymin = std::min(ymin, v->accuracy_ci->low * 100), ymax = std::max(ymax, v->accuracy_ci->high * 100);
+      }
+    }
+    if (any) shown.push_back(n);
+  }
+  if (shown.empty()) return no_data("compare-accuracy", title, "neither experiment has accuracy figures");
+  const std::string an = "A: " + a.experiment_name, bn = "B: " + b.experiment_name;
+  Plot p;
+  p.right = std::max(120.0, 30.0 + 6.5 * static_cast<double>(std::max(an.size(), bn.size())));  // legend text
+  p.w = std::max(640.0, 90.0 * shown.size() + p.left + p.right);
+  const double pad = std::max(0.05, (ymax - ymin) * 0.1);
+  p.x0 = 0, p.x1 = static_cast<double>(shown.size()), p.y0 = ymin - pad, p.y1 = ymax + pad;
+  std::vector<std::pair<double, std::string>> xl;
+  for (size_t i = 0; i < shown.size(); ++i) xl.push_back({i + 0.5, shown[i]});
+  std::string s = p.open("compare-accuracy", title) + p.axes("variant", "accuracy, %", false, xl);
+  for (size_t i = 0; i < shown.size(); ++i) {
+    for (int k = 0; k < 2; ++k) {
+      const ReportData& d = k == 0 ? a : b;
+      const VariantFigures* v = d.find(shown[i]);
+      if (!v || !v->metrics || !v->accuracy_ci) continue;
+      const double x = p.px(i + 0.35 + 0.3 * k);
+      s += fmt::format("<g><title>{} {}: {} ({} to {})</title>"
+                       "<line x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"{}\" stroke-width=\"2\"/>"
+                       "<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"5\" fill=\"{}\"/></g>",
+                       k == 0 ? "A" : "B", esc(v->name), pct(v->metrics->accuracy), pct(v->accuracy_ci->low),
+                       pct(v->accuracy_ci->high), x, x, p.py(v->accuracy_ci->low * 100), p.py(v->accuracy_ci->high * 100),
+                       color(k), x, p.py(v->metrics->accuracy * 100), color(k));
+    }
+  }
+  return s + legend({{an, color(0)}, {bn, color(1)}}, p.w - p.right + 12, p.top) + "</svg>";
+}
+
+/// Lowest weight SQNR of each variant in A and B (variants stored exactly or not measured draw no bar).
+std::string compare_sqnr_chart(const ReportData& a, const ReportData& b, const std::vector<std::string>& names) {
+  const std::string title = "Lowest weight SQNR over the projections, dB (higher is closer)";
+  std::vector<std::string> shown;
+  std::vector<std::vector<double>> series(2);
+  const double none = std::numeric_limits<double>::quiet_NaN();
+  for (const auto& n : names) {
+    const VariantFigures *va = a.find(n), *vb = b.find(n);
+    auto min_db = [&](const VariantFigures* v) {
+      return v && v->quant_error && v->quant_error->min_db ? *v->quant_error->min_db : none;
+    };
+    if (std::isnan(min_db(va)) && std::isnan(min_db(vb))) continue;
+    shown.push_back(n);
+    series[0].push_back(min_db(va));
+    series[1].push_back(min_db(vb));
+  }
+  if (shown.empty()) return no_data("compare-sqnr", title, "no variant of either experiment has a finite SQNR");
+  return bar_chart("compare-sqnr", title, "", shown, series, {"A: " + a.experiment_name, "B: " + b.experiment_name},
+                   "dB");
+}
+
+}  // namespace
+
+std::string render_comparison_html(const ReportData& a, const ReportData& b) {
+  const ComparisonTable t = comparison_table(a, b);
+  std::vector<std::string> names;
+  for (const auto& r : t.cells) names.push_back(r[0]);
+  const std::string title = fmt::format("Comparison: {} (id {}) and {} (id {})", a.experiment_name, a.experiment_id,
+                                        b.experiment_name, b.experiment_id);
+  std::string o;
+  o += "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+       "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; "
+       "script-src 'unsafe-inline'; img-src data:\">"
+       "<title>qbench " + esc(title) + "</title><style>" + kStyle + "</style></head>\n";
+  o += "<body data-charts=\"" + join(comparison_chart_names(), " ") + "\">\n";
+  o += "<h1>" + esc(title) + "</h1>\n";
+  o += fmt::format("<p>A = {} (id {}, state {}, created {}); B = {} (id {}, state {}, created {}). Generated {} by qbench "
+                   "{}.</p>\n",
+                   esc(a.experiment_name), a.experiment_id, esc(a.state), esc(a.created_at), esc(b.experiment_name),
+                   b.experiment_id, esc(b.state), esc(b.created_at), esc(a.generated_at), esc(a.qbench_version));
+  o += "<h2>Side by side</h2>\n<table><tr>";
+  for (const auto& h : t.head) o += "<th>" + esc(h) + "</th>";
+  o += "</tr>\n";
+  for (const auto& r : t.cells) {
+    o += "<tr>";
+    for (const auto& c : r) o += td(c, c == kNotMeasured || c == "absent");
+    o += "</tr>\n";
+  }
+  o += "</table>\n<ul>\n";
+  for (const auto& m : t.measured_on) o += "<li>" + esc(m) + "</li>\n";
+  o += "</ul>\n<p>" + esc(t.note) + "</p>\n";
+  o += "<h2>Charts</h2>\n<div class=\"charts\">\n" + compare_accuracy_chart(a, b, names) + "\n" +
+       compare_sqnr_chart(a, b, names) + "\n</div>\n";
+  o += std::string("<script>") + kCheckScript + "</script>\n</body></html>\n";
+  return o;
+}
+
+}  // namespace report_detail
 
 }  // namespace evalsvc::scheduler

@@ -44,6 +44,30 @@ inline std::string join_and(const std::vector<std::string>& items) {
   std::vector<std::string> head(items.begin(), items.end() - 1);
   return join(head) + " and " + items.back();
 }
+/// SQNR in dB, 2 decimals: "38.12 dB".
+inline std::string db(double v) { return fmt::format("{:.2f} dB", v); }
+/// A (c) peak with where it was measured: "505.45 MiB on NVIDIA H200 (libtorch ...; 2026-11-20)".
+inline std::string peak_on(const std::optional<int64_t>& bytes, const MeasuredOn& on) {
+  return bytes ? mib(*bytes) + " on " + on.label() : std::string(kNotMeasured);
+}
+/// Where a variant's (c) peaks were measured: one label when both agree, "batch 1: X; batch N: Y" otherwise,
+/// "" when neither peak is measured.
+std::string peak_devices(const VariantFigures& v);
+/// One line about a variant's weight quantization error: "min 38.12 dB (h.3.mlp.c_proj), median 41.50 dB
+/// over 48 projections", "exact: all 48 projections store the fp32 weights unchanged", or "not measured".
+std::string sqnr_summary(const std::optional<QuantErrorFigures>& q);
+/// The median cell: "41.50 dB", or "exact" when at least half the projections are exact.
+inline std::string median_cell(const QuantErrorFigures& q) { return q.median_db ? db(*q.median_db) : "exact"; }
+/// The side-by-side table of two experiments, shared by the text, Markdown and HTML comparison.
+struct ComparisonTable {
+  std::vector<std::string> head;
+  std::vector<std::vector<std::string>> cells;  ///< one row per variant name of A, then those only in B
+  std::vector<std::string> measured_on;          ///< "A: predictions computed on ...; latency measured on ..."
+  std::string note;
+};
+ComparisonTable comparison_table(const ReportData& a, const ReportData& b);
+/// The comparison as one self-contained HTML file (report_html.cpp).
+std::string render_comparison_html(const ReportData& a, const ReportData& b);
 /// Human name of a quantization method, for headings ("NF4 (bitsandbytes layout)").
 std::string method_title(const std::string& method);
 /// One-line description of a method (technical notes).

@@ -1,4 +1,5 @@
 // JSON renderer (every figure; "not measured" = null) and the side-by-side comparison of two experiments.
+#include <algorithm>
 #include <cmath>
 
 #include "evalsvc/common/error.h"
@@ -67,6 +68,7 @@ json report_to_json(const ReportData& d) {
     x["state"] = v.state;
     x["error"] = v.error ? json(*v.error) : json(nullptr);
     x["predictions"] = v.predictions;
+    x["predictions_measured_on"] = v.metrics ? on_json(v.evaluated_on) : json(nullptr);
     if (v.metrics) {
       const auto& m = *v.metrics;
       json pc = json::array();
@@ -111,8 +113,33 @@ json report_to_json(const ReportData& d) {
                    {"peak_mem_batch1_bytes", opt_num(m.peak_mem_batch1_bytes)},
                    {"peak_mem_max_batch_bytes", opt_num(m.peak_mem_max_batch_bytes)},
                    {"max_batch_size", opt_num(m.max_batch_size)},
+                   {"peak_mem_batch1_measured_on", m.peak_mem_batch1_bytes ? on_json(v.peak_mem_batch1_on) : json(nullptr)},
+                   {"peak_mem_max_batch_measured_on",
+                    m.peak_mem_max_batch_bytes ? on_json(v.peak_mem_max_batch_on) : json(nullptr)},
                    {"compression", opt_num(v.compression)},
                    {"memory_reduction", opt_num(v.memory_reduction)}};
+    if (v.quant_error) {
+      const QuantErrorFigures& q = *v.quant_error;
+      json layers = json::array();
+      for (const auto& e : q.layers) {
+        layers.push_back({{"layer", e.layer},
+                          {"projection", e.projection},
+                          {"numel", e.numel},
+                          {"signal_sq", num(e.signal_sq)},
+                          {"error_sq", num(e.error_sq)},
+                          {"max_abs_error", num(e.max_abs_error)},
+                          {"sqnr_db", opt_num(e.sqnr_db)}});
+      }
+      x["quantization_error"] = {{"projections", q.projections},
+                                 {"exact_projections", q.exact},
+                                 {"min_sqnr_db", opt_num(q.min_db)},
+                                 {"min_at", q.min_db ? json(q.min_at) : json(nullptr)},
+                                 {"median_sqnr_db", opt_num(q.median_db)},
+                                 {"measured_on", on_json(q.on)},
+                                 {"layers", layers}};
+    } else {
+      x["quantization_error"] = nullptr;
+    }
     if (v.latency) {
       const auto& l = *v.latency;
       x["latency"] = {{"batch_size", 1},
@@ -227,12 +254,69 @@ std::optional<bool> ci_overlap(const VariantFigures* a, const VariantFigures* b)
 
 std::string cell_pct(std::optional<double> v) { return v ? pct(*v) : "n/a"; }
 std::string cell_mib(std::optional<int64_t> v) { return v ? mib(*v) : kNotMeasured; }
+std::optional<double> min_sqnr(const VariantFigures* v) {
+  return v && v->quant_error ? v->quant_error->min_db : std::nullopt;
+}
+std::string cell_sqnr(const VariantFigures* v) {
+  if (!v || !v->quant_error) return kNotMeasured;
+  return v->quant_error->min_db ? db(*v->quant_error->min_db) : "exact";
+}
+
+/// The distinct labels of `labels`, in first-seen order, joined with "; ".
+std::string distinct(const std::vector<std::string>& labels) {
+  std::vector<std::string> out;
+  for (const auto& l : labels) {
+    if (std::find(out.begin(), out.end(), l) == out.end()) out.push_back(l);
+  }
+  return out.empty() ? std::string(kNotMeasured) : join(out, "; ");
+}
 
 }  // namespace
 
+namespace report_detail {
+
+ComparisonTable comparison_table(const ReportData& a, const ReportData& b) {
+  ComparisonTable t;
+  t.head = {"variant", "acc A",  "acc B", "diff points", "95% CIs overlap", "macro F1 A", "macro F1 B",
+            "(a) A",   "(a) B",  "min SQNR A", "min SQNR B", "p50 A", "p50 B",     "diff p50"};
+  for (const auto& r : match(a, b)) {
+    const LatencyFigures *la = lat(r.a), *lb = lat(r.b);
+    auto status = [](const VariantFigures* v, std::optional<double> x) {
+      if (!v) return std::string("absent");
+      if (v->status != VariantStatus::kDone) return std::string(to_string(v->status));
+      return cell_pct(x);
+    };
+    auto ov = ci_overlap(r.a, r.b);
+    std::string dp50;
+    if (la && lb) dp50 = la->on.device == lb->on.device ? fmt::format("{:+.2f} ms", lb->p50_ms - la->p50_ms)
+                                                        : "different devices";
+    t.cells.push_back({r.variant, status(r.a, acc(r.a)), status(r.b, acc(r.b)),
+                       acc(r.a) && acc(r.b) ? signed_points(*acc(r.b) - *acc(r.a)) : "", ov ? (*ov ? "yes" : "no") : "",
+                       cell_pct(f1(r.a)), cell_pct(f1(r.b)), cell_mib(mem(r.a)), cell_mib(mem(r.b)), cell_sqnr(r.a),
+                       cell_sqnr(r.b), la ? ms(la->p50_ms) : kNotMeasured, lb ? ms(lb->p50_ms) : kNotMeasured, dp50});
+  }
+  // Where the figures were measured: every device label of each experiment, so no number in the table
+  // stands without its device and software.
+  for (const ReportData* d : {&a, &b}) {
+    std::vector<std::string> preds, lats, sqnr;
+    for (const auto& v : d->variants) {
+      if (v.metrics) preds.push_back(v.evaluated_on.label());
+      if (v.latency) lats.push_back(v.latency->on.label());
+      if (v.quant_error) sqnr.push_back(v.quant_error->on.label());
+    }
+    t.measured_on.push_back(fmt::format("{}: predictions computed on {}; latency measured on {}; SQNR computed on {}.",
+                                        d == &a ? "A" : "B", distinct(preds), distinct(lats), distinct(sqnr)));
+  }
+  t.note = "Accuracy differences across experiments are not paired tests; overlapping 95% intervals mean the "
+           "difference may be noise. Latency differences are given only for figures measured on the same device. "
+           "(a) is counted from the tensor shapes. Min SQNR: the lowest weight SQNR over the variant's projections.";
+  return t;
+}
+
+}  // namespace report_detail
+
 std::string render_comparison(const ReportData& a, const ReportData& b, ReportFormat format) {
-  EVALSVC_CHECK(format != ReportFormat::kHtml, InputError,
-                "report --compare: format html is not supported; use text, markdown or json");
+  if (format == ReportFormat::kHtml) return report_detail::render_comparison_html(a, b);
   const auto rows = match(a, b);
   if (format == ReportFormat::kJson) {
     json j;
@@ -248,14 +332,22 @@ std::string render_comparison(const ReportData& a, const ReportData& b, ReportFo
       x["accuracy_delta"] = acc(r.a) && acc(r.b) ? num(*acc(r.b) - *acc(r.a)) : json(nullptr);
       auto ov = ci_overlap(r.a, r.b);
       x["accuracy_ci95_overlap"] = ov ? json(*ov) : json(nullptr);
+      x["predictions_measured_on_a"] = r.a && r.a->metrics ? on_json(r.a->evaluated_on) : json(nullptr);
+      x["predictions_measured_on_b"] = r.b && r.b->metrics ? on_json(r.b->evaluated_on) : json(nullptr);
       x["macro_f1_a"] = opt_num(f1(r.a));
       x["macro_f1_b"] = opt_num(f1(r.b));
       x["footprint_bytes_a"] = opt_num(mem(r.a));
       x["footprint_bytes_b"] = opt_num(mem(r.b));
       x["footprint_delta_bytes"] = mem(r.a) && mem(r.b) ? json(*mem(r.b) - *mem(r.a)) : json(nullptr);
+      x["min_sqnr_db_a"] = opt_num(min_sqnr(r.a));
+      x["min_sqnr_db_b"] = opt_num(min_sqnr(r.b));
+      x["sqnr_measured_a"] = r.a && r.a->quant_error.has_value();
+      x["sqnr_measured_b"] = r.b && r.b->quant_error.has_value();
       const LatencyFigures *la = lat(r.a), *lb = lat(r.b);
       x["p50_ms_a"] = la ? num(la->p50_ms) : json(nullptr);
       x["p50_ms_b"] = lb ? num(lb->p50_ms) : json(nullptr);
+      x["p50_measured_on_a"] = la ? on_json(la->on) : json(nullptr);
+      x["p50_measured_on_b"] = lb ? on_json(lb->on) : json(nullptr);
       x["p50_same_device"] = la && lb ? json(la->on.device == lb->on.device) : json(nullptr);
       x["p50_delta_ms"] = la && lb && la->on.device == lb->on.device ? num(lb->p50_ms - la->p50_ms) : json(nullptr);
       vs.push_back(x);
@@ -265,47 +357,29 @@ std::string render_comparison(const ReportData& a, const ReportData& b, ReportFo
   }
 
   const bool md = format == ReportFormat::kMarkdown;
+  const report_detail::ComparisonTable t = report_detail::comparison_table(a, b);
   std::string o;
   const std::string an = fmt::format("A = {} (id {})", a.experiment_name, a.experiment_id);
   const std::string bn = fmt::format("B = {} (id {})", b.experiment_name, b.experiment_id);
   o += md ? "# Comparison\n\n" + md_escape(an) + ", " + md_escape(bn) + ".\n\n"
           : "COMPARISON OF TWO EXPERIMENTS\n" + an + "\n" + bn + "\n\n";
-  const std::vector<std::string> head = {"variant", "acc A", "acc B", "diff points", "95% CIs overlap", "macro F1 A",
-                                         "macro F1 B", "(a) A", "(a) B", "p50 A", "p50 B", "diff p50"};
-  std::vector<std::vector<std::string>> cells;
-  for (const auto& r : rows) {
-    const LatencyFigures *la = lat(r.a), *lb = lat(r.b);
-    auto status = [](const VariantFigures* v, std::optional<double> x) {
-      if (!v) return std::string("absent");
-      if (v->status != VariantStatus::kDone) return std::string(to_string(v->status));
-      return cell_pct(x);
-    };
-    auto ov = ci_overlap(r.a, r.b);
-    std::string dp50;
-    if (la && lb) dp50 = la->on.device == lb->on.device ? fmt::format("{:+.2f} ms", lb->p50_ms - la->p50_ms)
-                                                        : "different devices";
-    cells.push_back({r.variant, status(r.a, acc(r.a)), status(r.b, acc(r.b)),
-                     acc(r.a) && acc(r.b) ? signed_points(*acc(r.b) - *acc(r.a)) : "",
-                     ov ? (*ov ? "yes" : "no") : "", cell_pct(f1(r.a)), cell_pct(f1(r.b)), cell_mib(mem(r.a)),
-                     cell_mib(mem(r.b)), la ? ms(la->p50_ms) : kNotMeasured, lb ? ms(lb->p50_ms) : kNotMeasured, dp50});
-  }
   if (md) {
     std::string s = "|";
-    for (const auto& h : head) s += " " + h + " |";
+    for (const auto& h : t.head) s += " " + h + " |";
     s += "\n|";
-    for (size_t i = 0; i < head.size(); ++i) s += i ? " ---: |" : " --- |";
+    for (size_t i = 0; i < t.head.size(); ++i) s += i ? " ---: |" : " --- |";
     s += "\n";
-    for (const auto& r : cells) {
+    for (const auto& r : t.cells) {
       s += "|";
       for (const auto& c : r) s += " " + md_escape(c) + " |";
       s += "\n";
     }
     o += s;
   } else {
-    std::vector<size_t> w(head.size());
-    for (size_t i = 0; i < head.size(); ++i) {
-      w[i] = head[i].size();
-      for (const auto& r : cells) w[i] = std::max(w[i], r[i].size());
+    std::vector<size_t> w(t.head.size());
+    for (size_t i = 0; i < t.head.size(); ++i) {
+      w[i] = t.head[i].size();
+      for (const auto& r : t.cells) w[i] = std::max(w[i], r[i].size());
     }
     auto line = [&](const std::vector<std::string>& r) {
       std::string s;
@@ -313,12 +387,12 @@ std::string render_comparison(const ReportData& a, const ReportData& b, ReportFo
       while (!s.empty() && s.back() == ' ') s.pop_back();
       return s + "\n";
     };
-    o += line(head);
-    for (const auto& r : cells) o += line(r);
+    o += line(t.head);
+    for (const auto& r : t.cells) o += line(r);
   }
-  o += md ? "\n" : "\n";
-  o += "Accuracy differences across experiments are not paired tests; overlapping 95% intervals mean the difference "
-       "may be noise. Latency differences are given only for figures measured on the same device.\n";
+  o += "\n";
+  for (const auto& m : t.measured_on) o += (md ? "- " + md_escape(m) : m) + "\n";
+  o += "\n" + (md ? md_escape(t.note) : t.note) + "\n";
   return o;
 }
 

@@ -107,11 +107,13 @@ std::string variant_block(const ReportData& d, const VariantFigures& v) {
   o += field("Footprint (a), with mask buffers", opt_mib(m.footprint_bytes));
   o += field("Footprint (a), without mask buffers", opt_mib(m.footprint_no_buffers_bytes));
   o += field("Runtime bytes (b)", opt_mib(m.runtime_bytes));
-  o += field("Peak memory (c), batch 1", opt_mib(m.peak_mem_batch1_bytes));
+  o += field("Peak memory (c), batch 1", peak_on(m.peak_mem_batch1_bytes, v.peak_mem_batch1_on));
   o += field(fmt::format("Peak memory (c), batch {}", m.max_batch_size ? std::to_string(*m.max_batch_size) : "max"),
-             opt_mib(m.peak_mem_max_batch_bytes));
+             peak_on(m.peak_mem_max_batch_bytes, v.peak_mem_max_batch_on));
   o += field("Compression Ratio (a)", v.compression ? fmt::format("{:.2f}x", *v.compression) : kNotMeasured);
   o += field("Memory Reduction (a)", v.memory_reduction ? pct(*v.memory_reduction) : kNotMeasured);
+  o += field("Weight SQNR", sqnr_summary(v.quant_error));
+  if (v.quant_error) o += field("SQNR computed on", v.quant_error->on.label());
   if (v.latency) {
     o += field(fmt::format("Latency (batch 1, seq {})", v.latency->seq_len),
                fmt::format("p50 {}, p90 {}, p99 {}", ms(v.latency->p50_ms), ms(v.latency->p90_ms), ms(v.latency->p99_ms)));
@@ -146,6 +148,7 @@ std::string variant_block(const ReportData& d, const VariantFigures& v) {
   }
   const auto& mt = *v.metrics;
   o += fmt::format("  Performance Metrics ({} samples):\n", mt.n);
+  o += field("Predictions computed on", v.evaluated_on.label());
   o += field("Accuracy", pct(mt.accuracy) + " (" + ci(v.accuracy_ci) + ")" + vs_baseline_text(v));
   if (v.vs_baseline) o += field("Agreement with " + *v.baseline, pct(v.vs_baseline->agreement));
   o += field("Precision (Macro)", pct(mt.macro_precision));
@@ -327,7 +330,12 @@ std::string render_text(const ReportData& d) {
   o += "\nMeasurement (SPEC section 3):\n";
   o += wrap("  \u2022 ", "Memory in MiB (1 MiB = 1,048,576 bytes). (a) parameters + registered buffers as Hugging Face "
                          "get_memory_footprint() counts them, with and without the 12 causal-mask buffers; (b) every "
-                         "byte the variant needs to run; (c) peak device memory during inference.", 4);
+                         "byte the variant needs to run; (c) peak device memory during inference, on the device named "
+                         "with it. (a) and (b) are counted from the tensor shapes and dtypes, not measured on a device.", 4);
+  o += wrap("  \u2022 ", "Weight SQNR per projection: 10 log10(sum w^2 / sum (w - w')^2) in dB, w the fp32 weight and w' "
+                         "the weight the variant stores, dequantized; higher is closer. \"Exact\" projections have no "
+                         "error (no finite SQNR). Activation quantization (W8A8, LLM.int8) is not part of it: it shows "
+                         "in accuracy and agreement.", 4);
   o += wrap("  \u2022 ", "Latency: batch 1, padded sequence, model forward only, after warm-up runs; p50/p90/p99. "
                          "Throughput: samples/s of the forward pass per batch size. Speed figures are compared only "
                          "between variants measured on the same device.", 4);
@@ -386,10 +394,11 @@ std::string render_markdown(const ReportData& d) {
                     v.vs_baseline ? pvalue(v.vs_baseline->p_value) + (v.vs_baseline->significant ? "" : " (n.s.)") : "",
                     v.vs_baseline ? pct(v.vs_baseline->agreement) : "",
                     m ? pct(v.metrics->macro_f1) : "n/a",
-                    v.macro_f1_ci ? pct(v.macro_f1_ci->low) + " to " + pct(v.macro_f1_ci->high) : "n/a"});
+                    v.macro_f1_ci ? pct(v.macro_f1_ci->low) + " to " + pct(v.macro_f1_ci->high) : "n/a",
+                    m ? md_escape(v.evaluated_on.label()) : ""});
   }
   o += md_table({"variant", "method", "base", "status", "accuracy", "accuracy 95% CI", "Δ points", "McNemar p",
-                 "agreement", "macro F1", "macro F1 95% CI"},
+                 "agreement", "macro F1", "macro F1 95% CI", "predictions computed on"},
                 rows);
 
   o += "\n## 2. Memory (MiB)\n\n";
@@ -401,13 +410,30 @@ std::string render_markdown(const ReportData& d) {
                     m.peak_mem_max_batch_bytes ? mib(*m.peak_mem_max_batch_bytes) +
                                                      (m.max_batch_size ? fmt::format(" (batch {})", *m.max_batch_size) : "")
                                                : kNotMeasured,
-                    v.compression ? fmt::format("{:.2f}x", *v.compression) : kNotMeasured});
+                    v.compression ? fmt::format("{:.2f}x", *v.compression) : kNotMeasured,
+                    md_escape(peak_devices(v))});
   }
   o += md_table({"variant", "(a) with mask buffers", "(a) without", "(b) runtime", "(c) peak, batch 1",
-                 "(c) peak, largest batch", "compression (a)"},
+                 "(c) peak, largest batch", "compression (a)", "(c) measured on"},
                 rows);
+  o += "\n(a) and (b) are counted from the tensor shapes and dtypes; (c) is measured on the device named.\n";
 
-  o += "\n## 3. Speed\n\nCompared only within one device.\n";
+  o += "\n## 3. Weight quantization error (SQNR)\n\n";
+  rows.clear();
+  for (const auto& v : d.variants) {
+    if (!v.quant_error) {
+      rows.push_back({md_escape(v.name), kNotMeasured, "", "", "", "", ""});
+      continue;
+    }
+    const QuantErrorFigures& q = *v.quant_error;
+    rows.push_back({md_escape(v.name), std::to_string(q.projections), q.min_db ? db(*q.min_db) : "exact",
+                    md_escape(q.min_at), median_cell(q), std::to_string(q.exact), md_escape(q.on.label())});
+  }
+  o += md_table({"variant", "projections", "min SQNR", "lowest at", "median SQNR", "exact", "computed on"}, rows);
+  o += "\nSQNR = 10 log10(sum w^2 / sum (w - w')^2) per projection, w the fp32 weight, w' the stored weight "
+       "dequantized; \"exact\" = no error. Every projection's figure is in the JSON report.\n";
+
+  o += "\n## 4. Speed\n\nCompared only within one device.\n";
   for (const auto& s : f.speed) {
     o += "\n### " + md_escape(s.device) + "\n\n";
     rows.clear();
@@ -465,7 +491,7 @@ std::string render_markdown(const ReportData& d) {
     o += md_table({"variant", "samples/s", "samples", "shards", "measured on"}, rows);
   }
 
-  o += "\n## 4. Per-class F1\n\n";
+  o += "\n## 5. Per-class F1\n\nFrom the predictions of section 1 (device in its last column).\n\n";
   rows.clear();
   for (const auto& v : d.variants) {
     if (!v.metrics) continue;
@@ -477,7 +503,7 @@ std::string render_markdown(const ReportData& d) {
   for (const auto& c : d.class_names) head.push_back(md_escape(c));
   o += md_table(head, rows);
 
-  o += "\n## 5. Key findings\n\n";
+  o += "\n## 6. Key findings\n\n";
   o += "- Accuracy: " + md_escape(accuracy_finding(d, f)) + "\n";
   o += "- Lowest memory: " +
        (f.lowest_memory.empty() ? std::string(kNotMeasured)
@@ -493,10 +519,10 @@ std::string render_markdown(const ReportData& d) {
   }
   for (const auto& t : f.trade_offs) o += "- " + md_escape(t) + "\n";
 
-  o += "\n## 6. Recommendations\n\n";
+  o += "\n## 7. Recommendations\n\n";
   for (const auto& r : f.recommendations) o += (r.rfind("  ", 0) == 0 ? "  - " + md_escape(r.substr(2)) : "- " + md_escape(r)) + "\n";
 
-  o += "\n## 7. Technical notes\n\n";
+  o += "\n## 8. Technical notes\n\n";
   std::vector<std::string> seen;
   for (const auto& v : d.variants) {
     if (std::find(seen.begin(), seen.end(), v.method) != seen.end()) continue;

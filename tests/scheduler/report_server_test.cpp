@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <cmath>
 #include <filesystem>
 #include <random>
 
@@ -80,6 +81,7 @@ class ReportServerTest : public ::testing::Test {
     VariantMemory m32;
     m32.footprint_bytes = 8 << 20;
     m32.footprint_no_buffers_bytes = 7 << 20;
+    m32.peak_mem_batch1_bytes = 20 << 20;  // as the bench job writes it: the latency row holds the same peak
     store.set_variant_memory(id, "fp32", m32);
     VariantMemory m4;
     m4.footprint_bytes = 2 << 20;
@@ -96,6 +98,7 @@ class ReportServerTest : public ::testing::Test {
       lat.warmup_runs = 20;
       lat.timed_runs = 200;
       lat.device = gpu;
+      if (std::string(v) == "fp32") lat.peak_mem_bytes = 20 << 20;
       store.upsert_bench_result(lat);
       for (int b : {1, 8, 32}) {
         BenchResult thr = lat;
@@ -105,6 +108,29 @@ class ReportServerTest : public ::testing::Test {
         thr.samples_per_s = 100.0 * b / (std::string(v) == "fp32" ? 1.0 : 2.0);
         store.upsert_bench_result(thr);
       }
+    }
+    // The quantize job's rows: fp32 stores its weights exactly, nf4 has an error in every projection.
+    const json cpu = {{"device", "CPU (2 cores)"}, {"libtorch", "2.11.0"}, {"qbench", "0.1.0"},
+                      {"date", "2026-11-27T04:50:00Z"}};
+    for (const char* v : {"fp32", "nf4"}) {
+      std::vector<LayerError> rows;
+      for (int layer = 0; layer < 2; ++layer) {
+        for (const char* proj : {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}) {
+          LayerError e;
+          e.experiment_id = id;
+          e.variant = v;
+          e.layer = layer;
+          e.projection = proj;
+          e.numel = 4096;
+          e.signal_sq = 1.6;
+          // nf4: 20 dB everywhere except 15 dB at block 1's mlp.c_fc
+          e.error_sq = std::string(v) == "fp32" ? 0.0 : (layer == 1 && std::string(proj) == "mlp.c_fc" ? 1.6 / std::pow(10.0, 1.5) : 0.016);
+          e.max_abs_error = e.error_sq > 0 ? 0.01 : 0.0;
+          e.device = cpu;
+          rows.push_back(e);
+        }
+      }
+      store.write_layer_errors(id, v, rows);
     }
     TrainingRun run;
     run.experiment_id = id;
@@ -156,9 +182,24 @@ TEST_F(ReportServerTest, RendersAnExperimentFromTheDatabase) {
   EXPECT_DOUBLE_EQ(fp32->dataset_rate->samples_per_s, 200 / 0.5);
   ASSERT_TRUE(d.training.has_value());
   EXPECT_EQ(d.training->epochs, 2);
+  // (c) with the device of the bench row that measured it; predictions with their shards' device
+  EXPECT_EQ(fp32->peak_mem_batch1_on.device, "NVIDIA H100 80GB HBM3");
+  EXPECT_EQ(nf4->evaluated_on.device, "NVIDIA H100 80GB HBM3");
+  // SQNR from layer_errors
+  ASSERT_TRUE(fp32->quant_error && nf4->quant_error);
+  EXPECT_EQ(fp32->quant_error->exact, 8);
+  EXPECT_FALSE(fp32->quant_error->min_db.has_value());
+  EXPECT_NEAR(*nf4->quant_error->min_db, 15.0, 1e-9);
+  EXPECT_EQ(nf4->quant_error->min_at, "h.1.mlp.c_fc");
+  EXPECT_NEAR(*nf4->quant_error->median_db, 20.0, 1e-9);
+  EXPECT_EQ(nf4->quant_error->on.device, "CPU (2 cores)");
+  EXPECT_FALSE(llm->quant_error.has_value());
 
   const std::string text = render_text(d);
   EXPECT_NE(text.find("FAILED (failed): worker w1: CUDA error"), std::string::npos);
+  EXPECT_NE(render_markdown(d).find("| nf4 | 8 | 15.00 dB | h.1.mlp.c\\_fc | 20.00 dB | 0 | CPU (2 cores)"),
+            std::string::npos);
+  EXPECT_NE(text.find("20.00 MiB on NVIDIA H100 80GB HBM3"), std::string::npos) << text;
   EXPECT_NE(text.find("If speed is priority (batch 1, NVIDIA H100 80GB HBM3): use fp32 (p50 1.50 ms)"),
             std::string::npos)
       << text;
@@ -179,8 +220,12 @@ TEST_F(ReportServerTest, FindsExperimentsByIdAndNameAndComparesThem) {
   EXPECT_FALSE(find_experiment(store, "no-such-experiment").has_value());
   EXPECT_FALSE(find_experiment(store, "99999999").has_value());
   EXPECT_THROW(load_report_data(store, 99999999), InputError);
-  const std::string cmp = render_comparison(load_report_data(store, a), load_report_data(store, b), ReportFormat::kText);
+  const ReportData da = load_report_data(store, a), db = load_report_data(store, b);
+  const std::string cmp = render_comparison(da, db, ReportFormat::kText);
   EXPECT_NE(cmp.find("+0.00 ms"), std::string::npos) << cmp;
+  const std::string html = render_comparison(da, db, ReportFormat::kHtml);
+  EXPECT_NE(html.find("data-chart=\"compare-sqnr\""), std::string::npos);
+  EXPECT_NE(html.find("<td>15.00 dB</td>"), std::string::npos);
 }
 
 TEST_F(ReportServerTest, IncompleteVariantIsNotReportedAsZero) {

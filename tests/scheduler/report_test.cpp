@@ -10,9 +10,12 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <regex>
+
+#include <fmt/format.h>
 
 #include "evalsvc/common/error.h"
 #include "evalsvc/common/paths.h"
@@ -103,6 +106,60 @@ TEST(ReportData, FixtureFigures) {
   EXPECT_NEAR(nf4->dataset_rate->samples_per_s, 400 / 1.2, 1e-9);
   EXPECT_EQ(fp32->latency->on.device, "NVIDIA H200");
   EXPECT_EQ(fp32->latency->on.software, "libtorch 2.11.0, CUDA 13.0, qbench 0.1.0");
+  // (c) names the device of the bench row holding the same peak; nf4's bench rows hold none
+  EXPECT_EQ(fp32->peak_mem_batch1_on.device, "NVIDIA H200");
+  EXPECT_EQ(fp32->peak_mem_max_batch_on.device, "NVIDIA H200");
+  EXPECT_EQ(nf4->peak_mem_batch1_on.device, "unknown device");
+  // predictions name their shards' device; llm-int8 has no shard rows
+  EXPECT_EQ(fp32->evaluated_on.device, "NVIDIA H200");
+  EXPECT_EQ(llm->evaluated_on.device, "unknown device");
+}
+
+TEST(ReportData, FixtureQuantizationError) {
+  const ReportData d = fixture_data();
+  const auto& fp32 = d.find("fp32")->quant_error;
+  const auto& int8 = d.find("int8-sym")->quant_error;
+  const auto& nf4 = d.find("nf4")->quant_error;
+  const auto& llm = d.find("llm-int8")->quant_error;
+  ASSERT_TRUE(fp32 && int8 && nf4 && llm);
+  EXPECT_FALSE(d.find("int8-sym-channel")->quant_error.has_value());  // failed before quantizing: not measured
+  // fp32 stores its weights exactly: no dB figure at all
+  EXPECT_EQ(fp32->exact, 8);
+  EXPECT_FALSE(fp32->min_db.has_value());
+  EXPECT_FALSE(fp32->median_db.has_value());
+  // int8-sym's rows come in reverse order: sorted back, lowest at block 0's mlp.c_proj
+  EXPECT_EQ(int8->layers.front().layer, 0);
+  EXPECT_EQ(int8->layers.front().projection, "attn.c_attn");
+  EXPECT_NEAR(*int8->min_db, 33.5, 1e-6);
+  EXPECT_EQ(int8->min_at, "h.0.mlp.c_proj");
+  EXPECT_NEAR(*int8->median_db, 40.0, 1e-6);  // (39.9 + 40.1) / 2
+  // a tie at the lowest SQNR names the first projection in layer order
+  EXPECT_NEAR(*nf4->min_db, 19.6, 1e-6);
+  EXPECT_EQ(nf4->min_at, "h.0.attn.c_proj");
+  // 3 exact of 8: the median of 5 finite values and 3 infinite ones is (43.0 + 44.1) / 2
+  EXPECT_EQ(llm->exact, 3);
+  EXPECT_NEAR(*llm->median_db, 43.55, 1e-6);
+  EXPECT_EQ(llm->on.software, "libtorch 1.13.1, qbench 0.1.0");
+  // every row's dB figure is 10 log10(signal / error)
+  for (const auto& e : int8->layers) EXPECT_NEAR(*e.sqnr_db, 10 * std::log10(e.signal_sq / e.error_sq), 1e-12);
+  // JSON carries every projection; null where exact
+  const json j = report_to_json(d);
+  EXPECT_EQ(j["variants"][1]["quantization_error"]["layers"].size(), 8u);
+  EXPECT_TRUE(j["variants"][0]["quantization_error"]["layers"][0]["sqnr_db"].is_null());
+  EXPECT_TRUE(j["variants"][4]["quantization_error"].is_null());
+}
+
+TEST(ReportData, SqnrMedianIsExactWhenHalfTheProjectionsAre) {
+  json j = fixture_json();
+  auto& rows = j["variants"][1]["layer_errors"];
+  for (size_t k = 0; k < 4; ++k) rows[k]["error_sq"] = 0.0;  // 4 of 8 exact: the middle two are 1 finite, 1 infinite
+  const ReportData d = build_report_data(report_inputs_from_json(j));
+  const auto& q = d.find("int8-sym")->quant_error;
+  EXPECT_EQ(q->exact, 4);
+  EXPECT_TRUE(q->min_db.has_value());
+  EXPECT_FALSE(q->median_db.has_value());
+  EXPECT_TRUE(std::regex_search(render_text(d), std::regex("median exact over 8\\s+projections \\(4 exact\\)")));
+  EXPECT_NE(render_markdown(d).find("| int8-sym | 8 | 33.50 dB | h.0.mlp.c\\_proj | exact | 4 |"), std::string::npos);
 }
 
 TEST(ReportText, NotMeasuredIsNeverZero) {
@@ -375,6 +432,20 @@ TEST(ReportInput, MalformedFixturesAreInputErrorsWithPaths) {
   j = fixture_json();
   j["variants"][2]["name"] = "fp32";
   expect_error(j, "duplicate variant 'fp32'");
+  j = fixture_json();
+  j["variants"][1]["layer_errors"][2].erase("numel");
+  expect_error(j, "$.variants[1].layer_errors[2].numel: required");
+  j = fixture_json();
+  j["variants"][1]["layer_errors"] = "none";
+  expect_error(j, "$.variants[1].layer_errors: expected an array");
+  j = fixture_json();
+  j["variants"][2]["layer_errors"][0]["signal_sq"] = -1.0;
+  try {
+    build_report_data(report_inputs_from_json(j));
+    ADD_FAILURE() << "negative signal accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("variant 'nf4', layer 0 attn.c_attn: sqnr_db"), std::string::npos) << e.what();
+  }
   expect_error(json::array(), "$: expected an object");
 }
 
@@ -438,7 +509,52 @@ TEST(ReportCompare, SideBySideWithDifferences) {
   EXPECT_DOUBLE_EQ(j["variants"][2]["p50_delta_ms"].get<double>(), -0.5);
   EXPECT_EQ(j["variants"][5]["status_b"], "absent");
   EXPECT_NE(render_comparison(a, b, ReportFormat::kMarkdown).find("| nf4 |"), std::string::npos);
-  EXPECT_THROW(render_comparison(a, b, ReportFormat::kHtml), InputError);
+  // every figure's device: B's int8-sym latency was measured on the CPU
+  EXPECT_NE(text.find("B: predictions computed on NVIDIA H200"), std::string::npos) << text;
+  EXPECT_NE(text.find("latency measured on NVIDIA H200 (libtorch 2.11.0, CUDA 13.0, qbench 0.1.0; 2026-11-20); CPU"),
+            std::string::npos)
+      << text;
+  EXPECT_EQ(j["variants"][1]["p50_measured_on_b"]["device"], "CPU");
+  EXPECT_NEAR(j["variants"][1]["min_sqnr_db_a"].get<double>(), 33.5, 1e-6);
+  EXPECT_TRUE(j["variants"][0]["min_sqnr_db_a"].is_null());  // fp32: exact
+  EXPECT_EQ(j["variants"][0]["sqnr_measured_a"], true);
+  EXPECT_EQ(j["variants"][4]["sqnr_measured_a"], false);
+}
+
+TEST(ReportCompare, HtmlIsSelfContainedWithItsCharts) {
+  const ReportData a = fixture_data();
+  json jb = fixture_json();
+  jb["experiment"]["id"] = 8;
+  jb["experiment"]["name"] = "<b>rerun</b>";
+  jb["variants"][1]["layer_errors"][0]["error_sq"] = 1e-3;  // int8-sym's lowest SQNR changes in B
+  jb["variants"].erase(5);                                   // fp16 absent in B
+  const ReportData b = build_report_data(report_inputs_from_json(jb));
+  const std::string html = render_comparison(a, b, ReportFormat::kHtml);
+  for (const auto& name : comparison_chart_names()) {
+    EXPECT_NE(html.find("data-chart=\"" + name + "\""), std::string::npos) << name;
+  }
+  EXPECT_NE(html.find("<body data-charts=\"compare-accuracy compare-sqnr\">"), std::string::npos);
+  EXPECT_EQ(html.find(" src="), std::string::npos);
+  EXPECT_EQ(html.find(" href="), std::string::npos);
+  EXPECT_EQ(html.find("url("), std::string::npos);
+  EXPECT_NE(html.find("Content-Security-Policy"), std::string::npos);
+  EXPECT_EQ(html.find("<b>rerun</b>"), std::string::npos);  // names are escaped
+  EXPECT_NE(html.find("&lt;b&gt;rerun&lt;/b&gt;"), std::string::npos);
+  // the table's cells are the text comparison's cells
+  EXPECT_NE(html.find("<td>33.50 dB</td>"), std::string::npos);
+  EXPECT_NE(html.find("<td class=\"nm\">absent</td>"), std::string::npos) << "fp16 is in A only";
+  // no variant with figures: the charts say so instead of drawing zeros
+  ReportData empty_a = a, empty_b = b;
+  for (auto* d : {&empty_a, &empty_b}) {
+    for (auto& v : d->variants) {
+      v.metrics.reset();
+      v.accuracy_ci.reset();
+      v.quant_error.reset();
+    }
+  }
+  const std::string none = render_comparison(empty_a, empty_b, ReportFormat::kHtml);
+  EXPECT_NE(none.find("data-chart=\"compare-accuracy\" data-empty=\"true\""), std::string::npos);
+  EXPECT_NE(none.find("data-chart=\"compare-sqnr\" data-empty=\"true\""), std::string::npos);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -492,7 +608,7 @@ TEST(ReportHtml, RendersInHeadlessChromium) {
   HtmlCheck r = html_check(html, dir / "chromium");
   if (r.rc == 77) GTEST_SKIP() << "Chromium not available: " << r.log;
   EXPECT_EQ(r.rc, 0) << r.log;
-  EXPECT_NE(r.dom.find("data-rendered=\"ok:6\""), std::string::npos) << r.log;
+  EXPECT_NE(r.dom.find(fmt::format("data-rendered=\"ok:{}\"", html_chart_names().size())), std::string::npos) << r.log;
   EXPECT_TRUE(fs::exists(dir / "chromium" / "screenshot.png")) << "screenshot artifact missing";
   EXPECT_GT(fs::file_size(dir / "chromium" / "screenshot.png"), 10000u);
 
@@ -507,6 +623,24 @@ TEST(ReportHtml, RendersInHeadlessChromium) {
   EXPECT_NE(rb.rc, 0) << rb.log;
   EXPECT_NE(rb.dom.find("data-rendered=\"missing:sweep\""), std::string::npos);
   EXPECT_NE(rb.log.find("undefined_function_qbench"), std::string::npos) << rb.log;
+}
+
+TEST(ReportHtml, ComparisonRendersInHeadlessChromium) {
+  const fs::path dir = fs::path(EVALSVC_TEST_BINARY_DIR) / "test-artifacts" / "report";
+  fs::create_directories(dir);
+  json jb = fixture_json();
+  jb["experiment"]["id"] = 8;
+  jb["experiment"]["name"] = "rerun";
+  jb["variants"][2]["bench"][0]["p50_ms"] = 4.0;
+  const fs::path html = dir / "compare.html";
+  write_file_atomic(html, render_comparison(fixture_data(), build_report_data(report_inputs_from_json(jb)),
+                                            ReportFormat::kHtml));
+  HtmlCheck r = html_check(html, dir / "chromium-compare");
+  if (r.rc == 77) GTEST_SKIP() << "Chromium not available: " << r.log;
+  EXPECT_EQ(r.rc, 0) << r.log;
+  EXPECT_NE(r.dom.find(fmt::format("data-rendered=\"ok:{}\"", comparison_chart_names().size())), std::string::npos)
+      << r.log;
+  EXPECT_GT(fs::file_size(dir / "chromium-compare" / "screenshot.png"), 10000u);
 }
 
 }  // namespace

@@ -35,6 +35,7 @@ struct ReportInputs {
   std::map<std::string, std::vector<EvalShard>> eval_shards;  ///< by variant name
   std::vector<BenchResult> bench;
   std::vector<TrainingRun> training;
+  std::map<std::string, std::vector<LayerError>> layer_errors;  ///< by variant name, rows in layer order
   std::string generated_at;  ///< ISO-8601 UTC; stamped by load_report_data, fixed by fixtures
   std::string qbench_version;
 };
@@ -92,6 +93,20 @@ struct DatasetRate {
   MeasuredOn on;            ///< device "mixed: A, B" when shards ran on different devices
 };
 
+/// Weight quantization error of a variant over its projections (table layer_errors). SQNR in dB per
+/// projection = sqnr_db(signal_sq, error_sq) (common/metrics.h); exactly stored projections have none.
+struct QuantErrorFigures {
+  int projections = 0;               ///< rows stored (GPT-2 Small: 48)
+  int exact = 0;                     ///< projections stored exactly (no error, no dB figure)
+  std::optional<double> min_db;      ///< lowest SQNR; nullopt when every projection is exact
+  std::string min_at;                ///< where: "h.3.mlp.c_proj"
+  /// Median SQNR over all projections, exact ones counted as +infinity (middle two averaged for an even
+  /// count); nullopt when that median is infinite (at least half the projections are exact).
+  std::optional<double> median_db;
+  MeasuredOn on;                     ///< where the error was computed (the quantize job's device)
+  std::vector<LayerError> layers;    ///< every projection, in layer order
+};
+
 /// How far a variant got.
 enum class VariantStatus { kDone, kFailed, kIncomplete };
 const char* to_string(VariantStatus s);
@@ -106,12 +121,19 @@ struct VariantFigures {
   int64_t predictions = 0;            ///< stored prediction rows
 
   std::optional<ClassificationMetrics> metrics;  ///< only for done variants with predictions
+  /// Where the stored predictions were computed: the evaluation shards' device ("mixed: A, B" when shards
+  /// ran on several; "unknown device" when no shard row says).
+  MeasuredOn evaluated_on;
   std::optional<Interval> accuracy_ci;           ///< Wilson 95%
   std::optional<Interval> macro_f1_ci;           ///< bootstrap 95% (1,000 resamples, seed 1234)
   std::optional<PairedComparison> vs_baseline;   ///< on the samples both evaluated (a = this, b = baseline)
   std::optional<double> accuracy_delta;          ///< accuracy - baseline accuracy (fraction)
 
   VariantMemory memory;                          ///< (a) with/without mask buffers, (b), (c)
+  /// Where the two (c) peaks were measured: the device of the bench row (latency at batch 1, throughput at
+  /// max_batch_size) that holds the same peak; "unknown device" when no bench row does.
+  MeasuredOn peak_mem_batch1_on, peak_mem_max_batch_on;
+  std::optional<QuantErrorFigures> quant_error;  ///< nullopt: no layer_errors rows (not measured)
   std::optional<double> compression;             ///< baseline footprint (a) / this footprint (a)
   std::optional<double> memory_reduction;        ///< 1 - this / baseline, footprint (a)
 
@@ -227,7 +249,8 @@ nlohmann::json report_to_json(const ReportData& data);
 std::string render_json(const ReportData& data);
 /// One self-contained HTML file (no network fetch, no script library) with inline SVG charts:
 /// accuracy with 95% interval vs memory, latency p50/p99 and throughput per variant, the batch-size sweep,
-/// the per-class F1 heat map and confusion matrices. Every chart is an <svg data-chart="...">.
+/// the per-class F1 heat map, confusion matrices and the per-projection weight SQNR. Every chart is an
+/// <svg data-chart="...">.
 std::string render_html(const ReportData& data);
 /// Dispatches on `format`.
 std::string render_report(const ReportData& data, ReportFormat format);
@@ -236,7 +259,10 @@ std::string render_report(const ReportData& data, ReportFormat format);
 const std::vector<std::string>& html_chart_names();
 
 /// Two experiments side by side (variants matched by name) with their differences; speed differences only
-/// where both figures were measured on the same device. Text, Markdown or JSON (InputError for HTML).
+/// where both figures were measured on the same device. Text, Markdown, JSON or one self-contained HTML file
+/// (the single report's style, charts "compare-accuracy" and "compare-sqnr").
 std::string render_comparison(const ReportData& a, const ReportData& b, ReportFormat format);
+/// The data-chart names the comparison's HTML always emits.
+const std::vector<std::string>& comparison_chart_names();
 
 }  // namespace evalsvc::scheduler
