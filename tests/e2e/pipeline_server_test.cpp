@@ -21,6 +21,17 @@ TEST_F(Pipeline, TinyPresetThroughSchedulerAndTwoWorkers) {
     EXPECT_TRUE(v.memory.footprint_bytes.has_value()) << v.name;
   }
   EXPECT_FALSE(store.list_bench_results(id).empty());
+  // The quantize jobs' weight error: one row per projection (tiny: 2 blocks x 4), fp32 exact, the others not.
+  std::map<std::string, int> rows, exact;
+  for (const auto& e : store.list_layer_errors(id)) {
+    ++rows[e.variant];
+    exact[e.variant] += !e.sqnr_db.has_value();
+    EXPECT_EQ(e.device.value("kind", ""), "cpu") << e.variant;
+  }
+  EXPECT_EQ(rows, (std::map<std::string, int>{{"fp32", 8}, {"int8-sym", 8}, {"nf4", 8}}));
+  EXPECT_EQ(exact["fp32"], 8);
+  EXPECT_EQ(exact["int8-sym"], 0);
+  EXPECT_EQ(exact["nf4"], 0);
   EXPECT_TRUE(fs::exists(root_ / "artifacts" / fmt::format("exp-{}", id) / "report" / "report.txt"));
   expect_same_predictions(store, id, spec);
 }
