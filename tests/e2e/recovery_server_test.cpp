@@ -126,12 +126,9 @@ TEST_F(Recovery, PoisonJobIsRetriedThenFailsAndStopsOnlyItsDependants) {
   const auto spec = small_spec();  // max_attempts = 3
   const int64_t id = submit_and_start(store, queue, spec, {{"QBENCH_FAULT_INJECT", ":quantize:nf4$"}});
   const auto end = wait_for(store, id, 600s);
-  // The report still renders (it shows the failed variant as failed), so the experiment ends done with
-  // an error naming the failed job.
+  // The report still renders (it shows the failed variant as failed), so the experiment ends done; the
+  // failed job and its error are listed by `qbench status` (checked below).
   ASSERT_EQ(end, scheduler::RunState::kDone);
-  auto e = store.get_experiment(id);
-  ASSERT_TRUE(e && e->error);
-  EXPECT_NE(e->error->find(":quantize:nf4"), std::string::npos) << *e->error;
   for (const auto& j : store.list_jobs(id)) {
     if (j.id.ends_with(":quantize:nf4")) {
       EXPECT_EQ(j.state, scheduler::JobState::kFailed);
@@ -156,6 +153,7 @@ TEST_F(Recovery, PoisonJobIsRetriedThenFailsAndStopsOnlyItsDependants) {
     while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
     ::pclose(f);
   }
+  EXPECT_NE(out.find("failed " + std::to_string(id) + ":quantize:nf4"), std::string::npos) << out;
   EXPECT_NE(out.find("fault injected"), std::string::npos) << out;
   expect_same_predictions(store, id, spec, {"nf4"});
 }

@@ -263,6 +263,7 @@ TrainResult train(GPT2Classifier& model, const TokenizedDataset& train_set, cons
 
   const bool tty = o.progress && ::isatty(2);
   const auto t0 = std::chrono::steady_clock::now();
+  auto last_save = t0;
   double last_loss = 0;
   for (int64_t epoch = start_epoch; epoch < o.epochs; ++epoch) {
     const auto te = std::chrono::steady_clock::now();
@@ -317,7 +318,11 @@ TrainResult train(GPT2Classifier& model, const TokenizedDataset& train_set, cons
                  rec.seconds, rec.samples_per_s,
                  rec.validation_accuracy >= 0 ? fmt::format(", validation accuracy {:.4f}", rec.validation_accuracy) : "");
     result.epochs.push_back(rec);
-    if (!o.state_dir.empty() && o.checkpoint_every_steps == 0) save_state(o.state_dir, key, step, epoch + 1, opt);
+    if (!o.state_dir.empty() && o.checkpoint_every_steps == 0 && epoch + 1 < o.epochs &&
+        std::chrono::steady_clock::now() - last_save >= o.checkpoint_interval) {
+      save_state(o.state_dir, key, step, epoch + 1, opt);
+      last_save = std::chrono::steady_clock::now();
+    }
   }
   synchronize(device);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -3,6 +3,7 @@
 // (not on biases/LayerNorms), linear warm-up then cosine decay, gradient clipping, GPT-2 dropout, seeded
 // shuffling, length-bucketed batches padded to the longest row of the batch, bf16 mixed precision on
 // CUDA, periodic resumable checkpoints.
+#include <chrono>
 #include <filesystem>
 #include <functional>
 #include <string>
@@ -35,7 +36,11 @@ struct TrainOptions {
   /// Folder for resumable training state; empty = no periodic checkpoints. A run finding a matching state
   /// there resumes from it (same model config, data size, options).
   std::filesystem::path state_dir;
-  int64_t checkpoint_every_steps = 0;  ///< 0 = at the end of each epoch
+  int64_t checkpoint_every_steps = 0;  ///< 0 = at the end of an epoch, at most every checkpoint_interval
+  /// With checkpoint_every_steps = 0: the state is saved at the end of an epoch once this long has passed since
+  /// the last save, never after the last epoch (the caller saves the model). Saving GPT-2 Small's state
+  /// (weights and both Adam moments, 1.5 GB) takes seconds, as long as a whole epoch on an H200.
+  std::chrono::seconds checkpoint_interval{120};
   bool progress = true;                ///< a live line on a terminal (stderr is a tty)
 };
 
