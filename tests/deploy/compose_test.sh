@@ -4,7 +4,8 @@
 # this build made (docker-compose.local.yml), brings up Redis, PostgreSQL, the migration, the scheduler and
 # 3 CPU workers, checks /healthz and /metrics, submits a reduced `tiny` experiment, kills the worker that
 # trains mid-job and requires the experiment to complete anyway, renders the report, and tears it all down
-# (down -v). It also checks that the GPU worker service reserves one NVIDIA GPU (docker-compose config).
+# (down -v). It also checks the GPU worker service's configuration (docker-compose config): NVIDIA GPUs
+# reserved, `--device cuda:claim` so that each worker takes a different one.
 #
 # Exit 77 (ctest SKIP_RETURN_CODE) when docker cannot run here: no docker.io / docker-compose / debootstrap,
 # not root and no reachable daemon, or a daemon that does not start; the reason is printed.
@@ -113,19 +114,20 @@ trap cleanup EXIT
 # --- the GPU service as written (no GPU here: checked as configuration only) -----------------------------
 docker-compose --project-directory "$repo" -f "$repo/docker-compose.yml" config >"$work/gpu-config.yml" \
   || fail "docker-compose config rejects docker-compose.yml"
-python3 - "$work/gpu-config.yml" <<'EOF' || fail "the worker service does not reserve one NVIDIA GPU"
+python3 - "$work/gpu-config.yml" <<'EOF' || fail "the worker service does not reserve the NVIDIA GPUs with one claimed per worker"
 import sys, yaml
 c = yaml.safe_load(open(sys.argv[1]))
 w = c["services"]["worker"]
 dev = w["deploy"]["resources"]["reservations"]["devices"]
-assert dev == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}], dev
-assert w["command"][:3] == ["worker", "--device", "cuda"], w["command"]
+# Every worker sees the host's GPUs and claims one of them (a count: 1 reservation is GPU 0 for all).
+assert dev == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}], dev
+assert w["command"][:3] == ["worker", "--device", "cuda:claim"], w["command"]
 assert "profiles" not in w and c["services"]["cpu-worker"]["profiles"] == ["cpu"]
 ports = c["services"]["scheduler"]["ports"]
 assert len(ports) == 1 and str(ports[0]).startswith("127.0.0.1:"), ports  # loopback by default
 for name in ("redis", "postgres", "migrate", "worker", "cpu-worker"):
     assert "ports" not in c["services"][name], name + " publishes a port"
-print("gpu worker service: one nvidia GPU per container; only the scheduler publishes a port (loopback)")
+print("gpu worker service: NVIDIA GPUs reserved, one claimed per worker; only the scheduler publishes a port (loopback)")
 EOF
 if command -v hadolint >/dev/null; then
   hadolint "$repo/docker/Dockerfile" || fail "hadolint"
