@@ -114,9 +114,10 @@ Scheduler::Scheduler(Store& store, Queue& queue, SchedulerOptions options)
   last_event_id_ = r.opt_string().value_or("0");
 }
 
-void Scheduler::fail_for_good(const JobRecord& job, const std::string& error) {
+void Scheduler::fail_for_good(const JobRecord& job, const std::string& error, std::optional<int> attempt) {
   JobUpdate u;
   u.error = error;
+  u.attempt = attempt;  // the attempt that failed, so the record says how often it was tried
   store_.set_job_state(job.id, JobState::kFailed, u);
   spdlog::warn("job {} failed for good: {}", job.id, error);
   auto e = store_.get_experiment(job.experiment_id);
@@ -164,7 +165,7 @@ int Scheduler::process_events() {
           not_before_[job->id] = Clock::now() + delay;
           spdlog::info("job {} attempt {} failed ({}); retry in {} ms", job->id, ev.attempt, error, delay.count());
         } else {
-          fail_for_good(*job, fmt::format("attempt {}/{}: {}", ev.attempt, job->max_attempts, error));
+          fail_for_good(*job, fmt::format("attempt {}/{}: {}", ev.attempt, job->max_attempts, error), ev.attempt);
         }
       } else if (ev.type == "requeued") {
         store_.set_job_state(job->id, JobState::kQueued, u);

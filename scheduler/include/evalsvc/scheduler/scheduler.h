@@ -13,6 +13,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -55,7 +56,7 @@ class Scheduler {
  private:
   int process_events();
   int reconcile();
-  void fail_for_good(const JobRecord& job, const std::string& error);
+  void fail_for_good(const JobRecord& job, const std::string& error, std::optional<int> attempt = std::nullopt);
   /// Upserts live workers (Redis registrations with a fresh heartbeat) into the workers table.
   void mirror_workers();
 
