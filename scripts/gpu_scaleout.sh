@@ -10,10 +10,11 @@ data=${1:?data folder}
 steps=${2:-one two kill reports}
 out=${OUT:-gpu-out}
 mkdir -p "$out"
-q=$PWD/build-cuda/cli/qbench
-stack=$PWD/var/scaleout
+q=${QBENCH_BIN:-$PWD/build-cuda/cli/qbench}
+# State lives outside the checkout, so that a fresh copy of the tree does not wipe a running stack.
+stack=${QBENCH_SCALEOUT_DIR:-/tmp/qbench-scaleout}
 psql_bin=${QBENCH_PG_BIN:-/usr/lib/postgresql/15/bin}/psql
-export QBENCH_DATA_DIR=$data QBENCH_ARTIFACTS=$PWD/var/scaleout-artifacts
+export QBENCH_DATA_DIR=$data QBENCH_ARTIFACTS=$stack-artifacts
 has() { [[ " $steps " == *" $1 "* ]]; }
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
@@ -41,12 +42,14 @@ if has one; then
   /usr/bin/time -f "%e s wall" $q submit --stack "$stack" --preset seed --set name=seed-1gpu --wait --timeout 900 \
     > "$out/run1_submit.log" 2>&1; tail -12 "$out/run1_submit.log"
   phase_sql 1 | tee "$out/phases.tsv"
+  sql "SELECT seconds, samples_per_s, history FROM training_runs WHERE experiment_id = 1" > "$out/run1_training.tsv"
   down
 fi
 if has two; then
   stamp "run 2: two workers on GPUs 0 and 1, the same trained model"
   up 2 0,1
-  /usr/bin/time -f "%e s wall" seed2 seed-2gpu --wait --timeout 900 > "$out/run2_submit.log" 2>&1; tail -12 "$out/run2_submit.log"
+  t=$(date +%s.%N); seed2 seed-2gpu --wait --timeout 900 > "$out/run2_submit.log" 2>&1
+  echo "$(python3 -c "import time;print(round(time.time()-$t,2))") s wall" >> "$out/run2_submit.log"; tail -12 "$out/run2_submit.log"
   phase_sql 2 | tee -a "$out/phases.tsv"
 fi
 if has kill; then
@@ -54,13 +57,14 @@ if has kill; then
   seed2 seed-2gpu-kill > "$out/run3_submit.log" 2>&1
   killed=""
   for i in $(seq 1 600); do
-    w=$(sql "SELECT worker_id FROM jobs WHERE experiment_id = 3 AND type = 'eval' AND state = 'running' LIMIT 1")
+    w=$(sql "SELECT worker_id FROM jobs WHERE experiment_id = 3 AND type = 'eval' AND state = 'running' LIMIT 1") \
+      || { echo "database unreachable"; exit 1; }
     if [ -n "$w" ]; then pid=$(echo "$w" | awk -F- '{print $(NF-1)}'); kill -9 "$pid" && killed="$w ($pid)"; break; fi
     sleep 0.1
   done
   echo "killed worker: ${killed:-none}" | tee "$out/run3_kill.txt"
   for i in $(seq 1 900); do
-    st=$(sql "SELECT state FROM experiments WHERE id = 3")
+    st=$(sql "SELECT state FROM experiments WHERE id = 3") || { echo "database unreachable"; exit 1; }
     case "$st" in done|failed|cancelled) break;; esac; sleep 1
   done
   echo "experiment 3: $st" | tee -a "$out/run3_kill.txt"
