@@ -59,5 +59,10 @@ if [ ! -s "$tarball" ]; then
   find "$cache" -maxdepth 1 -name 'base-bookworm-*.tar' ! -name "$(basename "$tarball")" -delete
 fi
 log "docker import $tarball as $image"
+previous=$("$docker" image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
 "$docker" import --change "LABEL qbench.base.key=$key" --change 'ENV LANG=C.UTF-8' "$tarball" "$image" >/dev/null
+# The base this one replaces (1.3 GB) is left untagged: remove it unless an image still builds on it.
+if [ -n "$previous" ] && [ "$previous" != "$("$docker" image inspect -f '{{.Id}}' "$image")" ]; then
+  "$docker" rmi "$previous" >/dev/null 2>&1 || log "kept the previous base $previous (an image still uses it)"
+fi
 echo "$image"

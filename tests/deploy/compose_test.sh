@@ -141,6 +141,9 @@ QBENCH_DOCKER_CACHE=$cache "$repo/docker/local-base.sh" qbench-local-base:bookwo
   || fail "docker/local-base.sh could not build the base image"
 phase "base image (debootstrap)"
 "${compose[@]}" build >"$work/build.log" 2>&1 || { tail -n 40 "$work/build.log"; fail "image build"; }
+# Images replaced by this build (an older qbench image, and the base it was built on when the base changed)
+# are untagged now; they carry the base's label, so only ours are pruned.
+docker image prune -f --filter label=qbench.base.key >/dev/null
 docker run --rm --network none --entrypoint qbench "$QBENCH_IMAGE" version | grep -q "^qbench " || fail "the image's qbench does not run"
 [ "$(docker run --rm --network none --entrypoint id "$QBENCH_IMAGE" -u)" = 10001 ] || fail "the image does not run as uid 10001"
 phase "qbench image"
