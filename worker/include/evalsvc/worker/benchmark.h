@@ -17,11 +17,16 @@ struct BenchOptions {
   int64_t warmup = 20;
   int64_t iters = 200;          ///< timed runs for latency (batch 1)
   int64_t throughput_iters = 0; ///< timed runs per batch size in the sweep; 0 = enough for ~2 s or >= 5 runs
+  /// On CUDA, time batch-1 latency as replays of the forward captured once as a CUDA graph (how a serving
+  /// system runs batch 1: one launch instead of hundreds), falling back to eager when capture fails.
+  bool cuda_graph = true;
 };
 
 struct LatencyStats {
   double p50_ms = 0, p90_ms = 0, p99_ms = 0, mean_ms = 0;
   int64_t runs = 0;
+  bool cuda_graph = false;        ///< timed as CUDA graph replays
+  std::string cuda_graph_error;   ///< why capture was not used, when it was tried and failed
 };
 
 struct ThroughputPoint {
