@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One batch of GPU measurements on a GPU host (what docs/results were measured with). Builds qbench with CUDA
 # (scripts/gpu_bootstrap.sh), then: the model core's training on the seed preset next to the Hugging Face
-# peer, parity with transformers, the tokenizer against tiktoken, the CUDA kernel tests and benchmarks.
+# peer, parity with transformers, the tokenizer against tiktoken, the CUDA kernel tests and benchmarks, and
+# `qbench bench` against the Hugging Face inference peer (scripts/peer_bench_hf.py, scripts/bench_ratios.py).
 # Everything goes to $OUT (default ./gpu-out).
 #   scripts/gpu_session.sh DATA_DIR [DEBS_DIR]
 set -uo pipefail
@@ -14,10 +15,10 @@ start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/device.txt" 2>&1
 stamp build
-QBENCH_TARGETS="qbench tokenizer_bench kernel_bench kernels_cuda_ops_gpu_test" bash scripts/gpu_bootstrap.sh "$debs" /opt/qbench-deps build-cuda > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
+QBENCH_TARGETS="qbench tokenizer_bench kernel_bench kernels_cuda_ops_gpu_test worker_benchmark_gpu_test" bash scripts/gpu_bootstrap.sh "$debs" /opt/qbench-deps build-cuda > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
 export LD_LIBRARY_PATH=/opt/qbench-deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 q=build-cuda/cli/qbench
-steps=${STEPS:-train peer parity tokenizer gputests kernelbench}
+steps=${STEPS:-train peer parity tokenizer gputests kernelbench bench}
 has() { [[ " $steps " == *" $1 "* ]]; }
 if has train; then
 stamp "train seed (qbench)"
@@ -49,5 +50,12 @@ if has kernelbench; then
 stamp "kernel bench"
 timeout 120 build-cuda/kernels/kernel_bench --quick > "$out/kernel_bench.jsonl" 2> "$out/kernel_bench.log"
 tail -5 "$out/kernel_bench.jsonl"
+fi
+if has bench; then
+stamp "qbench bench and the Hugging Face inference peer (issue 6 ratios)"
+$q bench --device cuda --methods fp32,fp16,bf16,int8-sym,int8-sym-channel,int8-w8a8,llm-int8,nf4,fp8-e4m3 \
+  > "$out/qbench_bench.jsonl" 2> "$out/qbench_bench.log"
+python3 scripts/peer_bench_hf.py > "$out/peer_bench_hf.jsonl" 2> "$out/peer_bench_hf.log"
+python3 scripts/bench_ratios.py "$out/qbench_bench.jsonl" "$out/peer_bench_hf.jsonl" | tee "$out/bench_ratios.txt"
 fi
 stamp done

@@ -1,0 +1,81 @@
+// `qbench bench`: the bench job's measurements (batch-1 latency, throughput sweep, peak memory) on a
+// randomly initialised model, outside the service. Speed does not depend on the weights' values, so this is
+// how qbench is compared with the Hugging Face peer in one call on one card (scripts/peer_bench_hf.py, then
+// scripts/bench_ratios.py). One JSON line per method on stdout.
+#include <iostream>
+
+#include "commands.h"
+#include "evalsvc/common/error.h"
+#include "evalsvc/common/experiment_spec.h"
+#include "evalsvc/common/log.h"
+#include "evalsvc/worker/benchmark.h"
+#include "evalsvc/worker/device.h"
+#include "evalsvc/worker/gpt2.h"
+
+namespace evalsvc::cli {
+namespace {
+
+torch::ScalarType dtype_named(const std::string& name) {
+  if (name == "fp32") return torch::kFloat32;
+  if (name == "fp16") return torch::kFloat16;
+  if (name == "bf16") return torch::kBFloat16;
+  throw InputError(fmt::format("--base: unknown dtype '{}' (expected fp32, fp16 or bf16)", name));
+}
+
+struct BenchArgs {
+  std::vector<std::string> methods = {"fp32", "fp16", "bf16", "int8-sym", "int8-sym-channel", "int8-w8a8", "llm-int8", "nf4"};
+  std::string base;  // empty: each method's default base dtype
+  std::string config = "gpt2";
+  std::string device = "auto";
+  std::vector<int64_t> batch_sizes = {1, 8, 32, 128, 512};
+  int64_t seq_len = 128, warmup = 20, iters = 200;
+  bool no_graph = false;
+};
+
+CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of quantized variants (random weights)",
+                     [](CLI::App& sub) -> RunFn {
+  auto a = std::make_shared<BenchArgs>();
+  sub.add_option("--methods", a->methods, "methods to time (fp32 fp16 bf16 int8-sym int8-sym-channel int8-w8a8 llm-int8 nf4 fp8-e4m3)")
+      ->delimiter(',');
+  sub.add_option("--base", a->base, "base dtype for every method (default: each method's own)");
+  sub.add_option("--config", a->config, "model config: gpt2 | tiny")->capture_default_str();
+  sub.add_option("--device", a->device, "auto | cpu | cuda | cuda:N")->capture_default_str();
+  sub.add_option("--batch-sizes", a->batch_sizes, "throughput sweep")->delimiter(',');
+  sub.add_option("--seq-len", a->seq_len, "tokens per row (every row full, no padding)")->capture_default_str();
+  sub.add_option("--warmup", a->warmup, "untimed forwards first")->capture_default_str();
+  sub.add_option("--iters", a->iters, "timed batch-1 forwards")->capture_default_str();
+  sub.add_flag("--no-graph", a->no_graph, "time eager batch-1 forwards instead of CUDA graph replays");
+  return [a] {
+    const torch::Device dev = worker::pick_device(a->device);
+    const auto cfg = worker::ModelConfig::preset(a->config);
+    for (const auto& name : a->methods) {
+      const auto method = kernels::parse_method(name);
+      const std::string base = a->base.empty() ? default_base_dtype(name) : a->base;
+      worker::GPT2Classifier model(cfg, 0);
+      kernels::QuantOptions qo;
+      qo.compute_dtype = base == "bf16" ? torch::kBFloat16 : torch::kFloat16;
+      model->quantize(method, dtype_named(base), qo);
+      model->to_device(dev);
+      worker::BenchOptions o;
+      o.batch_sizes = a->batch_sizes;
+      o.seq_len = a->seq_len;
+      o.warmup = a->warmup;
+      o.iters = a->iters;
+      o.cuda_graph = !a->no_graph;
+      const auto r = worker::run_benchmark(model, dev, o);
+      nlohmann::json j = r.to_json();
+      j["method"] = name;
+      j["base_dtype"] = base;
+      j["config"] = a->config;
+      j["seq_len"] = a->seq_len;
+      j["device"] = worker::describe_device(dev);
+      std::cout << j.dump() << std::endl;
+      spdlog::info("{} ({}): batch 1 p50 {:.3f} ms{}", name, base, r.latency.p50_ms,
+                   r.latency.cuda_graph ? " (CUDA graph)" : "");
+    }
+    return kOk;
+  };
+});
+
+}  // namespace
+}  // namespace evalsvc::cli

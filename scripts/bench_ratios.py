@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Pairs `qbench bench` lines with `scripts/peer_bench_hf.py` lines from the same call on the same card and
+prints the ratios issue 6 sets targets on (a ratio > 1 means qbench is better: faster or more samples/s).
+
+  python3 scripts/bench_ratios.py QBENCH.jsonl PEER.jsonl
+"""
+import json
+import sys
+
+
+def load(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip().startswith("{")]
+
+
+def best_at_least(sweep, min_batch):
+    pts = [p["samples_per_s"] for p in sweep if p["batch_size"] >= min_batch]
+    return max(pts) if pts else None
+
+
+def main():
+    q = {r["method"]: r for r in load(sys.argv[1])}
+    p = {r["peer"]: r for r in load(sys.argv[2])}
+    devices = {r["device"]["device"] if isinstance(r["device"], dict) else r["device"] for r in q.values()}
+    devices |= {r["device"] for r in p.values()}
+    if len(devices) != 1:
+        sys.exit(f"figures from different devices: {sorted(devices)}; compare only one call on one card")
+    print(f"device: {devices.pop()}")
+    compile16 = p.get("hf-fp16-compile")
+    fp16 = q.get("fp16")
+    rows = []
+
+    def ratio(name, value, target, better):
+        ok = value is not None and (value >= target if better == "higher" else value <= target)
+        rows.append((name, value, target, better, ok))
+
+    for m, r in q.items():
+        if m == "fp32" or not compile16:
+            continue
+        ratio(f"{m}: batch-1 p50 / peer fp16 compile", r["latency"]["p50_ms"] / compile16["latency"]["p50_ms"], 0.8, "lower")
+    if compile16:
+        for m in ("fp16", "bf16"):
+            if m in q:
+                ratio(f"{m}: throughput b>=128 / peer fp16 compile",
+                      best_at_least(q[m]["sweep"], 128) / best_at_least(compile16["sweep"], 128), 1.2, "higher")
+    if fp16:
+        base = best_at_least(fp16["sweep"], 128)
+        for m, target in (("int8-w8a8", 1.3), ("fp8-e4m3", 1.5), ("llm-int8", 0.8), ("nf4", 0.9), ("int8-sym", 1.0)):
+            if m in q:
+                ratio(f"{m}: throughput b>=128 / qbench fp16", best_at_least(q[m]["sweep"], 128) / base, target, "higher")
+        if "nf4" in q:
+            ratio("nf4: batch-1 p50 / qbench fp16", q["nf4"]["latency"]["p50_ms"] / fp16["latency"]["p50_ms"], 1.0, "lower")
+    for m, peer in (("int8-w8a8", "hf-w8a8-int8-compile"), ("fp8-e4m3", "hf-fp8-rowwise-compile")):
+        if m in q and peer in p:
+            ratio(f"{m}: throughput b>=128 / like-for-like peer {peer}",
+                  best_at_least(q[m]["sweep"], 128) / best_at_least(p[peer]["sweep"], 128), 1.0, "higher")
+    for name, value, target, better, ok in rows:
+        bound = ">=" if better == "higher" else "<="
+        print(f"{name:70s} {value:8.3f}  target {bound} {target:<4}  {'met' if ok else 'MISSED'}")
+    print(json.dumps({"ratios": [{"what": n, "value": v, "target": t, "better": b, "met": ok} for n, v, t, b, ok in rows]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+// `qbench bench` (the bench job's timings outside the service) run as users run it: one JSON line per
+// method with a batch-1 latency and the sweep asked for, and a clear error for an unknown method.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <sstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace {
+
+std::pair<int, std::string> run(const std::string& args) {
+  const std::string cmd = std::string(EVALSVC_QBENCH_BINARY) + " " + args + " 2>&1";
+  std::string out;
+  FILE* f = ::popen(cmd.c_str(), "r");
+  if (!f) return {-1, ""};
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  const int status = ::pclose(f);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+TEST(CliBench, PrintsOneLinePerMethod) {
+  auto [rc, out] = run("bench --config tiny --device cpu --methods fp32,int8-sym,nf4 --iters 3 --warmup 1 "
+                       "--batch-sizes 1,2 --seq-len 32");
+  ASSERT_EQ(rc, 0) << out;
+  std::istringstream lines(out);
+  std::string line;
+  std::vector<nlohmann::json> rows;
+  while (std::getline(lines, line)) {
+    if (!line.empty() && line[0] == '{') rows.push_back(nlohmann::json::parse(line));
+  }
+  ASSERT_EQ(rows.size(), 3u) << out;
+  EXPECT_EQ(rows[0]["method"], "fp32");
+  EXPECT_EQ(rows[2]["method"], "nf4");
+  EXPECT_EQ(rows[2]["base_dtype"], "fp16");
+  for (const auto& r : rows) {
+    EXPECT_GT(r["latency"]["p50_ms"].get<double>(), 0.0);
+    EXPECT_EQ(r["latency"]["runs"], 3);
+    EXPECT_FALSE(r["latency"]["cuda_graph"].get<bool>());  // CPU: eager forwards
+    ASSERT_EQ(r["sweep"].size(), 2u);
+    EXPECT_EQ(r["sweep"][1]["batch_size"], 2);
+    EXPECT_GT(r["sweep"][1]["samples_per_s"].get<double>(), 0.0);
+    EXPECT_EQ(r["seq_len"], 32);
+  }
+}
+
+TEST(CliBench, UnknownMethodIsAnErrorNamingIt) {
+  auto [rc, out] = run("bench --config tiny --device cpu --methods int4-magic --iters 1");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("int4-magic"), std::string::npos) << out;
+}
+
+}  // namespace
