@@ -249,8 +249,9 @@ TEST(ExperimentSpecTest, ValidationErrorsNameThePath) {
       {R"({"device": "tpu"})", "device: unknown device 'tpu' (expected one of cpu, cuda)"},
       {R"({"preset": "huge"})", "preset: unknown preset 'huge' (expected one of tiny, seed)"},
       // out of range
-      {R"({"train": {"epochs": 0}})", "train.epochs: must be in [1, 10000], got 0"},
-      {R"({"train": {"epochs": 18446744073709551615}})", "train.epochs: must be in [1, 10000], got 1844674407"},
+      {R"({"train": {"epochs": 0}})", "train.epochs: 0 (no training) needs model.init"},
+      {R"({"train": {"epochs": -1}})", "train.epochs: must be in [0, 10000], got -1"},
+      {R"({"train": {"epochs": 18446744073709551615}})", "train.epochs: must be in [0, 10000], got 1844674407"},
       {R"({"train": {"batch_size": 0}})", "train.batch_size: must be in [1, 1048576], got 0"},
       {R"({"train": {"lr": 0}})", "train.lr: must be > 0, got 0"},
       {R"({"train": {"lr": -1e-3}})", "train.lr: must be > 0, got -0.001"},
@@ -444,7 +445,7 @@ TEST(ExperimentSpecTest, OverrideErrorsLeaveTheSpecUnchanged) {
       {"=2", "override '=2': '' is not a field path"},
       {"variants[x].method=nf4", "override 'variants[x].method=nf4': 'variants[x].method' is not a field path"},
       {"train.epoch=2", "override 'train.epoch=2': train.epoch: unknown field"},
-      {"train.epochs=0", "override 'train.epochs=0': train.epochs: must be in [1, 10000], got 0"},
+      {"train.epochs=0", "override 'train.epochs=0': train.epochs: 0 (no training) needs model.init"},
       {"train.epochs=two", "override 'train.epochs=two': train.epochs: expected an integer, got string \"two\""},
       {"variants[99].method=nf4",
        "override 'variants[99].method=nf4': variants[99]: index out of range (variants has "
