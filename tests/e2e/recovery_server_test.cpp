@@ -11,23 +11,39 @@ namespace {
 
 class Recovery : public Pipeline {
  protected:
-  /// Submits the small experiment and starts two workers.
-  int64_t submit_and_start(scheduler::Store& store, scheduler::Queue& queue, const ExperimentSpec& spec,
-                           const std::vector<std::pair<std::string, std::string>>& worker_env = {}) {
-    const int64_t id = scheduler::submit_experiment(store, queue, spec, kTestRows);
+  /// The test's own connections (the scheduler and the workers have theirs).
+  struct Clients {
+    scheduler::Store store;
+    scheduler::RedisClient redis;
+    scheduler::Queue queue;
+    Clients(const std::string& database_url, const std::string& redis_url)
+        : store(database_url), redis(redis_url), queue(redis) {}
+  };
+
+  /// Submits the small experiment and starts two workers; returns the experiment id.
+  int64_t submit_and_start(const std::vector<std::pair<std::string, std::string>>& worker_env = {}) {
+    c_ = std::make_unique<Clients>(pg_->url(), redis_->url());
+    const int64_t id = scheduler::submit_experiment(c_->store, c_->queue, spec_, kTestRows);
     start_worker(worker_env);
     start_worker(worker_env);
     return id;
   }
 
   /// The experiment ended done, every job is done, and the predictions equal the direct run.
-  void expect_complete_and_equal(scheduler::Store& store, int64_t id, const ExperimentSpec& spec) {
-    ASSERT_EQ(wait_for(store, id, 600s), scheduler::RunState::kDone) << "see the logs in " << root_.string();
-    for (const auto& j : store.list_jobs(id)) {
+  void expect_complete_and_equal(int64_t id) {
+    ASSERT_EQ(wait_for(c_->store, id, 600s), scheduler::RunState::kDone) << "see the logs in " << root_.string();
+    for (const auto& j : c_->store.list_jobs(id)) {
       EXPECT_EQ(j.state, scheduler::JobState::kDone) << j.id << ": " << j.error.value_or("");
     }
-    expect_same_predictions(store, id, spec);
+    expect_same_predictions(c_->store, id, spec_);
   }
+
+  std::optional<scheduler::JobRecord> running(int64_t id, const std::string& type) {
+    return wait_running(c_->store, id, type);
+  }
+
+  const ExperimentSpec spec_ = small_spec();  // max_attempts = 3
+  std::unique_ptr<Clients> c_;
 };
 
 class SchedulerProcess : public Recovery {
@@ -36,100 +52,72 @@ class SchedulerProcess : public Recovery {
 };
 
 TEST_F(Recovery, WorkerKilledDuringTrainingLosesNothing) {
-  scheduler::Store store(pg_->url());
-  scheduler::RedisClient rc(redis_->url());
-  scheduler::Queue queue(rc);
-  const auto spec = small_spec();
-  const int64_t id = submit_and_start(store, queue, spec);
-  auto train = wait_running(store, id, "train");
+  const int64_t id = submit_and_start();
+  auto train = running(id, "train");
   ASSERT_TRUE(train) << "the train job was never seen running";
   std::this_thread::sleep_for(500ms);  // into the training loop, not just its start
   ASSERT_TRUE(kill_worker_of(*train));
   start_worker();
-  expect_complete_and_equal(store, id, spec);
-  auto j = store.get_job(train->id);
+  expect_complete_and_equal(id);
+  auto j = c_->store.get_job(train->id);
   ASSERT_TRUE(j);
   EXPECT_GE(j->attempt, 2) << "the killed training attempt must have been redelivered";
 }
 
 TEST_F(Recovery, RedisRestartedMidExperiment) {
-  scheduler::Store store(pg_->url());
-  scheduler::RedisClient rc(redis_->url());
-  scheduler::Queue queue(rc);
-  const auto spec = small_spec();
-  const int64_t id = submit_and_start(store, queue, spec);
-  ASSERT_TRUE(wait_running(store, id, "eval"));
+  const int64_t id = submit_and_start();
+  ASSERT_TRUE(running(id, "eval"));
   redis_->restart();  // SIGTERM: Redis writes its AOF and exits; then started on the same port and data
-  expect_complete_and_equal(store, id, spec);
+  expect_complete_and_equal(id);
 }
 
 TEST_F(Recovery, RedisCrashedMidExperiment) {
-  scheduler::Store store(pg_->url());
-  scheduler::RedisClient rc(redis_->url());
-  scheduler::Queue queue(rc);
-  const auto spec = small_spec();
-  const int64_t id = submit_and_start(store, queue, spec);
-  ASSERT_TRUE(wait_running(store, id, "eval"));
+  const int64_t id = submit_and_start();
+  ASSERT_TRUE(running(id, "eval"));
   // kill -9: with appendfsync everysec up to a second of queue writes may be lost; the scheduler's reconcile
   // from PostgreSQL queues again whatever the queue forgot.
   redis_->kill();
   std::this_thread::sleep_for(500ms);
   redis_->start();
-  expect_complete_and_equal(store, id, spec);
+  expect_complete_and_equal(id);
 }
 
 TEST_F(Recovery, PostgresRestartedMidExperiment) {
-  scheduler::Store store(pg_->url());
-  scheduler::RedisClient rc(redis_->url());
-  scheduler::Queue queue(rc);
-  const auto spec = small_spec();
-  const int64_t id = submit_and_start(store, queue, spec);
-  ASSERT_TRUE(wait_running(store, id, "eval"));
+  const int64_t id = submit_and_start();
+  ASSERT_TRUE(running(id, "eval"));
   pg_->restart();
-  expect_complete_and_equal(store, id, spec);
+  expect_complete_and_equal(id);
 }
 
 TEST_F(Recovery, PostgresCrashedMidExperiment) {
-  scheduler::Store store(pg_->url());
-  scheduler::RedisClient rc(redis_->url());
-  scheduler::Queue queue(rc);
-  const auto spec = small_spec();
-  const int64_t id = submit_and_start(store, queue, spec);
-  ASSERT_TRUE(wait_running(store, id, "eval"));
+  const int64_t id = submit_and_start();
+  ASSERT_TRUE(running(id, "eval"));
   pg_->kill();  // kill -9 of the postmaster; start() runs crash recovery
   std::this_thread::sleep_for(500ms);
   pg_->start();
-  expect_complete_and_equal(store, id, spec);
+  expect_complete_and_equal(id);
 }
 
 TEST_F(SchedulerProcess, SchedulerKilledAndRestartedTwice) {
-  scheduler::Store store(pg_->url());
-  scheduler::RedisClient rc(redis_->url());
-  scheduler::Queue queue(rc);
-  const auto spec = small_spec();
-  const int64_t id = submit_and_start(store, queue, spec);
+  const int64_t id = submit_and_start();
   // Once while training runs, once during evaluation; each time it is started again from nothing but the
   // durable state (PostgreSQL's job table and the last event id it recorded in Redis).
   for (const char* type : {"train", "eval"}) {
-    ASSERT_TRUE(wait_running(store, id, type)) << "no " << type << " job was seen running";
+    ASSERT_TRUE(running(id, type)) << "no " << type << " job was seen running";
     kill_scheduler_process();
     std::this_thread::sleep_for(700ms);
     start_scheduler_process();
   }
-  expect_complete_and_equal(store, id, spec);
+  expect_complete_and_equal(id);
 }
 
 TEST_F(Recovery, PoisonJobIsRetriedThenFailsAndStopsOnlyItsDependants) {
-  scheduler::Store store(pg_->url());
-  scheduler::RedisClient rc(redis_->url());
-  scheduler::Queue queue(rc);
-  const auto spec = small_spec();  // max_attempts = 3
-  const int64_t id = submit_and_start(store, queue, spec, {{"QBENCH_FAULT_INJECT", ":quantize:nf4$"}});
-  const auto end = wait_for(store, id, 600s);
+  const int64_t id = submit_and_start({{"QBENCH_FAULT_INJECT", ":quantize:nf4$"}});
+  const auto end = wait_for(c_->store, id, 600s);
   // The report still renders (it shows the failed variant as failed), so the experiment ends done; the
   // failed job and its error are listed by `qbench status` (checked below).
   ASSERT_EQ(end, scheduler::RunState::kDone);
-  for (const auto& j : store.list_jobs(id)) {
+  for (const auto& j : c_->store.list_jobs(id)) {
     if (j.id.ends_with(":quantize:nf4")) {
       EXPECT_EQ(j.state, scheduler::JobState::kFailed);
       EXPECT_EQ(j.attempt, 3) << "tried max_attempts times";
@@ -140,7 +128,7 @@ TEST_F(Recovery, PoisonJobIsRetriedThenFailsAndStopsOnlyItsDependants) {
       EXPECT_EQ(j.state, scheduler::JobState::kDone) << j.id << ": " << j.error.value_or("");
     }
   }
-  for (const auto& v : store.list_variants(id)) {
+  for (const auto& v : c_->store.list_variants(id)) {
     EXPECT_EQ(v.state, v.name == "nf4" ? scheduler::RunState::kFailed : scheduler::RunState::kDone) << v.name;
   }
   // Users see the error in `qbench status`.
@@ -155,7 +143,7 @@ TEST_F(Recovery, PoisonJobIsRetriedThenFailsAndStopsOnlyItsDependants) {
   }
   EXPECT_NE(out.find("failed " + std::to_string(id) + ":quantize:nf4"), std::string::npos) << out;
   EXPECT_NE(out.find("fault injected"), std::string::npos) << out;
-  expect_same_predictions(store, id, spec, {"nf4"});
+  expect_same_predictions(c_->store, id, spec_, {"nf4"});
 }
 
 }  // namespace

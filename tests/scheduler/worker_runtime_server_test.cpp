@@ -215,6 +215,9 @@ TEST_F(WorkerRuntimeServerTest, LeaseIsRenewedWhileALongJobRuns) {
   WorkerRuntime rt(o, reg);
   // A second worker keeps checking for stalled leases the whole time: it must find none.
   WorkerOptions o2 = options("rt-watch");
+  // It serves another queue: on "cpu" it could claim the long job first (and fail it: it has no "sleep"
+  // executor), leaving rt-long waiting forever - seen once in a CI-like run under load.
+  o2.queues = {"watch-only"};
   ExecutorRegistry reg2;
   register_noop_executor(reg2);
   WorkerRuntime watcher(o2, reg2);
