@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <sys/prctl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -112,11 +113,18 @@ void LocalRedis::start() {
   if (pid == 0) {
     // Child: own process group so a Ctrl-C on the test does not reach it before the parent cleans up.
     ::setpgid(0, 0);
+    // If the owner dies without stopping it (a test killed at its timeout), the server goes too, instead
+    // of living on as an orphan that also holds the owner's output pipe open (ctest then waits forever).
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
     int devnull = ::open("/dev/null", O_RDWR);
     if (devnull >= 0) {
       ::dup2(devnull, STDIN_FILENO);
       ::dup2(devnull, STDOUT_FILENO);
     }
+    // stderr to the log file (redis logs there too), not to the owner's stderr.
+    const std::string log = (options_.dir / "redis.log").string();
+    int logfd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+    if (logfd >= 0) ::dup2(logfd, STDERR_FILENO);
     ::execlp(options_.redis_server.c_str(), options_.redis_server.c_str(), conf.c_str(), static_cast<char*>(nullptr));
     std::fprintf(stderr, "exec %s: %s\n", options_.redis_server.c_str(), std::strerror(errno));
     ::_exit(127);
