@@ -241,8 +241,8 @@ TEST(JobGraphTest, ReadySetEvolvesAsJobsComplete) {
   EXPECT_EQ(ready_jobs(graph, st), (V{"11:quantize:fp32", "11:quantize:nf4"}));
   st["11:quantize:fp32"] = JobState::kDone;
   st["11:quantize:nf4"] = JobState::kFailed;
-  // nf4's evals and bench wait on a failed job: never ready.
-  EXPECT_EQ(ready_jobs(graph, st), (V{"11:eval:fp32:0", "11:eval:fp32:1", "11:bench:fp32"}));
+  // nf4's evals and bench wait on a failed job: never ready. The bench comes first (the longest job starts first).
+  EXPECT_EQ(ready_jobs(graph, st), (V{"11:bench:fp32", "11:eval:fp32:0", "11:eval:fp32:1"}));
   st["11:quantize:nf4"] = JobState::kDone;  // retried and done
   for (const auto& id : V{"11:eval:fp32:0", "11:eval:fp32:1", "11:bench:fp32", "11:eval:nf4:0", "11:bench:nf4"}) {
     st[id] = JobState::kDone;
@@ -284,8 +284,8 @@ TEST(JobGraphTest, DependantsAreEverythingDownstream) {
   EXPECT_EQ(dependants(graph, "13:prepare"), everything_after_prepare);
 
   EXPECT_EQ(dependants(graph, "13:quantize:nf4"),
-            (std::vector<std::string>{"13:eval:nf4:0", "13:eval:nf4:1", "13:eval:nf4:2", "13:eval:nf4:3",
-                                      "13:bench:nf4", "13:merge", "13:report"}));
+            (std::vector<std::string>{"13:bench:nf4", "13:eval:nf4:0", "13:eval:nf4:1", "13:eval:nf4:2",
+                                      "13:eval:nf4:3", "13:merge", "13:report"}));
   EXPECT_EQ(dependants(graph, "13:eval:fp16:2"), (std::vector<std::string>{"13:merge", "13:report"}));
   EXPECT_EQ(dependants(graph, "13:merge"), std::vector<std::string>{"13:report"});
   EXPECT_TRUE(dependants(graph, "13:report").empty());
