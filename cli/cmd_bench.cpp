@@ -5,22 +5,15 @@
 #include <iostream>
 
 #include "commands.h"
-#include "evalsvc/common/error.h"
 #include "evalsvc/common/experiment_spec.h"
 #include "evalsvc/common/log.h"
 #include "evalsvc/worker/benchmark.h"
 #include "evalsvc/worker/device.h"
 #include "evalsvc/worker/gpt2.h"
+#include "evalsvc/worker/preset.h"
 
 namespace evalsvc::cli {
 namespace {
-
-torch::ScalarType dtype_named(const std::string& name) {
-  if (name == "fp32") return torch::kFloat32;
-  if (name == "fp16") return torch::kFloat16;
-  if (name == "bf16") return torch::kBFloat16;
-  throw InputError(fmt::format("--base: unknown dtype '{}' (expected fp32, fp16 or bf16)", name));
-}
 
 struct BenchArgs {
   std::vector<std::string> methods = {"fp32", "fp16", "bf16", "int8-sym", "int8-sym-channel", "int8-w8a8", "llm-int8", "nf4"};
@@ -49,12 +42,13 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
     const torch::Device dev = worker::pick_device(a->device);
     const auto cfg = worker::ModelConfig::preset(a->config);
     for (const auto& name : a->methods) {
-      const auto method = kernels::parse_method(name);
-      const std::string base = a->base.empty() ? default_base_dtype(name) : a->base;
+      // The variant as an experiment spec would give it, built as the bench job builds it.
+      VariantSpec v;
+      v.name = v.method = name;
+      v.base_dtype = a->base.empty() ? default_base_dtype(name) : a->base;
+      const std::string& base = v.base_dtype;
       worker::GPT2Classifier model(cfg, 0);
-      kernels::QuantOptions qo;
-      qo.compute_dtype = base == "bf16" ? torch::kBFloat16 : torch::kFloat16;
-      model->quantize(method, dtype_named(base), qo);
+      model->quantize(kernels::parse_method(v.method), worker::dtype_of(base), worker::quant_options(v));
       model->to_device(dev);
       worker::BenchOptions o;
       o.batch_sizes = a->batch_sizes;

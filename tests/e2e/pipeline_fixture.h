@@ -189,12 +189,7 @@ class Pipeline : public ::testing::Test {
     for (const auto& v : spec.variants) {
       worker::GPT2Classifier m(rc.model, 0);
       m->load_hf_state_dict(state, true);
-      kernels::QuantOptions o;
-      o.double_quant = v.options.double_quant;
-      o.outlier_threshold = v.options.outlier_threshold;
-      o.block_size = v.options.block_size;
-      const auto base = v.base_dtype == "fp32" ? torch::kFloat32 : v.base_dtype == "fp16" ? torch::kFloat16 : torch::kBFloat16;
-      m->quantize(kernels::parse_method(v.method), base, o);
+      m->quantize(kernels::parse_method(v.method), worker::dtype_of(v.base_dtype), worker::quant_options(v));
       out[v.name] = worker::predict(m, test, spec.eval.batch_size, torch::Device(torch::kCPU));
     }
     return out;

@@ -44,4 +44,20 @@ nlohmann::json RunConfig::to_json() const {
           {"eval_batch_size", eval_batch_size}};
 }
 
+torch::ScalarType dtype_of(const std::string& name) {
+  if (name == "fp32") return torch::kFloat32;
+  if (name == "fp16") return torch::kFloat16;
+  if (name == "bf16") return torch::kBFloat16;
+  throw InputError(fmt::format("unknown base dtype '{}': expected fp32, fp16 or bf16", name));
+}
+
+kernels::QuantOptions quant_options(const VariantSpec& v) {
+  kernels::QuantOptions o;
+  o.double_quant = v.options.double_quant;
+  o.outlier_threshold = v.options.outlier_threshold;
+  o.block_size = v.options.block_size;
+  o.compute_dtype = dtype_of(v.base_dtype);
+  return o;
+}
+
 }  // namespace evalsvc::worker

@@ -28,4 +28,10 @@ RunConfig run_config(const ExperimentSpec& spec);
 /// "tiny" or "seed" (ExperimentSpec::from_preset); InputError naming the valid presets otherwise.
 RunConfig preset_run(const std::string& name);
 
+/// "fp32" | "fp16" | "bf16" as a torch dtype; InputError naming the value otherwise.
+torch::ScalarType dtype_of(const std::string& name);
+/// The QuantOptions a variant runs with: its options, computing in its base dtype. The quantize, eval and
+/// bench jobs, `qbench bench` and the end-to-end tests all build the variant's model with these.
+kernels::QuantOptions quant_options(const VariantSpec& v);
+
 }  // namespace evalsvc::worker
