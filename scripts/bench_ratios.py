@@ -19,7 +19,12 @@ def best_at_least(sweep, min_batch):
 
 
 def main():
-    q = {r["method"]: r for r in load(sys.argv[1])}
+    # A method timed again at another base dtype (`qbench bench --methods int8-sym --base fp16`) is keyed
+    # "method@base", so the fp32-based reference variant and its fp16-based twin both get their row.
+    q = {}
+    for r in load(sys.argv[1]):
+        key = r["method"] if r["method"] not in q else f'{r["method"]}@{r["base_dtype"]}'
+        q[key] = r
     p = {r["peer"]: r for r in load(sys.argv[2])}
     devices = {r["device"]["device"] if isinstance(r["device"], dict) else r["device"] for r in q.values()}
     devices |= {r["device"] for r in p.values()}
@@ -45,7 +50,8 @@ def main():
                       best_at_least(q[m]["sweep"], 128) / best_at_least(compile16["sweep"], 128), 1.2, "higher")
     if fp16:
         base = best_at_least(fp16["sweep"], 128)
-        for m, target in (("int8-w8a8", 1.3), ("fp8-e4m3", 1.5), ("llm-int8", 0.8), ("nf4", 0.9), ("int8-sym", 1.0)):
+        for m, target in (("int8-w8a8", 1.3), ("fp8-e4m3", 1.5), ("llm-int8", 0.8), ("nf4", 0.9), ("int8-sym", 1.0),
+                          ("int8-sym@fp16", 1.0)):
             if m in q:
                 ratio(f"{m}: throughput b>=128 / qbench fp16", best_at_least(q[m]["sweep"], 128) / base, target, "higher")
         if "nf4" in q:

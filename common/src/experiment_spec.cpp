@@ -50,7 +50,7 @@ const std::vector<MethodInfo>& method_table() {
       {"int8-w8a8", "fp16", nullptr, false, {}},
       {"llm-int8", "fp16", nullptr, false, {"outlier_threshold"}},
       {"nf4", "fp16", nullptr, false, {"double_quant", "block_size"}},
-      {"fp8-e4m3", "fp16", nullptr, true, {}},
+      {"fp8-e4m3", "bf16", nullptr, true, {}},  // bf16: what the rowwise fp8 product emits
   };
   return table;
 }

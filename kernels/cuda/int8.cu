@@ -127,6 +127,25 @@ __global__ void k_int8_epilogue(const int32_t* __restrict__ acc, int64_t m, int6
   }
 }
 
+/// The same epilogue with one block per row, for n % 4 == 0: 16-byte loads of the int32 product, no 64-bit
+/// division per element (the grid-stride kernel above spends more on `i / n` than on memory at large m).
+template <typename T>
+__global__ void k_int8_epilogue_rows(const int32_t* __restrict__ acc, int64_t n, int64_t k, Int8Epilogue ep,
+                                     T* __restrict__ y) {
+  const int64_t r = blockIdx.x;
+  const int4* a4 = reinterpret_cast<const int4*>(acc + r * n);
+  T* yr = y + r * n;
+  const int n4 = static_cast<int>(n / 4);
+  for (int j = threadIdx.x; j < n4; j += blockDim.x) {
+    const int4 v = a4[j];
+    const int c = 4 * j;
+    yr[c + 0] = from_float<T>(epilogue_value<T>(ep, static_cast<float>(v.x), r, c + 0, k));
+    yr[c + 1] = from_float<T>(epilogue_value<T>(ep, static_cast<float>(v.y), r, c + 1, k));
+    yr[c + 2] = from_float<T>(epilogue_value<T>(ep, static_cast<float>(v.z), r, c + 2, k));
+    yr[c + 3] = from_float<T>(epilogue_value<T>(ep, static_cast<float>(v.w), r, c + 3, k));
+  }
+}
+
 // ---- int8 GEMM ---------------------------------------------------------------------------------------------
 //
 // Block tile 64 (tokens) x 64 (outputs) x 64 (k), 4 warps, each warp 32x32 = 2x2 WMMA 16x16x16 s8 fragments
@@ -292,6 +311,12 @@ int launch_int8_epilogue(const int32_t* acc, int64_t m, int64_t n, int64_t k, co
   if (m <= 0 || n <= 0 || k <= 0) return kLaunchBadShape;
   if (acc == nullptr || y == nullptr || !epilogue_ok(ep)) return kLaunchBadPointer;
   const int threads = 256;
+  // Row blocks need 16-byte aligned rows (n % 4 == 0 and an aligned base, as torch allocations are).
+  if (n % 4 == 0 && m <= INT32_MAX && reinterpret_cast<uintptr_t>(acc) % 16 == 0) {
+    const int row_threads = n >= 1024 ? 256 : 128;
+    EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_epilogue_rows<T><<<static_cast<unsigned>(m), row_threads, 0, stream>>>(acc, n, k, ep, static_cast<T*>(y)));
+    return detail::launch_result();
+  }
   const unsigned grid = detail::grid_for(m * n, threads, 8192);
   EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_epilogue<T><<<grid, threads, 0, stream>>>(acc, m, n, k, ep, static_cast<T*>(y)));
   return detail::launch_result();

@@ -45,7 +45,7 @@ TEST(ExperimentSpecTest, MethodTable) {
                                                        "int8-w8a8", "llm-int8", "nf4", "fp8-e4m3"}));
   const std::vector<std::pair<std::string, std::string>> bases = {
       {"fp32", "fp32"},      {"fp16", "fp16"},     {"bf16", "bf16"}, {"int8-sym", "fp32"}, {"int8-sym-channel", "fp16"},
-      {"int8-w8a8", "fp16"}, {"llm-int8", "fp16"}, {"nf4", "fp16"},  {"fp8-e4m3", "fp16"}};
+      {"int8-w8a8", "fp16"}, {"llm-int8", "fp16"}, {"nf4", "fp16"},  {"fp8-e4m3", "bf16"}};
   for (const auto& [method, base] : bases) {
     EXPECT_EQ(default_base_dtype(method), base) << method;
     EXPECT_TRUE(is_known_method(method));
@@ -430,7 +430,9 @@ TEST(ExperimentSpecTest, Overrides) {
   s.apply_override("variants[1].method=fp8-e4m3");  // now valid: device is cuda
   EXPECT_EQ(s.variants[1].method, "fp8-e4m3");
   EXPECT_EQ(s.variants[1].name, "q");
-  EXPECT_EQ(s.variants[1].base_dtype, "fp16");  // a new method restarts from its defaults
+  EXPECT_EQ(s.variants[1].base_dtype, "bf16");  // fp8-e4m3's default
+  s.apply_override("variants[1].method=nf4");
+  EXPECT_EQ(s.variants[1].base_dtype, "fp16");  // a new method restarts from its defaults, not from bf16
   s.apply_override("variants[0].method=bf16");  // fp32's base would be impossible for bf16
   EXPECT_EQ(s.variants[0], (VariantSpec{"fp32", "bf16", "bf16", {}}));
   s.apply_override("baseline=q");

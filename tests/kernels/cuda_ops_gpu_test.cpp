@@ -138,6 +138,7 @@ const char* path_name(cuda::Nf4Path p) {
   switch (p) {
     case cuda::Nf4Path::kGemv: return "gemv";
     case cuda::Nf4Path::kGemm: return "gemm";
+    case cuda::Nf4Path::kDequantMatmul: return "dequant_matmul";
     default: return "auto";
   }
 }
@@ -174,7 +175,8 @@ TEST(CudaNf4, LinearMatchesReferenceAllPathsShapesAndDtypes) {
         for (const int64_t m : kTokens) {
           const auto x = randn({m, s.k}, 300 + m + s.k).to(dtype);
           const auto want = ref::nf4_linear(x, qw, bias, dtype);
-          for (const auto path : {cuda::Nf4Path::kAuto, cuda::Nf4Path::kGemv, cuda::Nf4Path::kGemm}) {
+          for (const auto path : {cuda::Nf4Path::kAuto, cuda::Nf4Path::kGemv, cuda::Nf4Path::kGemm,
+                                  cuda::Nf4Path::kDequantMatmul}) {
             const auto got = cuda::nf4_linear(x.to(gpu()), gw, bias.to(gpu()), path);
             const auto what = fmt::format("nf4_linear path={} M={} in={} out={} dtype={} double_quant={}",
                                           path_name(path), m, s.k, s.n, c10::toString(dtype), dq);

@@ -253,6 +253,12 @@ torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w, const torch
   const Nf4View v = nf4_view(op, w, x);
   const torch::Tensor b = bias_f32(op, bias, x, w.out_features);
   const int64_t m = x2.size(0);
+  if (path == Nf4Path::kDequantMatmul || (path == Nf4Path::kAuto && m >= kNf4DequantMinTokens)) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const torch::Tensor wd = nf4_dequantize(w, x2.scalar_type());
+    const torch::Tensor bd = b.defined() ? b.to(x2.scalar_type()) : torch::Tensor();
+    return at::linear(x2, wd, bd).view(output_shape(x, w.out_features));
+  }
   auto y = torch::empty({m, w.out_features}, x2.options());
   if (m > 0) {
     const c10::cuda::CUDAGuard guard(x.device());
@@ -484,19 +490,24 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
     bq = torch::constant_pad_nd(bq, {0, 0, 0, np - n}, 0);
     bs = torch::constant_pad_nd(bs, {0, np - n}, 1.0);
   }
+  // The bias goes into the product's epilogue (PyTorch's rowwise kernel takes a bf16 bias), which saves a
+  // read and a write of the whole output.
+  torch::Tensor b16;
+  if (b.defined()) b16 = np != n ? torch::constant_pad_nd(b, {0, np - n}, 0).to(at::kBFloat16) : b.to(at::kBFloat16);
   torch::Tensor y;
   try {
     // Rowwise scaling: scale_a [T, 1], scale_b [1, out]; the weight as a column-major [in, out] view.
-    // bf16 output: the rowwise-scaled fp8 kernels of PyTorch produce bf16 only.
+    // bf16 output: the rowwise-scaled fp8 kernels of PyTorch produce bf16 only, which is why fp8-e4m3's
+    // default base dtype is bf16 (an fp16 base costs one more conversion pass).
     y = at::_scaled_mm(aq.view(at::kFloat8_e4m3fn), bq.view(at::kFloat8_e4m3fn).t(), a.scale.view({m, 1}),
-                       bs.view({1, np}), std::nullopt, std::nullopt, at::kBFloat16, false);
+                       bs.view({1, np}), b16.defined() ? std::optional<at::Tensor>(b16) : std::nullopt,
+                       std::nullopt, at::kBFloat16, false);
   } catch (const c10::Error& e) {
     throw UnsupportedError(fmt::format("cuda::{}: at::_scaled_mm rejected x {} x w {} on {}: {}", op, describe(aq),
                                        describe(bq), x.device().str(), e.what_without_backtrace()));
   }
   if (np != n) y = y.narrow(1, 0, n);
-  y = y.to(x.scalar_type());
-  if (b.defined()) y = y.add_(b.to(x.scalar_type()));
+  if (y.scalar_type() != x.scalar_type()) y = y.to(x.scalar_type());
   return y.contiguous().view(output_shape(x, n));
 }
 

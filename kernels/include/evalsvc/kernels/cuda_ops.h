@@ -48,10 +48,16 @@ struct Nf4Weight {
   bool double_quant() const { return absmax_q.defined(); }
 };
 
-/// Which NF4 kernel nf4_linear uses. kAuto: GEMV for at most kNf4GemvMaxTokens tokens, else the fused GEMM.
-enum class Nf4Path { kAuto, kGemv, kGemm };
+/// Which NF4 kernel nf4_linear uses. kAuto: the GEMV for at most kNf4GemvMaxTokens tokens, the fused GEMM up to
+/// kNf4DequantMinTokens, and beyond that kDequantMatmul: the whole weight dequantized into a temporary in the
+/// compute dtype, then cuBLAS. At many tokens the product is compute-bound, and cuBLAS's tensor-core GEMM
+/// beats the fused kernel by more than the dequantization costs (one pass over a few MB); kernel_bench times
+/// all three paths so the crossover is a measured one (docs/perf.md).
+enum class Nf4Path { kAuto, kGemv, kGemm, kDequantMatmul };
 /// Token count up to which kAuto picks the GEMV path (it re-streams the weight once per 4 tokens).
 inline constexpr int64_t kNf4GemvMaxTokens = 4;
+/// Token count from which kAuto dequantizes and calls cuBLAS.
+inline constexpr int64_t kNf4DequantMinTokens = 64;
 
 /// The dense weight [out, in] in `dtype` (fp16, bf16 or fp32).
 torch::Tensor nf4_dequantize(const Nf4Weight& w, torch::ScalarType dtype);
