@@ -30,6 +30,13 @@ phase_sql() {  # seconds of the post-training phase (quantize + eval + bench) an
          count(DISTINCT worker_id) FILTER (WHERE type IN ('eval','bench')) AS workers
        FROM jobs WHERE experiment_id = $1 GROUP BY 1"
 }
+job_times() {  # every quantize/eval/bench job: where the phase's time goes and how it was balanced
+  sql "SELECT id, worker_id, round(extract(epoch FROM started_at - (SELECT min(started_at) FROM jobs
+              WHERE experiment_id = $1 AND type IN ('quantize','eval','bench')))::numeric, 2) AS start_s,
+              round(extract(epoch FROM finished_at - started_at)::numeric, 2) AS seconds
+       FROM jobs WHERE experiment_id = $1 AND type IN ('quantize','eval','bench') ORDER BY started_at" \
+    > "$out/jobs_exp$1.tsv"
+}
 up() { $q up --stack "$stack" --device cuda --workers "$1" --gpus "$2" --threads 4; }
 down() { $q down --stack "$stack"; }
 seed2() { $q submit --stack "$stack" --preset seed --set name="$1" --set train.epochs=0 \
@@ -42,6 +49,7 @@ if has one; then
   /usr/bin/time -f "%e s wall" $q submit --stack "$stack" --preset seed --set name=seed-1gpu --wait --timeout 900 \
     > "$out/run1_submit.log" 2>&1; tail -12 "$out/run1_submit.log"
   phase_sql 1 | tee "$out/phases.tsv"
+  job_times 1
   sql "SELECT seconds, samples_per_s, history FROM training_runs WHERE experiment_id = 1" > "$out/run1_training.tsv"
   down
 fi
@@ -51,6 +59,7 @@ if has two; then
   t=$(date +%s.%N); seed2 seed-2gpu --wait --timeout 900 > "$out/run2_submit.log" 2>&1
   echo "$(python3 -c "import time;print(round(time.time()-$t,2))") s wall" >> "$out/run2_submit.log"; tail -12 "$out/run2_submit.log"
   phase_sql 2 | tee -a "$out/phases.tsv"
+  job_times 2
 fi
 if has kill; then
   stamp "run 3: two workers, kill -9 of the one running an eval shard"

@@ -14,8 +14,11 @@ export PYTHONUNBUFFERED=1
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/device.txt" 2>&1
+# SKIP_BUILD=1: build-cuda is already built (two sessions running side by side on two GPUs share one build).
+if [ -z "${SKIP_BUILD:-}" ]; then
 stamp build
 QBENCH_TARGETS="qbench tokenizer_bench kernel_bench kernels_cuda_ops_gpu_test worker_benchmark_gpu_test" bash scripts/gpu_bootstrap.sh "$debs" /opt/qbench-deps build-cuda > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
+fi
 export LD_LIBRARY_PATH=/opt/qbench-deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 q=build-cuda/cli/qbench
 steps=${STEPS:-train peer parity tokenizer gputests kernelbench bench}
@@ -48,14 +51,19 @@ tail -15 "$out/gpu_tests.log"
 fi
 if has kernelbench; then
 stamp "kernel bench"
-timeout 120 build-cuda/kernels/kernel_bench --quick > "$out/kernel_bench.jsonl" 2> "$out/kernel_bench.log"
+timeout 240 build-cuda/kernels/kernel_bench ${KERNEL_BENCH_ARGS:-} > "$out/kernel_bench.jsonl" 2> "$out/kernel_bench.log"
 tail -5 "$out/kernel_bench.jsonl"
 fi
 if has bench; then
 stamp "qbench bench and the Hugging Face inference peer (issue 6 ratios)"
 $q bench --device cuda --methods fp32,fp16,bf16,int8-sym,int8-sym-channel,int8-w8a8,llm-int8,nf4,fp8-e4m3 \
   > "$out/qbench_bench.jsonl" 2> "$out/qbench_bench.log"
-python3 scripts/peer_bench_hf.py > "$out/peer_bench_hf.jsonl" 2> "$out/peer_bench_hf.log"
+# The reference's per-tensor int8 runs on an fp32 base; its target is against fp16, so time an fp16-based twin.
+$q bench --device cuda --methods int8-sym --base fp16 >> "$out/qbench_bench.jsonl" 2>> "$out/qbench_bench.log"
+stamp "peer inference bench"
+# Every shape is a separate torch.compile: PEER_BATCH_SIZES trims the sweep to the sizes the targets read.
+python3 scripts/peer_bench_hf.py --batch-sizes "${PEER_BATCH_SIZES:-1,8,32,128,512}" \
+  > "$out/peer_bench_hf.jsonl" 2> "$out/peer_bench_hf.log"
 python3 scripts/bench_ratios.py "$out/qbench_bench.jsonl" "$out/peer_bench_hf.jsonl" | tee "$out/bench_ratios.txt"
 fi
 stamp done
