@@ -37,7 +37,9 @@ class Int8Linear(torch.nn.Module):
         super().__init__()
         w = weight_in_out.t().float()  # HF Conv1D stores [in, out]
         scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0  # [out]
-        self.register_buffer("w_t", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).t())  # [in, out]
+        # Stored [out, in] contiguous; forward passes w.t(), the column-major [in, out] operand cuBLASLt's
+        # fast int8 layout wants (a transposed view kept as a buffer can come back contiguous under compile).
+        self.register_buffer("w", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous())
         self.register_buffer("w_scale", scale.half()[None, :])
         self.register_buffer("bias", bias.half())
 
@@ -46,7 +48,7 @@ class Int8Linear(torch.nn.Module):
         x2 = x.reshape(-1, shape[-1])
         xs = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-8) / 127.0
         xq = torch.round(x2.float() / xs).clamp(-127, 127).to(torch.int8)
-        acc = torch._int_mm(xq, self.w_t)  # int32 [tokens, out]; needs tokens > 16
+        acc = torch._int_mm(xq, self.w.t())  # int32 [tokens, out]; needs tokens > 16
         y = (acc.float() * xs * self.w_scale.float()).half() + self.bias
         return y.reshape(*shape[:-1], -1)
 
@@ -59,7 +61,7 @@ class Fp8Linear(torch.nn.Module):
         w = weight_in_out.t().float()  # [out, in]
         fmax = torch.finfo(torch.float8_e4m3fn).max
         scale = w.abs().amax(dim=1).clamp(min=1e-12) / fmax
-        self.register_buffer("w_t", (w / scale[:, None]).to(torch.float8_e4m3fn).t())  # [in, out], column-major
+        self.register_buffer("w", (w / scale[:, None]).to(torch.float8_e4m3fn).contiguous())  # [out, in]
         self.register_buffer("w_scale", scale[None, :].float())
         self.register_buffer("bias", bias.bfloat16())
         self.fmax = fmax
@@ -69,7 +71,7 @@ class Fp8Linear(torch.nn.Module):
         x2 = x.reshape(-1, shape[-1])
         xs = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / self.fmax
         xq = (x2.float() / xs).to(torch.float8_e4m3fn)
-        y = torch._scaled_mm(xq, self.w_t, scale_a=xs, scale_b=self.w_scale, bias=self.bias, out_dtype=torch.bfloat16)
+        y = torch._scaled_mm(xq, self.w.t(), scale_a=xs, scale_b=self.w_scale, bias=self.bias, out_dtype=torch.bfloat16)
         return y.reshape(*shape[:-1], -1)
 
 

@@ -27,7 +27,8 @@ std::pair<int64_t, int64_t> parameter_counts(const ModelConfig& c) {
   return {body, c.num_labels * E};
 }
 
-GPT2ClassifierImpl::GPT2ClassifierImpl(const ModelConfig& config, uint64_t seed) : config_(config) {
+GPT2ClassifierImpl::GPT2ClassifierImpl(const ModelConfig& config, uint64_t seed, bool random_init)
+    : config_(config) {
   EVALSVC_CHECK(config.n_embd % config.n_head == 0, InputError, "n_embd {} is not a multiple of n_head {}",
                 config.n_embd, config.n_head);
   torch::NoGradGuard no_grad;
@@ -35,7 +36,9 @@ GPT2ClassifierImpl::GPT2ClassifierImpl(const ModelConfig& config, uint64_t seed)
   const int64_t E = config.n_embd, I = config.inner();
   const double std = config.initializer_range;
   const double proj_std = std / std::sqrt(2.0 * static_cast<double>(config.n_layer));
-  auto normal = [](std::vector<int64_t> shape, double s) { return torch::randn(shape) * s; };
+  auto normal = [random_init](std::vector<int64_t> shape, double s) {
+    return random_init ? torch::randn(shape) * s : torch::empty(shape);
+  };
   wte_ = param(normal({config.vocab_size, E}, std));
   wpe_ = param(normal({config.n_positions, E}, std));
   lnf_w_ = param(torch::ones({E}));

@@ -56,7 +56,9 @@ class GPT2ClassifierImpl : public torch::nn::Module {
  public:
   /// Random initialisation as Hugging Face GPT2PreTrainedModel._init_weights does (normal(0, 0.02),
   /// c_proj weights scaled by 1/sqrt(2 * n_layer), LayerNorm 1/0, biases 0), seeded.
-  GPT2ClassifierImpl(const ModelConfig& config, uint64_t seed);
+  /// random_init = false leaves the weights uninitialised (torch::empty), for a caller that overwrites every
+  /// tensor at once (load_variant_state_dict checks that the file has each one): no 124M-value randn.
+  GPT2ClassifierImpl(const ModelConfig& config, uint64_t seed, bool random_init = true);
 
   /// input_ids [B, T] int64 (right-padded), lengths [B] int64 (>= 1) on the model's device.
   /// Returns logits [B, num_labels] in fp32. Dropout is active in train() mode.
