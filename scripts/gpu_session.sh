@@ -17,11 +17,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/dev
 # SKIP_BUILD=1: build-cuda is already built (two sessions running side by side on two GPUs share one build).
 if [ -z "${SKIP_BUILD:-}" ]; then
 stamp build
-QBENCH_TARGETS="qbench tokenizer_bench kernel_bench kernels_cuda_ops_gpu_test worker_benchmark_gpu_test" bash scripts/gpu_bootstrap.sh "$debs" /opt/qbench-deps build-cuda > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
+QBENCH_TARGETS="qbench tokenizer_bench kernel_bench kernels_cuda_ops_gpu_test worker_benchmark_gpu_test worker_tokenizer_test worker_dataset_test" bash scripts/gpu_bootstrap.sh "$debs" /opt/qbench-deps build-cuda > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
 fi
 export LD_LIBRARY_PATH=/opt/qbench-deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 q=build-cuda/cli/qbench
-steps=${STEPS:-train peer parity tokenizer gputests kernelbench bench}
+steps=${STEPS:-train peer parity tokenizer gputests cputests kernelbench bench}
 has() { [[ " $steps " == *" $1 "* ]]; }
 if has train; then
 stamp "train seed (qbench)"
@@ -48,6 +48,14 @@ if has gputests; then
 stamp "gpu tests"
 (cd build-cuda && ctest -L gpu --output-on-failure --timeout 300) > "$out/gpu_tests.log" 2>&1
 tail -15 "$out/gpu_tests.log"
+fi
+if has cputests; then
+# Two CPU test programs crashed (SIGSEGV) in this CUDA build on an Ubuntu GPU host and pass on Debian; each
+# test program now prints a backtrace when it dies of a signal (tests/support/crash_backtrace.cpp).
+stamp "cpu tests that crashed on the GPU host"
+for t in worker_tokenizer_test worker_dataset_test; do
+  QBENCH_DATA_DIR="$data" timeout 300 build-cuda/tests/$t > "$out/$t.log" 2>&1; echo "$t: exit $?"; tail -25 "$out/$t.log"
+done
 fi
 if has kernelbench; then
 stamp "kernel bench"
