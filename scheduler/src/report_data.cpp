@@ -607,7 +607,18 @@ ReportData build_report_data(const ReportInputs& in) {
         if (!v.best_throughput || t.samples_per_s > v.best_throughput->samples_per_s) v.best_throughput = t;
       }
     }
-    // End-to-end evaluation rate: the shard rows when there are any, else a "dataset" bench row.
+    for (const auto* br : dataset) {
+      if (!br->samples_per_s || !std::isfinite(*br->samples_per_s) || *br->samples_per_s <= 0) continue;
+      TestSetRate t;
+      t.samples_per_s = *br->samples_per_s;
+      t.rows = br->timed_runs.value_or(0);
+      t.batch_size = br->batch_size;
+      t.peak_mem_bytes = br->peak_mem_bytes;
+      t.on = measured_on_from_json(br->device);
+      v.test_set_rate = t;
+      break;
+    }
+    // End-to-end evaluation rate: from the eval shards' rows.
     if (auto sh = in.eval_shards.find(v.name); sh != in.eval_shards.end() && !sh->second.empty()) {
       DatasetRate r;
       std::vector<std::string> devices;
@@ -625,15 +636,6 @@ ReportData build_report_data(const ReportInputs& in) {
       if (r.seconds > 0) {
         r.samples_per_s = static_cast<double>(r.samples) / r.seconds;
         v.dataset_rate = r;
-      }
-    } else {
-      for (const auto* br : dataset) {
-        if (!br->samples_per_s) continue;
-        DatasetRate r;
-        r.samples_per_s = *br->samples_per_s;
-        r.on = measured_on_from_json(br->device);
-        v.dataset_rate = r;
-        break;
       }
     }
   }

@@ -556,6 +556,22 @@ std::string render_html(const ReportData& d) {
     }
     o += "</table>\n";
   }
+  std::vector<std::string> test_devices;
+  for (const auto& v : d.variants) {
+    if (v.test_set_rate && std::find(test_devices.begin(), test_devices.end(), v.test_set_rate->on.device) == test_devices.end())
+      test_devices.push_back(v.test_set_rate->on.device);
+  }
+  for (const auto& dev : test_devices) {
+    o += "<h3>Test-set rate on " + esc(dev) + " (bench job: test rows padded per batch to their longest, forward only)</h3>\n"
+         "<table><tr><th>variant</th><th>samples/s</th><th>rows</th><th>batch</th><th>measured on</th></tr>\n";
+    for (const auto& v : d.variants) {
+      if (!v.test_set_rate || v.test_set_rate->on.device != dev) continue;
+      const TestSetRate& t = *v.test_set_rate;
+      o += "<tr>" + td(v.name) + td(fmt::format("{:.2f}", t.samples_per_s)) + td(std::to_string(t.rows)) +
+           td(std::to_string(t.batch_size)) + td(t.on.label()) + "</tr>\n";
+    }
+    o += "</table>\n";
+  }
 
   o += "<h2>Charts</h2>\n<div class=\"charts\">\n";
   o += accuracy_memory_chart(d) + "\n" + latency_charts(d, f) + "\n" + throughput_charts(d, f) + "\n" +

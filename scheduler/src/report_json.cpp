@@ -174,6 +174,14 @@ json report_to_json(const ReportData& d) {
     } else {
       x["dataset_rate"] = nullptr;
     }
+    if (v.test_set_rate) {
+      const auto& t = *v.test_set_rate;
+      x["test_set_rate"] = {{"samples_per_s", num(t.samples_per_s)}, {"rows", t.rows},
+                            {"batch_size", t.batch_size},           {"peak_mem_bytes", opt_num(t.peak_mem_bytes)},
+                            {"measured_on", on_json(t.on)}};
+    } else {
+      x["test_set_rate"] = nullptr;
+    }
     vs.push_back(std::move(x));
   }
   j["variants"] = vs;

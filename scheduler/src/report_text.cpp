@@ -141,6 +141,14 @@ std::string variant_block(const ReportData& d, const VariantFigures& v) {
   } else {
     o += field("End-to-end eval rate", kNotMeasured);
   }
+  if (v.test_set_rate) {
+    const TestSetRate& t = *v.test_set_rate;
+    o += field("Test-set rate", fmt::format("{} ({} rows in batches of {}, each padded to its longest row; forward "
+                                            "only, device to itself) on {}",
+                                            rate(t.samples_per_s), t.rows, t.batch_size, t.on.label()));
+  } else {
+    o += field("Test-set rate", kNotMeasured);
+  }
   o += "    \n";
   if (!v.metrics) {
     o += "  Performance Metrics:\n    \u2022 not available (" + std::string(to_string(v.status)) + ")\n";
@@ -489,6 +497,23 @@ std::string render_markdown(const ReportData& d) {
     }
     o += "\nEnd-to-end evaluation rate on " + md_escape(dev) + " (tokenize + forward + write, summed worker time):\n\n";
     o += md_table({"variant", "samples/s", "samples", "shards", "measured on"}, rows);
+  }
+  // The bench jobs' test-set rates, also one table per device.
+  std::vector<std::string> test_devices;
+  for (const auto& v : d.variants) {
+    if (v.test_set_rate && std::find(test_devices.begin(), test_devices.end(), v.test_set_rate->on.device) == test_devices.end())
+      test_devices.push_back(v.test_set_rate->on.device);
+  }
+  for (const auto& dev : test_devices) {
+    rows.clear();
+    for (const auto& v : d.variants) {
+      if (!v.test_set_rate || v.test_set_rate->on.device != dev) continue;
+      const TestSetRate& t = *v.test_set_rate;
+      rows.push_back({md_escape(v.name), fmt::format("{:.2f}", t.samples_per_s), std::to_string(t.rows),
+                      std::to_string(t.batch_size), md_escape(t.on.label())});
+    }
+    o += "\nTest-set rate on " + md_escape(dev) + " (bench job: test rows padded per batch to their longest, forward only):\n\n";
+    o += md_table({"variant", "samples/s", "rows", "batch", "measured on"}, rows);
   }
 
   o += "\n## 5. Per-class F1\n\nFrom the predictions of section 1 (device in its last column).\n\n";

@@ -74,6 +74,7 @@ TEST(ExperimentSpecTest, TinyPreset) {
   EXPECT_EQ(s.bench.batch_sizes, (std::vector<int64_t>{1, 8, 32}));
   EXPECT_EQ(s.bench.warmup, 3);
   EXPECT_EQ(s.bench.iters, 20);
+  EXPECT_EQ(s.bench.test_set_rows, 1000);
   EXPECT_EQ(s.baseline, "fp32");
   EXPECT_EQ(s.max_attempts, 3);
 }
@@ -93,6 +94,7 @@ TEST(ExperimentSpecTest, SeedPreset) {
   EXPECT_EQ(s.bench.batch_sizes, (std::vector<int64_t>{1, 8, 32, 128, 512}));
   EXPECT_EQ(s.bench.warmup, 20);
   EXPECT_EQ(s.bench.iters, 200);
+  EXPECT_EQ(s.bench.test_set_rows, 0);  // every test row
   EXPECT_EQ(s.model_context(), 1024);
 }
 
@@ -171,7 +173,7 @@ TEST(ExperimentSpecTest, NormalizedJsonIsCompleteAndRoundTrips) {
                 "grad_clip": 0, "seed": 18446744073709551615},
       "variants": [{"name": "q", "method": "llm-int8", "options": {"outlier_threshold": 4.5}}, "fp8-e4m3"],
       "baseline": "q", "eval": {"shards": 1024, "batch_size": 1},
-      "bench": {"enabled": false, "batch_sizes": [3], "seq_len": 1024, "warmup": 0, "iters": 1},
+      "bench": {"enabled": false, "batch_sizes": [3], "seq_len": 1024, "warmup": 0, "iters": 1, "test_set_rows": 500},
       "device": "cuda", "max_attempts": 100})")));
   for (const auto& s : specs) {
     const json j = s.to_json();
@@ -181,7 +183,7 @@ TEST(ExperimentSpecTest, NormalizedJsonIsCompleteAndRoundTrips) {
     }
     EXPECT_EQ(j["data"].size(), 6u);
     EXPECT_EQ(j["train"].size(), 7u);
-    EXPECT_EQ(j["bench"].size(), 5u);
+    EXPECT_EQ(j["bench"].size(), 6u);
     for (const auto& v : j["variants"]) {
       EXPECT_TRUE(v.is_object());
       EXPECT_EQ(v.size(), 4u);
@@ -265,6 +267,7 @@ TEST(ExperimentSpecTest, ValidationErrorsNameThePath) {
       {R"({"bench": {"batch_sizes": []}})", "bench.batch_sizes: must list at least one batch size"},
       {R"({"bench": {"batch_sizes": [1, 8, 1]}})", "bench.batch_sizes[2]: batch size 1 is listed twice"},
       {R"({"bench": {"iters": 0}})", "bench.iters: must be in [1, 1000000], got 0"},
+      {R"({"bench": {"test_set_rows": -1}})", "bench.test_set_rows: must be in [0, 2147483647], got -1"},
       {R"({"bench": {"warmup": -1}})", "bench.warmup: must be in [0, 1000000], got -1"},
       {R"({"data": {"validation_fraction": 0.5}})", "data.validation_fraction: must be in [0, 0.5), got 0.5"},
       {R"({"data": {"validation_fraction": -0.1}})", "data.validation_fraction: must be in [0, 0.5), got -0.1"},

@@ -21,6 +21,15 @@ TEST_F(Pipeline, TinyPresetThroughSchedulerAndTwoWorkers) {
     EXPECT_TRUE(v.memory.footprint_bytes.has_value()) << v.name;
   }
   EXPECT_FALSE(store.list_bench_results(id).empty());
+  // Each bench job also timed the test set with dynamic padding: one "dataset" row over every test row.
+  std::map<std::string, int> test_set_rows;
+  for (const auto& b : store.list_bench_results(id)) {
+    if (b.kind != scheduler::BenchKind::kDataset) continue;
+    test_set_rows[b.variant] = b.timed_runs.value_or(-1);
+    EXPECT_GT(b.samples_per_s.value_or(0), 0.0) << b.variant;
+    EXPECT_EQ(b.seq_len, 0) << b.variant;
+  }
+  EXPECT_EQ(test_set_rows, (std::map<std::string, int>{{"fp32", static_cast<int>(kTestRows)}, {"int8-sym", static_cast<int>(kTestRows)}, {"nf4", static_cast<int>(kTestRows)}}));
   // The quantize jobs' weight error: one row per projection (tiny: 2 blocks x 4), fp32 exact, the others not.
   std::map<std::string, int> rows, exact;
   for (const auto& e : store.list_layer_errors(id)) {

@@ -8,6 +8,7 @@
 
 #include "evalsvc/common/error.h"
 #include "evalsvc/worker/device.h"
+#include "evalsvc/worker/evaluate.h"
 
 #if EVALSVC_WITH_CUDA
 #include <ATen/cuda/CUDAGraph.h>
@@ -105,6 +106,34 @@ std::optional<CapturedForward> capture_forward(GPT2Classifier& model, const torc
 #endif
 
 }  // namespace
+
+nlohmann::json TestSetRate::to_json() const {
+  return {{"rows", rows},
+          {"batch_size", batch_size},
+          {"seconds", seconds},
+          {"samples_per_s", samples_per_s},
+          {"peak_memory_bytes", peak_memory_bytes}};
+}
+
+TestSetRate run_test_set_rate(GPT2Classifier& model, const TokenizedDataset& data, int64_t batch_size,
+                              const torch::Device& device) {
+  EVALSVC_CHECK(data.size() > 0, InputError, "test-set rate: the dataset has no rows");
+  EVALSVC_CHECK(batch_size >= 1, InputError, "test-set rate: batch size must be >= 1, got {}", batch_size);
+  // Warm-up on a slice as long as two batches: the first forward of each new shape pays kernel selection.
+  std::vector<size_t> first(std::min<size_t>(data.size(), static_cast<size_t>(2 * batch_size)));
+  std::iota(first.begin(), first.end(), size_t{0});
+  (void)predict(model, select(data, first), batch_size, device);
+  synchronize(device);
+  reset_peak(device);
+  const Predictions p = predict(model, data, batch_size, device);
+  TestSetRate r;
+  r.rows = static_cast<int64_t>(data.size());
+  r.batch_size = batch_size;
+  r.seconds = p.seconds;
+  r.samples_per_s = p.seconds > 0 ? static_cast<double>(r.rows) / p.seconds : 0.0;
+  r.peak_memory_bytes = peak_bytes(device);
+  return r;
+}
 
 double percentile(std::vector<double> v, double q) {
   EVALSVC_CHECK(!v.empty(), InputError, "percentile of no values");

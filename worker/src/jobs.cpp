@@ -4,6 +4,7 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <numeric>
 
 #include "evalsvc/common/error.h"
 #include "evalsvc/common/experiment_spec.h"
@@ -312,7 +313,31 @@ nlohmann::json run_bench(Shared& s, const JobMessage& job, JobContext&) {
     }
   }
   s.db().set_variant_memory(job.experiment_id, v.name, vm);
-  return r.to_json();
+
+  // The test-set rate: real rows, dynamic padding, forward only, with the device to this job.
+  TokenizedDataset test = dataset(s, spec, false);
+  if (spec.bench.test_set_rows > 0 && test.size() > static_cast<size_t>(spec.bench.test_set_rows)) {
+    std::vector<size_t> first(static_cast<size_t>(spec.bench.test_set_rows));
+    std::iota(first.begin(), first.end(), size_t{0});
+    test = select(test, first);
+  }
+  const TestSetRate tr = run_test_set_rate(model, test, spec.eval.batch_size, s.env.device);
+  scheduler::BenchResult ds;
+  ds.experiment_id = job.experiment_id;
+  ds.variant = v.name;
+  ds.kind = scheduler::BenchKind::kDataset;
+  ds.batch_size = static_cast<int>(tr.batch_size);
+  ds.seq_len = 0;  // dynamic: each batch padded to its longest row
+  ds.samples_per_s = tr.samples_per_s;
+  ds.p50_ms = tr.seconds * 1000.0;
+  ds.warmup_runs = 1;
+  ds.timed_runs = static_cast<int>(tr.rows);
+  if (tr.peak_memory_bytes >= 0) ds.peak_mem_bytes = tr.peak_memory_bytes;
+  ds.device = dev;
+  s.db().upsert_bench_result(ds);
+  nlohmann::json out = r.to_json();
+  out["test_set"] = tr.to_json();
+  return out;
 }
 
 nlohmann::json run_merge(Shared& s, const JobMessage& job, JobContext&) {

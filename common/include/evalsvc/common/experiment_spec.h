@@ -87,6 +87,8 @@ struct BenchSpec {
   int64_t seq_len = 128;                                    ///< latency runs pad to this (<= the model's context)
   int64_t warmup = 20;                                      ///< untimed runs before timing
   int64_t iters = 200;                                      ///< timed runs
+  /// Test rows of the bench job's test-set rate (dynamic padding, forward only): 0 = every test row.
+  int64_t test_set_rows = 0;
   bool operator==(const BenchSpec&) const = default;
 };
 

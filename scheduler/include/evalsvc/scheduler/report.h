@@ -93,6 +93,16 @@ struct DatasetRate {
   MeasuredOn on;            ///< device "mixed: A, B" when shards ran on different devices
 };
 
+/// The bench job's test-set rate: real test rows in batches padded to their longest row, forward only, with
+/// the device to itself (no tokenization, no database writes).
+struct TestSetRate {
+  double samples_per_s = 0;
+  int64_t rows = 0;          ///< rows in the timed pass
+  int batch_size = 0;
+  std::optional<int64_t> peak_mem_bytes;
+  MeasuredOn on;
+};
+
 /// Weight quantization error of a variant over its projections (table layer_errors). SQNR in dB per
 /// projection = sqnr_db(signal_sq, error_sq) (common/metrics.h); exactly stored projections have none.
 struct QuantErrorFigures {
@@ -140,7 +150,8 @@ struct VariantFigures {
   std::optional<LatencyFigures> latency;         ///< batch 1, the bench's seq_len
   std::vector<ThroughputFigure> sweep;           ///< by batch size
   std::optional<ThroughputFigure> best_throughput;
-  std::optional<DatasetRate> dataset_rate;
+  std::optional<DatasetRate> dataset_rate;       ///< the eval shards' end-to-end rate
+  std::optional<TestSetRate> test_set_rate;      ///< the bench job's forward-only rate
 };
 
 /// Summary of the fine-tuning run(s).

@@ -207,6 +207,9 @@ struct VariantMetrics {
 };
 
 /// A row of `bench_results`; one per (experiment, variant, kind, batch_size, seq_len).
+/// kLatency: batch 1, p50/p90/p99 over timed_runs. kThroughput: samples_per_s at batch_size, p50_ms = ms per
+/// batch. kDataset: the test-set rate (dynamic padding, so seq_len = 0): samples_per_s over one timed pass of
+/// timed_runs test rows in batches of batch_size, p50_ms = that pass's time.
 struct BenchResult {
   int64_t experiment_id = 0;
   std::string variant;

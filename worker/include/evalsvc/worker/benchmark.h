@@ -46,6 +46,23 @@ struct BenchResult {
 /// Times `model` (already on `device`, eval mode) on random token ids of length seq_len.
 BenchResult run_benchmark(GPT2Classifier& model, const torch::Device& device, const BenchOptions& options);
 
+/// The rate over real test rows: batches of rows of similar length, each padded only to its longest row
+/// (dynamic padding, as the eval shards run), forward only, with the device to itself. Unlike the eval
+/// shards' end-to-end rate it excludes tokenization and database writes.
+struct TestSetRate {
+  int64_t rows = 0;
+  int64_t batch_size = 0;
+  double seconds = 0;               ///< the timed pass, device-synchronised
+  double samples_per_s = 0;
+  int64_t peak_memory_bytes = -1;   ///< CUDA only; -1 where not measured (CPU)
+  nlohmann::json to_json() const;
+};
+
+/// One untimed pass over the first rows (warm-up: kernel selection, allocator growth), then one timed pass
+/// over all of `data`. InputError for an empty dataset or batch_size < 1.
+TestSetRate run_test_set_rate(GPT2Classifier& model, const TokenizedDataset& data, int64_t batch_size,
+                              const torch::Device& device);
+
 /// Percentiles by linear interpolation between order statistics (numpy's default); `values` is copied.
 double percentile(std::vector<double> values, double q);
 
