@@ -143,8 +143,8 @@ std::string variant_block(const ReportData& d, const VariantFigures& v) {
   }
   if (v.test_set_rate) {
     const TestSetRate& t = *v.test_set_rate;
-    o += field("Test-set rate", fmt::format("{} ({} rows in batches of {}, each padded to its longest row; forward "
-                                            "only, device to itself) on {}",
+    o += field("Test-set rate", fmt::format("{} ({} rows in batches of {}, each padded to its longest row; "
+                                            "forward only) on {}",
                                             rate(t.samples_per_s), t.rows, t.batch_size, t.on.label()));
   } else {
     o += field("Test-set rate", kNotMeasured);

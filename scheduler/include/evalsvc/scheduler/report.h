@@ -93,8 +93,8 @@ struct DatasetRate {
   MeasuredOn on;            ///< device "mixed: A, B" when shards ran on different devices
 };
 
-/// The bench job's test-set rate: real test rows in batches padded to their longest row, forward only, with
-/// the device to itself (no tokenization, no database writes).
+/// The bench job's test-set rate: real test rows in batches padded to their longest row, forward only (no
+/// tokenization, no database writes).
 struct TestSetRate {
   double samples_per_s = 0;
   int64_t rows = 0;          ///< rows in the timed pass

@@ -47,8 +47,9 @@ struct BenchResult {
 BenchResult run_benchmark(GPT2Classifier& model, const torch::Device& device, const BenchOptions& options);
 
 /// The rate over real test rows: batches of rows of similar length, each padded only to its longest row
-/// (dynamic padding, as the eval shards run), forward only, with the device to itself. Unlike the eval
-/// shards' end-to-end rate it excludes tokenization and database writes.
+/// (dynamic padding, as the eval shards run), forward only. Unlike the eval shards' end-to-end rate it
+/// excludes tokenization and database writes. A GPU worker has its GPU to itself; CPU workers of one host
+/// share its cores, so there the rate depends on what the other workers run meanwhile.
 struct TestSetRate {
   int64_t rows = 0;
   int64_t batch_size = 0;
