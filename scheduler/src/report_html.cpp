@@ -540,11 +540,8 @@ std::string render_html(const ReportData& d) {
   }
   if (!f.speed_not_measured.empty()) o += "<p class=\"nm\">Latency not measured: " + esc(join(f.speed_not_measured)) + "</p>\n";
   // End-to-end evaluation rates, one table per device (never compared across devices).
-  std::vector<std::string> rate_devices;
-  for (const auto& v : d.variants) {
-    if (v.dataset_rate && std::find(rate_devices.begin(), rate_devices.end(), v.dataset_rate->on.device) == rate_devices.end())
-      rate_devices.push_back(v.dataset_rate->on.device);
-  }
+  const std::vector<std::string> rate_devices =
+      devices_of(d.variants, [](const VariantFigures& v) { return v.dataset_rate ? &v.dataset_rate->on : nullptr; });
   for (const auto& dev : rate_devices) {
     o += "<h3>End-to-end evaluation rate on " + esc(dev) + " (tokenize + forward + write, summed worker time)</h3>\n"
          "<table><tr><th>variant</th><th>samples/s</th><th>samples</th><th>shards</th><th>measured on</th></tr>\n";
@@ -556,11 +553,8 @@ std::string render_html(const ReportData& d) {
     }
     o += "</table>\n";
   }
-  std::vector<std::string> test_devices;
-  for (const auto& v : d.variants) {
-    if (v.test_set_rate && std::find(test_devices.begin(), test_devices.end(), v.test_set_rate->on.device) == test_devices.end())
-      test_devices.push_back(v.test_set_rate->on.device);
-  }
+  const std::vector<std::string> test_devices =
+      devices_of(d.variants, [](const VariantFigures& v) { return v.test_set_rate ? &v.test_set_rate->on : nullptr; });
   for (const auto& dev : test_devices) {
     o += "<h3>Test-set rate on " + esc(dev) + " (bench job: test rows padded per batch to their longest, forward only)</h3>\n"
          "<table><tr><th>variant</th><th>samples/s</th><th>rows</th><th>batch</th><th>measured on</th></tr>\n";

@@ -1,6 +1,7 @@
 #pragma once
 // Formatting helpers shared by the report renderers (private to scheduler/src/report_*.cpp). One place
 // decides how a figure prints, so the text, Markdown and HTML never disagree on a rounding.
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <string>
@@ -57,6 +58,18 @@ std::string peak_devices(const VariantFigures& v);
 /// over 48 projections", "exact: all 48 projections store the fp32 weights unchanged", or "not measured".
 std::string sqnr_summary(const std::optional<QuantErrorFigures>& q);
 /// The median cell: "41.50 dB", or "exact" when at least half the projections are exact.
+/// The devices that measured some figure of the variants, in first-seen order: `on(v)` gives the variant's
+/// MeasuredOn, or nullptr where it has no such figure. Rate tables are drawn one per device, never mixed.
+template <typename On>
+std::vector<std::string> devices_of(const std::vector<VariantFigures>& variants, On on) {
+  std::vector<std::string> out;
+  for (const auto& v : variants) {
+    const MeasuredOn* m = on(v);
+    if (m && std::find(out.begin(), out.end(), m->device) == out.end()) out.push_back(m->device);
+  }
+  return out;
+}
+
 inline std::string median_cell(const QuantErrorFigures& q) { return q.median_db ? db(*q.median_db) : "exact"; }
 /// The side-by-side table of two experiments, shared by the text, Markdown and HTML comparison.
 struct ComparisonTable {

@@ -482,11 +482,8 @@ std::string render_markdown(const ReportData& d) {
   }
   if (!f.speed_not_measured.empty()) o += "\nLatency not measured: " + md_escape(join(f.speed_not_measured)) + ".\n";
   // End-to-end rates, one table per device: rates from different devices are not set side by side.
-  std::vector<std::string> rate_devices;
-  for (const auto& v : d.variants) {
-    if (v.dataset_rate && std::find(rate_devices.begin(), rate_devices.end(), v.dataset_rate->on.device) == rate_devices.end())
-      rate_devices.push_back(v.dataset_rate->on.device);
-  }
+  const std::vector<std::string> rate_devices =
+      devices_of(d.variants, [](const VariantFigures& v) { return v.dataset_rate ? &v.dataset_rate->on : nullptr; });
   for (const auto& dev : rate_devices) {
     rows.clear();
     for (const auto& v : d.variants) {
@@ -499,11 +496,8 @@ std::string render_markdown(const ReportData& d) {
     o += md_table({"variant", "samples/s", "samples", "shards", "measured on"}, rows);
   }
   // The bench jobs' test-set rates, also one table per device.
-  std::vector<std::string> test_devices;
-  for (const auto& v : d.variants) {
-    if (v.test_set_rate && std::find(test_devices.begin(), test_devices.end(), v.test_set_rate->on.device) == test_devices.end())
-      test_devices.push_back(v.test_set_rate->on.device);
-  }
+  const std::vector<std::string> test_devices =
+      devices_of(d.variants, [](const VariantFigures& v) { return v.test_set_rate ? &v.test_set_rate->on : nullptr; });
   for (const auto& dev : test_devices) {
     rows.clear();
     for (const auto& v : d.variants) {
