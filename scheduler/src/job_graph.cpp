@@ -153,7 +153,6 @@ std::vector<JobSpec> build_job_graph(int64_t experiment_id, const ExperimentSpec
       job.row_end = r.end;
       merge_deps.push_back(job.id);
     }
-
   }
 
   std::vector<std::string> names;

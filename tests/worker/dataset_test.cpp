@@ -223,6 +223,12 @@ TEST_F(DatasetCacheTest, SelectSubsets) {
   EXPECT_EQ(select(d, {}).size(), 0u);
   EXPECT_THROW(select(d, {0, 301}), InputError);
   EXPECT_THROW((void)d.row(301), InternalError);
+  // head: the first rows in order, at most all of them.
+  const TokenizedDataset h = head(d, 3);
+  ASSERT_EQ(h.size(), 3u);
+  for (size_t k = 0; k < 3; ++k) EXPECT_EQ(h.labels[k], d.labels[k]);
+  EXPECT_EQ(h.tokens, std::vector<int32_t>(d.tokens.begin(), d.tokens.begin() + d.offsets[3]));
+  EXPECT_EQ(head(d, 1000).size(), d.size());
 }
 
 // Length statistics of the train subset at 128 tokens. SPEC section 4 quotes "mean length 53.5 tokens;

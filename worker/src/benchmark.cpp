@@ -120,9 +120,7 @@ TestSetRate run_test_set_rate(GPT2Classifier& model, const TokenizedDataset& dat
   EVALSVC_CHECK(data.size() > 0, InputError, "test-set rate: the dataset has no rows");
   EVALSVC_CHECK(batch_size >= 1, InputError, "test-set rate: batch size must be >= 1, got {}", batch_size);
   // Warm-up on a slice as long as two batches: the first forward of each new shape pays kernel selection.
-  std::vector<size_t> first(std::min<size_t>(data.size(), static_cast<size_t>(2 * batch_size)));
-  std::iota(first.begin(), first.end(), size_t{0});
-  (void)predict(model, select(data, first), batch_size, device);
+  (void)predict(model, head(data, static_cast<size_t>(2 * batch_size)), batch_size, device);
   synchronize(device);
   reset_peak(device);
   const Predictions p = predict(model, data, batch_size, device);

@@ -1,6 +1,7 @@
 #include "evalsvc/worker/dataset.h"
 
 #include <algorithm>
+#include <numeric>
 #include <cstring>
 #include <exception>
 #include <optional>
@@ -290,6 +291,12 @@ TokenizedDataset load_or_tokenize(const fs::path& csv, const Tokenizer& tok, int
     spdlog::warn("cannot write token cache {}: {} (continuing without it)", path.string(), e.what());
   }
   return d;
+}
+
+TokenizedDataset head(const TokenizedDataset& d, size_t n) {
+  std::vector<size_t> idx(std::min(n, d.size()));
+  std::iota(idx.begin(), idx.end(), size_t{0});
+  return select(d, idx);
 }
 
 TokenizedDataset select(const TokenizedDataset& d, const std::vector<size_t>& idx) {

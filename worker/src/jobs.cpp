@@ -4,7 +4,6 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
-#include <numeric>
 
 #include "evalsvc/common/error.h"
 #include "evalsvc/common/experiment_spec.h"
@@ -316,11 +315,7 @@ nlohmann::json run_bench(Shared& s, const JobMessage& job, JobContext&) {
 
   // The test-set rate: real rows, dynamic padding, forward only, with the device to this job.
   TokenizedDataset test = dataset(s, spec, false);
-  if (spec.bench.test_set_rows > 0 && test.size() > static_cast<size_t>(spec.bench.test_set_rows)) {
-    std::vector<size_t> first(static_cast<size_t>(spec.bench.test_set_rows));
-    std::iota(first.begin(), first.end(), size_t{0});
-    test = select(test, first);
-  }
+  if (spec.bench.test_set_rows > 0) test = head(test, static_cast<size_t>(spec.bench.test_set_rows));
   const TestSetRate tr = run_test_set_rate(model, test, spec.eval.batch_size, s.env.device);
   scheduler::BenchResult ds;
   ds.experiment_id = job.experiment_id;

@@ -51,8 +51,8 @@ struct Nf4Weight {
 /// Which NF4 kernel nf4_linear uses. kAuto: the GEMV for at most kNf4GemvMaxTokens tokens, the fused GEMM up to
 /// kNf4DequantMinTokens, and beyond that kDequantMatmul: the whole weight dequantized into a temporary in the
 /// compute dtype, then cuBLAS. At many tokens the product is compute-bound, and cuBLAS's tensor-core GEMM
-/// beats the fused kernel by more than the dequantization costs (one pass over a few MB); kernel_bench times
-/// all three paths so the crossover is a measured one (docs/perf.md).
+/// beats the fused kernel by more than the dequantization costs (one pass over a few MB). kernel_bench times
+/// all three paths; the threshold below is not tuned from those tables yet (docs/perf.md).
 enum class Nf4Path { kAuto, kGemv, kGemm, kDequantMatmul };
 /// Token count up to which kAuto picks the GEMV path (it re-streams the weight once per 4 tokens).
 inline constexpr int64_t kNf4GemvMaxTokens = 4;

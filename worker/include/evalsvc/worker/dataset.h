@@ -50,4 +50,7 @@ std::filesystem::path cache_path(const std::filesystem::path& csv, const Tokeniz
 /// InputError naming the first index >= d.size().
 TokenizedDataset select(const TokenizedDataset& d, const std::vector<size_t>& idx);
 
+/// The first min(n, d.size()) rows, in order (select over 0..n-1).
+TokenizedDataset head(const TokenizedDataset& d, size_t n);
+
 }  // namespace evalsvc::worker
