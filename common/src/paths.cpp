@@ -1,6 +1,8 @@
 #include "evalsvc/common/paths.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -17,6 +19,73 @@ namespace fs = std::filesystem;
 namespace evalsvc {
 
 std::string version() { return EVALSVC_VERSION; }
+
+namespace {
+
+/// Empties the directory open as `dir_fd` and closes it; errno of the first failure, 0 on success.
+int empty_directory(int dir_fd) {
+  DIR* d = ::fdopendir(dir_fd);
+  if (d == nullptr) {
+    const int e = errno;
+    ::close(dir_fd);
+    return e;
+  }
+  int err = 0;
+  while (err == 0) {
+    errno = 0;
+    const dirent* ent = ::readdir(d);
+    if (ent == nullptr) {
+      err = errno;
+      break;
+    }
+    const char* name = ent->d_name;
+    if (std::strcmp(name, ".") == 0 || std::strcmp(name, "..") == 0) continue;
+    struct stat st {};
+    if (::fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      err = errno;
+      break;
+    }
+    if (S_ISDIR(st.st_mode)) {
+      const int sub = ::openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (sub < 0) {
+        err = errno;
+        break;
+      }
+      err = empty_directory(sub);
+      if (err == 0 && ::unlinkat(dir_fd, name, AT_REMOVEDIR) != 0) err = errno;
+    } else if (::unlinkat(dir_fd, name, 0) != 0) {
+      err = errno;
+    }
+  }
+  ::closedir(d);  // also closes dir_fd
+  return err;
+}
+
+}  // namespace
+
+bool remove_tree(const fs::path& path, std::error_code& ec) noexcept {
+  ec.clear();
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno != ENOENT) ec.assign(errno, std::generic_category());
+    return !ec;
+  }
+  int err = 0;
+  if (S_ISDIR(st.st_mode)) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    err = fd < 0 ? errno : empty_directory(fd);
+    if (err == 0 && ::rmdir(path.c_str()) != 0) err = errno;
+  } else if (::unlink(path.c_str()) != 0) {
+    err = errno;
+  }
+  if (err != 0) ec.assign(err, std::generic_category());
+  return !ec;
+}
+
+void remove_tree(const fs::path& path) {
+  std::error_code ec;
+  if (!remove_tree(path, ec)) throw IoError(fmt::format("cannot remove {}: {}", path.string(), ec.message()));
+}
 
 std::optional<std::string> getenv_opt(const char* name) {
   const char* v = std::getenv(name);

@@ -247,7 +247,7 @@ int main(int argc, char** argv) {
     for (int w : {1, 4}) out["latency"].push_back(latency(url, w, latency_jobs, std::chrono::microseconds(pace_us)));
     std::cout << out.dump(2) << std::endl;
     server.reset();
-    if (!dir.empty()) std::filesystem::remove_all(dir);
+    if (!dir.empty()) evalsvc::remove_tree(dir);
   } catch (const std::exception& e) {
     std::cerr << "queue_bench: " << e.what() << "\n";
     return 1;

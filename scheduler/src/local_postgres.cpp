@@ -337,7 +337,7 @@ std::string LocalPostgres::redacted_url() const {
 void LocalPostgres::init_cluster() {
   write_private_file(password_file(), random_password() + "\n");
   std::error_code ec;
-  fs::remove_all(data_dir(), ec);  // a half-made cluster from an interrupted initdb
+  evalsvc::remove_tree(data_dir(), ec);  // a half-made cluster from an interrupted initdb
   if (as_postgres_user_) chown_to_server_user(password_file());  // initdb reads it as the server user
   std::vector<std::string> argv = server_command(
       {(bin_dir_ / "initdb").string(), "-D", data_dir().string(), "-U", kRole, "-E", "UTF8", "--locale=C",

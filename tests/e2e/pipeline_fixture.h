@@ -43,7 +43,7 @@ class Pipeline : public ::testing::Test {
   void SetUp() override {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     root_ = fs::path(EVALSVC_TEST_BINARY_DIR) / "e2e" / fmt::format("{}.{}", info->test_suite_name(), info->name());
-    fs::remove_all(root_);
+    evalsvc::remove_tree(root_);
     fs::create_directories(root_);
     scheduler::LocalRedis::Options ro;
     ro.dir = root_ / "redis";

@@ -8,6 +8,7 @@
 #include <set>
 #include <thread>
 
+#include "evalsvc/common/paths.h"
 #include "evalsvc/common/error.h"
 #include "evalsvc/scheduler/gpu_claim.h"
 #include "evalsvc/scheduler/local_servers.h"
@@ -32,7 +33,7 @@ class GpuClaimServerTest : public ::testing::Test {
     redis_.reset();
     server_.reset();
     std::error_code ec;
-    fs::remove_all(dir_, ec);
+    evalsvc::remove_tree(dir_, ec);
   }
   GpuClaimOptions opts(const std::string& owner, milliseconds ttl = milliseconds(15000)) {
     GpuClaimOptions o;

@@ -21,6 +21,7 @@
 #include <set>
 #include <thread>
 
+#include "evalsvc/common/paths.h"
 #include "evalsvc/common/error.h"
 #include "evalsvc/scheduler/http_server.h"
 #include "evalsvc/scheduler/local_postgres.h"
@@ -270,7 +271,7 @@ class HttpServerTest : public ::testing::Test {
   static void TearDownTestSuite() {
     pg_.reset();
     std::error_code ec;
-    fs::remove_all(root_, ec);
+    evalsvc::remove_tree(root_, ec);
   }
 
   void SetUp() override {
@@ -291,7 +292,7 @@ class HttpServerTest : public ::testing::Test {
     redis_server_.reset();
     store_.reset();
     std::error_code ec;
-    fs::remove_all(redis_dir_, ec);
+    evalsvc::remove_tree(redis_dir_, ec);
   }
 
   HttpServer& start_server() {

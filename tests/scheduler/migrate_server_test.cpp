@@ -46,7 +46,7 @@ class MigrateTest : public ::testing::Test {
   static void TearDownTestSuite() {
     pg_.reset();
     std::error_code ec;
-    fs::remove_all(root_, ec);
+    evalsvc::remove_tree(root_, ec);
   }
 
   /// A fresh database for the current test, so tests never see each other's schema.
@@ -65,7 +65,7 @@ class MigrateTest : public ::testing::Test {
   }
   void TearDown() override {
     std::error_code ec;
-    for (const auto& d : scratch_) fs::remove_all(d, ec);
+    for (const auto& d : scratch_) evalsvc::remove_tree(d, ec);
   }
 
   static std::vector<std::string> tables(const std::string& url) {

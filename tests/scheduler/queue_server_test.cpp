@@ -7,6 +7,7 @@
 #include <regex>
 #include <thread>
 
+#include "evalsvc/common/paths.h"
 #include "evalsvc/scheduler/local_servers.h"
 #include "evalsvc/scheduler/queue.h"
 
@@ -56,7 +57,7 @@ class QueueServerTest : public ::testing::Test {
     redis_.reset();
     server_.reset();
     std::error_code ec;
-    fs::remove_all(dir_, ec);
+    evalsvc::remove_tree(dir_, ec);
   }
   Lease must_claim(const std::string& queue = "cpu", milliseconds lease = milliseconds(10000)) {
     auto l = queue_->claim({queue}, "w1", lease, milliseconds(0));
@@ -424,7 +425,7 @@ TEST(QueuePasswordTest, WorksAgainstAPasswordProtectedRedis) {
         },
         RedisError);
   }
-  fs::remove_all(dir);
+  evalsvc::remove_tree(dir);
 }
 
 }  // namespace

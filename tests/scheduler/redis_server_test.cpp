@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "evalsvc/common/paths.h"
 #include "evalsvc/scheduler/local_servers.h"
 #include "evalsvc/scheduler/redis.h"
 
@@ -31,7 +32,7 @@ class RedisServerTest : public ::testing::Test {
   void TearDown() override {
     server_.reset();
     std::error_code ec;
-    fs::remove_all(dir_, ec);
+    evalsvc::remove_tree(dir_, ec);
   }
   fs::path dir_;
   std::unique_ptr<LocalRedis> server_;
@@ -229,7 +230,7 @@ TEST(RedisPasswordTest, AuthRequiredAndNeverLeaked) {
     // The config file with the password is private to its owner.
     EXPECT_EQ(fs::status(dir / "redis.conf").permissions() & fs::perms::others_read, fs::perms::none);
   }
-  fs::remove_all(dir);
+  evalsvc::remove_tree(dir);
 }
 
 // ---- Boost.Asio adapter ----
@@ -333,7 +334,7 @@ TEST(AsyncRedisTest, ConnectFailuresAndAuth) {
     EXPECT_NE(bad_err.find("AUTH"), std::string::npos) << bad_err;
     EXPECT_EQ(bad_err.find("nope-pw"), std::string::npos) << bad_err;
   }
-  fs::remove_all(dir);
+  evalsvc::remove_tree(dir);
 }
 
 TEST(RedisUnixSocketTest, SyncAndAsyncOverAUnixSocket) {
@@ -357,7 +358,7 @@ TEST(RedisUnixSocketTest, SyncAndAsyncOverAUnixSocket) {
     io.run_for(std::chrono::seconds(5));
     EXPECT_EQ(got, "socket");
   }
-  fs::remove_all(dir);
+  evalsvc::remove_tree(dir);
 }
 
 TEST_F(RedisServerTest, LocalRedisKeepsPortAndDataAcrossRestarts) {

@@ -42,7 +42,7 @@ class ReportServerTest : public ::testing::Test {
   static void TearDownTestSuite() {
     pg_.reset();
     std::error_code ec;
-    fs::remove_all(root_, ec);
+    evalsvc::remove_tree(root_, ec);
   }
 
   /// Writes a small experiment: fp32 (baseline), nf4 (3 flips each way against fp32), llm-int8 failed.

@@ -64,7 +64,7 @@ class StoreTest : public ::testing::Test {
   static void TearDownTestSuite() {
     pg_.reset();
     std::error_code ec;
-    fs::remove_all(root_, ec);
+    evalsvc::remove_tree(root_, ec);
   }
 
   void SetUp() override {
@@ -139,7 +139,7 @@ TEST_F(StoreTest, LocalPostgresReopensTheSameFolderWithPortAndData) {
     EXPECT_EQ(list[0].name, "survives");
   }
   std::error_code ec;
-  fs::remove_all(root, ec);
+  evalsvc::remove_tree(root, ec);
 }
 
 // ---- experiments, jobs, workers, variants ---------------------------------------------------------------

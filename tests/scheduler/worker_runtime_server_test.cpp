@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "evalsvc/common/paths.h"
 #include "evalsvc/scheduler/local_servers.h"
 #include "evalsvc/scheduler/worker_runtime.h"
 
@@ -69,7 +70,7 @@ class WorkerRuntimeServerTest : public ::testing::Test {
     redis_.reset();
     server_.reset();
     std::error_code ec;
-    fs::remove_all(dir_, ec);
+    evalsvc::remove_tree(dir_, ec);
   }
   WorkerOptions options(const std::string& id) {
     WorkerOptions o;

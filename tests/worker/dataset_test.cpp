@@ -40,7 +40,7 @@ class DatasetCacheTest : public ::testing::Test {
     dir_ = fs::temp_directory_path() /
            fmt::format("qbench_dataset_test_{}_{}", ::getpid(),
                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
+    evalsvc::remove_tree(dir_);
     fs::create_directories(dir_ / "cache");
     // The first 300 test rows plus one long row, so that truncation at 32 and 128 both occur.
     std::string csv = first_lines(data_dir() / "ag_news" / "test.csv", 300);
@@ -50,7 +50,7 @@ class DatasetCacheTest : public ::testing::Test {
     csv_ = dir_ / "small.csv";
     write_file_atomic(csv_, csv);
   }
-  void TearDown() override { fs::remove_all(dir_); }
+  void TearDown() override { evalsvc::remove_tree(dir_); }
 
   static std::string first_lines(const fs::path& p, int n) {
     const std::string all = read_file(p);

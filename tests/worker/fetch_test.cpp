@@ -199,7 +199,7 @@ class FetchTest : public ::testing::Test {
     options_.retry_delay_ms = 5;
     options_.connect_timeout_s = 5;
   }
-  void TearDown() override { fs::remove_all(dir_); }
+  void TearDown() override { evalsvc::remove_tree(dir_); }
 
   void serve_all(LoopbackServer& s, bool with_etag = true) {
     s.serve("/config.json", {config_});

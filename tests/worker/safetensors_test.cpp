@@ -25,7 +25,7 @@ class SafetensorsTest : public ::testing::Test {
             ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::create_directories(dir_);
   }
-  void TearDown() override { fs::remove_all(dir_); }
+  void TearDown() override { evalsvc::remove_tree(dir_); }
   fs::path dir_;
 };
 

@@ -414,7 +414,7 @@ class TinyVocab : public ::testing::Test {
       alpha_[b] = printable ? b : 256 + extra++;
     }
   }
-  void TearDown() override { fs::remove_all(dir_); }
+  void TearDown() override { evalsvc::remove_tree(dir_); }
 
   /// JSON key (\u escapes) for a token given as raw bytes.
   std::string key(const std::string& bytes) const {

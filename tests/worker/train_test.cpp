@@ -1,5 +1,6 @@
 // Training on CPU with the tiny config: loss goes down on a learnable synthetic task, and a run that finds
 // a saved state resumes from it instead of starting over (what a redelivered train job relies on).
+#include "evalsvc/common/paths.h"
 #include "evalsvc/worker/train.h"
 
 #include <gtest/gtest.h>
@@ -51,7 +52,7 @@ TEST(TrainTest, LossFallsOnALearnableTask) {
 
 TEST(TrainTest, ResumesFromTheSavedStateOfAnEarlierRun) {
   const fs::path dir = fs::path(EVALSVC_TEST_BINARY_DIR) / "train_test_state";
-  fs::remove_all(dir);
+  evalsvc::remove_tree(dir);
   auto data = synthetic(128, 2);
   TrainOptions o = options();
   o.state_dir = dir;
