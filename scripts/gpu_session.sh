@@ -14,10 +14,13 @@ export PYTHONUNBUFFERED=1
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/device.txt" 2>&1
+# Every GPU test program (ctest -L gpu) and the CPU test programs the cputests step runs.
+targets="qbench tokenizer_bench kernel_bench kernels_cuda_ops_gpu_test worker_benchmark_gpu_test worker_model_gpu_test
+ worker_tokenizer_test worker_dataset_test common_paths_test"
 # SKIP_BUILD=1: build-cuda is already built (two sessions running side by side on two GPUs share one build).
 if [ -z "${SKIP_BUILD:-}" ]; then
 stamp build
-QBENCH_TARGETS="qbench tokenizer_bench kernel_bench kernels_cuda_ops_gpu_test worker_benchmark_gpu_test worker_tokenizer_test worker_dataset_test" bash scripts/gpu_bootstrap.sh "$debs" /opt/qbench-deps build-cuda > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
+QBENCH_TARGETS="$targets" bash scripts/gpu_bootstrap.sh "$debs" /opt/qbench-deps build-cuda > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
 fi
 export LD_LIBRARY_PATH=/opt/qbench-deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 q=build-cuda/cli/qbench
@@ -50,10 +53,11 @@ stamp "gpu tests"
 tail -15 "$out/gpu_tests.log"
 fi
 if has cputests; then
-# Two CPU test programs crashed (SIGSEGV) in this CUDA build on an Ubuntu GPU host and pass on Debian; each
-# test program now prints a backtrace when it dies of a signal (tests/support/crash_backtrace.cpp).
+# Two CPU test programs crashed (SIGSEGV) in this CUDA build on the Ubuntu GPU host: they called
+# std::filesystem::remove_all, which bound to a broken copy exported by PyTorch's libtorch.so (common/paths.h,
+# remove_tree). This step runs them, and remove_tree's own tests, on the GPU host.
 stamp "cpu tests that crashed on the GPU host"
-for t in worker_tokenizer_test worker_dataset_test; do
+for t in worker_tokenizer_test worker_dataset_test common_paths_test; do
   QBENCH_DATA_DIR="$data" timeout 300 build-cuda/tests/$t > "$out/$t.log" 2>&1; echo "$t: exit $?"; tail -25 "$out/$t.log"
 done
 fi

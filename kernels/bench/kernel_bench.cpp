@@ -29,6 +29,8 @@ int main() {
 #include <cuda_runtime_api.h>
 
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <fmt/format.h>
 
 #include "evalsvc/common/error.h"
@@ -81,6 +83,27 @@ double time_ms(Fn&& fn, int warmup, int iters) {
   BENCH_CUDA_CHECK(cudaEventDestroy(start));
   BENCH_CUDA_CHECK(cudaEventDestroy(stop));
   return ms / iters;
+}
+
+/// Milliseconds per call of fn inside a CUDA graph: `calls` calls captured once, the graph replayed `replays`
+/// times. This is what a call costs in the model's batch-1 forward (itself a graph replay), without the host
+/// launch overhead that time_ms includes at small sizes.
+template <typename Fn>
+double graph_ms(Fn&& fn, int calls, int replays) {
+  fn();
+  at::cuda::CUDAGraph graph;
+  {
+    c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, 0);
+    c10::cuda::CUDAStreamGuard guard(side);
+    fn();  // warm-up on the capture stream (cuBLAS workspaces, allocator pools)
+    BENCH_CUDA_CHECK(cudaStreamSynchronize(side.stream()));
+    graph.capture_begin();
+    for (int i = 0; i < calls; ++i) fn();
+    graph.capture_end();
+  }
+  graph.replay();
+  BENCH_CUDA_CHECK(cudaDeviceSynchronize());
+  return time_ms([&] { graph.replay(); }, 2, replays) / calls;
 }
 
 cuda::Nf4Weight nf4_to_gpu(const ref::Nf4Weight& w) {
@@ -169,6 +192,22 @@ bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
       add("fp8_linear", 2e-2, rel_err(cuda::fp8_linear(xg, L.f8_q, L.f8_s, L.bias_gpu),
                                        ref::fp8_w8a8_linear(x16, L.f8, L.bias)));
     }
+    const auto gelu = [](const torch::Tensor& t) { return torch::gelu(t.to(torch::kFloat32), "tanh"); };
+    add("linear+gelu", 3e-3, rel_err(cuda::linear(xg, L.w16, L.bias16, true),
+                                      gelu(ref::linear_in_dtype(x16, L.w, L.bias, torch::kFloat16))));
+    add("int8_w8a8_linear+gelu", 3e-3, rel_err(cuda::int8_w8a8_linear(xg, L.i8_q, L.i8_s, L.bias_gpu,
+                                                                      cuda::Int8Gemm::kAuto, true),
+                                                gelu(ref::int8_w8a8_linear(x16, L.i8, L.bias))));
+    if (L.n == 768) {  // the residual stream's width
+      const auto delta = randn({m, L.n}, 99 + m).to(torch::kFloat16);
+      const auto gamma = (randn({L.n}, 98, 0.1) + 1.0).to(torch::kFloat16);
+      const auto beta = randn({L.n}, 97, 0.1).to(torch::kFloat16);
+      const auto h = randn({m, L.n}, 96 + m).to(torch::kFloat16);
+      const auto want = ref::add_layer_norm(h, delta, gamma, beta, 1e-5);
+      const auto got = cuda::add_layer_norm(h.to(gpu()), delta.to(gpu()), gamma.to(gpu()), beta.to(gpu()), 1e-5);
+      add("add_layer_norm/h", 0.0, rel_err(got.first, want.first));
+      add("add_layer_norm", 3e-3, rel_err(got.second, want.second));
+    }
   }
   return ok;
 }
@@ -230,6 +269,34 @@ int main(int argc, char** argv) {
         const int warmup = m >= 4096 ? 3 : 20;
         const double flop = 2.0 * m * L.n * L.k;
         const double peer = time_ms([&] { (void)at::linear(x16, L.w16, L.bias16); }, warmup, iters);
+        const double peer_graph =
+            m <= 128 ? graph_ms([&] { (void)at::linear(x16, L.w16, L.bias16); }, 20, 20) : 0.0;
+        // Small M: also the time per call inside a CUDA graph (graph_ms), next to fp16's.
+        auto report_graph = [&](const std::string& op, auto&& fn) {
+          if (m > 128) return;
+          const double t = graph_ms(fn, 20, 20);
+          std::printf("%s\n", json{{"op", op}, {"m", m}, {"k", L.k}, {"n", L.n}, {"graph_ms", t},
+                                   {"fp16_matmul_graph_ms", peer_graph}, {"speedup_vs_fp16", peer_graph / t}}
+                                  .dump()
+                                  .c_str());
+        };
+        report_graph("fp16_matmul", [&] { (void)at::linear(x16, L.w16, L.bias16); });
+        report_graph("fp16_matmul+gelu (two ops)", [&] { (void)at::gelu(at::linear(x16, L.w16, L.bias16), "tanh"); });
+        report_graph("fp16_linear+gelu (epilogue)", [&] { (void)cuda::linear(x16, L.w16, L.bias16, true); });
+        report_graph("nf4_linear", [&] { (void)cuda::nf4_linear(x16, L.nf4_gpu, L.bias16); });
+        report_graph("int8_w8a8_linear", [&] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu); });
+        if (m > 16) {
+          report_graph("int8_w8a8_linear/cublaslt", [&] {
+            (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu, cuda::Int8Gemm::kCublasLt);
+          });
+        }
+        report_graph("llm_int8_linear", [&] { (void)cuda::llm_int8_linear(x16, L.cb, L.scb, L.bias_gpu, 6.0); });
+        report_graph("int8_weight_only_linear", [&] { (void)cuda::int8_weight_only_linear(x16, L.i8_q, L.i8_s, L.bias16); });
+        if (fp8) {
+          const auto bias_bf16 = L.bias.to(torch::kBFloat16).to(gpu());
+          const auto xb16 = x16.to(torch::kBFloat16);
+          report_graph("fp8_linear (bf16 in and out)", [&] { (void)cuda::fp8_linear(xb16, L.f8_q, L.f8_s, bias_bf16); });
+        }
         auto report = [&](const std::string& op, double weight_bytes, double t) {
           // Bytes that must cross memory at least once: the weight as stored, x in and y out (fp16).
           const double bytes = weight_bytes + 2.0 * m * L.k + 2.0 * m * L.n;
@@ -261,7 +328,14 @@ int main(int argc, char** argv) {
           report("int8_w8a8_linear/wmma", L.n * L.k + 4.0 * L.n,
                  time_ms([&] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu, cuda::Int8Gemm::kWmma); },
                          warmup, iters));
+          report("int8_w8a8_linear/cublaslt", L.n * L.k + 4.0 * L.n,
+                 time_ms([&] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu, cuda::Int8Gemm::kCublasLt); },
+                         warmup, iters));
         }
+        report("fp16_matmul+gelu (two ops)", 2.0 * L.n * L.k,
+               time_ms([&] { (void)at::gelu(at::linear(x16, L.w16, L.bias16), "tanh"); }, warmup, iters));
+        report("fp16_linear+gelu (epilogue)", 2.0 * L.n * L.k,
+               time_ms([&] { (void)cuda::linear(x16, L.w16, L.bias16, true); }, warmup, iters));
         report("llm_int8_linear", L.n * L.k + 4.0 * L.n,
                time_ms([&] { (void)cuda::llm_int8_linear(x16, L.cb, L.scb, L.bias_gpu, 6.0); }, warmup, iters));
         report("int8_weight_only_linear", L.n * L.k + 4.0 * L.n,
@@ -271,6 +345,30 @@ int main(int argc, char** argv) {
                  time_ms([&] { (void)cuda::fp8_linear(x16, L.f8_q, L.f8_s, L.bias_gpu); }, warmup, iters));
         }
       }
+    }
+    // Residual add + LayerNorm over [M, 768]: the fused kernel against the two ops it replaces.
+    for (const int64_t m : ms) {
+      const auto h = randn({m, 768}, 5 + m).to(torch::kFloat16).to(gpu());
+      const auto d = randn({m, 768}, 6 + m).to(torch::kFloat16).to(gpu());
+      const auto g = torch::ones({768}, torch::kFloat16).to(gpu());
+      const auto b = torch::zeros({768}, torch::kFloat16).to(gpu());
+      const int iters = m >= 4096 ? 50 : 200;
+      const auto two_ops = [&] { (void)at::layer_norm(h + d, {768}, g, b, 1e-5); };
+      const auto fused = [&] { (void)cuda::add_layer_norm(h, d, g, b, 1e-5); };
+      const double t2 = time_ms(two_ops, 10, iters);
+      const double t1 = time_ms(fused, 10, iters);
+      // Bytes the fused kernel must move: h and delta in, h and a out (fp16).
+      const double bytes = 4.0 * 2.0 * m * 768;
+      json row{{"op", "add_layer_norm"}, {"m", m}, {"k", 768}, {"ms", t1}, {"gbps", bytes / (t1 * 1e-3) / 1e9},
+               {"two_ops_ms", t2}, {"speedup_vs_two_ops", t2 / t1}};
+      if (m <= 128) {
+        const double g2 = graph_ms(two_ops, 20, 20);
+        const double g1 = graph_ms(fused, 20, 20);
+        row["graph_ms"] = g1;
+        row["two_ops_graph_ms"] = g2;
+      }
+      std::printf("%s\n", row.dump().c_str());
+      std::fflush(stdout);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kernel_bench: %s\n", e.what());

@@ -25,6 +25,13 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { re
 template <>
 __device__ __forceinline__ float from_float<float>(float v) { return v; }
 
+/// GELU, tanh approximation (GPT-2's "gelu_new"), in fp32 with PyTorch's constants.
+__device__ __forceinline__ float gelu_tanh(float x) {
+  constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
+  constexpr float kKappa = 0.044715f;
+  return 0.5f * x * (1.0f + tanhf(kBeta * (x + kKappa * x * x * x)));
+}
+
 /// Max over a warp (every lane gets the result).
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -48,6 +55,20 @@ __device__ __forceinline__ float block_max(float v) {
   const int nwarps = blockDim.x >> 5;
   float r = lane < nwarps ? partial[lane] : 0.0f;
   return warp_max(r);
+}
+
+/// Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float partial[32];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // `partial` may still be read by a previous call
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  const int nwarps = blockDim.x >> 5;
+  float r = lane < nwarps ? partial[lane] : 0.0f;
+  return warp_sum(r);
 }
 
 /// Status of the launch just made: 0 or the cudaError_t (positive).

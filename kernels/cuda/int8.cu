@@ -112,6 +112,7 @@ __device__ __forceinline__ float epilogue_value(Int8Epilogue ep, float acc, int6
     v += o;
   }
   if (ep.bias != nullptr) v += ep.bias[c];
+  if (ep.gelu_tanh) v = detail::gelu_tanh(to_float(from_float<T>(v)));
   return v;
 }
 

@@ -65,7 +65,7 @@ class LayerBase : public QuantizedLinear {
     if (bias.defined()) bias_ = bias.to(base_).contiguous();
   }
 
-  torch::Tensor forward(const torch::Tensor& x) const final {
+  torch::Tensor forward(const torch::Tensor& x, Activation act) const final {
     EVALSVC_CHECK(x.defined(), InputError, "{} linear [{}, {}]: x is undefined", method_name(method_), out_, in_);
     EVALSVC_CHECK(torch::isFloatingType(x.scalar_type()), InputError,
                   "{} linear [{}, {}]: x must be fp32, fp16 or bf16, got {}", method_name(method_), out_, in_,
@@ -76,9 +76,12 @@ class LayerBase : public QuantizedLinear {
                   method_name(method_), out_, in_, x.device().str(), device().str());
     // Activations enter in the base dtype (as on a GPU running the variant) and leave in x's dtype.
     const auto xb = x.to(base_);
-    if (device().is_cpu()) return forward_cpu(xb).to(x.scalar_type());
+    if (device().is_cpu()) {
+      const torch::Tensor y = forward_cpu(xb).to(x.scalar_type());
+      return act == Activation::kGeluTanh ? torch::gelu(y, "tanh") : y;
+    }
 #ifdef EVALSVC_WITH_CUDA
-    return forward_cuda(xb.contiguous()).to(x.scalar_type());
+    return forward_cuda(xb.contiguous(), act).to(x.scalar_type());
 #else
     throw UnsupportedError(fmt::format("{} linear: weights are on {} but this build has no CUDA kernels "
                                        "(configure with -DEVALSVC_ENABLE_CUDA=ON and a CUDA libtorch)",
@@ -102,7 +105,12 @@ class LayerBase : public QuantizedLinear {
 
   void to(const torch::Device& device) final {
     before_move(device);
-    if (bias_.defined()) bias_ = bias_.to(device);
+    if (bias_.defined()) {
+      bias_ = bias_.to(device);
+      // The kernels' epilogues read an fp32 bias: convert once here, not in every forward (at batch 1 each
+      // conversion is one more graph node per projection).
+      bias_f32_ = device.is_cuda() ? bias_.to(torch::kFloat).contiguous() : torch::Tensor();
+    }
     move_storage(device);
   }
 
@@ -110,7 +118,7 @@ class LayerBase : public QuantizedLinear {
   virtual torch::Device device() const = 0;
   virtual torch::Tensor forward_cpu(const torch::Tensor& xb) const = 0;
 #ifdef EVALSVC_WITH_CUDA
-  virtual torch::Tensor forward_cuda(const torch::Tensor& xb) const = 0;
+  virtual torch::Tensor forward_cuda(const torch::Tensor& xb, Activation act) const = 0;
 #endif
   virtual TensorMap own_state() const = 0;
   virtual void move_storage(const torch::Device& device) = 0;
@@ -121,7 +129,8 @@ class LayerBase : public QuantizedLinear {
   int64_t out_, in_;
   QuantOptions options_;
   torch::ScalarType base_;
-  torch::Tensor bias_;
+  torch::Tensor bias_;      ///< in the base dtype
+  torch::Tensor bias_f32_;  ///< fp32 copy on a CUDA device (for the kernels' epilogues), else undefined
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -141,7 +150,9 @@ class PlainLinear final : public LayerBase {
     return ref::linear_in_dtype(xb, weight_.to(torch::kFloat), bias_, base_);
   }
 #ifdef EVALSVC_WITH_CUDA
-  torch::Tensor forward_cuda(const torch::Tensor& xb) const override { return torch::linear(xb, weight_, bias_); }
+  torch::Tensor forward_cuda(const torch::Tensor& xb, Activation act) const override {
+    return cuda::linear(xb, weight_, bias_, act == Activation::kGeluTanh);
+  }
 #endif
   TensorMap own_state() const override { return {{"weight", weight_}}; }
   void move_storage(const torch::Device& d) override { weight_ = weight_.to(d); }
@@ -167,9 +178,12 @@ class Int8Linear final : public LayerBase {
     return ref::int8_weight_only_linear(xb, w_, bias_, base_);
   }
 #ifdef EVALSVC_WITH_CUDA
-  torch::Tensor forward_cuda(const torch::Tensor& xb) const override {
-    if (method_ == Method::kInt8W8A8) return cuda::int8_w8a8_linear(xb, w_.q, w_.scale, bias_);
-    return cuda::int8_weight_only_linear(xb, w_.q, w_.scale, bias_);
+  torch::Tensor forward_cuda(const torch::Tensor& xb, Activation act) const override {
+    const bool gelu = act == Activation::kGeluTanh;
+    if (method_ == Method::kInt8W8A8) {
+      return cuda::int8_w8a8_linear(xb, w_.q, w_.scale, bias_f32_, cuda::Int8Gemm::kAuto, gelu);
+    }
+    return cuda::int8_weight_only_linear(xb, w_.q, w_.scale, bias_, gelu);
   }
 #endif
   TensorMap own_state() const override { return {{"weight", w_.q}, {"weight_scale", w_.scale}}; }
@@ -195,8 +209,9 @@ class LlmInt8Linear final : public LayerBase {
     return ref::llm_int8_linear(xb, w_, bias_, options_.outlier_threshold);
   }
 #ifdef EVALSVC_WITH_CUDA
-  torch::Tensor forward_cuda(const torch::Tensor& xb) const override {
-    return cuda::llm_int8_linear(xb, w_.CB, w_.SCB, bias_, options_.outlier_threshold);
+  torch::Tensor forward_cuda(const torch::Tensor& xb, Activation act) const override {
+    return cuda::llm_int8_linear(xb, w_.CB, w_.SCB, bias_f32_, options_.outlier_threshold, cuda::Int8Gemm::kAuto,
+                                 act == Activation::kGeluTanh);
   }
 #endif
   TensorMap own_state() const override { return {{"weight", w_.CB}, {"SCB", w_.SCB}}; }
@@ -222,11 +237,12 @@ class Nf4Linear final : public LayerBase {
     return ref::nf4_linear(xb, w_, bias_, base_);
   }
 #ifdef EVALSVC_WITH_CUDA
-  torch::Tensor forward_cuda(const torch::Tensor& xb) const override {
+  torch::Tensor forward_cuda(const torch::Tensor& xb, Activation act) const override {
+    const bool gelu = act == Activation::kGeluTanh;
     if (base_ == torch::kFloat) {  // the fused kernels take fp16/bf16 activations only
-      return torch::linear(xb, cuda::nf4_dequantize(device_weight_, torch::kFloat), bias_);
+      return cuda::linear(xb, cuda::nf4_dequantize(device_weight_, torch::kFloat), bias_, gelu);
     }
-    return cuda::nf4_linear(xb, device_weight_, bias_);
+    return cuda::nf4_linear(xb, device_weight_, bias_, cuda::Nf4Path::kAuto, gelu);
   }
 #endif
   TensorMap own_state() const override {
@@ -311,8 +327,10 @@ class Fp8Linear final : public LayerBase {
   torch::Device device() const override { return w_.q.device(); }
   torch::Tensor forward_cpu(const torch::Tensor& xb) const override { return ref::fp8_w8a8_linear(xb, w_, bias_); }
 #ifdef EVALSVC_WITH_CUDA
-  torch::Tensor forward_cuda(const torch::Tensor& xb) const override {
-    return cuda::fp8_linear(xb, w_.q, w_.scale, bias_);
+  torch::Tensor forward_cuda(const torch::Tensor& xb, Activation act) const override {
+    // PyTorch's rowwise fp8 product has no activation epilogue: GELU is a separate pass here.
+    torch::Tensor y = cuda::fp8_linear(xb, w_.q, w_.scale, bias_);
+    return act == Activation::kGeluTanh ? torch::gelu(y, "tanh") : y;
   }
 #endif
   TensorMap own_state() const override { return {{"weight", w_.q}, {"weight_scale", w_.scale}}; }

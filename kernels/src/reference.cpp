@@ -464,4 +464,28 @@ torch::Tensor fp8_w8a8_linear(const torch::Tensor& x, const Fp8Weight& w, const 
   return restore(y, x);
 }
 
+std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, const torch::Tensor& delta,
+                                                       const torch::Tensor& gamma, const torch::Tensor& beta,
+                                                       double eps) {
+  constexpr const char* kWhere = "ref::add_layer_norm";
+  check_float(h, kWhere, "h");
+  check_float(delta, kWhere, "delta");
+  EVALSVC_CHECK(h.dim() >= 1 && h.sizes() == delta.sizes() && h.scalar_type() == delta.scalar_type(), InputError,
+                "{}: h and delta must have one shape and dtype, got {} {} and {} {}", kWhere, shape_str(h),
+                dtype_str(h.scalar_type()), shape_str(delta), dtype_str(delta.scalar_type()));
+  const int64_t cols = h.size(-1);
+  for (const auto& [t, name] : {std::pair{&gamma, "gamma"}, std::pair{&beta, "beta"}}) {
+    check_float(*t, kWhere, name);
+    EVALSVC_CHECK(t->dim() == 1 && t->size(0) == cols, InputError, "{}: {} must be [{}], got {}", kWhere, name, cols,
+                  shape_str(*t));
+  }
+  EVALSVC_CHECK(std::isfinite(eps) && eps > 0, InputError, "{}: eps must be finite and > 0, got {}", kWhere, eps);
+  const auto dt = h.scalar_type();
+  const torch::Tensor h_out = (h.to(torch::kFloat) + delta.to(torch::kFloat)).to(dt);
+  const torch::Tensor a = torch::layer_norm(h_out.to(torch::kFloat), {cols}, gamma.to(torch::kFloat),
+                                            beta.to(torch::kFloat), eps)
+                              .to(dt);
+  return {h_out, a};
+}
+
 }  // namespace evalsvc::kernels::ref

@@ -489,6 +489,94 @@ TEST(CudaFp8, BadInputThrowsInputError) {
                InputError);  // scale on the CPU
 }
 
+// ---- Fused epilogues and block pieces -----------------------------------------------------------------------
+
+/// gelu(want, "tanh") computed as the unfused model does: in fp32 on the output rounded to its dtype.
+torch::Tensor gelu_of(const torch::Tensor& want) {
+  return torch::gelu(want.to(torch::kFloat32), "tanh").to(want.scalar_type());
+}
+
+TEST(CudaFusedGelu, EveryLinearWithGeluMatchesGeluOfTheReference) {
+  REQUIRE_GPU();
+  // GPT-2's c_fc shape and an odd one; 1, 128 and 1000 tokens cover the WMMA, cuBLASLt and dequantize paths.
+  for (const auto& s : {Shape{768, 3072}, Shape{200, 72}}) {
+    const auto w = randn({s.n, s.k}, 1300 + s.k, 0.05);
+    const auto bias = randn({s.n}, 1301, 0.1);
+    const auto q8 = ref::quantize_int8_sym(w, true);
+    const auto cb = ref::quantize_llm_int8(w.to(torch::kHalf));
+    const auto nf4 = ref::quantize_nf4(w.to(torch::kHalf), 64, true);
+    for (const int64_t m : {int64_t{1}, int64_t{128}, int64_t{1000}}) {
+      for (const auto dtype : {torch::kFloat16, torch::kBFloat16}) {
+        const auto x = randn({m, s.k}, 1400 + m).to(dtype);
+        const auto xg = x.to(gpu());
+        const auto tol = tol_for(dtype);
+        const auto what = [&](const char* op) {
+          return fmt::format("{} + gelu M={} in={} out={} dtype={}", op, m, s.k, s.n, c10::toString(dtype));
+        };
+        const auto wd = w.to(dtype);
+        EXPECT_TRUE(close(cuda::linear(xg, wd.to(gpu()), bias.to(dtype).to(gpu()), true),
+                          gelu_of(ref::linear_in_dtype(x, w, bias, dtype)), tol, what("linear")));
+        EXPECT_TRUE(close(cuda::linear(xg, wd.to(gpu()), {}, true),
+                          gelu_of(ref::linear_in_dtype(x, w, {}, dtype)), tol, what("linear without bias")));
+        EXPECT_TRUE(close(cuda::int8_weight_only_linear(xg, q8.q.to(gpu()), q8.scale.to(gpu()), bias.to(gpu()), true),
+                          gelu_of(ref::int8_weight_only_linear(x, q8, bias, dtype)), tol, what("int8 weight-only")));
+        for (const auto g : {cuda::Int8Gemm::kWmma, cuda::Int8Gemm::kAuto}) {
+          EXPECT_TRUE(close(cuda::int8_w8a8_linear(xg, q8.q.to(gpu()), q8.scale.to(gpu()), bias.to(gpu()), g, true),
+                            gelu_of(ref::int8_w8a8_linear(x, q8, bias)), tol, what(g == cuda::Int8Gemm::kWmma ? "W8A8 wmma" : "W8A8 auto")));
+        }
+        EXPECT_TRUE(close(cuda::llm_int8_linear(xg, cb.CB.to(gpu()), cb.SCB.to(gpu()), bias.to(gpu()), 6.0,
+                                                cuda::Int8Gemm::kAuto, true),
+                          gelu_of(ref::llm_int8_linear(x, cb, bias, 6.0)), tol, what("llm_int8")));
+        for (const auto path : {cuda::Nf4Path::kAuto, cuda::Nf4Path::kGemm}) {
+          EXPECT_TRUE(close(cuda::nf4_linear(xg, to_gpu(nf4), bias.to(gpu()), path, true),
+                            gelu_of(ref::nf4_linear(x, nf4, bias, dtype)), tol, what(path_name(path))));
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaBlock, AddLayerNormMatchesReference) {
+  REQUIRE_GPU();
+  for (const int64_t cols : {int64_t{768}, int64_t{100}, int64_t{3072}, int64_t{33}}) {
+    for (const int64_t rows : {int64_t{1}, int64_t{7}, int64_t{128}, int64_t{1000}}) {
+      for (const auto dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
+        const auto what = fmt::format("add_layer_norm rows={} cols={} dtype={}", rows, cols, c10::toString(dtype));
+        // Residual-stream-like values: an offset and a spread, so mean and variance both matter.
+        const auto h = (randn({rows, cols}, 1500 + cols, 2.0) + 0.5).to(dtype);
+        const auto delta = randn({rows, cols}, 1501 + rows, 0.7).to(dtype);
+        const auto gamma = (randn({cols}, 1502, 0.2) + 1.0).to(dtype);
+        const auto beta = randn({cols}, 1503, 0.1).to(dtype);
+        const auto [want_h, want_a] = ref::add_layer_norm(h, delta, gamma, beta, 1e-5);
+        const auto [got_h, got_a] =
+            cuda::add_layer_norm(h.to(gpu()), delta.to(gpu()), gamma.to(gpu()), beta.to(gpu()), 1e-5);
+        // The sum of two values of the dtype, exact in fp32 and rounded once, is the same bits on both sides.
+        EXPECT_TRUE(same(got_h.cpu().to(torch::kFloat32).view(torch::kInt32),
+                         want_h.to(torch::kFloat32).view(torch::kInt32), what + " h"));
+        EXPECT_TRUE(close(got_a, want_a, tol_for(dtype), what + " LayerNorm"));
+      }
+    }
+  }
+  // Leading dims are kept.
+  const auto h3 = randn({2, 5, 64}, 1504).to(torch::kFloat16).to(gpu());
+  const auto ones = torch::ones({64}, torch::kFloat16).to(gpu());
+  const auto [h_out, a] = cuda::add_layer_norm(h3, h3, ones, ones * 0, 1e-5);
+  EXPECT_EQ(a.sizes(), h3.sizes());
+  EXPECT_EQ(h_out.sizes(), h3.sizes());
+}
+
+TEST(CudaBlock, AddLayerNormBadInputThrowsInputError) {
+  REQUIRE_GPU();
+  const auto h = randn({4, 64}, 1).to(torch::kFloat16).to(gpu());
+  const auto g = torch::ones({64}, torch::kFloat16).to(gpu());
+  EXPECT_THROW(cuda::add_layer_norm(h.cpu(), h.cpu(), g.cpu(), g.cpu(), 1e-5), InputError);  // CPU tensors
+  EXPECT_THROW(cuda::add_layer_norm(h, h.to(torch::kFloat32), g, g, 1e-5), InputError);     // delta dtype
+  EXPECT_THROW(cuda::add_layer_norm(h, h.view({2, 128}), g, g, 1e-5), InputError);          // delta shape
+  EXPECT_THROW(cuda::add_layer_norm(h, h, torch::ones({63}, torch::kFloat16).to(gpu()), g, 1e-5), InputError);
+  EXPECT_THROW(cuda::add_layer_norm(h, h, g, g.to(torch::kFloat32), 1e-5), InputError);     // beta dtype
+  EXPECT_THROW(cuda::add_layer_norm(h, h, g, g, 0.0), InputError);                          // eps
+}
+
 }  // namespace
 
 #endif  // EVALSVC_WITH_CUDA

@@ -391,6 +391,34 @@ TEST(Fp8, W8A8MatchesDecodedProduct) {
 // ---------------------------------------------------------------------------------------------------------
 // Bad input: typed errors with the bad values, never a crash.
 
+TEST(AddLayerNorm, HandComputedRowAndOneRoundingOfTheSum) {
+  // h + delta = [2, 4, 6, 8]: mean 5, biased variance (9 + 1 + 1 + 9) / 4 = 5.
+  const auto h = torch::tensor({1.0f, 2.0f, 3.0f, 4.0f}).view({1, 4});
+  const auto d = torch::tensor({1.0f, 2.0f, 3.0f, 4.0f}).view({1, 4});
+  const auto gamma = torch::tensor({1.0f, 2.0f, 1.0f, 1.0f});
+  const auto beta = torch::tensor({0.0f, 0.0f, 0.5f, 0.0f});
+  const double eps = 1e-5;
+  const auto [h_out, a] = ref::add_layer_norm(h, d, gamma, beta, eps);
+  EXPECT_TRUE(torch::equal(h_out, torch::tensor({2.0f, 4.0f, 6.0f, 8.0f}).view({1, 4})));
+  const double r = 1.0 / std::sqrt(5.0 + eps);
+  const std::vector<double> want = {-3 * r, -1 * r * 2, 1 * r + 0.5, 3 * r};
+  for (int c = 0; c < 4; ++c) EXPECT_NEAR(a[0][c].item<double>(), want[c], 1e-6) << "column " << c;
+  // fp16: the sum is rounded once to fp16 (2048 + 1 = 2049 is not an fp16 value: ties to even, 2048), and the
+  // LayerNorm sees that rounded sum.
+  const auto h16 = torch::tensor({2048.0f, 0.0f}).to(torch::kHalf).view({1, 2});
+  const auto d16 = torch::tensor({1.0f, 0.0f}).to(torch::kHalf).view({1, 2});
+  const auto [s16, a16] = ref::add_layer_norm(h16, d16, torch::ones({2}), torch::zeros({2}), eps);
+  EXPECT_EQ(s16.scalar_type(), torch::kHalf);
+  EXPECT_EQ(a16.scalar_type(), torch::kHalf);
+  EXPECT_EQ(s16[0][0].item<float>(), 2048.0f);
+  // Leading dims are kept; mismatched inputs are InputErrors naming the argument.
+  EXPECT_EQ(ref::add_layer_norm(torch::ones({2, 3, 4}), torch::ones({2, 3, 4}), gamma, beta, eps).second.sizes(),
+            (std::vector<int64_t>{2, 3, 4}));
+  EXPECT_THROW(ref::add_layer_norm(h, d.view({4, 1}), gamma, beta, eps), InputError);
+  EXPECT_THROW(ref::add_layer_norm(h, d, torch::ones({3}), beta, eps), InputError);
+  EXPECT_THROW(ref::add_layer_norm(h, d, gamma, beta, 0.0), InputError);
+}
+
 TEST(ReferenceBadInput, ClearInputErrors) {
   auto w = seeded_randn({8, 16}, 21);
   EXPECT_THROW(ref::quantize_int8_sym(torch::ones({8, 16}, torch::kInt), true), InputError);

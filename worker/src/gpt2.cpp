@@ -5,6 +5,7 @@
 #include <fmt/ranges.h>
 
 #include "evalsvc/common/error.h"
+#include "evalsvc/kernels/cuda_ops.h"
 
 namespace evalsvc::worker {
 
@@ -84,12 +85,29 @@ torch::Tensor GPT2ClassifierImpl::layer_norm(const torch::Tensor& x, const torch
   return torch::layer_norm(x, {config_.n_embd}, w.to(dt), b.to(dt), config_.layer_norm_epsilon);
 }
 
-torch::Tensor GPT2ClassifierImpl::linear(const Block& blk, int p, const torch::Tensor& x) const {
-  if (blk.q[p]) return blk.q[p]->forward(x);
-  if (autocast_ != torch::kFloat32) {
-    return torch::linear(x.to(autocast_), blk.w[p].to(autocast_), blk.b[p].to(autocast_));
+torch::Tensor GPT2ClassifierImpl::linear(const Block& blk, int p, const torch::Tensor& x, kernels::Activation act) const {
+  if (blk.q[p]) return blk.q[p]->forward(x, act);
+  torch::Tensor y = autocast_ != torch::kFloat32
+                        ? torch::linear(x.to(autocast_), blk.w[p].to(autocast_), blk.b[p].to(autocast_))
+                        : torch::linear(x, blk.w[p], blk.b[p]);
+  return act == kernels::Activation::kGeluTanh ? torch::gelu(y, "tanh") : y;
+}
+
+std::pair<torch::Tensor, torch::Tensor> GPT2ClassifierImpl::add_layer_norm(const torch::Tensor& h,
+                                                                           const torch::Tensor& delta,
+                                                                           const torch::Tensor& w,
+                                                                           const torch::Tensor& b) const {
+#ifdef EVALSVC_WITH_CUDA
+  // On a GPU without autograd: one kernel instead of the add and the LayerNorm (backward needs the two ops).
+  const bool needs_grad = torch::GradMode::is_enabled() &&
+                          (h.requires_grad() || delta.requires_grad() || w.requires_grad() || b.requires_grad());
+  if (h.is_cuda() && !needs_grad) {
+    const auto dt = h.scalar_type();
+    return kernels::cuda::add_layer_norm(h, delta.to(dt), w.to(dt), b.to(dt), config_.layer_norm_epsilon);
   }
-  return torch::linear(x, blk.w[p], blk.b[p]);
+#endif
+  torch::Tensor sum = h + delta;
+  return {sum, layer_norm(sum, w, b)};
 }
 
 torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& lengths) {
@@ -107,19 +125,27 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   torch::Tensor h = (torch::embedding(wte_, input_ids) + torch::embedding(wpe_, pos).unsqueeze(0)).to(act);
   if (train && config_.embd_pdrop > 0) h = torch::dropout(h, config_.embd_pdrop, true);
 
-  for (const auto& blk : blocks_) {
-    auto a = layer_norm(h, blk.ln1_w, blk.ln1_b);
+  // Each residual add is fused with the LayerNorm that follows it (add_layer_norm): attention output + ln_2,
+  // MLP output + the next block's ln_1. Only the first ln_1 stands alone, and the last block's MLP residual
+  // is a plain add (ln_f acts on the pooled rows only).
+  auto a = layer_norm(h, blocks_.front().ln1_w, blocks_.front().ln1_b);
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    const auto& blk = blocks_[i];
     auto qkv = linear(blk, 0, a).view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
     auto attn = compat::attention(qkv[0], qkv[1], qkv[2], torch::Tensor(), /*causal=*/true,
                                   train ? config_.attn_pdrop : 0.0);
     attn = attn.transpose(1, 2).reshape({B, T, E});
     auto o = linear(blk, 1, attn);
     if (train && config_.resid_pdrop > 0) o = torch::dropout(o, config_.resid_pdrop, true);
-    h = h + o;
-    auto m = layer_norm(h, blk.ln2_w, blk.ln2_b);
-    m = linear(blk, 3, torch::gelu(linear(blk, 2, m), "tanh"));
+    torch::Tensor m;
+    std::tie(h, m) = add_layer_norm(h, o, blk.ln2_w, blk.ln2_b);
+    m = linear(blk, 3, linear(blk, 2, m, kernels::Activation::kGeluTanh));
     if (train && config_.resid_pdrop > 0) m = torch::dropout(m, config_.resid_pdrop, true);
-    h = h + m;
+    if (i + 1 < blocks_.size()) {
+      std::tie(h, a) = add_layer_norm(h, m, blocks_[i + 1].ln1_w, blocks_[i + 1].ln1_b);
+    } else {
+      h = h + m;
+    }
   }
   // The final LayerNorm and the head act per position: apply them only at the last real token.
   auto last = (lengths - 1).clamp_min(0);

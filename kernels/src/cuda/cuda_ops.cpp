@@ -123,6 +123,17 @@ torch::Tensor bias_f32(const char* op, const torch::Tensor& bias, const torch::T
   return bias.to(torch::kFloat32).contiguous();
 }
 
+/// Bias as `dtype` [out] on x's device, or undefined; no conversion when it already is.
+torch::Tensor bias_in(const char* op, const torch::Tensor& bias, const torch::Tensor& like, int64_t out_features,
+                      torch::ScalarType dtype) {
+  if (!bias.defined()) return {};
+  check_cuda(op, "bias", bias, like);
+  check_dtype(op, "bias", bias, {torch::kFloat32, torch::kFloat16, torch::kBFloat16});
+  EVALSVC_CHECK(bias.dim() == 1 && bias.size(0) == out_features, InputError, "cuda::{}: bias must be [{}], got {}",
+                op, out_features, describe(bias));
+  return bias.to(dtype).contiguous();
+}
+
 const float* ptr_or_null(const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
 // ---- NF4 ----------------------------------------------------------------------------------------------------
@@ -214,7 +225,8 @@ torch::Tensor int8_product(const char* op, const torch::Tensor& xq, const torch:
                 "cuda::{}: the cuBLASLt int8 product needs T > 16 and in, out multiples of 8, got T={} in={} out={}",
                 op, m, k, n);
   const cudaStream_t stream = stream_of(xq);
-  if (gemm == Int8Gemm::kCublasLt || (gemm == Int8Gemm::kAuto && cublas_ok)) {
+  const bool small = m <= kInt8WmmaMaxTokens && k <= kInt8WmmaMaxIn;
+  if (gemm == Int8Gemm::kCublasLt || (gemm == Int8Gemm::kAuto && cublas_ok && !small)) {
     // cuBLASLt wants the weight as a column-major [in, out] matrix: wq^T is exactly that view, no copy.
     const torch::Tensor acc = at::_int_mm(xq, wq.t());
     EVALSVC_LAUNCH(launch_int8_epilogue(acc.data_ptr<int32_t>(), m, n, k, ep, y.data_ptr(),
@@ -247,18 +259,19 @@ torch::Tensor nf4_dequantize(const Nf4Weight& w, torch::ScalarType dtype) {
   return out;
 }
 
-torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w, const torch::Tensor& bias, Nf4Path path) {
+torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w, const torch::Tensor& bias, Nf4Path path,
+                         bool gelu_tanh) {
   const char* op = "nf4_linear";
   const torch::Tensor x2 = flatten_input(op, x, w.in_features, {torch::kFloat16, torch::kBFloat16});
   const Nf4View v = nf4_view(op, w, x);
-  const torch::Tensor b = bias_f32(op, bias, x, w.out_features);
   const int64_t m = x2.size(0);
   if (path == Nf4Path::kDequantMatmul || (path == Nf4Path::kAuto && m >= kNf4DequantMinTokens)) {
     const c10::cuda::CUDAGuard guard(x.device());
     const torch::Tensor wd = nf4_dequantize(w, x2.scalar_type());
-    const torch::Tensor bd = b.defined() ? b.to(x2.scalar_type()) : torch::Tensor();
-    return at::linear(x2, wd, bd).view(output_shape(x, w.out_features));
+    const torch::Tensor b = bias_in(op, bias, x, w.out_features, x2.scalar_type());
+    return linear(x2, wd, b, gelu_tanh).view(output_shape(x, w.out_features));
   }
+  const torch::Tensor b = bias_f32(op, bias, x, w.out_features);
   auto y = torch::empty({m, w.out_features}, x2.options());
   if (m > 0) {
     const c10::cuda::CUDAGuard guard(x.device());
@@ -278,6 +291,7 @@ torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w, const torch
       EVALSVC_LAUNCH(launch_nf4_gemm(x2.data_ptr(), v, ptr_or_null(b), y.data_ptr(), m, dt, stream));
     }
   }
+  if (gelu_tanh) y = at::gelu(y, "tanh");
   return y.view(output_shape(x, w.out_features));
 }
 
@@ -325,18 +339,20 @@ torch::Tensor int8_linear(const torch::Tensor& xq, const torch::Tensor& xscale, 
 }
 
 torch::Tensor int8_w8a8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
-                               const torch::Tensor& bias, Int8Gemm gemm) {
+                               const torch::Tensor& bias, Int8Gemm gemm, bool gelu_tanh) {
   const char* op = "int8_w8a8_linear";
   check_cuda(op, "wq", wq);
   EVALSVC_CHECK(wq.dim() == 2, InputError, "cuda::{}: wq must be [out, in], got {}", op, describe(wq));
   const torch::Tensor x2 = flatten_input(op, x, wq.size(1), {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
   const Int8Activations a = quantize_per_token_int8(x2, 0.0);
-  const torch::Tensor y = int8_product(op, a.q, a.scale, wq, wscale, bias, x.scalar_type(), 1.0, gemm, Int8Epilogue{});
+  Int8Epilogue ep;
+  ep.gelu_tanh = gelu_tanh;
+  const torch::Tensor y = int8_product(op, a.q, a.scale, wq, wscale, bias, x.scalar_type(), 1.0, gemm, ep);
   return y.view(output_shape(x, wq.size(0)));
 }
 
 torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, const torch::Tensor& SCB,
-                              const torch::Tensor& bias, double threshold, Int8Gemm gemm) {
+                              const torch::Tensor& bias, double threshold, Int8Gemm gemm, bool gelu_tanh) {
   const char* op = "llm_int8_linear";
   check_cuda(op, "CB", CB);
   EVALSVC_CHECK(CB.dim() == 2, InputError, "cuda::{}: CB must be [out, in], got {}", op, describe(CB));
@@ -349,6 +365,7 @@ torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, c
   const torch::Tensor x16 = x2.scalar_type() == torch::kFloat16 ? x2 : x2.to(torch::kFloat16);
   const Int8Activations a = quantize_per_token_int8(x16, threshold);
   Int8Epilogue ep;
+  ep.gelu_tanh = gelu_tanh;
   torch::Tensor idx, count;
   if (a.outlier_cols.defined() && x2.size(0) > 0 && k > 0) {
     idx = torch::empty({k}, x2.options().dtype(torch::kInt32));
@@ -395,7 +412,7 @@ torch::Tensor dequantize_int8_weight(const torch::Tensor& q, const torch::Tensor
 }
 
 torch::Tensor int8_weight_only_linear(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale,
-                                      const torch::Tensor& bias) {
+                                      const torch::Tensor& bias, bool gelu_tanh) {
   const char* op = "int8_weight_only_linear";
   check_cuda(op, "q", q);
   EVALSVC_CHECK(q.dim() == 2, InputError, "cuda::{}: q must be [out, in], got {}", op, describe(q));
@@ -404,9 +421,25 @@ torch::Tensor int8_weight_only_linear(const torch::Tensor& x, const torch::Tenso
   EVALSVC_CHECK(x.dim() >= 1 && x.size(-1) == q.size(1), InputError, "cuda::{}: x must be [..., {}], got {}", op,
                 q.size(1), describe(x));
   const torch::Tensor w = dequantize_int8_weight(q, scale, x.scalar_type());
-  torch::Tensor b;
-  if (bias.defined()) b = bias_f32(op, bias, x, q.size(0)).to(x.scalar_type());
-  return at::linear(x, w, b);
+  return linear(x, w, bias_in(op, bias, x, q.size(0), x.scalar_type()), gelu_tanh);
+}
+
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias, bool gelu_tanh) {
+  const char* op = "linear";
+  check_cuda(op, "x", x);
+  check_dtype(op, "x", x, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
+  check_cuda(op, "w", w, x);
+  check_dtype(op, "w", w, {x.scalar_type()});
+  EVALSVC_CHECK(w.dim() == 2 && x.dim() >= 1 && x.size(-1) == w.size(1), InputError,
+                "cuda::{}: w must be [out, {}] for x {}, got {}", op, x.dim() >= 1 ? x.size(-1) : 0, describe(x),
+                describe(w));
+  const torch::Tensor b = bias_in(op, bias, x, w.size(0), x.scalar_type());
+  if (!gelu_tanh) return at::linear(x, w, b);
+  if (!b.defined()) return at::gelu(at::linear(x, w), "tanh");
+  // cuBLASLt's GELU_BIAS epilogue computes the tanh approximation (PyTorch's own fallback for this op applies
+  // gelu(approximate="tanh")); the GPU test checks the result against gelu(linear(x), "tanh").
+  const torch::Tensor x2 = x.reshape({-1, x.size(-1)});
+  return at::_addmm_activation(b, x2, w.t(), 1, 1, /*use_gelu=*/true).view(output_shape(x, w.size(0)));
 }
 
 // ---- FP8 ----------------------------------------------------------------------------------------------------
@@ -465,7 +498,9 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
   const torch::Tensor x2 = flatten_input(op, x, k, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
   check_cuda(op, "wq", wq, x);
   check_param(op, "wscale", wscale, x, torch::kFloat32, n);
-  const torch::Tensor b = bias_f32(op, bias, x, n);
+  // The bias goes into the product's epilogue as bf16 (PyTorch's rowwise kernel takes a bf16 bias), which
+  // saves a read and a write of the whole output; fp8-e4m3's bf16 base hands it over without a conversion.
+  const torch::Tensor b = bias_in(op, bias, x, n, at::kBFloat16);
   if (!fp8_supported(x.device())) {
     const auto* prop = at::cuda::getDeviceProperties(x.device().index());
     throw UnsupportedError(fmt::format("cuda::{}: FP8 E4M3 needs compute capability 8.9 or newer; {} ({}) is {}.{}",
@@ -490,10 +525,8 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
     bq = torch::constant_pad_nd(bq, {0, 0, 0, np - n}, 0);
     bs = torch::constant_pad_nd(bs, {0, np - n}, 1.0);
   }
-  // The bias goes into the product's epilogue (PyTorch's rowwise kernel takes a bf16 bias), which saves a
-  // read and a write of the whole output.
-  torch::Tensor b16;
-  if (b.defined()) b16 = np != n ? torch::constant_pad_nd(b, {0, np - n}, 0).to(at::kBFloat16) : b.to(at::kBFloat16);
+  torch::Tensor b16 = b;
+  if (b.defined() && np != n) b16 = torch::constant_pad_nd(b, {0, np - n}, 0);
   torch::Tensor y;
   try {
     // Rowwise scaling: scale_a [T, 1], scale_b [1, out]; the weight as a column-major [in, out] view.
@@ -509,6 +542,36 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
   if (np != n) y = y.narrow(1, 0, n);
   if (y.scalar_type() != x.scalar_type()) y = y.to(x.scalar_type());
   return y.contiguous().view(output_shape(x, n));
+}
+
+// ---- Transformer block pieces --------------------------------------------------------------------------------
+
+std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, const torch::Tensor& delta,
+                                                       const torch::Tensor& gamma, const torch::Tensor& beta,
+                                                       double eps) {
+  const char* op = "add_layer_norm";
+  check_cuda(op, "h", h);
+  check_dtype(op, "h", h, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
+  EVALSVC_CHECK(h.dim() >= 1 && h.size(-1) > 0, InputError, "cuda::{}: h must be [..., cols], got {}", op, describe(h));
+  const int64_t cols = h.size(-1);
+  check_cuda(op, "delta", delta, h);
+  check_dtype(op, "delta", delta, {h.scalar_type()});
+  EVALSVC_CHECK(delta.sizes() == h.sizes(), InputError, "cuda::{}: delta must have h's shape {}, got {}", op,
+                describe(h), describe(delta));
+  check_param(op, "gamma", gamma, h, h.scalar_type(), cols);
+  check_param(op, "beta", beta, h, h.scalar_type(), cols);
+  EVALSVC_CHECK(std::isfinite(eps) && eps > 0, InputError, "cuda::{}: eps must be finite and > 0, got {}", op, eps);
+  const torch::Tensor hc = h.contiguous();
+  const torch::Tensor dc = delta.contiguous();
+  auto h_out = torch::empty_like(hc);
+  auto a = torch::empty_like(hc);
+  const int64_t rows = hc.numel() / cols;
+  if (rows == 0) return {h_out, a};
+  const c10::cuda::CUDAGuard guard(h.device());
+  EVALSVC_LAUNCH(launch_add_layer_norm(hc.data_ptr(), dc.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
+                                       static_cast<float>(eps), rows, cols, h_out.data_ptr(), a.data_ptr(),
+                                       launcher_dtype(hc.scalar_type()), stream_of(hc)));
+  return {h_out, a};
 }
 
 }  // namespace evalsvc::kernels::cuda

@@ -90,6 +90,8 @@ struct Int8Epilogue {
   const float* outlier_scb = nullptr; ///< [n]
   const int32_t* outlier_idx = nullptr;   ///< [k] ascending column indices
   const int32_t* outlier_count = nullptr; ///< device scalar; null = no outlier part
+  /// Then y = gelu_tanh(y rounded to the output dtype), as the model's separate GELU pass would compute it.
+  bool gelu_tanh = false;
 };
 
 /// y [m, n] (dtype) = epilogue(xq [m, k] int8 . wq [n, k]^T int32), WMMA int8 tensor cores, fused epilogue.
@@ -114,5 +116,14 @@ int launch_quantize_rows_fp8(const void* x, DType dtype, int64_t t, int64_t k, u
 /// out [n, k] (dtype) = e4m3_decode(q) * scale[row].
 int launch_fp8_dequantize(const uint8_t* q, const float* scale, int64_t n, int64_t k, void* out, DType dtype,
                           cudaStream_t stream);
+
+// --- Residual add + LayerNorm (kernels/cuda/norm.cu) --------------------------------------------------------
+
+/// The transformer block's "h = h + delta; a = LayerNorm(h)" in one pass over memory, rows of `cols` elements:
+/// h_out = dtype(h + delta) (one rounding, as the separate add), a = dtype((h_out - mean) * rstd * gamma + beta)
+/// with mean and the biased variance of h_out in fp32 (two passes over the row held in cache).
+/// h, delta, h_out, a, gamma, beta all in `dtype`; h_out may alias h.
+int launch_add_layer_norm(const void* h, const void* delta, const void* gamma, const void* beta, float eps,
+                          int64_t rows, int64_t cols, void* h_out, void* a, DType dtype, cudaStream_t stream);
 
 }  // namespace evalsvc::kernels::cuda

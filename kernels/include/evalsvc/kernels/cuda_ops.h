@@ -13,6 +13,7 @@
 // Layouts are those of the CPU references in reference.h (kernels::ref): weights are [out, in] row-major.
 // "Linear" ops take x as [..., in] (any number of leading dims, made contiguous) and return [..., out].
 #include <cstdint>
+#include <utility>
 
 #include "evalsvc/kernels/torch_compat.h"
 
@@ -64,9 +65,10 @@ torch::Tensor nf4_dequantize(const Nf4Weight& w, torch::ScalarType dtype);
 
 /// y = x W^T + bias with W dequantized on the fly (tiles decoded into shared memory, tensor-core mma with
 /// fp32 accumulation; batch-1 GEMV path streaming the packed weight). x: fp16 or bf16 [..., in];
-/// bias: undefined or [out] (any float dtype); returns x's dtype.
+/// bias: undefined or [out] (any float dtype; x's dtype saves a conversion on the dequantize path);
+/// gelu_tanh: apply GELU (tanh) to the output, in the cuBLASLt epilogue on the dequantize path. Returns x's dtype.
 torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w, const torch::Tensor& bias,
-                         Nf4Path path = Nf4Path::kAuto);
+                         Nf4Path path = Nf4Path::kAuto, bool gelu_tanh = false);
 
 // ---------------------------------------------------------------------------------------------------------
 // INT8: per-token activation quantization, int8 GEMM with a dequantizing epilogue, LLM.int8, weight-only
@@ -89,20 +91,24 @@ Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold
 
 /// Which int8 matrix product int8_linear uses. kCublasLt: at::_int_mm (needs T > 16, in and out multiples
 /// of 8) followed by the epilogue kernel; kWmma: qbench's own tensor-core kernel with the epilogue fused;
-/// kAuto: cuBLASLt where its shape limits allow, else WMMA.
+/// kAuto: WMMA up to kInt8WmmaMaxTokens tokens with in <= kInt8WmmaMaxIn (one launch instead of two, which is
+/// what a batch-1 forward pays for), else cuBLASLt where its shape limits allow, else WMMA.
 enum class Int8Gemm { kAuto, kCublasLt, kWmma };
+inline constexpr int64_t kInt8WmmaMaxTokens = 256;
+inline constexpr int64_t kInt8WmmaMaxIn = 1024;
 
 /// out[t, o] = (sum_k xq[t, k] * wq[o, k]) * xscale[t] * wscale[o] * alpha + bias[o], int32 accumulation,
 /// cast to out_dtype (fp16, bf16 or fp32). xq int8 [T, in]; xscale fp32 [T]; wq int8 [out, in];
-/// wscale fp32 [out] or [1] (per tensor); bias undefined or [out].
+/// wscale fp32 [out] or [1] (per tensor); bias undefined or [out] (fp32 saves a conversion).
 torch::Tensor int8_linear(const torch::Tensor& xq, const torch::Tensor& xscale, const torch::Tensor& wq,
                           const torch::Tensor& wscale, const torch::Tensor& bias, torch::ScalarType out_dtype,
                           double alpha = 1.0, Int8Gemm gemm = Int8Gemm::kAuto);
 
 /// int8 W8A8: x (fp16/bf16/fp32 [..., in]) quantized per token, then int8_linear; returns x's dtype.
 /// wq int8 [out, in] with wscale fp32 [out] (per channel) or [1] (per tensor).
+/// gelu_tanh: GELU (tanh) on the output, in the epilogue.
 torch::Tensor int8_w8a8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
-                               const torch::Tensor& bias, Int8Gemm gemm = Int8Gemm::kAuto);
+                               const torch::Tensor& bias, Int8Gemm gemm = Int8Gemm::kAuto, bool gelu_tanh = false);
 
 /// LLM.int8 (bitsandbytes Linear8bitLt) without host synchronisation, as ref::llm_int8_linear: x is rounded to
 /// fp16 (as bitsandbytes casts it); outlier columns of x (any |x| >= threshold) go through fp16-rounded x times the dequantized weight columns (CB * SCB / 127), the
@@ -111,15 +117,21 @@ torch::Tensor int8_w8a8_linear(const torch::Tensor& x, const torch::Tensor& wq, 
 /// x: fp16/bf16/fp32 [..., in]; CB int8 [out, in]; SCB fp32 [out]; returns x's dtype. threshold <= 0: no
 /// outlier decomposition.
 torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, const torch::Tensor& SCB,
-                              const torch::Tensor& bias, double threshold, Int8Gemm gemm = Int8Gemm::kAuto);
+                              const torch::Tensor& bias, double threshold, Int8Gemm gemm = Int8Gemm::kAuto,
+                              bool gelu_tanh = false);
 
 /// Weight-only int8: q int8 [out, in] times scale (fp32 [1] per tensor or [out] per channel) in `dtype`
 /// (fp16, bf16 or fp32).
 torch::Tensor dequantize_int8_weight(const torch::Tensor& q, const torch::Tensor& scale, torch::ScalarType dtype);
 
-/// Weight-only int8 linear: dequantize_int8_weight to x's dtype, then torch::matmul + bias. x fp16/bf16/fp32.
+/// Weight-only int8 linear: dequantize_int8_weight to x's dtype, then cuda::linear. x fp16/bf16/fp32.
 torch::Tensor int8_weight_only_linear(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale,
-                                      const torch::Tensor& bias);
+                                      const torch::Tensor& bias, bool gelu_tanh = false);
+
+/// The plain product x [..., in] w [out, in]^T + bias in x's dtype through cuBLAS(Lt); with gelu_tanh, GELU
+/// (tanh) in cuBLASLt's GELU_BIAS epilogue (at::_addmm_activation) instead of a separate pass. w and bias
+/// (undefined or [out]) in x's dtype.
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias, bool gelu_tanh);
 
 // ---------------------------------------------------------------------------------------------------------
 // FP8 E4M3 W8A8 (compute capability 8.9+)
@@ -146,5 +158,14 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
 /// The dense weight q * scale[o] in `dtype` (fp16, bf16 or fp32) from E4M3 bits q uint8 [out, in] and
 /// wscale fp32 [out] (runs on any CUDA device; used for checks and by fallbacks).
 torch::Tensor dequantize_fp8_weight(const torch::Tensor& q, const torch::Tensor& wscale, torch::ScalarType dtype);
+
+// ---------------------------------------------------------------------------------------------------------
+// Transformer block pieces
+
+/// ref::add_layer_norm in one kernel: {h + delta, LayerNorm(h + delta)} for h, delta [..., cols] of one
+/// fp16/bf16/fp32 dtype and gamma, beta [cols] of that dtype. Inference only (no autograd).
+std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, const torch::Tensor& delta,
+                                                       const torch::Tensor& gamma, const torch::Tensor& beta,
+                                                       double eps);
 
 }  // namespace evalsvc::kernels::cuda

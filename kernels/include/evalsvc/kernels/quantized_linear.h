@@ -47,11 +47,17 @@ struct LayerBytes {
 /// A linear projection y = x W^T + b with W logically [out, in] (note: Hugging Face Conv1D stores [in, out];
 /// loaders transpose once). Implementations: plain (fp32/fp16/bf16) and each quantized method, with a
 /// CPU reference path and, where built, CUDA kernels chosen by the device of the stored weight.
+/// An activation applied to a projection's output. GPT-2's MLP applies GELU (tanh approximation) to c_fc's
+/// output; a CUDA layer folds it into its product's epilogue (cuBLASLt GELU_BIAS or qbench's int8 epilogue),
+/// which saves a launch and a read and write of the [tokens, 3072] activations.
+enum class Activation { kNone, kGeluTanh };
+
 class QuantizedLinear {
  public:
   virtual ~QuantizedLinear() = default;
-  /// x: [..., in] on the layer's device; returns [..., out] in the activation dtype of x.
-  virtual torch::Tensor forward(const torch::Tensor& x) const = 0;
+  /// x: [..., in] on the layer's device; returns act([..., out]) in the activation dtype of x. With kGeluTanh
+  /// the result equals gelu(forward(x), "tanh") up to the output dtype's rounding.
+  virtual torch::Tensor forward(const torch::Tensor& x, Activation act = Activation::kNone) const = 0;
   virtual Method method() const = 0;
   virtual int64_t in_features() const = 0;
   virtual int64_t out_features() const = 0;

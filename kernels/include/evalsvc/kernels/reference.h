@@ -13,6 +13,7 @@
 //    bitsandbytes multiplies by 127 / absmax instead; the two differ only exactly at rounding ties.
 //  - A zero row / block has scale (absmax) 0 and all-zero codes; nothing divides by zero.
 #include <array>
+#include <utility>
 #include <cstdint>
 #include <vector>
 
@@ -172,5 +173,15 @@ Fp8TokenQuant quantize_fp8_per_token(const torch::Tensor& x);
 /// W8A8 fp8: per-token x scale, per-channel w scale, products of the decoded values accumulated in fp32,
 /// out = acc * scale_x[t] * scale_w[o] + bias, returned in x's dtype (what torch._scaled_mm computes).
 torch::Tensor fp8_w8a8_linear(const torch::Tensor& x, const Fp8Weight& w, const torch::Tensor& bias);
+
+// ---------------------------------------------------------------------------------------------------------
+// Transformer block pieces with a fused CUDA kernel
+
+/// The block's residual add then LayerNorm as the unfused model computes them on a GPU in h's dtype:
+/// h_out = dtype(h + delta) (one rounding), a = dtype(layer_norm(fp32(h_out), gamma, beta, eps)) with fp32
+/// statistics. h and delta [..., cols] of one floating dtype; gamma, beta [cols]. Returns {h_out, a}.
+std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, const torch::Tensor& delta,
+                                                       const torch::Tensor& gamma, const torch::Tensor& beta,
+                                                       double eps);
 
 }  // namespace evalsvc::kernels::ref

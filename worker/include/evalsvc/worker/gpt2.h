@@ -110,7 +110,11 @@ class GPT2ClassifierImpl : public torch::nn::Module {
     std::array<torch::Tensor, 4> b;  // [out]
     std::array<std::unique_ptr<kernels::QuantizedLinear>, 4> q;
   };
-  torch::Tensor linear(const Block& blk, int p, const torch::Tensor& x) const;
+  torch::Tensor linear(const Block& blk, int p, const torch::Tensor& x,
+                       kernels::Activation act = kernels::Activation::kNone) const;
+  /// {h + delta, LayerNorm(h + delta)}: one CUDA kernel in inference on a GPU, the two ops otherwise.
+  std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, const torch::Tensor& delta,
+                                                         const torch::Tensor& w, const torch::Tensor& b) const;
   /// Every tensor that is not a projection (embeddings, LayerNorms, head) with its Hugging Face name: the
   /// one list that state dicts, loading, dtype conversion and device moves all walk.
   std::vector<std::pair<std::string, torch::Tensor*>> plain_tensors();
