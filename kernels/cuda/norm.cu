@@ -36,6 +36,88 @@ __global__ void k_add_layer_norm(const T* h, const T* __restrict__ delta, const 
   }
 }
 
+/// Fast path for 16-bit types and rows of 256 * kChunks elements (GPT-2: 768 = 3 chunks): one warp per row,
+/// each lane holding its 8 * kChunks elements in registers (16-byte loads and stores), warp-shuffle reductions
+/// only, so every element is read and written exactly once and nothing waits on a block barrier. Same
+/// arithmetic as k_add_layer_norm: round the sum once, fp32 mean, then the variance around it.
+template <typename T, int kChunks>
+__global__ void __launch_bounds__(128) k_add_layer_norm_warp(const T* h, const T* __restrict__ delta,
+                                                             const T* __restrict__ gamma,
+                                                             const T* __restrict__ beta, float eps, int64_t rows,
+                                                             T* h_out, T* __restrict__ a) {
+  constexpr int kCols = 256 * kChunks;
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const int64_t base = row * kCols;
+  float v[kChunks][8];
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    const int64_t off = base + (j * 32 + lane) * 8;
+    const uint4 hv = *reinterpret_cast<const uint4*>(h + off);
+    const uint4 dv = *reinterpret_cast<const uint4*>(delta + off);
+    const T* hp = reinterpret_cast<const T*>(&hv);
+    const T* dp = reinterpret_cast<const T*>(&dv);
+    uint4 ov;
+    T* op = reinterpret_cast<T*>(&ov);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const T r = from_float<T>(to_float(hp[e]) + to_float(dp[e]));
+      op[e] = r;
+      v[j][e] = to_float(r);
+      sum += v[j][e];
+    }
+    *reinterpret_cast<uint4*>(h_out + off) = ov;
+  }
+  const float mean = detail::warp_sum(sum) / static_cast<float>(kCols);
+  float sq = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float d = v[j][e] - mean;
+      sq += d * d;
+    }
+  const float rstd = rsqrtf(detail::warp_sum(sq) / static_cast<float>(kCols) + eps);
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    const int c0 = (j * 32 + lane) * 8;
+    const uint4 gv = *reinterpret_cast<const uint4*>(gamma + c0);
+    const uint4 bv = *reinterpret_cast<const uint4*>(beta + c0);
+    const T* gp = reinterpret_cast<const T*>(&gv);
+    const T* bp = reinterpret_cast<const T*>(&bv);
+    uint4 av;
+    T* ap = reinterpret_cast<T*>(&av);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) ap[e] = from_float<T>((v[j][e] - mean) * rstd * to_float(gp[e]) + to_float(bp[e]));
+    *reinterpret_cast<uint4*>(a + base + c0) = av;
+  }
+}
+
+template <typename T>
+int launch_warp_rows(const void* h, const void* delta, const void* gamma, const void* beta, float eps, int64_t rows,
+                     int64_t cols, void* h_out, void* a, cudaStream_t stream) {
+  constexpr int kRowsPerBlock = 4;
+  const auto grid = static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
+  const auto* hp = static_cast<const T*>(h);
+  const auto* dp = static_cast<const T*>(delta);
+  const auto* gp = static_cast<const T*>(gamma);
+  const auto* bp = static_cast<const T*>(beta);
+  auto* op = static_cast<T*>(h_out);
+  auto* ap = static_cast<T*>(a);
+  switch (cols / 256) {
+    case 1: k_add_layer_norm_warp<T, 1><<<grid, 32 * kRowsPerBlock, 0, stream>>>(hp, dp, gp, bp, eps, rows, op, ap); break;
+    case 2: k_add_layer_norm_warp<T, 2><<<grid, 32 * kRowsPerBlock, 0, stream>>>(hp, dp, gp, bp, eps, rows, op, ap); break;
+    case 3: k_add_layer_norm_warp<T, 3><<<grid, 32 * kRowsPerBlock, 0, stream>>>(hp, dp, gp, bp, eps, rows, op, ap); break;
+    case 4: k_add_layer_norm_warp<T, 4><<<grid, 32 * kRowsPerBlock, 0, stream>>>(hp, dp, gp, bp, eps, rows, op, ap); break;
+    default: return kLaunchBadShape;
+  }
+  return detail::launch_result();
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
 }  // namespace
 
 int launch_add_layer_norm(const void* h, const void* delta, const void* gamma, const void* beta, float eps,
@@ -44,7 +126,13 @@ int launch_add_layer_norm(const void* h, const void* delta, const void* gamma, c
   if (h == nullptr || delta == nullptr || gamma == nullptr || beta == nullptr || h_out == nullptr || a == nullptr) {
     return kLaunchBadPointer;
   }
-  // GPT-2 rows are 768 wide: 256 threads give each thread three elements per pass.
+  const bool vec = cols % 256 == 0 && cols <= 1024 && aligned16(h) && aligned16(delta) && aligned16(gamma) &&
+                   aligned16(beta) && aligned16(h_out) && aligned16(a);
+  if (vec && dtype == DType::kF16) return launch_warp_rows<__half>(h, delta, gamma, beta, eps, rows, cols, h_out, a, stream);
+  if (vec && dtype == DType::kBF16) {
+    return launch_warp_rows<__nv_bfloat16>(h, delta, gamma, beta, eps, rows, cols, h_out, a, stream);
+  }
+  // Any other width or fp32: one block per row, three passes (the row stays in L1 between them).
   const int threads = cols >= 1024 ? 512 : 256;
   EVALSVC_DISPATCH_FLOAT(dtype, T,
       k_add_layer_norm<T><<<static_cast<unsigned>(rows), threads, 0, stream>>>(

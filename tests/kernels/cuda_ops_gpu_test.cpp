@@ -538,7 +538,8 @@ TEST(CudaFusedGelu, EveryLinearWithGeluMatchesGeluOfTheReference) {
 
 TEST(CudaBlock, AddLayerNormMatchesReference) {
   REQUIRE_GPU();
-  for (const int64_t cols : {int64_t{768}, int64_t{100}, int64_t{3072}, int64_t{33}}) {
+  // 256, 768 and 1024 take the one-warp-per-row path in fp16 and bf16 (1, 3 and 4 chunks), the rest the block path.
+  for (const int64_t cols : {int64_t{768}, int64_t{100}, int64_t{3072}, int64_t{33}, int64_t{256}, int64_t{1024}}) {
     for (const int64_t rows : {int64_t{1}, int64_t{7}, int64_t{128}, int64_t{1000}}) {
       for (const auto dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
         const auto what = fmt::format("add_layer_norm rows={} cols={} dtype={}", rows, cols, c10::toString(dtype));

@@ -225,8 +225,7 @@ torch::Tensor int8_product(const char* op, const torch::Tensor& xq, const torch:
                 "cuda::{}: the cuBLASLt int8 product needs T > 16 and in, out multiples of 8, got T={} in={} out={}",
                 op, m, k, n);
   const cudaStream_t stream = stream_of(xq);
-  const bool small = m <= kInt8WmmaMaxTokens && k <= kInt8WmmaMaxIn;
-  if (gemm == Int8Gemm::kCublasLt || (gemm == Int8Gemm::kAuto && cublas_ok && !small)) {
+  if (gemm == Int8Gemm::kCublasLt || (gemm == Int8Gemm::kAuto && cublas_ok)) {
     // cuBLASLt wants the weight as a column-major [in, out] matrix: wq^T is exactly that view, no copy.
     const torch::Tensor acc = at::_int_mm(xq, wq.t());
     EVALSVC_LAUNCH(launch_int8_epilogue(acc.data_ptr<int32_t>(), m, n, k, ep, y.data_ptr(),

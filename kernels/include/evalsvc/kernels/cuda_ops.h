@@ -91,11 +91,9 @@ Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold
 
 /// Which int8 matrix product int8_linear uses. kCublasLt: at::_int_mm (needs T > 16, in and out multiples
 /// of 8) followed by the epilogue kernel; kWmma: qbench's own tensor-core kernel with the epilogue fused;
-/// kAuto: WMMA up to kInt8WmmaMaxTokens tokens with in <= kInt8WmmaMaxIn (one launch instead of two, which is
-/// what a batch-1 forward pays for), else cuBLASLt where its shape limits allow, else WMMA.
+/// kAuto: cuBLASLt where its shape limits allow, else WMMA. (Inside a CUDA graph at 128 tokens the WMMA kernel,
+/// one launch, takes 16-25 us against 9-16 us for cuBLASLt's product plus the epilogue: kernel_bench graph_ms.)
 enum class Int8Gemm { kAuto, kCublasLt, kWmma };
-inline constexpr int64_t kInt8WmmaMaxTokens = 256;
-inline constexpr int64_t kInt8WmmaMaxIn = 1024;
 
 /// out[t, o] = (sum_k xq[t, k] * wq[o, k]) * xscale[t] * wscale[o] * alpha + bias[o], int32 accumulation,
 /// cast to out_dtype (fp16, bf16 or fp32). xq int8 [T, in]; xscale fp32 [T]; wq int8 [out, in];
