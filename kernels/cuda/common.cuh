@@ -43,33 +43,24 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-/// Max over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
-__device__ __forceinline__ float block_max(float v) {
+/// Reduces v over the whole block with WarpOp (warp_max or warp_sum) and 0 as the identity of the missing
+/// lanes (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+template <float (*WarpOp)(float)>
+__device__ __forceinline__ float block_reduce(float v) {
   __shared__ float partial[32];
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  v = warp_max(v);
+  v = WarpOp(v);
   __syncthreads();  // `partial` may still be read by a previous call
   if (lane == 0) partial[warp] = v;
   __syncthreads();
   const int nwarps = blockDim.x >> 5;
-  float r = lane < nwarps ? partial[lane] : 0.0f;
-  return warp_max(r);
+  return WarpOp(lane < nwarps ? partial[lane] : 0.0f);
 }
-
-/// Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
-__device__ __forceinline__ float block_sum(float v) {
-  __shared__ float partial[32];
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  v = warp_sum(v);
-  __syncthreads();  // `partial` may still be read by a previous call
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  const int nwarps = blockDim.x >> 5;
-  float r = lane < nwarps ? partial[lane] : 0.0f;
-  return warp_sum(r);
-}
+/// Max over the whole block of non-negative values (absmax).
+__device__ __forceinline__ float block_max(float v) { return block_reduce<warp_max>(v); }
+/// Sum over the whole block.
+__device__ __forceinline__ float block_sum(float v) { return block_reduce<warp_sum>(v); }
 
 /// Status of the launch just made: 0 or the cudaError_t (positive).
 inline int launch_result() {
