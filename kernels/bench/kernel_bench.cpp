@@ -255,14 +255,6 @@ int main(int argc, char** argv) {
                                 .c_str());
       }
     }
-    // The small-batch attention kernel against its reference (GPT-2 Small heads, partial and full blocks).
-    for (const int64_t seq : {int64_t{37}, int64_t{128}}) {
-      const auto qkv = randn({2, seq, 3 * 768}, 300 + seq, 0.6).to(torch::kFloat16);
-      const double err = rel_err(cuda::causal_attention_small(qkv.to(gpu()), 12), ref::causal_self_attention(qkv, 12));
-      const std::string op = fmt::format("causal_attention_small B=2 T={} H=12", seq);
-      std::printf("%s\n", json{{"validate", op}, {"rel_err", err}, {"tol", 3e-3}, {"ok", err <= 3e-3}}.dump().c_str());
-      all_ok = all_ok && err <= 3e-3;
-    }
     std::fflush(stdout);
     if (!all_ok) {
       std::fprintf(stderr, "kernel_bench: validation failed; not timing\n");
@@ -353,33 +345,6 @@ int main(int argc, char** argv) {
                  time_ms([&] { (void)cuda::fp8_linear(x16, L.f8_q, L.f8_s, L.bias_gpu); }, warmup, iters));
         }
       }
-    }
-    // Causal attention of GPT-2 Small's 12 heads at sequence 128 from the c_attn output [B, 128, 2304] to the
-    // [B, 128, 768] c_proj input: PyTorch's fused attention as the model calls it (head split views, then the
-    // merge) against qbench's small-batch kernel.
-    for (const int64_t b : {int64_t{1}, int64_t{4}, int64_t{8}, int64_t{32}}) {
-      const int64_t t = 128, h = 12, d = 64;
-      const auto qkv = randn({b, t, 3 * h * d}, 400 + b, 0.6).to(torch::kFloat16).to(gpu());
-      const auto sdpa = [&] {
-        const auto heads = qkv.view({b, t, 3, h, d}).permute({2, 0, 3, 1, 4});
-        (void)compat::attention(heads[0], heads[1], heads[2], torch::Tensor(), true, 0.0)
-            .transpose(1, 2)
-            .reshape({b, t, h * d});
-      };
-      const auto small = [&] { (void)cuda::causal_attention_small(qkv, h); };
-      const double ts = time_ms(sdpa, 10, 200);
-      const double tk = time_ms(small, 10, 200);
-      json row{{"op", "causal_attention_small"}, {"batch", b}, {"seq", t}, {"heads", h}, {"ms", tk},
-               {"sdpa_ms", ts}, {"speedup_vs_sdpa", ts / tk}};
-      if (b <= 8) {
-        const double gs = graph_ms(sdpa, 20, 20);
-        const double gk = graph_ms(small, 20, 20);
-        row["graph_ms"] = gk;
-        row["sdpa_graph_ms"] = gs;
-        row["graph_speedup_vs_sdpa"] = gs / gk;
-      }
-      std::printf("%s\n", row.dump().c_str());
-      std::fflush(stdout);
     }
     // Residual add + LayerNorm over [M, 768]: the fused kernel against the two ops it replaces.
     for (const int64_t m : ms) {

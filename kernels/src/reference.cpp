@@ -488,21 +488,4 @@ std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, c
   return {h_out, a};
 }
 
-torch::Tensor causal_self_attention(const torch::Tensor& qkv, int64_t n_head) {
-  constexpr const char* kWhere = "ref::causal_self_attention";
-  check_float(qkv, kWhere, "qkv");
-  EVALSVC_CHECK(qkv.dim() == 3 && qkv.size(2) % 3 == 0, InputError, "{}: qkv must be [B, T, 3E], got {}", kWhere,
-                shape_str(qkv));
-  const int64_t B = qkv.size(0), T = qkv.size(1), E = qkv.size(2) / 3;
-  EVALSVC_CHECK(n_head > 0 && E % n_head == 0, InputError, "{}: E = {} is not a multiple of n_head = {}", kWhere, E,
-                n_head);
-  const int64_t D = E / n_head;
-  const auto x = qkv.to(torch::kFloat).view({B, T, 3, n_head, D}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
-  auto scores = torch::matmul(x[0], x[1].transpose(-2, -1)) / std::sqrt(static_cast<double>(D));
-  const auto future = torch::ones({T, T}, torch::kBool).triu(1);
-  scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
-  const auto out = torch::matmul(torch::softmax(scores, -1), x[2]);  // [B, H, T, D]
-  return out.transpose(1, 2).reshape({B, T, E}).to(qkv.scalar_type());
-}
-
 }  // namespace evalsvc::kernels::ref

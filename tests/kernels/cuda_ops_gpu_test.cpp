@@ -566,39 +566,6 @@ TEST(CudaBlock, AddLayerNormMatchesReference) {
   EXPECT_EQ(h_out.sizes(), h3.sizes());
 }
 
-TEST(CudaBlock, CausalAttentionSmallMatchesReference) {
-  REQUIRE_GPU();
-  // 16-query blocks: 1, 7 and 16 fill one block partly or exactly, 17 and 100 spill into a partial one, 128 is
-  // the longest sequence taken; 12 heads (GPT-2 Small) and 2.
-  for (const int64_t heads : {int64_t{12}, int64_t{2}}) {
-    for (const int64_t batch : {int64_t{1}, int64_t{3}}) {
-      for (const int64_t seq : {int64_t{1}, int64_t{7}, int64_t{16}, int64_t{17}, int64_t{100}, int64_t{128}}) {
-        for (const auto dtype : {torch::kFloat16, torch::kBFloat16}) {
-          const auto what = fmt::format("causal_attention_small B={} T={} H={} dtype={}", batch, seq, heads,
-                                        c10::toString(dtype));
-          // Scores of a few units, as in a trained model: the softmax is neither flat nor one-hot.
-          const auto qkv = randn({batch, seq, 3 * 64 * heads}, 1600 + seq + batch, 0.6).to(dtype);
-          const auto want = ref::causal_self_attention(qkv, heads);
-          const auto got = cuda::causal_attention_small(qkv.to(gpu()), heads);
-          EXPECT_EQ(got.scalar_type(), dtype) << what;
-          EXPECT_TRUE(close(got, want, tol_for(dtype), what));
-        }
-      }
-    }
-  }
-  EXPECT_TRUE(cuda::causal_attention_small_supported(1, 128, 768, 12, torch::kFloat16));
-  EXPECT_FALSE(cuda::causal_attention_small_supported(1, 129, 768, 12, torch::kFloat16));  // too long
-  EXPECT_FALSE(cuda::causal_attention_small_supported(1, 128, 768, 24, torch::kFloat16));  // head size 32
-  EXPECT_FALSE(cuda::causal_attention_small_supported(1, 128, 768, 12, torch::kFloat32));
-  const auto long_qkv = torch::zeros({1, 129, 3 * 768}, torch::kFloat16).to(gpu());
-  EXPECT_THROW(cuda::causal_attention_small(long_qkv, 12), InputError);
-  const auto qkv = torch::zeros({1, 8, 3 * 768}, torch::kFloat16).to(gpu());
-  EXPECT_THROW(cuda::causal_attention_small(qkv, 24), InputError);                       // head size 32
-  EXPECT_THROW(cuda::causal_attention_small(qkv.to(torch::kFloat32), 12), InputError);   // fp32
-  EXPECT_THROW(cuda::causal_attention_small(qkv.cpu(), 12), InputError);                  // on the CPU
-  EXPECT_THROW(cuda::causal_attention_small(qkv.transpose(0, 1), 12), InputError);        // not contiguous
-}
-
 TEST(CudaBlock, AddLayerNormBadInputThrowsInputError) {
   REQUIRE_GPU();
   const auto h = randn({4, 64}, 1).to(torch::kFloat16).to(gpu());

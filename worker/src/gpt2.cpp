@@ -93,23 +93,6 @@ torch::Tensor GPT2ClassifierImpl::linear(const Block& blk, int p, const torch::T
   return act == kernels::Activation::kGeluTanh ? torch::gelu(y, "tanh") : y;
 }
 
-torch::Tensor GPT2ClassifierImpl::self_attention(const torch::Tensor& qkv, int64_t B, int64_t T, bool train) const {
-  const int64_t E = config_.n_embd, H = config_.n_head, D = E / H;
-#ifdef EVALSVC_WITH_CUDA
-  // A few rows on a GPU without autograd (the batch-1 forward): qbench's kernel, which spreads 16 queries a
-  // block over the card and reads the heads straight out of qkv; PyTorch's fused attention otherwise.
-  const bool needs_grad = torch::GradMode::is_enabled() && qkv.requires_grad();
-  if (qkv.is_cuda() && !train && !needs_grad && B <= kernels::cuda::kSmallAttentionMaxBatch &&
-      kernels::cuda::causal_attention_small_supported(B, T, E, H, qkv.scalar_type())) {
-    return kernels::cuda::causal_attention_small(qkv.contiguous(), H);
-  }
-#endif
-  const auto heads = qkv.view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
-  const auto attn = compat::attention(heads[0], heads[1], heads[2], torch::Tensor(), /*causal=*/true,
-                                      train ? config_.attn_pdrop : 0.0);
-  return attn.transpose(1, 2).reshape({B, T, E});
-}
-
 std::pair<torch::Tensor, torch::Tensor> GPT2ClassifierImpl::add_layer_norm(const torch::Tensor& h,
                                                                            const torch::Tensor& delta,
                                                                            const torch::Tensor& w,
@@ -134,6 +117,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
                 config_.n_positions);
   EVALSVC_CHECK(lengths.dim() == 1 && lengths.size(0) == B, InputError, "lengths must be [{}], got {}", B,
                 dims(lengths.sizes()));
+  const int64_t E = config_.n_embd, H = config_.n_head, D = E / H;
   const bool train = is_training();
   auto pos = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(input_ids.device()));
   // Activation dtype: the variant's base dtype on CUDA; fp32 on CPU (storage stays in the base dtype).
@@ -147,7 +131,11 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   auto a = layer_norm(h, blocks_.front().ln1_w, blocks_.front().ln1_b);
   for (size_t i = 0; i < blocks_.size(); ++i) {
     const auto& blk = blocks_[i];
-    auto o = linear(blk, 1, self_attention(linear(blk, 0, a), B, T, train));
+    auto qkv = linear(blk, 0, a).view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
+    auto attn = compat::attention(qkv[0], qkv[1], qkv[2], torch::Tensor(), /*causal=*/true,
+                                  train ? config_.attn_pdrop : 0.0);
+    attn = attn.transpose(1, 2).reshape({B, T, E});
+    auto o = linear(blk, 1, attn);
     if (train && config_.resid_pdrop > 0) o = torch::dropout(o, config_.resid_pdrop, true);
     torch::Tensor m;
     std::tie(h, m) = add_layer_norm(h, o, blk.ln2_w, blk.ln2_b);

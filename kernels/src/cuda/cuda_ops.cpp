@@ -573,28 +573,4 @@ std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, c
   return {h_out, a};
 }
 
-bool causal_attention_small_supported(int64_t batch, int64_t seq, int64_t embd, int64_t n_head,
-                                      torch::ScalarType dtype) {
-  return (dtype == torch::kFloat16 || dtype == torch::kBFloat16) && batch >= 1 && batch <= 65535 && seq >= 1 &&
-         seq <= kSmallAttentionMaxSeq && n_head >= 1 && n_head <= 65535 && embd == 64 * n_head;
-}
-
-torch::Tensor causal_attention_small(const torch::Tensor& qkv, int64_t n_head) {
-  const char* op = "causal_attention_small";
-  check_cuda(op, "qkv", qkv);
-  check_dtype(op, "qkv", qkv, {torch::kFloat16, torch::kBFloat16});
-  check_contiguous(op, "qkv", qkv);
-  EVALSVC_CHECK(qkv.dim() == 3 && qkv.size(2) % 3 == 0, InputError, "cuda::{}: qkv must be [B, T, 3E], got {}", op,
-                describe(qkv));
-  const int64_t B = qkv.size(0), T = qkv.size(1), E = qkv.size(2) / 3;
-  EVALSVC_CHECK(causal_attention_small_supported(B, T, E, n_head, qkv.scalar_type()), InputError,
-                "cuda::{}: needs head size 64 (E = 64 * n_head) and 1 <= T <= {}, got qkv {} with n_head {}", op,
-                kSmallAttentionMaxSeq, describe(qkv), n_head);
-  auto out = torch::empty({B, T, E}, qkv.options());
-  const c10::cuda::CUDAGuard guard(qkv.device());
-  EVALSVC_LAUNCH(launch_causal_attention_small(qkv.data_ptr(), B, T, n_head, 64, out.data_ptr(),
-                                               launcher_dtype(qkv.scalar_type()), stream_of(qkv)));
-  return out;
-}
-
 }  // namespace evalsvc::kernels::cuda

@@ -126,15 +126,4 @@ int launch_fp8_dequantize(const uint8_t* q, const float* scale, int64_t n, int64
 int launch_add_layer_norm(const void* h, const void* delta, const void* gamma, const void* beta, float eps,
                           int64_t rows, int64_t cols, void* h_out, void* a, DType dtype, cudaStream_t stream);
 
-// --- Causal self-attention for short sequences (kernels/cuda/attention.cu) ------------------------------------
-
-/// Longest sequence launch_causal_attention_small takes (K and V of one head stay in shared memory).
-inline constexpr int64_t kSmallAttentionMaxSeq = 128;
-
-/// out [batch, seq, heads * 64] = causal softmax(q k^T / 8) v per head, reading q, k and v from the c_attn
-/// output qkv [batch, seq, 3 * heads * 64] (GPT-2's order: all q heads, all k heads, all v heads); fp32
-/// arithmetic, the output rounded once to `dtype` (kF16 or kBF16). head_dim must be 64, seq <= 128.
-int launch_causal_attention_small(const void* qkv, int64_t batch, int64_t seq, int64_t heads, int64_t head_dim,
-                                  void* out, DType dtype, cudaStream_t stream);
-
 }  // namespace evalsvc::kernels::cuda

@@ -166,16 +166,4 @@ std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, c
                                                        const torch::Tensor& gamma, const torch::Tensor& beta,
                                                        double eps);
 
-/// Up to this many rows the model runs attention through causal_attention_small (batch-1 latency); from
-/// there on PyTorch's tensor-core attention, whose per-(row, head) blocks then fill the card.
-inline constexpr int64_t kSmallAttentionMaxBatch = 4;
-
-/// Whether causal_attention_small takes a [batch, seq, 3E] c_attn output with n_head heads in `dtype`.
-bool causal_attention_small_supported(int64_t batch, int64_t seq, int64_t embd, int64_t n_head,
-                                      torch::ScalarType dtype);
-
-/// ref::causal_self_attention in one kernel for fp16/bf16, head size 64 and seq <= 128: qkv [B, T, 3E]
-/// contiguous -> [B, T, E]. Inference only.
-torch::Tensor causal_attention_small(const torch::Tensor& qkv, int64_t n_head);
-
 }  // namespace evalsvc::kernels::cuda

@@ -184,9 +184,4 @@ std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, c
                                                        const torch::Tensor& gamma, const torch::Tensor& beta,
                                                        double eps);
 
-/// GPT-2's causal self-attention from the c_attn output: qkv [B, T, 3E] (q heads, then k heads, then v heads,
-/// each head `E / n_head` wide) -> [B, T, E] with every head's softmax(q k^T / sqrt(head_dim), causal) v
-/// computed in fp32 and the result rounded once to qkv's dtype.
-torch::Tensor causal_self_attention(const torch::Tensor& qkv, int64_t n_head);
-
 }  // namespace evalsvc::kernels::ref

@@ -112,8 +112,6 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   };
   torch::Tensor linear(const Block& blk, int p, const torch::Tensor& x,
                        kernels::Activation act = kernels::Activation::kNone) const;
-  /// Causal self-attention of the c_attn output qkv [B, T, 3E] -> [B, T, E] (attention dropout in training).
-  torch::Tensor self_attention(const torch::Tensor& qkv, int64_t B, int64_t T, bool train) const;
   /// {h + delta, LayerNorm(h + delta)}: one CUDA kernel in inference on a GPU, the two ops otherwise.
   std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, const torch::Tensor& delta,
                                                          const torch::Tensor& w, const torch::Tensor& b) const;
