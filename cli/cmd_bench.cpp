@@ -1,16 +1,21 @@
-// `qbench bench`: the bench job's measurements (batch-1 latency, throughput sweep, peak memory) on a
-// randomly initialised model, outside the service. Speed does not depend on the weights' values, so this is
+// `qbench bench`: the bench job's measurements (batch-1 latency, throughput sweep, peak memory and, with
+// --test-set, the test-set rate over real AG News rows with dynamic padding) on a randomly initialised model,
+// outside the service. Speed does not depend on the weights' values, so this is
 // how qbench is compared with the Hugging Face peer in one call on one card (scripts/peer_bench_hf.py, then
 // scripts/bench_ratios.py). One JSON line per method on stdout.
 #include <iostream>
 
 #include "commands.h"
+#include "evalsvc/common/error.h"
 #include "evalsvc/common/experiment_spec.h"
 #include "evalsvc/common/log.h"
+#include "evalsvc/common/paths.h"
 #include "evalsvc/worker/benchmark.h"
+#include "evalsvc/worker/dataset.h"
 #include "evalsvc/worker/device.h"
 #include "evalsvc/worker/gpt2.h"
 #include "evalsvc/worker/preset.h"
+#include "evalsvc/worker/tokenizer.h"
 
 namespace evalsvc::cli {
 namespace {
@@ -23,6 +28,12 @@ struct BenchArgs {
   std::vector<int64_t> batch_sizes = {1, 8, 32, 128, 512};
   int64_t seq_len = 128, warmup = 20, iters = 200;
   bool no_graph = false;
+  bool test_set = false;
+  std::string data;    // data folder (ag_news/, gpt2/); empty: the default search
+  std::string cache = "var/cache";
+  int64_t test_rows = 0;                       // 0: all 7,600
+  int64_t eval_batch_size = EvalSpec{}.batch_size;
+  int64_t max_len = DataSpec{}.max_len;
 };
 
 CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of quantized variants (random weights)",
@@ -38,9 +49,25 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
   sub.add_option("--warmup", a->warmup, "untimed forwards first")->capture_default_str();
   sub.add_option("--iters", a->iters, "timed batch-1 forwards")->capture_default_str();
   sub.add_flag("--no-graph", a->no_graph, "time eager batch-1 forwards instead of CUDA graph replays");
+  sub.add_flag("--test-set", a->test_set,
+               "also time the test-set rate: the AG News test rows, length-bucketed, each batch padded to its longest row");
+  sub.add_option("--data", a->data, "data folder holding ag_news/ and gpt2/ (default: $QBENCH_DATA_DIR or ../shared/data)");
+  sub.add_option("--cache", a->cache, "tokenized-dataset cache folder")->capture_default_str();
+  sub.add_option("--test-rows", a->test_rows, "first N test rows for --test-set (0: all)")->capture_default_str();
+  sub.add_option("--eval-batch-size", a->eval_batch_size, "rows a forward for --test-set")->capture_default_str();
+  sub.add_option("--max-len", a->max_len, "tokens kept a row for --test-set")->capture_default_str();
   return [a] {
     const torch::Device dev = worker::pick_device(a->device);
     const auto cfg = worker::ModelConfig::preset(a->config);
+    worker::TokenizedDataset test;
+    if (a->test_set) {
+      EVALSVC_CHECK(a->eval_batch_size >= 1, InputError, "--eval-batch-size must be >= 1, got {}", a->eval_batch_size);
+      EVALSVC_CHECK(a->test_rows >= 0, InputError, "--test-rows must be >= 0, got {}", a->test_rows);
+      const auto dir = data_dir(a->data.empty() ? std::nullopt : std::optional<std::string>(a->data));
+      const auto tok = worker::Tokenizer::load(dir / "gpt2");
+      test = worker::load_or_tokenize(dir / "ag_news" / "test.csv", tok, a->max_len, a->cache,
+                                      static_cast<size_t>(a->test_rows), nullptr);
+    }
     for (const auto& name : a->methods) {
       // The variant as an experiment spec would give it, built as the bench job builds it.
       VariantSpec v;
@@ -63,9 +90,11 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       j["config"] = a->config;
       j["seq_len"] = a->seq_len;
       j["device"] = worker::describe_device(dev);
+      if (a->test_set) j["test_set"] = worker::run_test_set_rate(model, test, a->eval_batch_size, dev).to_json();
       std::cout << j.dump() << std::endl;
-      spdlog::info("{} ({}): batch 1 p50 {:.3f} ms{}", name, base, r.latency.p50_ms,
-                   r.latency.cuda_graph ? " (CUDA graph)" : "");
+      spdlog::info("{} ({}): batch 1 p50 {:.3f} ms{}{}", name, base, r.latency.p50_ms,
+                   r.latency.cuda_graph ? " (CUDA graph)" : "",
+                   a->test_set ? fmt::format(", test set {:.0f} rows/s", j["test_set"]["samples_per_s"].get<double>()) : "");
     }
     return kOk;
   };

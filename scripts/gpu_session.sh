@@ -69,7 +69,7 @@ fi
 if has bench; then
 stamp "qbench bench and the Hugging Face inference peer (issue 6 ratios)"
 $q bench --device cuda --methods fp32,fp16,bf16,int8-sym,int8-sym-channel,int8-w8a8,llm-int8,nf4,fp8-e4m3 \
-  > "$out/qbench_bench.jsonl" 2> "$out/qbench_bench.log"
+  --test-set --data "$data" > "$out/qbench_bench.jsonl" 2> "$out/qbench_bench.log"
 # The reference's per-tensor int8 runs on an fp32 base; its target is against fp16, so time an fp16-based twin.
 $q bench --device cuda --methods int8-sym --base fp16 >> "$out/qbench_bench.jsonl" 2>> "$out/qbench_bench.log"
 stamp "peer inference bench"

@@ -1,14 +1,18 @@
 // `qbench bench` (the bench job's timings outside the service) run as users run it: one JSON line per
-// method with a batch-1 latency and the sweep asked for, and a clear error for an unknown method.
+// method with a batch-1 latency and the sweep asked for, the test-set rate over real rows with --test-set, and
+// clear errors for an unknown method or a bad --test-set option.
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <sstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
+
+#include "evalsvc/common/paths.h"
 
 namespace {
 
@@ -47,6 +51,25 @@ TEST(CliBench, PrintsOneLinePerMethod) {
     EXPECT_GT(r["sweep"][1]["samples_per_s"].get<double>(), 0.0);
     EXPECT_EQ(r["seq_len"], 32);
   }
+}
+
+TEST(CliBench, TestSetRateOverRealRows) {
+  const std::string cache = "/tmp/qbench_cli_bench_test_cache_" + std::to_string(::getpid());
+  auto [rc, out] = run("bench --config tiny --device cpu --methods fp16 --iters 2 --warmup 1 --batch-sizes 1 "
+                       "--seq-len 16 --test-set --test-rows 40 --eval-batch-size 16 --cache " + cache);
+  evalsvc::remove_tree(cache);
+  ASSERT_EQ(rc, 0) << out;
+  const auto pos = out.find("{\"");
+  ASSERT_NE(pos, std::string::npos) << out;
+  const auto row = nlohmann::json::parse(out.substr(pos, out.find('\n', pos) - pos));
+  ASSERT_TRUE(row.contains("test_set")) << out;
+  EXPECT_EQ(row["test_set"]["rows"], 40);
+  EXPECT_EQ(row["test_set"]["batch_size"], 16);
+  EXPECT_GT(row["test_set"]["samples_per_s"].get<double>(), 0.0);
+  EXPECT_GT(row["test_set"]["seconds"].get<double>(), 0.0);
+  auto [rc2, out2] = run("bench --config tiny --device cpu --methods fp16 --iters 1 --test-set --eval-batch-size 0");
+  EXPECT_NE(rc2, 0);
+  EXPECT_NE(out2.find("--eval-batch-size"), std::string::npos) << out2;
 }
 
 TEST(CliBench, UnknownMethodIsAnErrorNamingIt) {

@@ -81,6 +81,19 @@ TEST(QuantizedLinear, EveryMethodApproximatesFp32WithinItsTolerance) {
   }
 }
 
+TEST(QuantizedLinear, GeluActivationIsGeluTanhOfTheOutput) {
+  // The model asks c_fc for GELU (tanh) with its output; on the CPU that is the plain op after the product
+  // (the CUDA paths fold it into the epilogue and are checked against this in cuda_ops_gpu_test).
+  auto d = seeded(37, 67, 4);
+  for (const auto& c : cases()) {
+    auto layer = quantize_linear(c.method, d.w, d.b, options_for(c));
+    const auto y = layer->forward(d.x);
+    const auto g = layer->forward(d.x, Activation::kGeluTanh);
+    EXPECT_TRUE(torch::equal(g, torch::gelu(y, "tanh"))) << label(c);
+    EXPECT_FALSE(torch::equal(g, torch::gelu(y))) << label(c) << ": tanh approximation, not exact GELU";
+  }
+}
+
 TEST(QuantizedLinear, CpuForwardIsTheReference) {
   auto d = seeded(37, 67, 2);
   const auto x = d.x.to(torch::kHalf);
