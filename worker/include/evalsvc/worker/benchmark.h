@@ -59,8 +59,8 @@ struct TestSetRate {
   nlohmann::json to_json() const;
 };
 
-/// One untimed pass over the first rows (warm-up: kernel selection, allocator growth), then one timed pass
-/// over all of `data`. InputError for an empty dataset or batch_size < 1.
+/// One untimed pass over all of `data` (warm-up: every padded length once, for kernel selection and
+/// allocator growth), then one timed pass over all of it. InputError for an empty dataset or batch_size < 1.
 TestSetRate run_test_set_rate(GPT2Classifier& model, const TokenizedDataset& data, int64_t batch_size,
                               const torch::Device& device);
 
