@@ -90,11 +90,15 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       j["config"] = a->config;
       j["seq_len"] = a->seq_len;
       j["device"] = worker::describe_device(dev);
-      if (a->test_set) j["test_set"] = worker::run_test_set_rate(model, test, a->eval_batch_size, dev).to_json();
+      std::string test_note;
+      if (a->test_set) {
+        const auto tr = worker::run_test_set_rate(model, test, a->eval_batch_size, dev);
+        j["test_set"] = tr.to_json();
+        test_note = fmt::format(", test set {:.0f} rows/s", tr.samples_per_s);
+      }
       std::cout << j.dump() << std::endl;
       spdlog::info("{} ({}): batch 1 p50 {:.3f} ms{}{}", name, base, r.latency.p50_ms,
-                   r.latency.cuda_graph ? " (CUDA graph)" : "",
-                   a->test_set ? fmt::format(", test set {:.0f} rows/s", j["test_set"]["samples_per_s"].get<double>()) : "");
+                   r.latency.cuda_graph ? " (CUDA graph)" : "", test_note);
     }
     return kOk;
   };

@@ -6,6 +6,7 @@
 #include "evalsvc/kernels/cuda_ops.h"
 
 #include <cmath>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -113,16 +114,6 @@ std::vector<int64_t> output_shape(const torch::Tensor& x, int64_t out_features) 
   return s;
 }
 
-/// Bias as fp32 [out] on x's device, or undefined.
-torch::Tensor bias_f32(const char* op, const torch::Tensor& bias, const torch::Tensor& like, int64_t out_features) {
-  if (!bias.defined()) return {};
-  check_cuda(op, "bias", bias, like);
-  check_dtype(op, "bias", bias, {torch::kFloat32, torch::kFloat16, torch::kBFloat16});
-  EVALSVC_CHECK(bias.dim() == 1 && bias.size(0) == out_features, InputError, "cuda::{}: bias must be [{}], got {}",
-                op, out_features, describe(bias));
-  return bias.to(torch::kFloat32).contiguous();
-}
-
 /// Bias as `dtype` [out] on x's device, or undefined; no conversion when it already is.
 torch::Tensor bias_in(const char* op, const torch::Tensor& bias, const torch::Tensor& like, int64_t out_features,
                       torch::ScalarType dtype) {
@@ -132,6 +123,11 @@ torch::Tensor bias_in(const char* op, const torch::Tensor& bias, const torch::Te
   EVALSVC_CHECK(bias.dim() == 1 && bias.size(0) == out_features, InputError, "cuda::{}: bias must be [{}], got {}",
                 op, out_features, describe(bias));
   return bias.to(dtype).contiguous();
+}
+
+/// Bias as fp32 [out] on x's device (what the kernels' epilogues read), or undefined.
+torch::Tensor bias_f32(const char* op, const torch::Tensor& bias, const torch::Tensor& like, int64_t out_features) {
+  return bias_in(op, bias, like, out_features, torch::kFloat32);
 }
 
 const float* ptr_or_null(const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
