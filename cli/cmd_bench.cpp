@@ -28,6 +28,7 @@ struct BenchArgs {
   std::vector<int64_t> batch_sizes = {1, 8, 32, 128, 512};
   int64_t seq_len = 128, warmup = 20, iters = 200;
   bool no_graph = false;
+  bool no_prefetch = false;
   bool test_set = false;
   std::string data;    // data folder (ag_news/, gpt2/); empty: the default search
   std::string cache = "var/cache";
@@ -49,6 +50,9 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
   sub.add_option("--warmup", a->warmup, "untimed forwards first")->capture_default_str();
   sub.add_option("--iters", a->iters, "timed batch-1 forwards")->capture_default_str();
   sub.add_flag("--no-graph", a->no_graph, "time eager batch-1 forwards instead of CUDA graph replays");
+  sub.add_flag("--no-prefetch", a->no_prefetch,
+               "weight-only variants dequantize each weight right before its product instead of one block ahead "
+               "on a side stream (for comparing the two)");
   sub.add_flag("--test-set", a->test_set,
                "also time the test-set rate: the AG News test rows, length-bucketed, each batch padded to its longest row");
   sub.add_option("--data", a->data, "data folder holding ag_news/ and gpt2/ (default: $QBENCH_DATA_DIR or ../shared/data)");
@@ -77,6 +81,7 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       worker::GPT2Classifier model(cfg, 0);
       model->quantize(kernels::parse_method(v.method), worker::dtype_of(base), worker::quant_options(v));
       model->to_device(dev);
+      model->set_weight_prefetch(!a->no_prefetch);
       worker::BenchOptions o;
       o.batch_sizes = a->batch_sizes;
       o.seq_len = a->seq_len;

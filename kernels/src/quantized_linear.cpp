@@ -66,14 +66,7 @@ class LayerBase : public QuantizedLinear {
   }
 
   torch::Tensor forward(const torch::Tensor& x, Activation act) const final {
-    EVALSVC_CHECK(x.defined(), InputError, "{} linear [{}, {}]: x is undefined", method_name(method_), out_, in_);
-    EVALSVC_CHECK(torch::isFloatingType(x.scalar_type()), InputError,
-                  "{} linear [{}, {}]: x must be fp32, fp16 or bf16, got {}", method_name(method_), out_, in_,
-                  c10::toString(x.scalar_type()));
-    EVALSVC_CHECK(x.dim() >= 1 && x.size(-1) == in_, InputError, "{} linear [{}, {}]: x must be [..., {}], got {}",
-                  method_name(method_), out_, in_, in_, shape_str(x.sizes()));
-    EVALSVC_CHECK(x.device() == device(), InputError, "{} linear [{}, {}]: x is on {} but the layer is on {}",
-                  method_name(method_), out_, in_, x.device().str(), device().str());
+    check_input(x);
     // Activations enter in the base dtype (as on a GPU running the variant) and leave in x's dtype.
     const auto xb = x.to(base_);
     if (device().is_cpu()) {
@@ -89,6 +82,57 @@ class LayerBase : public QuantizedLinear {
 #endif
   }
 
+  bool dequantizes_at(int64_t) const override { return false; }
+
+  void dense_weight_into(torch::Tensor& out) const final {
+    EVALSVC_CHECK(out.defined() && out.dim() == 2 && out.size(0) == out_ && out.size(1) == in_, InputError,
+                  "{} linear [{}, {}]: the dense weight buffer must be [{}, {}], got {}", method_name(method_), out_,
+                  in_, out_, in_, out.defined() ? shape_str(out.sizes()) : "undefined");
+    EVALSVC_CHECK(out.scalar_type() == base_ && out.is_contiguous() && out.device() == device(), InputError,
+                  "{} linear [{}, {}]: the dense weight buffer must be contiguous {} on {}, got {} on {}",
+                  method_name(method_), out_, in_, c10::toString(base_), device().str(),
+                  c10::toString(out.scalar_type()), out.device().str());
+#ifdef EVALSVC_WITH_CUDA
+    if (device().is_cuda()) return dense_weight_into_cuda(out);
+#endif
+    // The fp32 values rounded once to the base dtype: what the CPU references multiply by.
+    out.copy_(dequantized_weight().to(out.device()));
+  }
+
+  torch::Tensor forward_dense(const torch::Tensor& x, const torch::Tensor& dense, Activation act) const final {
+    check_input(x);
+    const int64_t tokens = x.numel() / in_;
+    if (!dequantizes_at(tokens)) {
+      throw UnsupportedError(fmt::format("{} linear [{}, {}]: forward on {} tokens does not go through a dense weight",
+                                         method_name(method_), out_, in_, tokens));
+    }
+    EVALSVC_CHECK(dense.defined() && dense.dim() == 2 && dense.size(0) == out_ && dense.size(1) == in_ &&
+                      dense.scalar_type() == base_ && dense.device() == device(),
+                  InputError, "{} linear [{}, {}]: the dense weight must be {} [{}, {}] on {}, got {}",
+                  method_name(method_), out_, in_, c10::toString(base_), out_, in_, device().str(),
+                  dense.defined() ? fmt::format("{} {} on {}", c10::toString(dense.scalar_type()),
+                                                shape_str(dense.sizes()), dense.device().str())
+                                  : std::string("undefined"));
+    const auto xb = x.to(base_);
+    if (device().is_cpu()) {
+      const torch::Tensor y = ref::linear_in_dtype(xb, dense, bias_, base_).to(x.scalar_type());
+      return act == Activation::kGeluTanh ? torch::gelu(y, "tanh") : y;
+    }
+#ifdef EVALSVC_WITH_CUDA
+    // Flattened to [tokens, in] as the layers' own dequantizing paths call the product, so the two agree bit
+    // for bit (cuBLAS may pick another algorithm for another shape).
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+    shape.back() = out_;
+    return cuda::linear(xb.reshape({-1, in_}).contiguous(), dense, bias_, act == Activation::kGeluTanh)
+        .view(shape)
+        .to(x.scalar_type());
+#else
+    throw UnsupportedError(fmt::format("{} linear: weights are on {} but this build has no CUDA kernels",
+                                       method_name(method_), device().str()));
+#endif
+  }
+
+  torch::ScalarType base_dtype() const final { return base_; }
   Method method() const final { return method_; }
   int64_t in_features() const final { return in_; }
   int64_t out_features() const final { return out_; }
@@ -119,11 +163,24 @@ class LayerBase : public QuantizedLinear {
   virtual torch::Tensor forward_cpu(const torch::Tensor& xb) const = 0;
 #ifdef EVALSVC_WITH_CUDA
   virtual torch::Tensor forward_cuda(const torch::Tensor& xb, Activation act) const = 0;
+  /// The dense copy by a CUDA kernel; the generic fallback copies the CPU reference's values over.
+  virtual void dense_weight_into_cuda(torch::Tensor& out) const { out.copy_(dequantized_weight().to(out.device())); }
 #endif
   virtual TensorMap own_state() const = 0;
   virtual void move_storage(const torch::Device& device) = 0;
   /// Lets a method refuse a device before anything moves (fp8 below compute capability 8.9).
   virtual void before_move(const torch::Device&) {}
+
+  void check_input(const torch::Tensor& x) const {
+    EVALSVC_CHECK(x.defined(), InputError, "{} linear [{}, {}]: x is undefined", method_name(method_), out_, in_);
+    EVALSVC_CHECK(torch::isFloatingType(x.scalar_type()), InputError,
+                  "{} linear [{}, {}]: x must be fp32, fp16 or bf16, got {}", method_name(method_), out_, in_,
+                  c10::toString(x.scalar_type()));
+    EVALSVC_CHECK(x.dim() >= 1 && x.size(-1) == in_, InputError, "{} linear [{}, {}]: x must be [..., {}], got {}",
+                  method_name(method_), out_, in_, in_, shape_str(x.sizes()));
+    EVALSVC_CHECK(x.device() == device(), InputError, "{} linear [{}, {}]: x is on {} but the layer is on {}",
+                  method_name(method_), out_, in_, x.device().str(), device().str());
+  }
 
   Method method_;
   int64_t out_, in_;
@@ -185,7 +242,14 @@ class Int8Linear final : public LayerBase {
     }
     return cuda::int8_weight_only_linear(xb, w_.q, w_.scale, bias_, gelu);
   }
+  void dense_weight_into_cuda(torch::Tensor& out) const override {
+    cuda::dequantize_int8_weight_into(w_.q, w_.scale, out);
+  }
 #endif
+ public:
+  bool dequantizes_at(int64_t) const override { return method_ != Method::kInt8W8A8; }
+
+ protected:
   TensorMap own_state() const override { return {{"weight", w_.q}, {"weight_scale", w_.scale}}; }
   void move_storage(const torch::Device& d) override {
     w_.q = w_.q.to(d);
@@ -240,11 +304,22 @@ class Nf4Linear final : public LayerBase {
   torch::Tensor forward_cuda(const torch::Tensor& xb, Activation act) const override {
     const bool gelu = act == Activation::kGeluTanh;
     if (base_ == torch::kFloat) {  // the fused kernels take fp16/bf16 activations only
-      return cuda::linear(xb, cuda::nf4_dequantize(device_weight_, torch::kFloat), bias_, gelu);
+      std::vector<int64_t> shape(xb.sizes().begin(), xb.sizes().end());
+      shape.back() = out_;
+      return cuda::linear(xb.reshape({-1, in_}), cuda::nf4_dequantize(device_weight_, torch::kFloat), bias_, gelu)
+          .view(shape);
     }
     return cuda::nf4_linear(xb, device_weight_, bias_, cuda::Nf4Path::kAuto, gelu);
   }
+  void dense_weight_into_cuda(torch::Tensor& out) const override { cuda::nf4_dequantize_into(device_weight_, out); }
 #endif
+ public:
+  /// As forward_cuda chooses: fp32 activations always dequantize, fp16/bf16 from kNf4DequantMinTokens tokens.
+  bool dequantizes_at(int64_t tokens) const override {
+    return base_ == torch::kFloat || tokens >= cuda::kNf4DequantMinTokens;
+  }
+
+ protected:
   TensorMap own_state() const override {
     const int64_t n = w_.numel();
     TensorMap s{{"weight", w_.packed.reshape({(n + 1) / 2, 1})}, {"weight.quant_map", w_.quant_map}};

@@ -12,6 +12,7 @@
 
 #include "evalsvc/common/error.h"
 #include "evalsvc/kernels/cuda_ops.h"
+#include "evalsvc/kernels/quantized_linear.h"
 #include "evalsvc/kernels/reference.h"
 
 #ifndef EVALSVC_WITH_CUDA
@@ -576,6 +577,51 @@ TEST(CudaBlock, AddLayerNormBadInputThrowsInputError) {
   EXPECT_THROW(cuda::add_layer_norm(h, h, torch::ones({63}, torch::kFloat16).to(gpu()), g, 1e-5), InputError);
   EXPECT_THROW(cuda::add_layer_norm(h, h, g, g.to(torch::kFloat32), 1e-5), InputError);     // beta dtype
   EXPECT_THROW(cuda::add_layer_norm(h, h, g, g, 0.0), InputError);                          // eps
+}
+
+// The model's weight prefetch: a layer's dense weight made on a side stream, read on the current stream after an
+// event, gives forward_dense() results identical to forward()'s.
+TEST(CudaDenseWeight, MadeOnASideStreamEqualsTheCpuDenseWeightAndForwardDenseEqualsForward) {
+  REQUIRE_GPU();
+  struct Case {
+    Method method;
+    torch::ScalarType base;
+    double tol;  // dense weight against the CPU's; int8 is exact, nf4 decodes absmax in another order
+  };
+  const std::vector<Case> cases = {{Method::kInt8SymTensor, torch::kFloat16, 0},
+                                   {Method::kInt8SymTensor, torch::kFloat32, 0},
+                                   {Method::kInt8SymChannel, torch::kFloat16, 0},
+                                   {Method::kInt8SymChannel, torch::kBFloat16, 0},
+                                   {Method::kNf4, torch::kFloat16, 1e-3},
+                                   {Method::kNf4, torch::kBFloat16, 8e-3},
+                                   {Method::kNf4, torch::kFloat32, 1e-6}};
+  const auto w = randn({200, 768}, 1500, 0.05);
+  const auto b = randn({200}, 1501, 0.1);
+  cuda::SideStream side(gpu(), 1);
+  for (const auto& c : cases) {
+    const auto what = fmt::format("{} on {}", method_name(c.method), c10::toString(c.base));
+    QuantOptions o;
+    o.compute_dtype = c.base;
+    auto layer = quantize_linear(c.method, w, b, o);
+    auto want_dense = torch::empty({200, 768}, c.base);
+    layer->dense_weight_into(want_dense);
+    layer->to(gpu());
+    auto dense = torch::empty({200, 768}, torch::TensorOptions().dtype(c.base).device(gpu()));
+    side.run_on_side([&] { layer->dense_weight_into(dense); });
+    side.record_side(0);
+    side.current_waits(0);
+    if (c.tol == 0) {
+      EXPECT_TRUE(torch::equal(dense.cpu(), want_dense)) << what;
+    } else {
+      EXPECT_TRUE(close(dense, want_dense, c.tol, what + " dense weight"));
+    }
+    const auto x = randn({2, 64, 768}, 1502).to(c.base).to(gpu());
+    ASSERT_TRUE(layer->dequantizes_at(128)) << what;
+    for (const auto act : {Activation::kNone, Activation::kGeluTanh}) {
+      EXPECT_TRUE(torch::equal(layer->forward_dense(x, dense, act), layer->forward(x, act)))
+          << what << (act == Activation::kGeluTanh ? " with GELU" : "");
+    }
+  }
 }
 
 }  // namespace

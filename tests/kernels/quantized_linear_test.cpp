@@ -126,6 +126,44 @@ TEST(QuantizedLinear, CpuForwardIsTheReference) {
   }
 }
 
+TEST(QuantizedLinear, DenseWeightPathEqualsForwardForWeightOnlyFormats) {
+  // The model's weight prefetch calls dense_weight_into() ahead of time and forward_dense() later; for the
+  // weight-only formats that is the computation forward() does, so the results are identical.
+  auto d = seeded(37, 67, 5);  // 15 tokens
+  const auto x64 = torch::randn({2, 40, 67});  // 80 tokens: nf4 dequantizes from kNf4DequantMinTokens
+  for (const auto& c : cases()) {
+    auto layer = quantize_linear(c.method, d.w, d.b, options_for(c));
+    EXPECT_EQ(layer->base_dtype(), c.base) << label(c);
+    const bool weight_only = c.method == Method::kInt8SymTensor || c.method == Method::kInt8SymChannel;
+    const bool nf4 = c.method == Method::kNf4;
+    EXPECT_EQ(layer->dequantizes_at(15), weight_only) << label(c);
+    EXPECT_EQ(layer->dequantizes_at(80), weight_only || nf4) << label(c);
+    auto dense = torch::empty({37, 67}, c.base);
+    layer->dense_weight_into(dense);
+    EXPECT_TRUE(torch::equal(dense, layer->dequantized_weight().to(c.base))) << label(c);
+    if (!layer->dequantizes_at(80)) {
+      EXPECT_THROW(layer->forward_dense(x64, dense), UnsupportedError) << label(c);
+      continue;
+    }
+    for (auto act : {Activation::kNone, Activation::kGeluTanh}) {
+      EXPECT_TRUE(torch::equal(layer->forward_dense(x64, dense, act), layer->forward(x64, act))) << label(c);
+    }
+    if (nf4) EXPECT_THROW(layer->forward_dense(d.x, dense), UnsupportedError) << label(c) << " at 15 tokens";
+    // A buffer of the wrong shape or dtype is refused, naming what it should be.
+    auto wrong_shape = torch::empty({67, 37}, c.base);
+    auto wrong_dtype = torch::empty({37, 67}, c.base == torch::kFloat ? torch::kHalf : torch::kFloat);
+    for (auto* bad : {&wrong_shape, &wrong_dtype}) {
+      try {
+        layer->dense_weight_into(*bad);
+        ADD_FAILURE() << label(c) << ": no error for a bad dense buffer";
+      } catch (const InputError& e) {
+        EXPECT_NE(std::string(e.what()).find("dense weight"), std::string::npos) << e.what();
+      }
+      EXPECT_THROW(layer->forward_dense(x64, *bad), InputError) << label(c);
+    }
+  }
+}
+
 TEST(QuantizedLinear, StateRoundTripGivesIdenticalOutputs) {
   auto d = seeded(37, 67, 3);
   for (const auto& c : cases()) {

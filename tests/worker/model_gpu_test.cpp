@@ -5,6 +5,11 @@
 
 #include <fmt/format.h>
 
+#if EVALSVC_WITH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
 #include "evalsvc/kernels/cuda_ops.h"
 #include "evalsvc/worker/gpt2.h"
 
@@ -53,6 +58,68 @@ TEST(ModelGpu, EveryVariantsGpuForwardMatchesItsCpuForward) {
     EXPECT_LE(err, c.tol * scale) << fmt::format("{} on {}: max |gpu - cpu| {} against max |logit| {}", name,
                                                  c10::toString(c.base), err, scale);
   }
+#endif
+}
+
+// Weight prefetch (GPT2ClassifierImpl::set_weight_prefetch) dequantizes block i+1 on a side stream while block i
+// runs: the logits must be those of the plain path bit for bit, and the forward must stay capturable as a CUDA
+// graph (the side stream forks from and joins the capturing stream) whose replays recompute from new inputs.
+TEST(ModelGpu, WeightPrefetchGivesIdenticalLogitsEagerAndInACudaGraph) {
+#if !EVALSVC_WITH_CUDA
+  GTEST_SKIP() << "built without EVALSVC_WITH_CUDA (no CUDA libtorch)";
+#else
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU";
+  const torch::Device dev(torch::kCUDA, 0);
+  const std::vector<std::pair<kernels::Method, torch::ScalarType>> cases = {
+      {kernels::Method::kInt8SymTensor, torch::kFloat16},  {kernels::Method::kInt8SymTensor, torch::kFloat32},
+      {kernels::Method::kInt8SymChannel, torch::kFloat16}, {kernels::Method::kNf4, torch::kFloat16},
+      {kernels::Method::kNf4, torch::kBFloat16}};
+  torch::NoGradGuard no_grad;
+  const auto cfg = ModelConfig::preset("tiny");
+  auto gen = at::detail::createCPUGenerator(12);
+  const auto ids = torch::randint(0, cfg.vocab_size, {4, 48}, gen, torch::kLong).to(dev);  // 192 tokens
+  const auto ids2 = torch::randint(0, cfg.vocab_size, {4, 48}, gen, torch::kLong).to(dev);
+  const auto lengths = torch::tensor({48, 30, 1, 17}, torch::kLong).to(dev);
+  for (const auto& [method, base] : cases) {
+    const auto what = fmt::format("{} on {}", kernels::method_name(method), c10::toString(base));
+    GPT2Classifier on(cfg, 3), off(cfg, 3);
+    for (auto* m : {&on, &off}) {
+      (*m)->quantize(method, base, kernels::QuantOptions{});
+      (*m)->to_device(dev);
+    }
+    off->set_weight_prefetch(false);
+    const auto want = off->forward(ids, lengths);
+    EXPECT_FALSE(off->prefetched_last_forward()) << what;
+    const auto got = on->forward(ids, lengths);
+    EXPECT_TRUE(on->prefetched_last_forward()) << what;
+    EXPECT_TRUE(torch::equal(got, want)) << what << ": max diff " << (got - want).abs().max().item<double>();
+    // Twice in a row: the second forward's first blocks reuse slots the first one's last blocks read.
+    EXPECT_TRUE(torch::equal(on->forward(ids2, lengths), off->forward(ids2, lengths))) << what << " (second call)";
+
+    auto static_ids = ids.clone();
+    at::cuda::CUDAGraph graph;
+    torch::Tensor out;
+    {
+      const c10::cuda::CUDAStreamGuard guard(c10::cuda::getStreamFromPool(false, 0));
+      on->forward(static_ids, lengths);
+      c10::cuda::getCurrentCUDAStream(0).synchronize();
+      graph.capture_begin();
+      out = on->forward(static_ids, lengths);
+      graph.capture_end();
+    }
+    static_ids.copy_(ids2);
+    graph.replay();
+    torch::cuda::synchronize();
+    const auto want2 = off->forward(ids2, lengths);
+    const double diff = (out - want2).abs().max().item<double>();
+    EXPECT_LE(diff, 1e-3 * want2.abs().max().item<double>()) << what << ": graph replay against eager";
+  }
+  // nf4 at 8 tokens runs its fused kernels (no dense weight), so nothing is prefetched.
+  GPT2Classifier nf4(cfg, 3);
+  nf4->quantize(kernels::Method::kNf4, torch::kFloat16, kernels::QuantOptions{});
+  nf4->to_device(dev);
+  nf4->forward(ids.slice(1, 0, 8).slice(0, 0, 1), torch::tensor({8}, torch::kLong).to(dev));
+  EXPECT_FALSE(nf4->prefetched_last_forward());
 #endif
 }
 

@@ -151,6 +151,7 @@ nlohmann::json BenchResult::to_json() const {
                   {"p99_ms", latency.p99_ms}, {"mean_ms", latency.mean_ms}, {"runs", latency.runs},
                   {"peak_memory_bytes", latency_peak_memory_bytes}, {"cuda_graph", latency.cuda_graph}};
   if (!latency.cuda_graph_error.empty()) j["latency"]["cuda_graph_error"] = latency.cuda_graph_error;
+  j["weight_prefetch"] = weight_prefetch;
   j["sweep"] = nlohmann::json::array();
   for (const auto& p : sweep) {
     j["sweep"].push_back({{"batch_size", p.batch_size},
@@ -207,6 +208,7 @@ BenchResult run_benchmark(GPT2Classifier& model, const torch::Device& device, co
     r.latency.p99_ms = percentile(ms, 0.99);
     r.latency.mean_ms = std::accumulate(ms.begin(), ms.end(), 0.0) / static_cast<double>(ms.size());
     r.latency_peak_memory_bytes = peak_bytes(device);
+    r.weight_prefetch = model->prefetched_last_forward();
   }
 
   // Throughput sweep: fixed sequence length, one batch shape per point.

@@ -85,8 +85,9 @@ torch::Tensor GPT2ClassifierImpl::layer_norm(const torch::Tensor& x, const torch
   return torch::layer_norm(x, {config_.n_embd}, w.to(dt), b.to(dt), config_.layer_norm_epsilon);
 }
 
-torch::Tensor GPT2ClassifierImpl::linear(const Block& blk, int p, const torch::Tensor& x, kernels::Activation act) const {
-  if (blk.q[p]) return blk.q[p]->forward(x, act);
+torch::Tensor GPT2ClassifierImpl::linear(const Block& blk, int p, const torch::Tensor& x, kernels::Activation act,
+                                         const torch::Tensor* dense) const {
+  if (blk.q[p]) return dense ? blk.q[p]->forward_dense(x, *dense, act) : blk.q[p]->forward(x, act);
   torch::Tensor y = autocast_ != torch::kFloat32
                         ? torch::linear(x.to(autocast_), blk.w[p].to(autocast_), blk.b[p].to(autocast_))
                         : torch::linear(x, blk.w[p], blk.b[p]);
@@ -110,6 +111,60 @@ std::pair<torch::Tensor, torch::Tensor> GPT2ClassifierImpl::add_layer_norm(const
   return {sum, layer_norm(sum, w, b)};
 }
 
+#ifdef EVALSVC_WITH_CUDA
+struct GPT2ClassifierImpl::WeightPrefetch {
+  // Events of `side`: the forward's start on the main stream, then per slot "copies ready" (side -> main) and
+  // "slot free again" (main -> side, after the block that read it).
+  static constexpr int kStart = 0;
+  static int ready(size_t slot) { return 1 + static_cast<int>(slot); }
+  static int freed(size_t slot) { return 3 + static_cast<int>(slot); }
+
+  WeightPrefetch(const torch::Device& d, torch::ScalarType dt, const std::array<std::pair<int64_t, int64_t>, 4>& shapes)
+      : side(d, 5), device(d), dtype(dt) {
+    for (auto& s : slot)
+      for (size_t p = 0; p < 4; ++p)
+        s[p] = torch::empty({shapes[p].first, shapes[p].second}, torch::TensorOptions().dtype(dt).device(d));
+  }
+  kernels::cuda::SideStream side;
+  torch::Device device;
+  torch::ScalarType dtype;
+  std::array<std::array<torch::Tensor, 4>, 2> slot;  // [layer % 2][projection]
+};
+#else
+struct GPT2ClassifierImpl::WeightPrefetch {};
+#endif
+
+GPT2ClassifierImpl::WeightPrefetch* GPT2ClassifierImpl::prefetch_for(int64_t tokens) {
+#ifdef EVALSVC_WITH_CUDA
+  if (!weight_prefetch_ || is_training() || blocks_.empty() || !blocks_[0].q[0] || !device().is_cuda()) return nullptr;
+  for (const auto& blk : blocks_)
+    for (const auto& q : blk.q)
+      if (!q->dequantizes_at(tokens)) return nullptr;
+  if (!prefetch_ || prefetch_->device != device() || prefetch_->dtype != base_dtype_) {
+    std::array<std::pair<int64_t, int64_t>, 4> shapes;
+    for (size_t p = 0; p < 4; ++p) shapes[p] = {blocks_[0].q[p]->out_features(), blocks_[0].q[p]->in_features()};
+    prefetch_ = std::make_shared<WeightPrefetch>(device(), base_dtype_, shapes);
+  }
+  return prefetch_.get();
+#else
+  (void)tokens;
+  return nullptr;
+#endif
+}
+
+void GPT2ClassifierImpl::stage_block(WeightPrefetch& pf, size_t layer) const {
+#ifdef EVALSVC_WITH_CUDA
+  const size_t s = layer % 2;
+  pf.side.run_on_side([&] {
+    for (size_t p = 0; p < 4; ++p) blocks_[layer].q[p]->dense_weight_into(pf.slot[s][p]);
+  });
+  pf.side.record_side(WeightPrefetch::ready(s));
+#else
+  (void)pf;
+  (void)layer;
+#endif
+}
+
 torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& lengths) {
   EVALSVC_CHECK(input_ids.dim() == 2, InputError, "input_ids must be [batch, seq], got {} dims", input_ids.dim());
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
@@ -129,17 +184,49 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   // MLP output + the next block's ln_1. Only the first ln_1 stands alone, and the last block's MLP residual
   // is a plain add (ln_f acts on the pooled rows only).
   auto a = layer_norm(h, blocks_.front().ln1_w, blocks_.front().ln1_b);
+
+  // Weight prefetch (set_weight_prefetch): the side stream starts after everything queued so far (the previous
+  // forward's last blocks may still read the slots), copies blocks 0 and 1 at once, and block i + 2 as soon as
+  // block i has run. The main stream waits for a block's copies only right before it; its wait for the last
+  // block's copies also joins the side stream back (which CUDA graph capture requires).
+  WeightPrefetch* pf = prefetch_for(B * T);
+  prefetched_last_forward_ = pf != nullptr;
+#ifdef EVALSVC_WITH_CUDA
+  if (pf) {
+    pf->side.record_current(WeightPrefetch::kStart);
+    pf->side.side_waits(WeightPrefetch::kStart);
+    for (size_t l = 0; l < std::min<size_t>(2, blocks_.size()); ++l) stage_block(*pf, l);
+  }
+#endif
+  const torch::Tensor* dense = nullptr;  // this block's four prefetched weights, or null
   for (size_t i = 0; i < blocks_.size(); ++i) {
     const auto& blk = blocks_[i];
-    auto qkv = linear(blk, 0, a).view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
+#ifdef EVALSVC_WITH_CUDA
+    if (pf) {
+      pf->side.current_waits(WeightPrefetch::ready(i % 2));
+      dense = pf->slot[i % 2].data();
+    }
+#endif
+    auto dense_of = [&](int p) { return dense ? dense + p : nullptr; };
+    auto qkv = linear(blk, 0, a, kernels::Activation::kNone, dense_of(0))
+                   .view({B, T, 3, H, D})
+                   .permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
     auto attn = compat::attention(qkv[0], qkv[1], qkv[2], torch::Tensor(), /*causal=*/true,
                                   train ? config_.attn_pdrop : 0.0);
     attn = attn.transpose(1, 2).reshape({B, T, E});
-    auto o = linear(blk, 1, attn);
+    auto o = linear(blk, 1, attn, kernels::Activation::kNone, dense_of(1));
     if (train && config_.resid_pdrop > 0) o = torch::dropout(o, config_.resid_pdrop, true);
     torch::Tensor m;
     std::tie(h, m) = add_layer_norm(h, o, blk.ln2_w, blk.ln2_b);
-    m = linear(blk, 3, linear(blk, 2, m, kernels::Activation::kGeluTanh));
+    m = linear(blk, 2, m, kernels::Activation::kGeluTanh, dense_of(2));
+    m = linear(blk, 3, m, kernels::Activation::kNone, dense_of(3));
+#ifdef EVALSVC_WITH_CUDA
+    if (pf && i + 2 < blocks_.size()) {
+      pf->side.record_current(WeightPrefetch::freed(i % 2));
+      pf->side.side_waits(WeightPrefetch::freed(i % 2));
+      stage_block(*pf, i + 2);
+    }
+#endif
     if (train && config_.resid_pdrop > 0) m = torch::dropout(m, config_.resid_pdrop, true);
     if (i + 1 < blocks_.size()) {
       std::tie(h, a) = add_layer_norm(h, m, blocks_[i + 1].ln1_w, blocks_[i + 1].ln1_b);
@@ -235,6 +322,7 @@ void GPT2ClassifierImpl::quantize(kernels::Method method, torch::ScalarType base
   method_ = method;
   base_dtype_ = base_dtype;
   autocast_ = torch::kFloat32;
+  prefetch_.reset();
 }
 
 std::map<std::string, torch::Tensor> GPT2ClassifierImpl::variant_state_dict() const {
@@ -286,6 +374,7 @@ void GPT2ClassifierImpl::load_variant_state_dict(const std::map<std::string, tor
   method_ = method;
   base_dtype_ = base_dtype;
   autocast_ = torch::kFloat32;
+  prefetch_.reset();
 }
 
 const kernels::QuantizedLinear* GPT2ClassifierImpl::projection(int64_t layer, Projection p) const {
@@ -295,6 +384,7 @@ const kernels::QuantizedLinear* GPT2ClassifierImpl::projection(int64_t layer, Pr
 
 void GPT2ClassifierImpl::to_device(const torch::Device& device) {
   torch::NoGradGuard no_grad;
+  prefetch_.reset();
   auto mv = [&](torch::Tensor& t) {
     if (!t.defined()) return;
     const bool rg = t.requires_grad();

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <fmt/format.h>
 
@@ -241,16 +242,27 @@ void check_threshold(const char* op, double threshold) {
 
 // ---- NF4 ----------------------------------------------------------------------------------------------------
 
-torch::Tensor nf4_dequantize(const Nf4Weight& w, torch::ScalarType dtype) {
+void nf4_dequantize_into(const Nf4Weight& w, torch::Tensor& out) {
   const char* op = "nf4_dequantize";
   EVALSVC_CHECK(w.packed.defined(), InputError, "cuda::{}: packed is undefined", op);
   check_cuda(op, "packed", w.packed);
+  check_cuda(op, "out", out, w.packed);
+  check_dtype(op, "out", out, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
+  check_contiguous(op, "out", out);
+  EVALSVC_CHECK(out.dim() == 2 && out.size(0) == w.out_features && out.size(1) == w.in_features, InputError,
+                "cuda::{}: out must be [{}, {}], got {}", op, w.out_features, w.in_features, describe(out));
+  const Nf4View v = nf4_view(op, w, w.packed);
+  const c10::cuda::CUDAGuard guard(w.packed.device());
+  EVALSVC_LAUNCH(launch_nf4_dequantize(v, out.data_ptr(), launcher_dtype(out.scalar_type()), stream_of(w.packed)));
+}
+
+torch::Tensor nf4_dequantize(const Nf4Weight& w, torch::ScalarType dtype) {
+  const char* op = "nf4_dequantize";
+  EVALSVC_CHECK(w.packed.defined(), InputError, "cuda::{}: packed is undefined", op);
   EVALSVC_CHECK(dtype == torch::kFloat16 || dtype == torch::kBFloat16 || dtype == torch::kFloat32, InputError,
                 "cuda::{}: dtype must be Half, BFloat16 or Float, got {}", op, c10::toString(dtype));
-  const Nf4View v = nf4_view(op, w, w.packed);
   auto out = torch::empty({w.out_features, w.in_features}, w.packed.options().dtype(dtype));
-  const c10::cuda::CUDAGuard guard(w.packed.device());
-  EVALSVC_LAUNCH(launch_nf4_dequantize(v, out.data_ptr(), launcher_dtype(dtype), stream_of(w.packed)));
+  nf4_dequantize_into(w, out);
   return out;
 }
 
@@ -382,7 +394,7 @@ torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, c
   return y.view(output_shape(x, n));
 }
 
-torch::Tensor dequantize_int8_weight(const torch::Tensor& q, const torch::Tensor& scale, torch::ScalarType dtype) {
+void dequantize_int8_weight_into(const torch::Tensor& q, const torch::Tensor& scale, torch::Tensor& out) {
   const char* op = "dequantize_int8_weight";
   check_cuda(op, "q", q);
   check_dtype(op, "q", q, {torch::kInt8});
@@ -396,13 +408,24 @@ torch::Tensor dequantize_int8_weight(const torch::Tensor& q, const torch::Tensor
   EVALSVC_CHECK(scale.numel() == n || scale.numel() == 1, InputError,
                 "cuda::{}: scale must have {} (per channel) or 1 (per tensor) elements, got {}", op, n,
                 describe(scale));
-  EVALSVC_CHECK(dtype == torch::kFloat16 || dtype == torch::kBFloat16 || dtype == torch::kFloat32, InputError,
-                "cuda::{}: dtype must be Half, BFloat16 or Float, got {}", op, c10::toString(dtype));
-  auto out = torch::empty({n, k}, q.options().dtype(dtype));
-  if (n == 0 || k == 0) return out;
+  check_cuda(op, "out", out, q);
+  check_dtype(op, "out", out, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
+  check_contiguous(op, "out", out);
+  EVALSVC_CHECK(out.dim() == 2 && out.size(0) == n && out.size(1) == k, InputError,
+                "cuda::{}: out must be [{}, {}], got {}", op, n, k, describe(out));
+  if (n == 0 || k == 0) return;
   const c10::cuda::CUDAGuard guard(q.device());
   EVALSVC_LAUNCH(launch_int8_dequantize(q.data_ptr<int8_t>(), scale.data_ptr<float>(), scale.numel() == n,
-                                        n, k, out.data_ptr(), launcher_dtype(dtype), stream_of(q)));
+                                        n, k, out.data_ptr(), launcher_dtype(out.scalar_type()), stream_of(q)));
+}
+
+torch::Tensor dequantize_int8_weight(const torch::Tensor& q, const torch::Tensor& scale, torch::ScalarType dtype) {
+  EVALSVC_CHECK(dtype == torch::kFloat16 || dtype == torch::kBFloat16 || dtype == torch::kFloat32, InputError,
+                "cuda::dequantize_int8_weight: dtype must be Half, BFloat16 or Float, got {}", c10::toString(dtype));
+  check_cuda("dequantize_int8_weight", "q", q);
+  EVALSVC_CHECK(q.dim() == 2, InputError, "cuda::dequantize_int8_weight: q must be [out, in], got {}", describe(q));
+  auto out = torch::empty({q.size(0), q.size(1)}, q.options().dtype(dtype));
+  dequantize_int8_weight_into(q, scale, out);
   return out;
 }
 
@@ -416,7 +439,9 @@ torch::Tensor int8_weight_only_linear(const torch::Tensor& x, const torch::Tenso
   EVALSVC_CHECK(x.dim() >= 1 && x.size(-1) == q.size(1), InputError, "cuda::{}: x must be [..., {}], got {}", op,
                 q.size(1), describe(x));
   const torch::Tensor w = dequantize_int8_weight(q, scale, x.scalar_type());
-  return linear(x, w, bias_in(op, bias, x, q.size(0), x.scalar_type()), gelu_tanh);
+  // As [tokens, in], the shape every dense path of the layers uses (QuantizedLinear::forward_dense agrees).
+  const torch::Tensor x2 = x.reshape({-1, q.size(1)}).contiguous();
+  return linear(x2, w, bias_in(op, bias, x, q.size(0), x.scalar_type()), gelu_tanh).view(output_shape(x, q.size(0)));
 }
 
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias, bool gelu_tanh) {
@@ -537,6 +562,46 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
   if (np != n) y = y.narrow(1, 0, n);
   if (y.scalar_type() != x.scalar_type()) y = y.to(x.scalar_type());
   return y.contiguous().view(output_shape(x, n));
+}
+
+// ---- Streams ------------------------------------------------------------------------------------------------
+
+struct SideStream::Impl {
+  c10::DeviceIndex device;
+  c10::cuda::CUDAStream side;
+  std::vector<at::cuda::CUDAEvent> events;  // cudaEventDisableTiming: no timestamps, cheapest to record
+};
+
+SideStream::SideStream(const torch::Device& device, int events) {
+  EVALSVC_CHECK(device.is_cuda(), InputError, "cuda::SideStream: device must be CUDA, got {}", device.str());
+  EVALSVC_CHECK(events >= 1, InputError, "cuda::SideStream: events must be >= 1, got {}", events);
+  const c10::DeviceIndex index = device.has_index() ? device.index() : at::cuda::current_device();
+  impl_.reset(new Impl{index, c10::cuda::getStreamFromPool(/*isHighPriority=*/true, index), {}});
+  impl_->events.reserve(static_cast<size_t>(events));
+  for (int i = 0; i < events; ++i) impl_->events.emplace_back(cudaEventDisableTiming);
+}
+
+SideStream::~SideStream() = default;
+
+namespace {
+at::cuda::CUDAEvent& event_at(std::vector<at::cuda::CUDAEvent>& events, int i) {
+  EVALSVC_CHECK(i >= 0 && static_cast<size_t>(i) < events.size(), InputError,
+                "cuda::SideStream: event {} out of range [0, {})", i, events.size());
+  return events[static_cast<size_t>(i)];
+}
+}  // namespace
+
+void SideStream::record_current(int event) {
+  event_at(impl_->events, event).record(at::cuda::getCurrentCUDAStream(impl_->device));
+}
+void SideStream::record_side(int event) { event_at(impl_->events, event).record(impl_->side); }
+void SideStream::side_waits(int event) { event_at(impl_->events, event).block(impl_->side); }
+void SideStream::current_waits(int event) {
+  event_at(impl_->events, event).block(at::cuda::getCurrentCUDAStream(impl_->device));
+}
+void SideStream::run_on_side(const std::function<void()>& f) {
+  const c10::cuda::CUDAStreamGuard guard(impl_->side);
+  f();
 }
 
 // ---- Transformer block pieces --------------------------------------------------------------------------------

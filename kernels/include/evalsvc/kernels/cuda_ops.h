@@ -13,6 +13,8 @@
 // Layouts are those of the CPU references in reference.h (kernels::ref): weights are [out, in] row-major.
 // "Linear" ops take x as [..., in] (any number of leading dims, made contiguous) and return [..., out].
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <utility>
 
 #include "evalsvc/kernels/torch_compat.h"
@@ -62,6 +64,9 @@ inline constexpr int64_t kNf4DequantMinTokens = 64;
 
 /// The dense weight [out, in] in `dtype` (fp16, bf16 or fp32).
 torch::Tensor nf4_dequantize(const Nf4Weight& w, torch::ScalarType dtype);
+/// The same into `out` (fp16, bf16 or fp32 [out, in], contiguous, on the weight's device): no allocation, so
+/// it can run on a side stream into a buffer the caller keeps (WeightPrefetch in worker/src/gpt2.cpp).
+void nf4_dequantize_into(const Nf4Weight& w, torch::Tensor& out);
 
 /// y = x W^T + bias with W dequantized on the fly (tiles decoded into shared memory, tensor-core mma with
 /// fp32 accumulation; batch-1 GEMV path streaming the packed weight). x: fp16 or bf16 [..., in];
@@ -121,6 +126,8 @@ torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, c
 /// Weight-only int8: q int8 [out, in] times scale (fp32 [1] per tensor or [out] per channel) in `dtype`
 /// (fp16, bf16 or fp32).
 torch::Tensor dequantize_int8_weight(const torch::Tensor& q, const torch::Tensor& scale, torch::ScalarType dtype);
+/// The same into `out` (fp16, bf16 or fp32 [out, in], contiguous, on q's device), without allocating.
+void dequantize_int8_weight_into(const torch::Tensor& q, const torch::Tensor& scale, torch::Tensor& out);
 
 /// Weight-only int8 linear: dequantize_int8_weight to x's dtype, then cuda::linear. x fp16/bf16/fp32.
 torch::Tensor int8_weight_only_linear(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale,
@@ -156,6 +163,37 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
 /// The dense weight q * scale[o] in `dtype` (fp16, bf16 or fp32) from E4M3 bits q uint8 [out, in] and
 /// wscale fp32 [out] (runs on any CUDA device; used for checks and by fallbacks).
 torch::Tensor dequantize_fp8_weight(const torch::Tensor& q, const torch::Tensor& wscale, torch::ScalarType dtype);
+
+// ---------------------------------------------------------------------------------------------------------
+// Streams
+
+/// A second stream on one device, for work that overlaps the current stream's and is ordered against it by
+/// events only (the host never waits). The model uses it to dequantize the next layer's weights while the
+/// current layer computes. Works inside CUDA graph capture: the side stream joins a capture by waiting on an
+/// event recorded on the capturing stream, and leaves it when the capturing stream waits on its last event.
+/// Events are numbered 0 .. events-1; a wait refers to the latest record of that event, as in CUDA.
+class SideStream {
+ public:
+  /// A high-priority stream of `device`'s pool (the low-priority pool is where callers get capture streams,
+  /// so the two rarely coincide; if they do, the work runs in order on one stream and is still correct).
+  SideStream(const torch::Device& device, int events);
+  ~SideStream();
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+
+  /// Records `event` on the current stream of the device / on the side stream.
+  void record_current(int event);
+  void record_side(int event);
+  /// The side stream's later work waits for the latest record of `event` / the current stream's does.
+  void side_waits(int event);
+  void current_waits(int event);
+  /// Calls f with the side stream as the device's current stream (ops inside f launch there).
+  void run_on_side(const std::function<void()>& f);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 // ---------------------------------------------------------------------------------------------------------
 // Transformer block pieces

@@ -64,6 +64,25 @@ class QuantizedLinear {
   virtual LayerBytes bytes() const = 0;
   /// The fp32 weight this layer represents, [out, in] (dequantized for quantized methods).
   virtual torch::Tensor dequantized_weight() const = 0;
+
+  // Weight-only formats (int8-sym, int8-sym-channel, and nf4 from kNf4DequantMinTokens tokens) compute a
+  // forward as: dequantize the whole weight into the base dtype, then the dense product. A model can make that
+  // dense copy ahead of time, on another stream while the previous layer computes, and then call
+  // forward_dense: same result, bit for bit, with the dequantization off the critical path.
+
+  /// Whether forward() on `tokens` rows goes through a dense copy of the weight in the base dtype (as the CUDA
+  /// path chooses; the answer does not depend on the device, so a CPU run exercises the same decisions).
+  virtual bool dequantizes_at(int64_t tokens) const = 0;
+  /// Writes that dense copy into `out` ([out, in], contiguous, the base dtype, on the layer's device) on the
+  /// device's current stream, allocating nothing on the GPU. InputError for a wrong `out`.
+  virtual void dense_weight_into(torch::Tensor& out) const = 0;
+  /// forward(x, act) computed with `dense` from dense_weight_into. UnsupportedError where forward(x) would not
+  /// dequantize (dequantizes_at false for x's token count); InputError for a wrong `dense`.
+  virtual torch::Tensor forward_dense(const torch::Tensor& x, const torch::Tensor& dense,
+                                      Activation act = Activation::kNone) const = 0;
+  /// The base dtype: activations enter forward() converted to it; dense copies are in it.
+  virtual torch::ScalarType base_dtype() const = 0;
+
   /// Tensors to serialize, keyed relative to the layer ("weight", "bias", "SCB", "weight.absmax", ...).
   virtual std::map<std::string, torch::Tensor> state() const = 0;
   /// Moves all storage to `device` (CPU <-> CUDA).

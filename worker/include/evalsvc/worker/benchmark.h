@@ -38,6 +38,7 @@ struct ThroughputPoint {
 
 struct BenchResult {
   LatencyStats latency;                    ///< batch 1, seq_len tokens
+  bool weight_prefetch = false;            ///< the batch-1 forward dequantized ahead (GPT2Classifier::set_weight_prefetch)
   int64_t latency_peak_memory_bytes = -1;  ///< CUDA only
   std::vector<ThroughputPoint> sweep;
   nlohmann::json to_json() const;
