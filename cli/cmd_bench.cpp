@@ -29,6 +29,7 @@ struct BenchArgs {
   int64_t seq_len = 128, warmup = 20, iters = 200;
   bool no_graph = false;
   bool no_prefetch = false;
+  int prefetch_blocks = worker::GPT2ClassifierImpl::kDefaultPrefetchBlocks;
   bool test_set = false;
   std::string data;    // data folder (ag_news/, gpt2/); empty: the default search
   std::string cache = "var/cache";
@@ -53,6 +54,9 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
   sub.add_flag("--no-prefetch", a->no_prefetch,
                "weight-only variants dequantize each weight right before its product instead of one block ahead "
                "on a side stream (for comparing the two)");
+  sub.add_option("--prefetch-blocks", a->prefetch_blocks,
+                 "thread blocks (1024 threads) the prefetch's dequantization may use at once; 0: as many as it needs")
+      ->capture_default_str();
   sub.add_flag("--test-set", a->test_set,
                "also time the test-set rate: the AG News test rows, length-bucketed, each batch padded to its longest row");
   sub.add_option("--data", a->data, "data folder holding ag_news/ and gpt2/ (default: $QBENCH_DATA_DIR or ../shared/data)");
@@ -81,7 +85,7 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       worker::GPT2Classifier model(cfg, 0);
       model->quantize(kernels::parse_method(v.method), worker::dtype_of(base), worker::quant_options(v));
       model->to_device(dev);
-      model->set_weight_prefetch(!a->no_prefetch);
+      model->set_weight_prefetch(!a->no_prefetch, a->prefetch_blocks);
       worker::BenchOptions o;
       o.batch_sizes = a->batch_sizes;
       o.seq_len = a->seq_len;
@@ -95,6 +99,7 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       j["config"] = a->config;
       j["seq_len"] = a->seq_len;
       j["device"] = worker::describe_device(dev);
+      if (r.weight_prefetch) j["prefetch_blocks"] = a->prefetch_blocks;
       std::string test_note;
       if (a->test_set) {
         const auto tr = worker::run_test_set_rate(model, test, a->eval_batch_size, dev);

@@ -247,6 +247,23 @@ __global__ void k_int8_dequantize(const int8_t* __restrict__ q, const float* __r
   }
 }
 
+/// The same dequantization as a grid-stride loop over groups of 4 codes (one 4-byte load, 32-bit indices), for a
+/// capped grid (launch max_blocks > 0): each block walks many rows, so a few blocks cover the whole weight.
+template <typename T>
+__global__ void k_int8_dequantize4(const int8_t* __restrict__ q, const float* __restrict__ scale, bool per_channel,
+                                   uint32_t k4, uint32_t groups, T* __restrict__ out) {
+  const char4* q4 = reinterpret_cast<const char4*>(q);
+  for (uint32_t g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += gridDim.x * blockDim.x) {
+    const float s = scale[per_channel ? g / k4 : 0];
+    const char4 v = q4[g];
+    T* o = out + 4 * static_cast<size_t>(g);
+    o[0] = from_float<T>(static_cast<float>(v.x) * s);
+    o[1] = from_float<T>(static_cast<float>(v.y) * s);
+    o[2] = from_float<T>(static_cast<float>(v.z) * s);
+    o[3] = from_float<T>(static_cast<float>(v.w) * s);
+  }
+}
+
 /// The same dequantization, one block per row, 4 codes a thread (one 4-byte load, 32-bit indices): for
 /// k % 4 == 0. The grid-stride kernel above paid a 64-bit division and a 1-byte load per element.
 template <typename T>
@@ -343,12 +360,18 @@ int launch_int8_epilogue(const int32_t* acc, int64_t m, int64_t n, int64_t k, co
 }
 
 int launch_int8_dequantize(const int8_t* q, const float* scale, bool per_channel, int64_t n, int64_t k, void* out,
-                           DType dtype, cudaStream_t stream) {
-  if (n <= 0 || k <= 0) return kLaunchBadShape;
+                           DType dtype, cudaStream_t stream, int max_blocks) {
+  if (n <= 0 || k <= 0 || max_blocks < 0) return kLaunchBadShape;
   if (q == nullptr || scale == nullptr || out == nullptr) return kLaunchBadPointer;
-  const int threads = 256;
-  const unsigned grid = detail::grid_for(n * k, threads, 8192);
-  if (k % 4 == 0 && n <= INT32_MAX && reinterpret_cast<uintptr_t>(q) % 4 == 0) {
+  const int threads = max_blocks > 0 ? kBackgroundBlockThreads : 256;
+  const unsigned grid = detail::grid_for(n * k, threads, max_blocks > 0 ? max_blocks : 8192);
+  const bool by4 = k % 4 == 0 && reinterpret_cast<uintptr_t>(q) % 4 == 0;
+  if (max_blocks > 0 && by4 && n * k / 4 <= INT32_MAX) {
+    const unsigned g4 = detail::grid_for(n * k / 4, threads, max_blocks);
+    EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize4<T><<<g4, threads, 0, stream>>>(q, scale, per_channel, static_cast<uint32_t>(k / 4), static_cast<uint32_t>(n * k / 4), static_cast<T*>(out)));
+    return detail::launch_result();
+  }
+  if (by4 && n <= INT32_MAX && max_blocks == 0) {
     const int row_threads = k >= 1024 ? 256 : 128;
     EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize_rows<T><<<static_cast<unsigned>(n), row_threads, 0, stream>>>(q, scale, per_channel, k, static_cast<T*>(out)));
     return detail::launch_result();

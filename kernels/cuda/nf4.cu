@@ -322,17 +322,19 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 }  // namespace
 
-int launch_nf4_dequantize(const Nf4View& w, void* out, DType dtype, cudaStream_t stream) {
+int launch_nf4_dequantize(const Nf4View& w, void* out, DType dtype, cudaStream_t stream, int max_blocks) {
   if (const int s = check_view(w); s != kLaunchOk) return s;
   if (out == nullptr) return kLaunchBadPointer;
-  const int threads = 256;
+  if (max_blocks < 0) return kLaunchBadShape;
+  const int threads = max_blocks > 0 ? kBackgroundBlockThreads : 256;
+  const int64_t cap = max_blocks > 0 ? max_blocks : 8192;
   if ((w.n * w.k) % 8 == 0 && w.blocksize % 8 == 0 && reinterpret_cast<uintptr_t>(w.packed) % 4 == 0 &&
       reinterpret_cast<uintptr_t>(out) % 16 == 0) {
-    const unsigned grid = detail::grid_for(w.n * w.k / 8, threads, 8192);
+    const unsigned grid = detail::grid_for(w.n * w.k / 8, threads, cap);
     EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize8<T><<<grid, threads, 0, stream>>>(w, static_cast<T*>(out)));
     return detail::launch_result();
   }
-  const unsigned grid = detail::grid_for(w.n * w.k, threads, 8192);
+  const unsigned grid = detail::grid_for(w.n * w.k, threads, cap);
   EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize<T><<<grid, threads, 0, stream>>>(w, static_cast<T*>(out)));
   return detail::launch_result();
 }

@@ -84,7 +84,9 @@ class LayerBase : public QuantizedLinear {
 
   bool dequantizes_at(int64_t) const override { return false; }
 
-  void dense_weight_into(torch::Tensor& out) const final {
+  void dense_weight_into(torch::Tensor& out, int max_blocks) const final {
+    EVALSVC_CHECK(max_blocks >= 0, InputError, "{} linear [{}, {}]: max_blocks must be >= 0, got {}",
+                  method_name(method_), out_, in_, max_blocks);
     EVALSVC_CHECK(out.defined() && out.dim() == 2 && out.size(0) == out_ && out.size(1) == in_, InputError,
                   "{} linear [{}, {}]: the dense weight buffer must be [{}, {}], got {}", method_name(method_), out_,
                   in_, out_, in_, out.defined() ? shape_str(out.sizes()) : "undefined");
@@ -93,7 +95,7 @@ class LayerBase : public QuantizedLinear {
                   method_name(method_), out_, in_, c10::toString(base_), device().str(),
                   c10::toString(out.scalar_type()), out.device().str());
 #ifdef EVALSVC_WITH_CUDA
-    if (device().is_cuda()) return dense_weight_into_cuda(out);
+    if (device().is_cuda()) return dense_weight_into_cuda(out, max_blocks);
 #endif
     // The fp32 values rounded once to the base dtype: what the CPU references multiply by.
     out.copy_(dequantized_weight().to(out.device()));
@@ -164,7 +166,9 @@ class LayerBase : public QuantizedLinear {
 #ifdef EVALSVC_WITH_CUDA
   virtual torch::Tensor forward_cuda(const torch::Tensor& xb, Activation act) const = 0;
   /// The dense copy by a CUDA kernel; the generic fallback copies the CPU reference's values over.
-  virtual void dense_weight_into_cuda(torch::Tensor& out) const { out.copy_(dequantized_weight().to(out.device())); }
+  virtual void dense_weight_into_cuda(torch::Tensor& out, int /*max_blocks*/) const {
+    out.copy_(dequantized_weight().to(out.device()));
+  }
 #endif
   virtual TensorMap own_state() const = 0;
   virtual void move_storage(const torch::Device& device) = 0;
@@ -242,8 +246,8 @@ class Int8Linear final : public LayerBase {
     }
     return cuda::int8_weight_only_linear(xb, w_.q, w_.scale, bias_, gelu);
   }
-  void dense_weight_into_cuda(torch::Tensor& out) const override {
-    cuda::dequantize_int8_weight_into(w_.q, w_.scale, out);
+  void dense_weight_into_cuda(torch::Tensor& out, int max_blocks) const override {
+    cuda::dequantize_int8_weight_into(w_.q, w_.scale, out, max_blocks);
   }
 #endif
  public:
@@ -311,7 +315,9 @@ class Nf4Linear final : public LayerBase {
     }
     return cuda::nf4_linear(xb, device_weight_, bias_, cuda::Nf4Path::kAuto, gelu);
   }
-  void dense_weight_into_cuda(torch::Tensor& out) const override { cuda::nf4_dequantize_into(device_weight_, out); }
+  void dense_weight_into_cuda(torch::Tensor& out, int max_blocks) const override {
+    cuda::nf4_dequantize_into(device_weight_, out, max_blocks);
+  }
 #endif
  public:
   /// As forward_cuda chooses: fp32 activations always dequantize, fp16/bf16 from kNf4DequantMinTokens tokens.

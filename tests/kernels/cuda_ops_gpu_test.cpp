@@ -579,6 +579,36 @@ TEST(CudaBlock, AddLayerNormBadInputThrowsInputError) {
   EXPECT_THROW(cuda::add_layer_norm(h, h, g, g, 0.0), InputError);                          // eps
 }
 
+// A capped grid (max_blocks, for running beside other work) walks the whole weight: same values as the full grid,
+// on shapes that take each kernel variant (k % 4 != 0 and n * k % 8 != 0 take the element-wise loops).
+TEST(CudaDenseWeight, CappedGridDequantizationEqualsTheFullGrid) {
+  REQUIRE_GPU();
+  std::vector<Shape> shapes = kShapes;
+  shapes.push_back({99, 17});
+  for (const auto& s : shapes) {
+    const auto w = randn({s.n, s.k}, 1600 + s.k, 0.05);
+    for (const auto dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
+      const auto what = fmt::format("in={} out={} dtype={}", s.k, s.n, c10::toString(dtype));
+      const auto qi = ref::quantize_int8_sym(w, true);
+      const auto q = qi.q.to(gpu()), scale = qi.scale.to(gpu());
+      const auto full = cuda::dequantize_int8_weight(q, scale, dtype);
+      const auto nq = to_gpu(ref::quantize_nf4(w, 64, true));
+      const auto nfull = cuda::nf4_dequantize(nq, dtype);
+      for (const int blocks : {1, 3, 16}) {
+        auto capped = torch::full_like(full, 7.0);
+        cuda::dequantize_int8_weight_into(q, scale, capped, blocks);
+        EXPECT_TRUE(torch::equal(capped, full)) << "int8 " << what << " max_blocks=" << blocks;
+        auto ncapped = torch::full_like(nfull, 7.0);
+        cuda::nf4_dequantize_into(nq, ncapped, blocks);
+        EXPECT_TRUE(torch::equal(ncapped, nfull)) << "nf4 " << what << " max_blocks=" << blocks;
+      }
+      auto bad = torch::empty_like(full);
+      EXPECT_THROW(cuda::dequantize_int8_weight_into(q, scale, bad, -1), InputError) << what;
+      EXPECT_THROW(cuda::nf4_dequantize_into(nq, bad, -1), InputError) << what;
+    }
+  }
+}
+
 // The model's weight prefetch: a layer's dense weight made on a side stream, read on the current stream after an
 // event, gives forward_dense() results identical to forward()'s.
 TEST(CudaDenseWeight, MadeOnASideStreamEqualsTheCpuDenseWeightAndForwardDenseEqualsForward) {
@@ -607,9 +637,13 @@ TEST(CudaDenseWeight, MadeOnASideStreamEqualsTheCpuDenseWeightAndForwardDenseEqu
     layer->dense_weight_into(want_dense);
     layer->to(gpu());
     auto dense = torch::empty({200, 768}, torch::TensorOptions().dtype(c.base).device(gpu()));
-    side.run_on_side([&] { layer->dense_weight_into(dense); });
+    // 3 blocks: the capped grid the prefetch uses, each block looping over many rows.
+    side.run_on_side([&] { layer->dense_weight_into(dense, 3); });
     side.record_side(0);
     side.current_waits(0);
+    auto uncapped = torch::empty_like(dense);
+    layer->dense_weight_into(uncapped);
+    EXPECT_TRUE(torch::equal(dense, uncapped)) << what << ": capped and uncapped grids differ";
     if (c.tol == 0) {
       EXPECT_TRUE(torch::equal(dense.cpu(), want_dense)) << what;
     } else {

@@ -11,6 +11,7 @@
 #include "evalsvc/worker/evaluate.h"
 
 #if EVALSVC_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -169,6 +170,14 @@ BenchResult run_benchmark(GPT2Classifier& model, const torch::Device& device, co
   model->eval();
   torch::NoGradGuard ng;
   BenchResult r;
+#if EVALSVC_WITH_CUDA && EVALSVC_TORCH_AT_LEAST(2, 0)
+  if (device.is_cuda()) {
+    // cuBLAS keeps a workspace (tens of MB) for every stream it has run on, for the life of the process: the
+    // capture streams of variants timed earlier in this process would otherwise count in this one's peak memory.
+    synchronize(device);
+    at::cuda::clearCublasWorkspaces();
+  }
+#endif
 
   // Latency: batch 1, one device-synchronised forward per sample; on CUDA a replay of the forward captured
   // as a CUDA graph (o.cuda_graph), eager where it cannot be captured.

@@ -134,6 +134,12 @@ struct GPT2ClassifierImpl::WeightPrefetch {
 struct GPT2ClassifierImpl::WeightPrefetch {};
 #endif
 
+void GPT2ClassifierImpl::set_weight_prefetch(bool on, int blocks) {
+  EVALSVC_CHECK(blocks >= 0, InputError, "weight prefetch blocks must be >= 0, got {}", blocks);
+  weight_prefetch_ = on;
+  prefetch_blocks_ = blocks;
+}
+
 GPT2ClassifierImpl::WeightPrefetch* GPT2ClassifierImpl::prefetch_for(int64_t tokens) {
 #ifdef EVALSVC_WITH_CUDA
   if (!weight_prefetch_ || is_training() || blocks_.empty() || !blocks_[0].q[0] || !device().is_cuda()) return nullptr;
@@ -156,7 +162,7 @@ void GPT2ClassifierImpl::stage_block(WeightPrefetch& pf, size_t layer) const {
 #ifdef EVALSVC_WITH_CUDA
   const size_t s = layer % 2;
   pf.side.run_on_side([&] {
-    for (size_t p = 0; p < 4; ++p) blocks_[layer].q[p]->dense_weight_into(pf.slot[s][p]);
+    for (size_t p = 0; p < 4; ++p) blocks_[layer].q[p]->dense_weight_into(pf.slot[s][p], prefetch_blocks_);
   });
   pf.side.record_side(WeightPrefetch::ready(s));
 #else

@@ -242,8 +242,9 @@ void check_threshold(const char* op, double threshold) {
 
 // ---- NF4 ----------------------------------------------------------------------------------------------------
 
-void nf4_dequantize_into(const Nf4Weight& w, torch::Tensor& out) {
+void nf4_dequantize_into(const Nf4Weight& w, torch::Tensor& out, int max_blocks) {
   const char* op = "nf4_dequantize";
+  EVALSVC_CHECK(max_blocks >= 0, InputError, "cuda::{}: max_blocks must be >= 0, got {}", op, max_blocks);
   EVALSVC_CHECK(w.packed.defined(), InputError, "cuda::{}: packed is undefined", op);
   check_cuda(op, "packed", w.packed);
   check_cuda(op, "out", out, w.packed);
@@ -253,7 +254,8 @@ void nf4_dequantize_into(const Nf4Weight& w, torch::Tensor& out) {
                 "cuda::{}: out must be [{}, {}], got {}", op, w.out_features, w.in_features, describe(out));
   const Nf4View v = nf4_view(op, w, w.packed);
   const c10::cuda::CUDAGuard guard(w.packed.device());
-  EVALSVC_LAUNCH(launch_nf4_dequantize(v, out.data_ptr(), launcher_dtype(out.scalar_type()), stream_of(w.packed)));
+  EVALSVC_LAUNCH(
+      launch_nf4_dequantize(v, out.data_ptr(), launcher_dtype(out.scalar_type()), stream_of(w.packed), max_blocks));
 }
 
 torch::Tensor nf4_dequantize(const Nf4Weight& w, torch::ScalarType dtype) {
@@ -394,8 +396,10 @@ torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, c
   return y.view(output_shape(x, n));
 }
 
-void dequantize_int8_weight_into(const torch::Tensor& q, const torch::Tensor& scale, torch::Tensor& out) {
+void dequantize_int8_weight_into(const torch::Tensor& q, const torch::Tensor& scale, torch::Tensor& out,
+                                 int max_blocks) {
   const char* op = "dequantize_int8_weight";
+  EVALSVC_CHECK(max_blocks >= 0, InputError, "cuda::{}: max_blocks must be >= 0, got {}", op, max_blocks);
   check_cuda(op, "q", q);
   check_dtype(op, "q", q, {torch::kInt8});
   check_contiguous(op, "q", q);
@@ -416,7 +420,8 @@ void dequantize_int8_weight_into(const torch::Tensor& q, const torch::Tensor& sc
   if (n == 0 || k == 0) return;
   const c10::cuda::CUDAGuard guard(q.device());
   EVALSVC_LAUNCH(launch_int8_dequantize(q.data_ptr<int8_t>(), scale.data_ptr<float>(), scale.numel() == n,
-                                        n, k, out.data_ptr(), launcher_dtype(out.scalar_type()), stream_of(q)));
+                                        n, k, out.data_ptr(), launcher_dtype(out.scalar_type()), stream_of(q),
+                                        max_blocks));
 }
 
 torch::Tensor dequantize_int8_weight(const torch::Tensor& q, const torch::Tensor& scale, torch::ScalarType dtype) {
@@ -567,7 +572,14 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
 // ---- Streams ------------------------------------------------------------------------------------------------
 
 struct SideStream::Impl {
+  Impl(c10::DeviceIndex d, cudaStream_t s) : device(d), raw(s), side(c10::cuda::getStreamFromExternal(s, d)) {}
+  ~Impl() {
+    // Work still queued finishes first: cudaStreamDestroy releases the stream only after it.
+    const c10::cuda::CUDAGuard guard(device);
+    cudaStreamDestroy(raw);
+  }
   c10::DeviceIndex device;
+  cudaStream_t raw;
   c10::cuda::CUDAStream side;
   std::vector<at::cuda::CUDAEvent> events;  // cudaEventDisableTiming: no timestamps, cheapest to record
 };
@@ -576,7 +588,15 @@ SideStream::SideStream(const torch::Device& device, int events) {
   EVALSVC_CHECK(device.is_cuda(), InputError, "cuda::SideStream: device must be CUDA, got {}", device.str());
   EVALSVC_CHECK(events >= 1, InputError, "cuda::SideStream: events must be >= 1, got {}", events);
   const c10::DeviceIndex index = device.has_index() ? device.index() : at::cuda::current_device();
-  impl_.reset(new Impl{index, c10::cuda::getStreamFromPool(/*isHighPriority=*/true, index), {}});
+  const c10::cuda::CUDAGuard guard(index);
+  cudaStream_t raw = nullptr;
+  // Non-blocking: no implicit ordering with the legacy default stream; every ordering is an explicit event.
+  const cudaError_t e = cudaStreamCreateWithFlags(&raw, cudaStreamNonBlocking);
+  if (e != cudaSuccess) {
+    throw CudaError(fmt::format("cuda::SideStream: cudaStreamCreateWithFlags on cuda:{}: {}", index,
+                                cudaGetErrorString(e)));
+  }
+  impl_ = std::make_unique<Impl>(index, raw);
   impl_->events.reserve(static_cast<size_t>(events));
   for (int i = 0; i < events; ++i) impl_->events.emplace_back(cudaEventDisableTiming);
 }

@@ -44,8 +44,13 @@ struct Nf4View {
   int64_t blocksize = 64;
 };
 
-/// out [n, k] (dtype) = dequantized weight.
-int launch_nf4_dequantize(const Nf4View& w, void* out, DType dtype, cudaStream_t stream);
+/// Thread blocks of a dequantization launched with max_blocks > 0 (one such block fills half an SM's threads).
+inline constexpr int kBackgroundBlockThreads = 1024;
+
+/// out [n, k] (dtype) = dequantized weight. max_blocks > 0: at most that many blocks of kBackgroundBlockThreads,
+/// each looping over more of the weight, so that the kernel leaves most SMs to work running beside it on
+/// another stream (the model's weight prefetch); 0: as many blocks as the size needs (fastest alone).
+int launch_nf4_dequantize(const Nf4View& w, void* out, DType dtype, cudaStream_t stream, int max_blocks = 0);
 
 /// y [m, n] = x [m, k] W^T + bias; x and y in `dtype` (kF16 or kBF16); bias fp32 [n] or null.
 /// GEMV path: one warp per output row, every token of x at once (m <= 8), packed weights streamed with
@@ -103,9 +108,9 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
 int launch_int8_epilogue(const int32_t* acc, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep, void* y,
                          DType dtype, cudaStream_t stream);
 
-/// out [n, k] (dtype) = q * scale[per_channel ? row : 0].
+/// out [n, k] (dtype) = q * scale[per_channel ? row : 0]. max_blocks as for launch_nf4_dequantize.
 int launch_int8_dequantize(const int8_t* q, const float* scale, bool per_channel, int64_t n, int64_t k, void* out,
-                           DType dtype, cudaStream_t stream);
+                           DType dtype, cudaStream_t stream, int max_blocks = 0);
 
 // --- FP8 E4M3 (kernels/cuda/fp8.cu) --------------------------------------------------------------------------
 

@@ -66,7 +66,8 @@ inline constexpr int64_t kNf4DequantMinTokens = 64;
 torch::Tensor nf4_dequantize(const Nf4Weight& w, torch::ScalarType dtype);
 /// The same into `out` (fp16, bf16 or fp32 [out, in], contiguous, on the weight's device): no allocation, so
 /// it can run on a side stream into a buffer the caller keeps (WeightPrefetch in worker/src/gpt2.cpp).
-void nf4_dequantize_into(const Nf4Weight& w, torch::Tensor& out);
+/// max_blocks > 0 caps the grid (launch_nf4_dequantize): the kernel then runs beside other work, not over it.
+void nf4_dequantize_into(const Nf4Weight& w, torch::Tensor& out, int max_blocks = 0);
 
 /// y = x W^T + bias with W dequantized on the fly (tiles decoded into shared memory, tensor-core mma with
 /// fp32 accumulation; batch-1 GEMV path streaming the packed weight). x: fp16 or bf16 [..., in];
@@ -126,8 +127,10 @@ torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, c
 /// Weight-only int8: q int8 [out, in] times scale (fp32 [1] per tensor or [out] per channel) in `dtype`
 /// (fp16, bf16 or fp32).
 torch::Tensor dequantize_int8_weight(const torch::Tensor& q, const torch::Tensor& scale, torch::ScalarType dtype);
-/// The same into `out` (fp16, bf16 or fp32 [out, in], contiguous, on q's device), without allocating.
-void dequantize_int8_weight_into(const torch::Tensor& q, const torch::Tensor& scale, torch::Tensor& out);
+/// The same into `out` (fp16, bf16 or fp32 [out, in], contiguous, on q's device), without allocating;
+/// max_blocks as for nf4_dequantize_into.
+void dequantize_int8_weight_into(const torch::Tensor& q, const torch::Tensor& scale, torch::Tensor& out,
+                                 int max_blocks = 0);
 
 /// Weight-only int8 linear: dequantize_int8_weight to x's dtype, then cuda::linear. x fp16/bf16/fp32.
 torch::Tensor int8_weight_only_linear(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale,
@@ -174,8 +177,8 @@ torch::Tensor dequantize_fp8_weight(const torch::Tensor& q, const torch::Tensor&
 /// Events are numbered 0 .. events-1; a wait refers to the latest record of that event, as in CUDA.
 class SideStream {
  public:
-  /// A high-priority stream of `device`'s pool (the low-priority pool is where callers get capture streams,
-  /// so the two rarely coincide; if they do, the work runs in order on one stream and is still correct).
+  /// A stream of its own (not one of PyTorch's pool, which a caller may be capturing on), of default
+  /// priority: a high priority would let its blocks jump ahead of the current stream's.
   SideStream(const torch::Device& device, int events);
   ~SideStream();
   SideStream(const SideStream&) = delete;

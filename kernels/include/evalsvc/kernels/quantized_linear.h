@@ -74,8 +74,10 @@ class QuantizedLinear {
   /// path chooses; the answer does not depend on the device, so a CPU run exercises the same decisions).
   virtual bool dequantizes_at(int64_t tokens) const = 0;
   /// Writes that dense copy into `out` ([out, in], contiguous, the base dtype, on the layer's device) on the
-  /// device's current stream, allocating nothing on the GPU. InputError for a wrong `out`.
-  virtual void dense_weight_into(torch::Tensor& out) const = 0;
+  /// device's current stream, allocating nothing on the GPU. InputError for a wrong `out`. On a GPU,
+  /// max_blocks > 0 caps the dequantization kernel's grid (cuda::dequantize_int8_weight_into), so that it runs
+  /// beside the model's compute on a few SMs instead of taking them all; the values are the same.
+  virtual void dense_weight_into(torch::Tensor& out, int max_blocks = 0) const = 0;
   /// forward(x, act) computed with `dense` from dense_weight_into. UnsupportedError where forward(x) would not
   /// dequantize (dequantizes_at false for x's token count); InputError for a wrong `dense`.
   virtual torch::Tensor forward_dense(const torch::Tensor& x, const torch::Tensor& dense,

@@ -99,7 +99,11 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// while block i computes, into two persistent slots of one block's weights each (28 MB in fp16 for GPT-2
   /// small, counted in the peak memory the bench reports), instead of before each product on the critical
   /// path. Results are bit-identical either way (tests/worker/model_gpu_test.cpp). No effect on CPU.
-  void set_weight_prefetch(bool on) { weight_prefetch_ = on; }
+  /// `blocks`: the thread blocks (of 1024 threads) its dequantization kernels may use at once
+  /// (kDefaultPrefetchBlocks; 0 = as many as they need, which takes every SM for a few microseconds and so
+  /// delays the kernels of the block being computed).
+  static constexpr int kDefaultPrefetchBlocks = 16;
+  void set_weight_prefetch(bool on, int blocks = kDefaultPrefetchBlocks);
   /// Whether the last forward() dequantized ahead on the side stream.
   bool prefetched_last_forward() const { return prefetched_last_forward_; }
 
@@ -144,6 +148,7 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   kernels::Method method_ = kernels::Method::kFp32;
   torch::ScalarType base_dtype_ = torch::kFloat32;
   bool weight_prefetch_ = true;
+  int prefetch_blocks_ = kDefaultPrefetchBlocks;
   bool prefetched_last_forward_ = false;
   std::shared_ptr<WeightPrefetch> prefetch_;  // made by the first forward that uses it; reset by moves
 };
