@@ -25,6 +25,27 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { re
 template <>
 __device__ __forceinline__ float from_float<float>(float v) { return v; }
 
+/// Bit pattern of a 16-bit float (for packing two into a word without going through memory).
+__device__ __forceinline__ uint32_t bits16(__half v) { return __half_as_ushort(v); }
+__device__ __forceinline__ uint32_t bits16(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+
+/// Stores v[0..7] rounded to T at p: one 16-byte store for fp16/bf16, two for fp32 (p 16-byte aligned).
+template <typename T>
+__device__ __forceinline__ void store8(T* p, const float (&v)[8]) {
+  if constexpr (sizeof(T) == 4) {
+    float4* o = reinterpret_cast<float4*>(p);
+    o[0] = make_float4(v[0], v[1], v[2], v[3]);
+    o[1] = make_float4(v[4], v[5], v[6], v[7]);
+  } else {
+    uint4 u;
+    u.x = bits16(from_float<T>(v[0])) | (bits16(from_float<T>(v[1])) << 16);
+    u.y = bits16(from_float<T>(v[2])) | (bits16(from_float<T>(v[3])) << 16);
+    u.z = bits16(from_float<T>(v[4])) | (bits16(from_float<T>(v[5])) << 16);
+    u.w = bits16(from_float<T>(v[6])) | (bits16(from_float<T>(v[7])) << 16);
+    *reinterpret_cast<uint4*>(p) = u;
+  }
+}
+
 /// GELU, tanh approximation (GPT-2's "gelu_new"), in fp32 with PyTorch's constants.
 __device__ __forceinline__ float gelu_tanh(float x) {
   constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)

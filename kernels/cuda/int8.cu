@@ -247,20 +247,27 @@ __global__ void k_int8_dequantize(const int8_t* __restrict__ q, const float* __r
   }
 }
 
-/// The same dequantization as a grid-stride loop over groups of 4 codes (one 4-byte load, 32-bit indices), for a
-/// capped grid (launch max_blocks > 0): each block walks many rows, so a few blocks cover the whole weight.
+/// The same dequantization as a grid-stride loop over groups of 16 codes (one 16-byte load, two 8-value stores,
+/// 32-bit indices), for a capped grid (launch max_blocks > 0): its few blocks must each move many bytes per trip
+/// to keep up. For k % 16 == 0 (a group never straddles rows) and 16-byte aligned pointers.
 template <typename T>
-__global__ void k_int8_dequantize4(const int8_t* __restrict__ q, const float* __restrict__ scale, bool per_channel,
-                                   uint32_t k4, uint32_t groups, T* __restrict__ out) {
-  const char4* q4 = reinterpret_cast<const char4*>(q);
+__global__ void k_int8_dequantize16(const int8_t* __restrict__ q, const float* __restrict__ scale, bool per_channel,
+                                    uint32_t k16, uint32_t groups, T* __restrict__ out) {
+  const int4* q16 = reinterpret_cast<const int4*>(q);
   for (uint32_t g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += gridDim.x * blockDim.x) {
-    const float s = scale[per_channel ? g / k4 : 0];
-    const char4 v = q4[g];
-    T* o = out + 4 * static_cast<size_t>(g);
-    o[0] = from_float<T>(static_cast<float>(v.x) * s);
-    o[1] = from_float<T>(static_cast<float>(v.y) * s);
-    o[2] = from_float<T>(static_cast<float>(v.z) * s);
-    o[3] = from_float<T>(static_cast<float>(v.w) * s);
+    const float s = scale[per_channel ? g / k16 : 0];
+    const int4 p = q16[g];
+    const int32_t pw[4] = {p.x, p.y, p.z, p.w};
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float v[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int8_t code = static_cast<int8_t>((pw[2 * h + j / 4] >> (8 * (j % 4))) & 0xFF);
+        v[j] = static_cast<float>(code) * s;
+      }
+      detail::store8(out + 16 * static_cast<size_t>(g) + 8 * h, v);
+    }
   }
 }
 
@@ -366,9 +373,11 @@ int launch_int8_dequantize(const int8_t* q, const float* scale, bool per_channel
   const int threads = max_blocks > 0 ? kBackgroundBlockThreads : 256;
   const unsigned grid = detail::grid_for(n * k, threads, max_blocks > 0 ? max_blocks : 8192);
   const bool by4 = k % 4 == 0 && reinterpret_cast<uintptr_t>(q) % 4 == 0;
-  if (max_blocks > 0 && by4 && n * k / 4 <= INT32_MAX) {
-    const unsigned g4 = detail::grid_for(n * k / 4, threads, max_blocks);
-    EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize4<T><<<g4, threads, 0, stream>>>(q, scale, per_channel, static_cast<uint32_t>(k / 4), static_cast<uint32_t>(n * k / 4), static_cast<T*>(out)));
+  const bool by16 = k % 16 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  if (max_blocks > 0 && by16 && n * k / 16 <= INT32_MAX) {
+    const unsigned g16 = detail::grid_for(n * k / 16, threads, max_blocks);
+    const auto k16 = static_cast<uint32_t>(k / 16), groups = static_cast<uint32_t>(n * k / 16);
+    EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize16<T><<<g16, threads, 0, stream>>>(q, scale, per_channel, k16, groups, static_cast<T*>(out)));
     return detail::launch_result();
   }
   if (by4 && n <= INT32_MAX && max_blocks == 0) {

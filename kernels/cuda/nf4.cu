@@ -11,7 +11,9 @@
 namespace evalsvc::kernels::cuda {
 namespace {
 
+using detail::bits16;
 using detail::from_float;
+using detail::store8;
 using detail::to_float;
 
 /// Shared-memory copies of the codebooks: per-thread lookups with different indices serialise in constant
@@ -39,9 +41,6 @@ __device__ __forceinline__ float weight_value(const Nf4Tables& t, unsigned code,
   return to_float(from_float<T>(__fmul_rn(t.level[code], absmax)));
 }
 
-/// Bit pattern of a 16-bit float (for packing two into a word without going through memory).
-__device__ __forceinline__ uint32_t bits16(__half v) { return __half_as_ushort(v); }
-__device__ __forceinline__ uint32_t bits16(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
 
 /// Code of flat element e (byte e / 2; high nibble for even e).
 __device__ __forceinline__ unsigned code_at(const uint8_t* packed, int64_t e) {
@@ -85,17 +84,35 @@ __global__ void k_nf4_dequantize8(Nf4View w, T* __restrict__ out) {
       v[2 * j] = __fmul_rn(t.level[byte >> 4], am);
       v[2 * j + 1] = __fmul_rn(t.level[byte & 0xFu], am);
     }
-    if constexpr (sizeof(T) == 4) {
-      float4* o = reinterpret_cast<float4*>(out) + 2 * g;
-      o[0] = make_float4(v[0], v[1], v[2], v[3]);
-      o[1] = make_float4(v[4], v[5], v[6], v[7]);
-    } else {
-      uint4 u;
-      u.x = bits16(from_float<T>(v[0])) | (bits16(from_float<T>(v[1])) << 16);
-      u.y = bits16(from_float<T>(v[2])) | (bits16(from_float<T>(v[3])) << 16);
-      u.z = bits16(from_float<T>(v[4])) | (bits16(from_float<T>(v[5])) << 16);
-      u.w = bits16(from_float<T>(v[6])) | (bits16(from_float<T>(v[7])) << 16);
-      reinterpret_cast<uint4*>(out)[g] = u;
+    store8(out + 8 * g, v);
+  }
+}
+
+/// The same values, 32 codes a thread (one 16-byte load, one absmax, four 8-value stores): for a capped grid
+/// (launch max_blocks > 0), whose few blocks must each move many bytes per trip to keep up. For n*k % 32 == 0,
+/// blocksize % 32 == 0 and 16-byte aligned pointers; 32-bit indices (n*k / 32 < 2^31).
+template <typename T>
+__global__ void k_nf4_dequantize32(Nf4View w, T* __restrict__ out) {
+  __shared__ Nf4Tables t;
+  load_tables(t, w.quant_map, w.nested_map);
+  __syncthreads();
+  const uint32_t groups = static_cast<uint32_t>(w.n * w.k / 32);
+  const uint32_t per_block = static_cast<uint32_t>(w.blocksize / 32);
+  const uint4* words = reinterpret_cast<const uint4*>(w.packed);
+  for (uint32_t g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += gridDim.x * blockDim.x) {
+    const uint4 p = words[g];
+    const float am = block_absmax(w, t, g / per_block);
+    const uint32_t pw[4] = {p.x, p.y, p.z, p.w};
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      float v[8];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const unsigned byte = (pw[q] >> (8 * j)) & 0xFFu;
+        v[2 * j] = __fmul_rn(t.level[byte >> 4], am);
+        v[2 * j + 1] = __fmul_rn(t.level[byte & 0xFu], am);
+      }
+      store8(out + 32 * static_cast<size_t>(g) + 8 * q, v);
     }
   }
 }
@@ -328,6 +345,12 @@ int launch_nf4_dequantize(const Nf4View& w, void* out, DType dtype, cudaStream_t
   if (max_blocks < 0) return kLaunchBadShape;
   const int threads = max_blocks > 0 ? kBackgroundBlockThreads : 256;
   const int64_t cap = max_blocks > 0 ? max_blocks : 8192;
+  if (max_blocks > 0 && (w.n * w.k) % 32 == 0 && w.blocksize % 32 == 0 && w.n * w.k / 32 <= INT32_MAX &&
+      aligned16(w.packed) && aligned16(out)) {
+    const unsigned grid = detail::grid_for(w.n * w.k / 32, threads, cap);
+    EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32<T><<<grid, threads, 0, stream>>>(w, static_cast<T*>(out)));
+    return detail::launch_result();
+  }
   if ((w.n * w.k) % 8 == 0 && w.blocksize % 8 == 0 && reinterpret_cast<uintptr_t>(w.packed) % 4 == 0 &&
       reinterpret_cast<uintptr_t>(out) % 16 == 0) {
     const unsigned grid = detail::grid_for(w.n * w.k / 8, threads, cap);
