@@ -94,7 +94,8 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   kernels::Method method() const { return method_; }
   torch::ScalarType base_dtype() const { return base_dtype_; }
 
-  /// Weight-only variants (int8-sym, int8-sym-channel, nf4 where it dequantizes) on a GPU multiply by a dense
+  /// Weight-only variants (int8-sym, int8-sym-channel, nf4 where it dequantizes) on a fp16/bf16 base on a GPU
+  /// multiply by a dense
   /// copy of each weight. With prefetch on (the default) forward() makes block i+1's copies on a side stream
   /// while block i computes, into two persistent slots of one block's weights each (28 MB in fp16 for GPT-2
   /// small, counted in the peak memory the bench reports), instead of before each product on the critical
@@ -102,7 +103,7 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// `blocks`: the thread blocks (of 1024 threads) its dequantization kernels may use at once
   /// (kDefaultPrefetchBlocks; 0 = as many as they need, which takes every SM for a few microseconds and so
   /// delays the kernels of the block being computed).
-  static constexpr int kDefaultPrefetchBlocks = 16;
+  static constexpr int kDefaultPrefetchBlocks = 64;
   void set_weight_prefetch(bool on, int blocks = kDefaultPrefetchBlocks);
   /// Whether the last forward() dequantized ahead on the side stream.
   bool prefetched_last_forward() const { return prefetched_last_forward_; }
