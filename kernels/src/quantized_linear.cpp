@@ -121,13 +121,7 @@ class LayerBase : public QuantizedLinear {
       return act == Activation::kGeluTanh ? torch::gelu(y, "tanh") : y;
     }
 #ifdef EVALSVC_WITH_CUDA
-    // Flattened to [tokens, in] as the layers' own dequantizing paths call the product, so the two agree bit
-    // for bit (cuBLAS may pick another algorithm for another shape).
-    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-    shape.back() = out_;
-    return cuda::linear(xb.reshape({-1, in_}).contiguous(), dense, bias_, act == Activation::kGeluTanh)
-        .view(shape)
-        .to(x.scalar_type());
+    return dense_product_cuda(xb.contiguous(), dense, act).to(x.scalar_type());
 #else
     throw UnsupportedError(fmt::format("{} linear: weights are on {} but this build has no CUDA kernels",
                                        method_name(method_), device().str()));
@@ -168,6 +162,15 @@ class LayerBase : public QuantizedLinear {
   /// The dense copy by a CUDA kernel; the generic fallback copies the CPU reference's values over.
   virtual void dense_weight_into_cuda(torch::Tensor& out, int /*max_blocks*/) const {
     out.copy_(dequantized_weight().to(out.device()));
+  }
+  /// xb [..., in] (contiguous, base dtype) times a dense weight [out, in] + bias, then act. Flattened to
+  /// [tokens, in] as the ops' own dequantizing paths call the product (cuda::nf4_linear,
+  /// cuda::int8_weight_only_linear), so forward() and forward_dense() agree bit for bit (cuBLAS may pick
+  /// another algorithm for another shape).
+  torch::Tensor dense_product_cuda(const torch::Tensor& xb, const torch::Tensor& dense, Activation act) const {
+    std::vector<int64_t> shape(xb.sizes().begin(), xb.sizes().end());
+    shape.back() = out_;
+    return cuda::linear(xb.reshape({-1, in_}), dense, bias_, act == Activation::kGeluTanh).view(shape);
   }
 #endif
   virtual TensorMap own_state() const = 0;
@@ -308,10 +311,7 @@ class Nf4Linear final : public LayerBase {
   torch::Tensor forward_cuda(const torch::Tensor& xb, Activation act) const override {
     const bool gelu = act == Activation::kGeluTanh;
     if (base_ == torch::kFloat) {  // the fused kernels take fp16/bf16 activations only
-      std::vector<int64_t> shape(xb.sizes().begin(), xb.sizes().end());
-      shape.back() = out_;
-      return cuda::linear(xb.reshape({-1, in_}), cuda::nf4_dequantize(device_weight_, torch::kFloat), bias_, gelu)
-          .view(shape);
+      return dense_product_cuda(xb, cuda::nf4_dequantize(device_weight_, torch::kFloat), act);
     }
     return cuda::nf4_linear(xb, device_weight_, bias_, cuda::Nf4Path::kAuto, gelu);
   }

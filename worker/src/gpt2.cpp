@@ -120,14 +120,12 @@ struct GPT2ClassifierImpl::WeightPrefetch {
   static int freed(size_t slot) { return 3 + static_cast<int>(slot); }
 
   WeightPrefetch(const torch::Device& d, torch::ScalarType dt, const std::array<std::pair<int64_t, int64_t>, 4>& shapes)
-      : side(d, 5), device(d), dtype(dt) {
+      : side(d, 5) {
     for (auto& s : slot)
       for (size_t p = 0; p < 4; ++p)
         s[p] = torch::empty({shapes[p].first, shapes[p].second}, torch::TensorOptions().dtype(dt).device(d));
   }
   kernels::cuda::SideStream side;
-  torch::Device device;
-  torch::ScalarType dtype;
   std::array<std::array<torch::Tensor, 4>, 2> slot;  // [layer % 2][projection]
 };
 #else
@@ -149,7 +147,7 @@ GPT2ClassifierImpl::WeightPrefetch* GPT2ClassifierImpl::prefetch_for(int64_t tok
   for (const auto& blk : blocks_)
     for (const auto& q : blk.q)
       if (!q->dequantizes_at(tokens)) return nullptr;
-  if (!prefetch_ || prefetch_->device != device() || prefetch_->dtype != base_dtype_) {
+  if (!prefetch_) {  // reset by every change of device or base dtype (to_device, quantize, load_variant_state_dict)
     std::array<std::pair<int64_t, int64_t>, 4> shapes;
     for (size_t p = 0; p < 4; ++p) shapes[p] = {blocks_[0].q[p]->out_features(), blocks_[0].q[p]->in_features()};
     prefetch_ = std::make_shared<WeightPrefetch>(device(), base_dtype_, shapes);
