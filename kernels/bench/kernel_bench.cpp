@@ -191,6 +191,9 @@ bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
     if (fp8) {
       add("fp8_linear", 2e-2, rel_err(cuda::fp8_linear(xg, L.f8_q, L.f8_s, L.bias_gpu),
                                        ref::fp8_w8a8_linear(x16, L.f8, L.bias)));
+      add("fp8_linear/scaled_mm", 2e-2,
+          rel_err(cuda::fp8_linear(xg, L.f8_q, L.f8_s, L.bias_gpu, false, cuda::Fp8Gemm::kScaledMm),
+                  ref::fp8_w8a8_linear(x16, L.f8, L.bias)));
     }
     const auto gelu = [](const torch::Tensor& t) { return torch::gelu(t.to(torch::kFloat32), "tanh"); };
     add("linear+gelu", 3e-3, rel_err(cuda::linear(xg, L.w16, L.bias16, true),
@@ -296,6 +299,9 @@ int main(int argc, char** argv) {
           const auto bias_bf16 = L.bias.to(torch::kBFloat16).to(gpu());
           const auto xb16 = x16.to(torch::kBFloat16);
           report_graph("fp8_linear (bf16 in and out)", [&] { (void)cuda::fp8_linear(xb16, L.f8_q, L.f8_s, bias_bf16); });
+          report_graph("fp8_linear/scaled_mm (bf16 in and out)", [&] {
+            (void)cuda::fp8_linear(xb16, L.f8_q, L.f8_s, bias_bf16, false, cuda::Fp8Gemm::kScaledMm);
+          });
         }
         auto report = [&](const std::string& op, double weight_bytes, double t) {
           // Bytes that must cross memory at least once: the weight as stored, x in and y out (fp16).
@@ -325,9 +331,6 @@ int main(int argc, char** argv) {
         report("int8_w8a8_linear", L.n * L.k + 4.0 * L.n,
                time_ms([&] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu); }, warmup, iters));
         if (m > 16) {
-          report("int8_w8a8_linear/wmma", L.n * L.k + 4.0 * L.n,
-                 time_ms([&] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu, cuda::Int8Gemm::kWmma); },
-                         warmup, iters));
           report("int8_w8a8_linear/cublaslt", L.n * L.k + 4.0 * L.n,
                  time_ms([&] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu, cuda::Int8Gemm::kCublasLt); },
                          warmup, iters));
@@ -343,7 +346,42 @@ int main(int argc, char** argv) {
         if (fp8) {
           report("fp8_linear", L.n * L.k + 4.0 * L.n,
                  time_ms([&] { (void)cuda::fp8_linear(x16, L.f8_q, L.f8_s, L.bias_gpu); }, warmup, iters));
+          report("fp8_linear/scaled_mm", L.n * L.k + 4.0 * L.n, time_ms([&] {
+                   (void)cuda::fp8_linear(x16, L.f8_q, L.f8_s, L.bias_gpu, false, cuda::Fp8Gemm::kScaledMm);
+                 }, warmup, iters));
         }
+        // The products alone, on activations quantized beforehand (what a quantizer fused into the preceding
+        // LayerNorm would leave): the GEMM's own rate, without the quantization pass.
+        {
+          const auto xa = cuda::quantize_per_token_int8(x16, 0.0);
+          report("int8_linear/fused (pre-quantized x)", L.n * L.k + 4.0 * L.n, time_ms([&] {
+                   (void)cuda::int8_linear(xa.q, xa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16, 1.0,
+                                           cuda::Int8Gemm::kFused);
+                 }, warmup, iters));
+          if (m > 16) {
+            report("int8_linear/cublaslt (pre-quantized x)", L.n * L.k + 4.0 * L.n, time_ms([&] {
+                     (void)cuda::int8_linear(xa.q, xa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16, 1.0,
+                                             cuda::Int8Gemm::kCublasLt);
+                   }, warmup, iters));
+          }
+        }
+      }
+    }
+    // The per-token activation quantizers (every W8A8 product runs one first) over [M, K] fp16.
+    for (const int64_t k : {768, 3072}) {
+      for (const int64_t m : ms) {
+        const auto x = randn({m, k}, 3 + m).to(torch::kFloat16).to(gpu());
+        const int iters = m >= 4096 ? 50 : 200;
+        const double bytes = 3.0 * m * k;  // fp16 in, one byte a code out
+        const double ti = time_ms([&] { (void)cuda::quantize_per_token_int8(x, 0.0); }, 10, iters);
+        std::printf("%s\n", json{{"op", "quantize_per_token_int8"}, {"m", m}, {"k", k}, {"ms", ti},
+                                 {"gbps", bytes / (ti * 1e-3) / 1e9}}.dump().c_str());
+        if (fp8) {
+          const double tf = time_ms([&] { (void)cuda::quantize_per_token_fp8(x); }, 10, iters);
+          std::printf("%s\n", json{{"op", "quantize_per_token_fp8"}, {"m", m}, {"k", k}, {"ms", tf},
+                                   {"gbps", bytes / (tf * 1e-3) / 1e9}}.dump().c_str());
+        }
+        std::fflush(stdout);
       }
     }
     // Residual add + LayerNorm over [M, 768]: the fused kernel against the two ops it replaces.

@@ -33,6 +33,12 @@ __global__ void k_quantize_rows_fp8(const T* __restrict__ x, int64_t k, uint8_t*
   }
 }
 
+/// Encoder of k_quantize_rows_warp for E4M3: the same conversion as k_quantize_rows_fp8.
+struct Fp8Encoder {
+  static constexpr float kMax = 448.0f;
+  __device__ static uint32_t encode(float x, float s) { return __nv_cvt_float_to_fp8(x / s, __NV_SATFINITE, __NV_E4M3); }
+};
+
 template <typename T>
 __global__ void k_fp8_dequantize(const uint8_t* __restrict__ q, const float* __restrict__ scale, int64_t n,
                                  int64_t k, T* __restrict__ out) {
@@ -50,6 +56,9 @@ int launch_quantize_rows_fp8(const void* x, DType dtype, int64_t t, int64_t k, u
                              cudaStream_t stream) {
   if (t <= 0 || k <= 0 || t > INT32_MAX) return kLaunchBadShape;
   if (x == nullptr || q == nullptr || scale == nullptr) return kLaunchBadPointer;
+  if (detail::launch_quantize_rows_warp<Fp8Encoder>(x, dtype, t, k, 0.0f, nullptr, q, scale, stream)) {
+    return detail::launch_result();
+  }
   EVALSVC_DISPATCH_FLOAT(dtype, T, k_quantize_rows_fp8<T><<<static_cast<unsigned>(t), 256, 0, stream>>>(static_cast<const T*>(x), k, q, scale));
   return detail::launch_result();
 }

@@ -1,14 +1,13 @@
 // INT8 kernels of SPEC section 2: per-token activation quantization with device-side outlier detection
-// (LLM.int8 without host synchronisation), an int8 tensor-core GEMM with a dequantizing epilogue, the same
+// (LLM.int8 without host synchronisation), a pipelined int8 tensor-core GEMM (mma.sync) with the dequantizing epilogue fused, the same
 // epilogue over an int32 product from cuBLASLt, and weight-only int8 dequantization.
-#include <mma.h>
-
 #include "common.cuh"
 
 namespace evalsvc::kernels::cuda {
 namespace {
 
 using detail::from_float;
+using detail::launch_quantize_rows_warp;
 using detail::to_float;
 
 // ---- outlier columns ---------------------------------------------------------------------------------------
@@ -90,6 +89,15 @@ __global__ void k_quantize_rows_int8(const T* __restrict__ x, int64_t k, float t
   }
 }
 
+/// Encoder of k_quantize_rows_warp for int8: the same rounding and clamp as k_quantize_rows_int8.
+struct Int8Encoder {
+  static constexpr float kMax = 127.0f;
+  __device__ static uint32_t encode(float x, float s) {
+    const float r = fminf(fmaxf(rintf(x / s), -127.0f), 127.0f);
+    return static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(r)));
+  }
+};
+
 // ---- epilogue ----------------------------------------------------------------------------------------------
 
 /// The dequantized output element (see Int8Epilogue); T = type of the output and of the LLM.int8 input x.
@@ -149,89 +157,230 @@ __global__ void k_int8_epilogue_rows(const int32_t* __restrict__ acc, int64_t n,
 
 // ---- int8 GEMM ---------------------------------------------------------------------------------------------
 //
-// Block tile 64 (tokens) x 64 (outputs) x 64 (k), 4 warps, each warp 32x32 = 2x2 WMMA 16x16x16 s8 fragments
-// with s32 accumulators. Shared tiles are stored k-chunk-major, [BK/16][64 rows][16 bytes], so that every
-// fragment pointer is 32-byte aligned (WMMA requires 256-bit alignment; a row-major [64][64] tile would put
-// the k = 16 fragment 16 bytes off) and a warp's 16-byte row reads hit distinct banks.
-constexpr int kI8Bm = 64;
-constexpr int kI8Bn = 64;
-constexpr int kI8Bk = 64;
-constexpr int kI8Threads = 128;
+// Ampere-style pipelined tensor-core GEMM (sm_80+; on Hopper it runs on the same units through the legacy
+// mma.sync path, without wgmma): y = epilogue(xq . wq^T). Both operands are k-contiguous ([rows][k] int8), which
+// is exactly what mma.m16n8k32.row.col wants, so neither needs a transpose. Per block a BM x BN output tile;
+// k advances in 64-byte stages, kI8Stages of them in flight through cp.async (global -> shared without
+// registers), so the loads of stage s + 3 overlap the products of stage s. Fragments come from shared memory
+// by ldmatrix: an m16 x k32 int8 fragment has the byte layout of an m16 x k16 fp16 one, so the b16 form of
+// ldmatrix delivers mma's s8 operand registers directly.
+// Shared rows are 64 bytes (4 chunks of 16); chunk c of row r is stored at chunk c ^ ((r >> 1) & 3), so the
+// 8 rows one ldmatrix phase reads land in 8 distinct 16-byte bank groups (unswizzled: 4-way conflicts).
+// The epilogue (scales, bias, LLM.int8 outliers, GELU) runs on the accumulator registers: no int32 product
+// ever reaches memory, which is what makes the cuBLASLt path (int32 written, then read back) slow at scale.
+constexpr int kI8Bk = 64;     // bytes of k per pipeline stage
+constexpr int kI8Stages = 4;
 
-/// Loads a [64 rows][64 k] int8 tile starting at (row0, k0) of a [rows, k] matrix into s[4][64][16]; zero
-/// outside the matrix. vec: k % 16 == 0 and the base 16-byte aligned, so each 16-byte chunk is all in or out.
-__device__ __forceinline__ void load_i8_tile(const int8_t* __restrict__ g, int64_t rows, int64_t k, int64_t row0,
-                                             int64_t k0, bool vec, int8_t (*s)[kI8Bm][16]) {
-  if (vec) {
-    for (int i = threadIdx.x; i < kI8Bm * (kI8Bk / 16); i += kI8Threads) {
-      const int r = i >> 2;
-      const int ch = i & 3;
-      const int64_t gr = row0 + r;
-      const int64_t gk = k0 + ch * 16;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (gr < rows && gk < k) v = __ldg(reinterpret_cast<const uint4*>(g + gr * k + gk));
-      *reinterpret_cast<uint4*>(&s[ch][r][0]) = v;
-    }
-  } else {
-    for (int i = threadIdx.x; i < kI8Bm * kI8Bk; i += kI8Threads) {
-      const int r = i / kI8Bk;
-      const int c = i % kI8Bk;
-      const int64_t gr = row0 + r;
-      const int64_t gk = k0 + c;
-      s[c >> 4][r][c & 15] = (gr < rows && gk < k) ? g[gr * k + gk] : int8_t{0};
+template <int BM, int BN, int WARPS_M, int WARPS_N>
+struct I8Config {
+  static constexpr int kBm = BM;
+  static constexpr int kBn = BN;
+  static constexpr int kThreads = WARPS_M * WARPS_N * 32;
+  static constexpr int kWarpM = BM / WARPS_M;       // rows of a warp's tile
+  static constexpr int kWarpN = BN / WARPS_N;       // columns of a warp's tile
+  static constexpr int kMTiles = kWarpM / 16;       // m16 fragments per warp
+  static constexpr int kNTiles = kWarpN / 8;        // n8 fragments per warp
+  static constexpr int kStageBytes = (BM + BN) * kI8Bk;
+  static constexpr int kSmemBytes = kI8Stages * kStageBytes;
+  static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0, "warp tile must be whole m16 x n16 fragments");
+};
+// Large outputs: 128 x 128 tiles, 8 warps of 64 x 32. Small ones (fewer tiles than SMs): 64 x 64, 4 warps of
+// 32 x 32, four times the blocks. (A 128 x 256 tile with 8 warps of 64 x 64, as CUTLASS's sm80 int8 GEMMs use,
+// measured 1.8-2.2x slower than this one at 32,768 tokens on an H200: its 167 registers a thread leave one block
+// per SM. docs/perf.md.)
+using I8Large = I8Config<128, 128, 2, 4>;
+using I8Small = I8Config<64, 64, 2, 2>;
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+/// 16 bytes global -> shared, asynchronously; src_bytes < 16 zero-fills the rest (0: all zeros, src unread).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+/// d += a (16 x 32 s8, row) . b (32 x 8 s8, col), s32 accumulators.
+__device__ __forceinline__ void mma_s8_16832(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/// Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][64] shared tile.
+__device__ __forceinline__ int swizzled(int row, int chunk) { return row * kI8Bk + ((chunk ^ ((row >> 1) & 3)) << 4); }
+
+/// Issues the copies of rows [row0, row0 + ROWS) x bytes [k0, k0 + 64) of g [rows, k] into a swizzled shared
+/// tile; zeros outside the matrix. vec: k % 16 == 0 and g 16-byte aligned, so a chunk is wholly in or out;
+/// otherwise the chunk is gathered byte by byte with plain shared stores (odd k; visible after the barrier
+/// that precedes its use, like the asynchronous copies).
+template <int ROWS, int THREADS>
+__device__ __forceinline__ void load_i8_stage(const int8_t* __restrict__ g, int64_t rows, int64_t k, int64_t row0,
+                                              int64_t k0, bool vec, int8_t* s) {
+#pragma unroll
+  for (int i = threadIdx.x; i < ROWS * 4; i += THREADS) {
+    const int r = i >> 2;
+    const int ch = i & 3;
+    const int64_t gr = row0 + r;
+    const int64_t gk = k0 + ch * 16;
+    int8_t* dst = s + swizzled(r, ch);
+    if (vec) {
+      const bool in = gr < rows && gk < k;
+      cp_async16(smem_addr(dst), in ? static_cast<const void*>(g + gr * k + gk) : static_cast<const void*>(g),
+                 in ? 16 : 0);
+    } else {
+#pragma unroll 1
+      for (int b = 0; b < 16; ++b) dst[b] = (gr < rows && gk + b < k) ? g[gr * k + gk + b] : int8_t{0};
     }
   }
 }
 
+/// Stores two adjacent outputs (c, c + 1) of row r; paired store when both exist and are aligned (n even).
 template <typename T>
-__global__ void __launch_bounds__(kI8Threads) k_int8_gemm(const int8_t* __restrict__ xq,
-                                                           const int8_t* __restrict__ wq, int64_t m, int64_t n,
-                                                           int64_t k, Int8Epilogue ep, T* __restrict__ y,
-                                                           bool vec) {
-  using namespace nvcuda;
-  __shared__ __align__(128) int8_t sa[kI8Bk / 16][kI8Bm][16];
-  __shared__ __align__(128) int8_t sb[kI8Bk / 16][kI8Bn][16];
-  __shared__ __align__(128) int32_t sc[kI8Bm][kI8Bn + 4];
-
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kI8Bn;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kI8Bm;
-  const int warp = threadIdx.x >> 5;
-  const int wm = (warp >> 1) * 32;
-  const int wn = (warp & 1) * 32;
-
-  wmma::fragment<wmma::accumulator, 16, 16, 16, int> acc[2][2];
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0);
-
-  for (int64_t k0 = 0; k0 < k; k0 += kI8Bk) {
-    load_i8_tile(xq, m, k, m0, k0, vec, sa);
-    load_i8_tile(wq, n, k, n0, k0, vec, sb);
-    __syncthreads();
-#pragma unroll
-    for (int kc = 0; kc < kI8Bk / 16; ++kc) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, signed char, wmma::row_major> a[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, signed char, wmma::col_major> b[2];
-      // A chunk is [64 rows][16 k] row-major (ldm 16); W chunk [64 outputs][16 k] is B = W^T col-major.
-      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], &sa[kc][wm + i * 16][0], 16);
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], &sb[kc][wn + j * 16][0], 16);
-      for (int i = 0; i < 2; ++i)
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+__device__ __forceinline__ void store_pair(T* __restrict__ y, int64_t r, int64_t c, int64_t n, float v0, float v1) {
+  T* p = y + r * n + c;
+  if (c + 1 < n && (n & 1) == 0) {
+    if constexpr (sizeof(T) == 4) {
+      *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
+    } else {
+      const uint32_t u = detail::bits16(from_float<T>(v0)) | (detail::bits16(from_float<T>(v1)) << 16);
+      *reinterpret_cast<uint32_t*>(p) = u;
     }
-    __syncthreads();
+  } else {
+    p[0] = from_float<T>(v0);
+    if (c + 1 < n) p[1] = from_float<T>(v1);
+  }
+}
+
+template <typename Cfg, typename T>
+__global__ void __launch_bounds__(Cfg::kThreads) k_int8_gemm(const int8_t* __restrict__ xq,
+                                                              const int8_t* __restrict__ wq, int64_t m, int64_t n,
+                                                              int64_t k, Int8Epilogue ep, T* __restrict__ y,
+                                                              bool vec) {
+  extern __shared__ __align__(128) int8_t smem[];
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * Cfg::kBn;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * Cfg::kBm;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int wm = (warp / (Cfg::kBn / Cfg::kWarpN)) * Cfg::kWarpM;
+  const int wn = (warp % (Cfg::kBn / Cfg::kWarpN)) * Cfg::kWarpN;
+
+  int acc[Cfg::kMTiles][Cfg::kNTiles][4];
+#pragma unroll
+  for (int i = 0; i < Cfg::kMTiles; ++i)
+#pragma unroll
+    for (int j = 0; j < Cfg::kNTiles; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0;
+
+  auto stage_a = [&](int s) { return smem + s * Cfg::kStageBytes; };
+  auto stage_b = [&](int s) { return smem + s * Cfg::kStageBytes + Cfg::kBm * kI8Bk; };
+  auto load = [&](int s, int64_t k0) {
+    load_i8_stage<Cfg::kBm, Cfg::kThreads>(xq, m, k, m0, k0, vec, stage_a(s));
+    load_i8_stage<Cfg::kBn, Cfg::kThreads>(wq, n, k, n0, k0, vec, stage_b(s));
+  };
+
+  const int ktiles = static_cast<int>((k + kI8Bk - 1) / kI8Bk);
+#pragma unroll
+  for (int s = 0; s < kI8Stages - 1; ++s) {
+    if (s < ktiles) load(s, static_cast<int64_t>(s) * kI8Bk);
+    cp_async_commit();  // an empty group past the end keeps the wait count below uniform
   }
 
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 2; ++j)
-      wmma::store_matrix_sync(&sc[wm + i * 16][wn + j * 16], acc[i][j], kI8Bn + 4, wmma::mem_row_major);
-  __syncthreads();
+  for (int kt = 0; kt < ktiles; ++kt) {
+    cp_async_wait<kI8Stages - 2>();  // stage kt has landed (this thread's copies) ...
+    __syncthreads();                 // ... everyone's, and stage kt - 1 is no longer being read
+    const int next = kt + kI8Stages - 1;
+    if (next < ktiles) load(next % kI8Stages, static_cast<int64_t>(next) * kI8Bk);
+    cp_async_commit();
 
-  for (int i = threadIdx.x; i < kI8Bm * kI8Bn; i += kI8Threads) {
-    const int r = i / kI8Bn;
-    const int c = i % kI8Bn;
-    const int64_t gr = m0 + r;
-    const int64_t gc = n0 + c;
-    if (gr < m && gc < n) y[gr * n + gc] = from_float<T>(epilogue_value<T>(ep, static_cast<float>(sc[r][c]), gr, gc, k));
+    const uint32_t sa = smem_addr(stage_a(kt % kI8Stages));
+    const uint32_t sb = smem_addr(stage_b(kt % kI8Stages));
+#pragma unroll
+    for (int ks = 0; ks < kI8Bk / 32; ++ks) {
+      uint32_t a[Cfg::kMTiles][4];
+      uint32_t b[Cfg::kNTiles / 2][4];
+#pragma unroll
+      for (int i = 0; i < Cfg::kMTiles; ++i) {
+        // lanes 0-15: rows 0-15 at k bytes [0, 16); lanes 16-31: the same rows at [16, 32) -> a0..a3 of mma.
+        const int row = wm + i * 16 + (lane & 15);
+        ldmatrix_x4(a[i], sa + swizzled(row, ks * 2 + (lane >> 4)));
+      }
+#pragma unroll
+      for (int j = 0; j < Cfg::kNTiles / 2; ++j) {
+        // lanes 0-7 / 8-15: outputs 0-7 at k bytes [0, 16) / [16, 32); lanes 16-31: outputs 8-15 likewise,
+        // so b[j][0..1] are n-fragment 2j's two registers and b[j][2..3] fragment 2j + 1's.
+        const int row = wn + j * 16 + ((lane >> 4) << 3) + (lane & 7);
+        ldmatrix_x4(b[j], sb + swizzled(row, ks * 2 + ((lane >> 3) & 1)));
+      }
+#pragma unroll
+      for (int i = 0; i < Cfg::kMTiles; ++i)
+#pragma unroll
+        for (int j = 0; j < Cfg::kNTiles; ++j) mma_s8_16832(acc[i][j], a[i], b[j / 2][(j & 1) * 2], b[j / 2][(j & 1) * 2 + 1]);
+    }
   }
+  cp_async_wait<0>();
+
+  // Accumulator layout of m16n8: registers 0, 1 = row lane / 4, columns 2 * (lane % 4) + {0, 1}; 2, 3 = row + 8.
+  const int g = lane >> 2;
+  const int tig = lane & 3;
+#pragma unroll
+  for (int i = 0; i < Cfg::kMTiles; ++i) {
+#pragma unroll
+    for (int j = 0; j < Cfg::kNTiles; ++j) {
+      const int64_t c = n0 + wn + j * 8 + tig * 2;
+      if (c >= n) continue;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t r = m0 + wm + i * 16 + g + h * 8;
+        if (r >= m) continue;
+        const float v0 = epilogue_value<T>(ep, static_cast<float>(acc[i][j][2 * h]), r, c, k);
+        const float v1 = c + 1 < n ? epilogue_value<T>(ep, static_cast<float>(acc[i][j][2 * h + 1]), r, c + 1, k) : 0.0f;
+        store_pair<T>(y, r, c, n, v0, v1);
+      }
+    }
+  }
+}
+
+/// Launches k_int8_gemm with configuration Cfg (opting in to more than 48 KB of shared memory when it needs it).
+template <typename Cfg, typename T>
+int launch_int8_gemm_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
+                         T* y, bool vec, cudaStream_t stream) {
+  if ((m + Cfg::kBm - 1) / Cfg::kBm > 65535 || (n + Cfg::kBn - 1) / Cfg::kBn > INT32_MAX) return kLaunchBadShape;
+  if constexpr (Cfg::kSmemBytes > 48 * 1024) {
+    // Once per device (the attribute belongs to the device's context), on the first, eager call: not again
+    // inside a CUDA graph capture.
+    static bool opted_in[64] = {};
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return static_cast<int>(e);
+    if (dev < 0 || dev >= 64 || !opted_in[dev]) {
+      e = cudaFuncSetAttribute(k_int8_gemm<Cfg, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+      if (e != cudaSuccess) return static_cast<int>(e);
+      if (dev >= 0 && dev < 64) opted_in[dev] = true;
+    }
+  }
+  const dim3 grid(static_cast<unsigned>((n + Cfg::kBn - 1) / Cfg::kBn), static_cast<unsigned>((m + Cfg::kBm - 1) / Cfg::kBm));
+  k_int8_gemm<Cfg, T><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(xq, wq, m, n, k, ep, y, vec);
+  return detail::launch_result();
+}
+
+/// Streaming multiprocessors of the current device (cached per device).
+int sm_count() {
+  static int counts[64] = {};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
+  if (counts[dev] == 0) cudaDeviceGetAttribute(&counts[dev], cudaDevAttrMultiProcessorCount, dev);
+  return counts[dev];
 }
 
 // ---- weight-only dequantization ----------------------------------------------------------------------------
@@ -335,6 +484,10 @@ int launch_quantize_rows_int8(const void* x, DType dtype, int64_t t, int64_t k, 
                               int8_t* q, float* scale, cudaStream_t stream) {
   if (t <= 0 || k <= 0 || t > INT32_MAX) return kLaunchBadShape;
   if (x == nullptr || q == nullptr || scale == nullptr) return kLaunchBadPointer;
+  if (launch_quantize_rows_warp<Int8Encoder>(x, dtype, t, k, threshold, flags, reinterpret_cast<uint8_t*>(q), scale,
+                                             stream)) {
+    return detail::launch_result();
+  }
   EVALSVC_DISPATCH_FLOAT(dtype, T, k_quantize_rows_int8<T><<<static_cast<unsigned>(t), 256, 0, stream>>>(static_cast<const T*>(x), k, threshold, flags, q, scale));
   return detail::launch_result();
 }
@@ -342,12 +495,17 @@ int launch_quantize_rows_int8(const void* x, DType dtype, int64_t t, int64_t k, 
 int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
                      void* y, DType dtype, cudaStream_t stream) {
   if (m <= 0 || n <= 0 || k <= 0) return kLaunchBadShape;
-  if ((m + kI8Bm - 1) / kI8Bm > 65535 || (n + kI8Bn - 1) / kI8Bn > INT32_MAX) return kLaunchBadShape;
   if (xq == nullptr || wq == nullptr || y == nullptr || !epilogue_ok(ep)) return kLaunchBadPointer;
   const bool vec = k % 16 == 0 && reinterpret_cast<uintptr_t>(xq) % 16 == 0 && reinterpret_cast<uintptr_t>(wq) % 16 == 0;
-  const dim3 grid(static_cast<unsigned>((n + kI8Bn - 1) / kI8Bn), static_cast<unsigned>((m + kI8Bm - 1) / kI8Bm));
-  EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_gemm<T><<<grid, kI8Threads, 0, stream>>>(xq, wq, m, n, k, ep, static_cast<T*>(y), vec));
-  return detail::launch_result();
+  // The largest tile whose blocks alone fill every SM; below that the 64 x 64 tiles' four times as many blocks
+  // finish sooner (at 128 tokens x 768 outputs: 6 blocks against 24).
+  const int64_t large_tiles = ((m + I8Large::kBm - 1) / I8Large::kBm) * ((n + I8Large::kBn - 1) / I8Large::kBn);
+  const bool large = large_tiles >= sm_count();
+  EVALSVC_DISPATCH_FLOAT(dtype, T, {
+    return large ? launch_int8_gemm_cfg<I8Large, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), vec, stream)
+                 : launch_int8_gemm_cfg<I8Small, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), vec, stream);
+  });
+  return kLaunchOk;
 }
 
 int launch_int8_epilogue(const int32_t* acc, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep, void* y,

@@ -409,9 +409,7 @@ class Fp8Linear final : public LayerBase {
   torch::Tensor forward_cpu(const torch::Tensor& xb) const override { return ref::fp8_w8a8_linear(xb, w_, bias_); }
 #ifdef EVALSVC_WITH_CUDA
   torch::Tensor forward_cuda(const torch::Tensor& xb, Activation act) const override {
-    // PyTorch's rowwise fp8 product has no activation epilogue: GELU is a separate pass here.
-    torch::Tensor y = cuda::fp8_linear(xb, w_.q, w_.scale, bias_);
-    return act == Activation::kGeluTanh ? torch::gelu(y, "tanh") : y;
+    return cuda::fp8_linear(xb, w_.q, w_.scale, bias_, act == Activation::kGeluTanh);
   }
 #endif
   TensorMap own_state() const override { return {{"weight", w_.q}, {"weight_scale", w_.scale}}; }

@@ -53,6 +53,8 @@ struct Shape {
 // 16/32; 3072 x 40: GPT-2's mlp.c_proj depth with few outputs; 33 and 72: partial 64-wide output tiles.
 const std::vector<Shape> kShapes = {{768, 128}, {100, 33}, {200, 72}, {3072, 40}};
 const std::vector<int64_t> kTokens = {1, 7, 128, 1000};
+// The quantizers switch to one warp per row from 2,048 rows: both kernels.
+const std::vector<int64_t> kQuantTokens = {1, 7, 128, 1000, 2500};
 
 bool gpu_ready() { return torch::cuda::is_available(); }
 
@@ -232,7 +234,7 @@ TEST(CudaNf4, BadInputThrowsInputError) {
 TEST(CudaInt8, PerTokenQuantizationMatchesReferenceExactly) {
   REQUIRE_GPU();
   for (const auto& s : kShapes) {
-    for (const int64_t m : kTokens) {
+    for (const int64_t m : kQuantTokens) {
       for (const auto dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
         auto x = randn({m, s.k}, 400 + m + s.k).to(dtype);
         if (m > 1) x[1].zero_();  // an all-zero row: scale 0, codes 0
@@ -250,7 +252,7 @@ TEST(CudaInt8, PerTokenQuantizationMatchesReferenceExactly) {
 TEST(CudaInt8, OutlierQuantizationMatchesLlmInt8Reference) {
   REQUIRE_GPU();
   for (const auto& s : kShapes) {
-    for (const int64_t m : kTokens) {
+    for (const int64_t m : kQuantTokens) {
       auto x = randn({m, s.k}, 500 + m + s.k).clamp(-4.0, 4.0);
       x.index_put_({m / 2, 5}, 20.0);         // a planted outlier: column 5 becomes an outlier column
       x.index_put_({m - 1, s.k - 1}, -6.0);   // exactly at the threshold counts (|x| >= threshold)
@@ -272,7 +274,7 @@ TEST(CudaInt8, OutlierQuantizationMatchesLlmInt8Reference) {
 const char* gemm_name(cuda::Int8Gemm g) {
   switch (g) {
     case cuda::Int8Gemm::kCublasLt: return "cublaslt";
-    case cuda::Int8Gemm::kWmma: return "wmma";
+    case cuda::Int8Gemm::kFused: return "fused";
     default: return "auto";
   }
 }
@@ -292,7 +294,7 @@ TEST(CudaInt8, W8A8LinearMatchesReference) {
         for (const auto dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
           const auto x = randn({m, s.k}, 700 + m).to(dtype);
           const auto want = ref::int8_w8a8_linear(x, qw, bias);
-          for (const auto g : {cuda::Int8Gemm::kAuto, cuda::Int8Gemm::kWmma, cuda::Int8Gemm::kCublasLt}) {
+          for (const auto g : {cuda::Int8Gemm::kAuto, cuda::Int8Gemm::kFused, cuda::Int8Gemm::kCublasLt}) {
             const auto what = fmt::format("int8_w8a8_linear gemm={} M={} in={} out={} dtype={} per_channel={}",
                                           gemm_name(g), m, s.k, s.n, c10::toString(dtype), per_channel);
             if (g == cuda::Int8Gemm::kCublasLt && !cublas_shape_ok(m, s)) {
@@ -317,13 +319,28 @@ TEST(CudaInt8, Int8LinearEqualsExactIntegerProduct) {
       const auto xq = torch::randint(-127, 128, {m, s.k}, at::detail::createCPUGenerator(800 + m), torch::kInt8);
       const auto wq = torch::randint(-127, 128, {s.n, s.k}, at::detail::createCPUGenerator(801 + s.k), torch::kInt8);
       const auto want = ref::int8_matmul_exact(xq, wq);
-      for (const auto g : {cuda::Int8Gemm::kWmma, cuda::Int8Gemm::kAuto}) {
+      for (const auto g : {cuda::Int8Gemm::kFused, cuda::Int8Gemm::kAuto}) {
         const auto got = cuda::int8_linear(xq.to(gpu()), torch::ones({m}).to(gpu()), wq.to(gpu()),
                                            torch::ones({1}).to(gpu()), {}, torch::kFloat32, 1.0, g);
         const auto what = fmt::format("int8_linear exact gemm={} M={} in={} out={}", gemm_name(g), m, s.k, s.n);
         EXPECT_TRUE(close(got, want, s.k * 127 * 127 < (1 << 24) ? 0.0 : 1e-7, what));
       }
     }
+  }
+}
+
+TEST(CudaInt8, FusedGemmLargeTilesEqualExactIntegerProduct) {
+  REQUIRE_GPU();
+  // Enough output tiles for the 128 x 128 configuration (the shapes above only reach the 64 x 64 one): a
+  // 16-byte-aligned k (asynchronous copies) and an odd k (byte gathers), an even n (paired stores) and an odd one.
+  for (const auto& [k, n] : std::vector<std::pair<int64_t, int64_t>>{{768, 3000}, {200, 1101}}) {
+    const int64_t m = 4100;  // not a multiple of the tile
+    const auto xq = torch::randint(-127, 128, {m, k}, at::detail::createCPUGenerator(820 + k), torch::kInt8);
+    const auto wq = torch::randint(-127, 128, {n, k}, at::detail::createCPUGenerator(821 + n), torch::kInt8);
+    const auto want = ref::int8_matmul_exact(xq, wq);
+    const auto got = cuda::int8_linear(xq.to(gpu()), torch::ones({m}).to(gpu()), wq.to(gpu()),
+                                       torch::ones({1}).to(gpu()), {}, torch::kFloat32, 1.0, cuda::Int8Gemm::kFused);
+    EXPECT_TRUE(close(got, want, 0.0, fmt::format("int8_linear fused M={} in={} out={}", m, k, n)));
   }
 }
 
@@ -342,7 +359,7 @@ TEST(CudaLlmInt8, LinearWithPlantedOutlierMatchesReference) {
         const auto xd = x.to(dtype);
         for (const double thr : {6.0, 0.0}) {
           const auto want = ref::llm_int8_linear(xd, lw, bias, thr);
-          for (const auto g : {cuda::Int8Gemm::kAuto, cuda::Int8Gemm::kWmma}) {
+          for (const auto g : {cuda::Int8Gemm::kAuto, cuda::Int8Gemm::kFused}) {
             const auto got = cuda::llm_int8_linear(xd.to(gpu()), cb, scb, bias.to(gpu()), thr, g);
             const auto what = fmt::format("llm_int8_linear gemm={} M={} in={} out={} dtype={} threshold={}",
                                           gemm_name(g), m, s.k, s.n, c10::toString(dtype), thr);
@@ -380,7 +397,7 @@ TEST(CudaLlmInt8, ManyOutlierColumns) {
   const auto lw = ref::quantize_llm_int8(w);
   const auto x = randn({33, 200}, 4).to(torch::kFloat16);
   const auto want = ref::llm_int8_linear(x, lw, {}, 0.5);
-  for (const auto g : {cuda::Int8Gemm::kAuto, cuda::Int8Gemm::kWmma, cuda::Int8Gemm::kCublasLt}) {
+  for (const auto g : {cuda::Int8Gemm::kAuto, cuda::Int8Gemm::kFused, cuda::Int8Gemm::kCublasLt}) {
     const auto got = cuda::llm_int8_linear(x.to(gpu()), lw.CB.to(gpu()), lw.SCB.to(gpu()), {}, 0.5, g);
     EXPECT_TRUE(close(got, want, kF16Tol, fmt::format("llm_int8_linear threshold 0.5 gemm={}", gemm_name(g))));
   }
@@ -436,7 +453,7 @@ TEST(CudaInt8, BadInputThrowsInputError) {
 TEST(CudaFp8, PerTokenQuantizationAndWeightDequantizationMatchReference) {
   REQUIRE_GPU();  // the conversions run on any CUDA device
   for (const auto& s : kShapes) {
-    for (const int64_t m : kTokens) {
+    for (const int64_t m : kQuantTokens) {
       for (const auto dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
         auto x = randn({m, s.k}, 1300 + m + s.k).to(dtype);
         if (m > 1) x[0].zero_();
@@ -469,10 +486,48 @@ TEST(CudaFp8, LinearMatchesReferenceOrIsUnsupported) {
       for (const auto dtype : {torch::kBFloat16, torch::kFloat16, torch::kFloat32}) {
         const auto xd = randn({m, s.k}, 1700 + m).to(dtype);
         const auto want = ref::fp8_w8a8_linear(xd, wf, bias);
-        const auto got = cuda::fp8_linear(xd.to(gpu()), wf.q.to(gpu()), wf.scale.to(gpu()), bias.to(gpu()));
-        const auto what = fmt::format("fp8_linear M={} in={} out={} dtype={}", m, s.k, s.n, c10::toString(dtype));
-        EXPECT_EQ(got.scalar_type(), dtype) << what;
-        EXPECT_TRUE(close(got, want, kFp8Tol, what));
+        for (const auto g : {cuda::Fp8Gemm::kAuto, cuda::Fp8Gemm::kScaledMm}) {
+          const auto got = cuda::fp8_linear(xd.to(gpu()), wf.q.to(gpu()), wf.scale.to(gpu()), bias.to(gpu()), false, g);
+          const auto what = fmt::format("fp8_linear gemm={} M={} in={} out={} dtype={}",
+                                        g == cuda::Fp8Gemm::kAuto ? "auto" : "scaled_mm", m, s.k, s.n,
+                                        c10::toString(dtype));
+          EXPECT_EQ(got.scalar_type(), dtype) << what;
+          EXPECT_TRUE(close(got, want, kFp8Tol, what));
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaFp8, CublasLtOuterVectorProductMatchesReference) {
+  REQUIRE_GPU();
+  if (!cuda::fp8_supported(gpu())) GTEST_SKIP() << "FP8 needs compute capability 8.9+";
+  // GPT-2's shapes (in and out multiples of 16, which cuBLASLt's fp8 kernels need), with and without the
+  // bias and the GELU epilogue, in both output dtypes.
+  for (const auto& [k, n] : std::vector<std::pair<int64_t, int64_t>>{{768, 2304}, {3072, 768}}) {
+    const auto wf = ref::quantize_fp8_e4m3_channel(randn({n, k}, 1800 + k, 0.05));
+    const auto bias = randn({n}, 1801, 0.1);
+    for (const int64_t m : {1, 128, 1000}) {
+      for (const auto dtype : {torch::kBFloat16, torch::kFloat16}) {
+        const auto xd = randn({m, k}, 1900 + m).to(dtype);
+        for (const bool with_bias : {true, false}) {
+          for (const bool gelu : {false, true}) {
+            const torch::Tensor b = with_bias ? bias : torch::Tensor();
+            auto want = ref::fp8_w8a8_linear(xd, wf, b).to(torch::kFloat32);
+            if (gelu) want = torch::gelu(want, "tanh");
+            const auto what = fmt::format("fp8_linear cublaslt M={} in={} out={} dtype={} bias={} gelu={}", m, k, n,
+                                          c10::toString(dtype), with_bias, gelu);
+            torch::Tensor got;
+            try {
+              got = cuda::fp8_linear(xd.to(gpu()), wf.q.to(gpu()), wf.scale.to(gpu()),
+                                     with_bias ? bias.to(gpu()) : torch::Tensor(), gelu, cuda::Fp8Gemm::kCublasLt);
+            } catch (const UnsupportedError& e) {
+              GTEST_SKIP() << "this cuBLASLt has no outer-vector fp8 product: " << e.what();
+            }
+            EXPECT_EQ(got.scalar_type(), dtype) << what;
+            EXPECT_TRUE(close(got, want, kFp8Tol, what));
+          }
+        }
       }
     }
   }
@@ -521,9 +576,9 @@ TEST(CudaFusedGelu, EveryLinearWithGeluMatchesGeluOfTheReference) {
                           gelu_of(ref::linear_in_dtype(x, w, {}, dtype)), tol, what("linear without bias")));
         EXPECT_TRUE(close(cuda::int8_weight_only_linear(xg, q8.q.to(gpu()), q8.scale.to(gpu()), bias.to(gpu()), true),
                           gelu_of(ref::int8_weight_only_linear(x, q8, bias, dtype)), tol, what("int8 weight-only")));
-        for (const auto g : {cuda::Int8Gemm::kWmma, cuda::Int8Gemm::kAuto}) {
+        for (const auto g : {cuda::Int8Gemm::kFused, cuda::Int8Gemm::kAuto}) {
           EXPECT_TRUE(close(cuda::int8_w8a8_linear(xg, q8.q.to(gpu()), q8.scale.to(gpu()), bias.to(gpu()), g, true),
-                            gelu_of(ref::int8_w8a8_linear(x, q8, bias)), tol, what(g == cuda::Int8Gemm::kWmma ? "W8A8 wmma" : "W8A8 auto")));
+                            gelu_of(ref::int8_w8a8_linear(x, q8, bias)), tol, what(g == cuda::Int8Gemm::kFused ? "W8A8 fused" : "W8A8 auto")));
         }
         EXPECT_TRUE(close(cuda::llm_int8_linear(xg, cb.CB.to(gpu()), cb.SCB.to(gpu()), bias.to(gpu()), 6.0,
                                                 cuda::Int8Gemm::kAuto, true),

@@ -6,18 +6,29 @@
 #include "evalsvc/kernels/cuda_ops.h"
 
 #include <cmath>
+#include <map>
+#include <mutex>
 #include <optional>
+#include <tuple>
 #include <string>
 #include <vector>
 
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <cublasLt.h>
+#include <dlfcn.h>
 #include <fmt/format.h>
 
 #include "evalsvc/common/error.h"
 #include "evalsvc/kernels/codebooks.h"
 #include "evalsvc/kernels/cuda_launchers.h"
+
+// Declared in ATen/cuda/CUDAContextLight.h up to PyTorch 2.x and in a header of its own in later versions;
+// repeated here so the adapter does not depend on which header carries it.
+namespace at::cuda {
+cublasLtHandle_t getCurrentCUDABlasLtHandle();
+}  // namespace at::cuda
 
 namespace evalsvc::kernels::cuda {
 namespace {
@@ -510,8 +521,165 @@ torch::Tensor dequantize_fp8_weight(const torch::Tensor& q, const torch::Tensor&
   return out;
 }
 
+namespace {
+
+// cuBLASLt's outer-vector scaling (cuBLAS 12.9+): D = (scale_a[i] * scale_b[j]) * sum_k A[i, k] B[k, j], one
+// fp32 scale per row of op(A) and per column of op(B): exactly per-channel weight x per-token activation.
+// With it the fp8 product writes fp16 or bf16 directly and fuses the bias and GELU (tanh) in its epilogue.
+#if defined(CUBLAS_VERSION) && CUBLAS_VERSION >= 120900
+#define EVALSVC_HAVE_LT_OUTER_VEC 1
+#endif
+
+#ifdef EVALSVC_HAVE_LT_OUTER_VEC
+constexpr size_t kLtWorkspaceBytes = 4u << 20;
+
+/// The cuBLASLt entry points, looked up in the libcublasLt that libtorch itself loaded (dlsym): linking the
+/// toolkit's copy instead could make torch run on another cuBLAS build than the peer scripts measure.
+/// Null members when that library lacks them, or predates outer-vector scaling (cublasLtGetVersion < 12.9).
+struct LtApi {
+  decltype(&cublasLtGetVersion) version = nullptr;
+  decltype(&cublasLtMatmulDescCreate) desc_create = nullptr;
+  decltype(&cublasLtMatmulDescDestroy) desc_destroy = nullptr;
+  decltype(&cublasLtMatmulDescSetAttribute) desc_set = nullptr;
+  decltype(&cublasLtMatrixLayoutCreate) layout_create = nullptr;
+  decltype(&cublasLtMatrixLayoutDestroy) layout_destroy = nullptr;
+  decltype(&cublasLtMatmulPreferenceCreate) pref_create = nullptr;
+  decltype(&cublasLtMatmulPreferenceDestroy) pref_destroy = nullptr;
+  decltype(&cublasLtMatmulPreferenceSetAttribute) pref_set = nullptr;
+  decltype(&cublasLtMatmulAlgoGetHeuristic) heuristic = nullptr;
+  decltype(&cublasLtMatmul) matmul = nullptr;
+  bool ok = false;
+};
+
+const LtApi& lt_api() {
+  static const LtApi api = [] {
+    LtApi a;
+    auto get = [](auto& fn, const char* name) { fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(RTLD_DEFAULT, name)); };
+    get(a.version, "cublasLtGetVersion");
+    get(a.desc_create, "cublasLtMatmulDescCreate");
+    get(a.desc_destroy, "cublasLtMatmulDescDestroy");
+    get(a.desc_set, "cublasLtMatmulDescSetAttribute");
+    get(a.layout_create, "cublasLtMatrixLayoutCreate");
+    get(a.layout_destroy, "cublasLtMatrixLayoutDestroy");
+    get(a.pref_create, "cublasLtMatmulPreferenceCreate");
+    get(a.pref_destroy, "cublasLtMatmulPreferenceDestroy");
+    get(a.pref_set, "cublasLtMatmulPreferenceSetAttribute");
+    get(a.heuristic, "cublasLtMatmulAlgoGetHeuristic");
+    get(a.matmul, "cublasLtMatmul");
+    a.ok = a.version && a.desc_create && a.desc_destroy && a.desc_set && a.layout_create && a.layout_destroy &&
+           a.pref_create && a.pref_destroy && a.pref_set && a.heuristic && a.matmul && a.version() >= 120900;
+    return a;
+  }();
+  return api;
+}
+
+/// Throws CudaError naming the cuBLASLt call that failed.
+void lt_check(cublasStatus_t st, const char* call) {
+  if (st != CUBLAS_STATUS_SUCCESS) {
+    throw CudaError(fmt::format("cuda::fp8_linear: {} failed: cuBLAS status {}", call, static_cast<int>(st)));
+  }
+}
+
+/// Owns the descriptors of one cuBLASLt product (freed on every exit path).
+struct LtDescs {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  ~LtDescs() {
+    if (pref) lt_api().pref_destroy(pref);
+    if (d) lt_api().layout_destroy(d);
+    if (b) lt_api().layout_destroy(b);
+    if (a) lt_api().layout_destroy(a);
+    if (op) lt_api().desc_destroy(op);
+  }
+};
+
+/// Heuristic results by (device, m, n, k, output dtype, bias dtype, epilogue); nullopt = cuBLASLt has no
+/// algorithm for it (then fp8_linear takes at::_scaled_mm). The heuristic costs tens of microseconds of host
+/// time, more than a small product on the device.
+using LtKey = std::tuple<int, int64_t, int64_t, int64_t, int, int, int>;
+std::mutex lt_mutex;
+std::map<LtKey, std::optional<cublasLtMatmulAlgo_t>> lt_algos;
+
+/// y [m, n] = epilogue((aq [m, k] . wq [n, k]^T) * ascale[m] * wscale[n]) through cublasLtMatmul, aq and wq
+/// E4M3 bits; bias undefined or [n] in y's dtype. False (nothing launched) when the loaded cuBLASLt lacks
+/// outer-vector scaling or has no algorithm for the shape.
+bool fp8_cublaslt(const torch::Tensor& aq, const torch::Tensor& ascale, const torch::Tensor& wq,
+                  const torch::Tensor& wscale, const torch::Tensor& bias, bool gelu, torch::Tensor& y) {
+  const LtApi& api = lt_api();
+  if (!api.ok) return false;
+  const int64_t m = aq.size(0), k = aq.size(1), n = wq.size(0);
+  const cudaDataType_t out_t = y.scalar_type() == torch::kFloat16 ? CUDA_R_16F : CUDA_R_16BF;
+  cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_DEFAULT;
+  if (bias.defined()) epi = gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
+  else if (gelu) epi = CUBLASLT_EPILOGUE_GELU;
+
+  // Column-major view (cuBLAS's): D [n, m] = op(A) [n, k] . B [k, m] with A = wq read transposed (its
+  // row-major [n, k] is a column-major [k, n]) and B = aq ([m, k] row-major = [k, m] column-major): the "TN"
+  // form Hopper's fp8 kernels require. D [n, m] column-major is y [m, n] row-major.
+  LtDescs ds;
+  lt_check(api.desc_create(&ds.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  lt_check(api.desc_set(ds.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "set TRANSA");
+  lt_check(api.desc_set(ds.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "set TRANSB");
+  const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+  lt_check(api.desc_set(ds.op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof(mode)), "set A_SCALE_MODE");
+  lt_check(api.desc_set(ds.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof(mode)), "set B_SCALE_MODE");
+  const void* a_scale = wscale.data_ptr<float>();
+  const void* b_scale = ascale.data_ptr<float>();
+  lt_check(api.desc_set(ds.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof(a_scale)), "set A_SCALE_POINTER");
+  lt_check(api.desc_set(ds.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale)), "set B_SCALE_POINTER");
+  lt_check(api.desc_set(ds.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)), "set EPILOGUE");
+  if (bias.defined()) {
+    const void* bp = bias.data_ptr();
+    lt_check(api.desc_set(ds.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof(bp)), "set BIAS_POINTER");
+    lt_check(api.desc_set(ds.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &out_t, sizeof(out_t)), "set BIAS_DATA_TYPE");
+  }
+  lt_check(api.layout_create(&ds.a, CUDA_R_8F_E4M3, k, n, k), "cublasLtMatrixLayoutCreate(A)");
+  lt_check(api.layout_create(&ds.b, CUDA_R_8F_E4M3, k, m, k), "cublasLtMatrixLayoutCreate(B)");
+  lt_check(api.layout_create(&ds.d, out_t, n, m, n), "cublasLtMatrixLayoutCreate(D)");
+
+  cublasLtHandle_t handle = at::cuda::getCurrentCUDABlasLtHandle();
+  const LtKey key{static_cast<int>(aq.get_device()), m, n, k, static_cast<int>(out_t), bias.defined() ? 1 : 0,
+                  static_cast<int>(epi)};
+  std::optional<cublasLtMatmulAlgo_t> algo;
+  bool known = false;
+  {
+    const std::lock_guard<std::mutex> lock(lt_mutex);
+    const auto it = lt_algos.find(key);
+    if (it != lt_algos.end()) {
+      known = true;
+      algo = it->second;
+    }
+  }
+  if (!known) {
+    lt_check(api.pref_create(&ds.pref), "cublasLtMatmulPreferenceCreate");
+    const size_t ws = kLtWorkspaceBytes;
+    lt_check(api.pref_set(ds.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)),
+             "set MAX_WORKSPACE_BYTES");
+    cublasLtMatmulHeuristicResult_t res{};
+    int found = 0;
+    const cublasStatus_t st =
+        api.heuristic(handle, ds.op, ds.a, ds.b, ds.d, ds.d, ds.pref, 1, &res, &found);
+    if (st == CUBLAS_STATUS_SUCCESS && found > 0) algo = res.algo;
+    const std::lock_guard<std::mutex> lock(lt_mutex);
+    lt_algos.emplace(key, algo);
+  }
+  if (!algo) return false;
+  // Through the caching allocator, so a CUDA graph capture gets it from its private pool.
+  const torch::Tensor workspace = torch::empty({static_cast<int64_t>(kLtWorkspaceBytes)}, aq.options().dtype(torch::kUInt8));
+  const float alpha = 1.0f, beta = 0.0f;
+  lt_check(api.matmul(handle, ds.op, &alpha, wq.data_ptr(), ds.a, aq.data_ptr(), ds.b, &beta, y.data_ptr(), ds.d,
+                          y.data_ptr(), ds.d, &*algo, workspace.data_ptr(), kLtWorkspaceBytes, stream_of(aq)),
+           "cublasLtMatmul");
+  return true;
+}
+#endif
+
+}  // namespace
+
 torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
-                         const torch::Tensor& bias) {
+                         const torch::Tensor& bias, bool gelu_tanh, Fp8Gemm gemm) {
   const char* op = "fp8_linear";
   check_cuda(op, "wq", wq);
   check_dtype(op, "wq", wq, {torch::kUInt8});
@@ -523,9 +691,6 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
   const torch::Tensor x2 = flatten_input(op, x, k, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
   check_cuda(op, "wq", wq, x);
   check_param(op, "wscale", wscale, x, torch::kFloat32, n);
-  // The bias goes into the product's epilogue as bf16 (PyTorch's rowwise kernel takes a bf16 bias), which
-  // saves a read and a write of the whole output; fp8-e4m3's bf16 base hands it over without a conversion.
-  const torch::Tensor b = bias_in(op, bias, x, n, at::kBFloat16);
   if (!fp8_supported(x.device())) {
     const auto* prop = at::cuda::getDeviceProperties(x.device().index());
     throw UnsupportedError(fmt::format("cuda::{}: FP8 E4M3 needs compute capability 8.9 or newer; {} ({}) is {}.{}",
@@ -533,10 +698,33 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
   }
   const int64_t m = x2.size(0);
   if (m == 0) return torch::empty(output_shape(x, n), x.options());
+  const c10::cuda::CUDAGuard guard(x.device());
   const Fp8Activations a = quantize_per_token_fp8(x2);
+  const bool half_out = x2.scalar_type() != torch::kFloat32;
+  // cuBLASLt's fp8 kernels want in and out as multiples of 16 (GPT-2's shapes are).
+  const bool lt_shape = k % 16 == 0 && n % 16 == 0;
+#ifdef EVALSVC_HAVE_LT_OUTER_VEC
+  EVALSVC_CHECK(gemm != Fp8Gemm::kCublasLt || (half_out && lt_shape), InputError,
+                "cuda::{}: the cuBLASLt outer-vector product needs fp16/bf16 x and in, out multiples of 16, got x {} "
+                "and w {}", op, describe(x), describe(wq));
+  if (gemm != Fp8Gemm::kScaledMm && half_out && lt_shape) {
+    auto y = torch::empty({m, n}, x2.options());
+    const torch::Tensor b = bias_in(op, bias, x, n, x2.scalar_type());
+    if (fp8_cublaslt(a.q, a.scale, wq, wscale, b, gelu_tanh, y)) return y.view(output_shape(x, n));
+    EVALSVC_CHECK(gemm != Fp8Gemm::kCublasLt, UnsupportedError,
+                  "cuda::{}: cuBLASLt has no outer-vector-scaled fp8 algorithm for [{}, {}] x [{}, {}]^T on {}", op, m,
+                  k, n, k, x.device().str());
+  }
+#else
+  EVALSVC_CHECK(gemm != Fp8Gemm::kCublasLt, UnsupportedError,
+                "cuda::{}: this build's cuBLASLt (before 12.9) has no outer-vector scaling; use Fp8Gemm::kScaledMm", op);
+#endif
 
-  // cuBLASLt's fp8 product wants in and out as multiples of 16: pad with zero codes (E4M3 0x00 = +0), which add
-  // nothing to the sums, and drop the padded outputs afterwards. GPT-2's shapes need no padding.
+  // at::_scaled_mm: the bias goes into the product's epilogue as bf16 (PyTorch's rowwise kernel takes a bf16
+  // bias), which saves a read and a write of the whole output.
+  const torch::Tensor b = bias_in(op, bias, x, n, at::kBFloat16);
+  // Pad in and out to multiples of 16 with zero codes (E4M3 0x00 = +0), which add nothing to the sums, and
+  // drop the padded outputs afterwards.
   const int64_t kp = (k + 15) / 16 * 16;
   const int64_t np = (n + 15) / 16 * 16;
   torch::Tensor aq = a.q;
@@ -555,8 +743,7 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
   torch::Tensor y;
   try {
     // Rowwise scaling: scale_a [T, 1], scale_b [1, out]; the weight as a column-major [in, out] view.
-    // bf16 output: the rowwise-scaled fp8 kernels of PyTorch produce bf16 only, which is why fp8-e4m3's
-    // default base dtype is bf16 (an fp16 base costs one more conversion pass).
+    // bf16 output: PyTorch's rowwise-scaled fp8 kernels produce bf16 only.
     y = at::_scaled_mm(aq.view(at::kFloat8_e4m3fn), bq.view(at::kFloat8_e4m3fn).t(), a.scale.view({m, 1}),
                        bs.view({1, np}), b16.defined() ? std::optional<at::Tensor>(b16) : std::nullopt,
                        std::nullopt, at::kBFloat16, false);
@@ -566,6 +753,7 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
   }
   if (np != n) y = y.narrow(1, 0, n);
   if (y.scalar_type() != x.scalar_type()) y = y.to(x.scalar_type());
+  if (gelu_tanh) y = at::gelu(y, "tanh");
   return y.contiguous().view(output_shape(x, n));
 }
 

@@ -99,7 +99,8 @@ struct Int8Epilogue {
   bool gelu_tanh = false;
 };
 
-/// y [m, n] (dtype) = epilogue(xq [m, k] int8 . wq [n, k]^T int32), WMMA int8 tensor cores, fused epilogue.
+/// y [m, n] (dtype) = epilogue(xq [m, k] int8 . wq [n, k]^T int32): pipelined mma.sync int8 tensor-core GEMM
+/// (sm_80+), the epilogue applied to the accumulators (the int32 product never reaches memory).
 int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
                      void* y, DType dtype, cudaStream_t stream);
 

@@ -95,11 +95,13 @@ struct Int8Activations {
 /// x is used as given: LLM.int8's rounding of x to fp16 happens in llm_int8_linear.
 Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold);
 
-/// Which int8 matrix product int8_linear uses. kCublasLt: at::_int_mm (needs T > 16, in and out multiples
-/// of 8) followed by the epilogue kernel; kWmma: qbench's own tensor-core kernel with the epilogue fused;
-/// kAuto: cuBLASLt where its shape limits allow, else WMMA. (Inside a CUDA graph at 128 tokens the WMMA kernel,
-/// one launch, takes 16-25 us against 9-16 us for cuBLASLt's product plus the epilogue: kernel_bench graph_ms.)
-enum class Int8Gemm { kAuto, kCublasLt, kWmma };
+/// Which int8 matrix product int8_linear uses. kFused: qbench's own pipelined tensor-core kernel (mma.sync,
+/// cp.async) with the dequantizing epilogue fused, any shape; kCublasLt: at::_int_mm (needs T > 16, in and out
+/// multiples of 8), which writes the int32 product to memory, then the epilogue kernel reads it back;
+/// kAuto: cuBLASLt where its limits allow, else kFused. (On an H200 cuBLASLt's int8 product reaches 280-530
+/// TOP/s at 32,768 tokens against 170-340 for kFused, and its three kernels at 128 tokens inside a CUDA graph
+/// take 9-16 us against 17-39 us: kernel_bench, docs/perf.md.)
+enum class Int8Gemm { kAuto, kCublasLt, kFused };
 
 /// out[t, o] = (sum_k xq[t, k] * wq[o, k]) * xscale[t] * wscale[o] * alpha + bias[o], int32 accumulation,
 /// cast to out_dtype (fp16, bf16 or fp32). xq int8 [T, in]; xscale fp32 [T]; wq int8 [out, in];
@@ -157,11 +159,17 @@ bool fp8_supported(const torch::Device& device);
 /// Quantizes x (fp16, bf16 or fp32, [T, in]) per token to E4M3 (runs on any CUDA device).
 Fp8Activations quantize_per_token_fp8(const torch::Tensor& x);
 
-/// fp8 W8A8: x quantized per token to E4M3, scaled matrix product with rowwise scales (cuBLASLt through
-/// at::_scaled_mm), + bias; returns x's dtype. wq uint8 [out, in] E4M3 bits; wscale fp32 [out].
-/// UnsupportedError below compute capability 8.9.
+/// Which fp8 matrix product fp8_linear uses. kCublasLt: cublasLtMatmul with outer-vector scales (cuBLAS 12.9+),
+/// output in x's dtype with the bias and GELU in its epilogue (fp16/bf16 x, in and out multiples of 16);
+/// kScaledMm: at::_scaled_mm's rowwise kernel (bf16 output, converted to x's dtype; GELU a separate pass);
+/// kAuto: kCublasLt where it applies and cuBLASLt has an algorithm, else kScaledMm.
+enum class Fp8Gemm { kAuto, kCublasLt, kScaledMm };
+
+/// fp8 W8A8: x quantized per token to E4M3, product with per-token x per-channel scales, + bias, then GELU
+/// (tanh) when gelu_tanh; returns x's dtype. wq uint8 [out, in] E4M3 bits; wscale fp32 [out].
+/// UnsupportedError below compute capability 8.9, or for kCublasLt where cuBLASLt cannot run it.
 torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
-                         const torch::Tensor& bias);
+                         const torch::Tensor& bias, bool gelu_tanh = false, Fp8Gemm gemm = Fp8Gemm::kAuto);
 
 /// The dense weight q * scale[o] in `dtype` (fp16, bf16 or fp32) from E4M3 bits q uint8 [out, in] and
 /// wscale fp32 [out] (runs on any CUDA device; used for checks and by fallbacks).
