@@ -186,8 +186,8 @@ struct I8Config {
 };
 // Large outputs: 128 x 128 tiles, 8 warps of 64 x 32. Small ones (fewer tiles than SMs): 64 x 64, 4 warps of
 // 32 x 32, four times the blocks. (A 128 x 256 tile with 8 warps of 64 x 64, as CUTLASS's sm80 int8 GEMMs use,
-// measured 1.8-2.2x slower than this one at 32,768 tokens on an H200: its 167 registers a thread leave one block
-// per SM. docs/perf.md.)
+// measured 1.45-1.8x slower than this one at 32,768 tokens on an H200: its 167 registers a thread leave one
+// block per SM. docs/perf.md.)
 using I8Large = I8Config<128, 128, 2, 4>;
 using I8Small = I8Config<64, 64, 2, 2>;
 
