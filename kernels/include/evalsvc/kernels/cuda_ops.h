@@ -98,9 +98,9 @@ Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold
 /// Which int8 matrix product int8_linear uses. kFused: qbench's own pipelined tensor-core kernel (mma.sync,
 /// cp.async) with the dequantizing epilogue fused, any shape; kCublasLt: at::_int_mm (needs T > 16, in and out
 /// multiples of 8), which writes the int32 product to memory, then the epilogue kernel reads it back;
-/// kAuto: cuBLASLt where its limits allow, else kFused. (On an H200 cuBLASLt's int8 product reaches 280-530
-/// TOP/s at 32,768 tokens against 170-340 for kFused, and its three kernels at 128 tokens inside a CUDA graph
-/// take 9-16 us against 17-39 us: kernel_bench, docs/perf.md.)
+/// kAuto: cuBLASLt where its limits allow, else kFused. (On an H200 cuBLASLt's int8 product with the epilogue
+/// reaches 270-490 TOP/s at 32,768 tokens against 165-310 for kFused, and W8A8's three kernels at 128 tokens
+/// inside a CUDA graph take 9-16 us against 17-39 us: kernel_bench, docs/perf.md.)
 enum class Int8Gemm { kAuto, kCublasLt, kFused };
 
 /// out[t, o] = (sum_k xq[t, k] * wq[o, k]) * xscale[t] * wscale[o] * alpha + bias[o], int32 accumulation,
