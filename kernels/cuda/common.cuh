@@ -90,7 +90,7 @@ __device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
   const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    if constexpr (sizeof(T) == 2 && std::is_same_v<T, __half>) {
+    if constexpr (std::is_same_v<T, __half>) {
       const float2 p = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
       f[2 * i] = p.x;
       f[2 * i + 1] = p.y;

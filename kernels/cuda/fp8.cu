@@ -14,6 +14,12 @@ namespace {
 using detail::from_float;
 using detail::to_float;
 
+/// The E4M3 code of x at scale s, shared by both quantizer kernels (k_quantize_rows_warp's Enc).
+struct Fp8Encoder {
+  static constexpr float kMax = 448.0f;
+  __device__ static uint32_t encode(float x, float s) { return __nv_cvt_float_to_fp8(x / s, __NV_SATFINITE, __NV_E4M3); }
+};
+
 /// One block per row: absmax, scale = absmax / 448, q = e4m3(x / scale).
 template <typename T>
 __global__ void k_quantize_rows_fp8(const T* __restrict__ x, int64_t k, uint8_t* __restrict__ q,
@@ -24,20 +30,14 @@ __global__ void k_quantize_rows_fp8(const T* __restrict__ x, int64_t k, uint8_t*
   float amax = 0.0f;
   for (int64_t c = threadIdx.x; c < k; c += blockDim.x) amax = fmaxf(amax, fabsf(to_float(xr[c])));
   amax = detail::block_max(amax);
-  const float s = amax / 448.0f;
+  const float s = amax / Fp8Encoder::kMax;
   if (threadIdx.x == 0) scale[row] = s;
   for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
     uint8_t v = 0;
-    if (s > 0.0f) v = __nv_cvt_float_to_fp8(to_float(xr[c]) / s, __NV_SATFINITE, __NV_E4M3);
+    if (s > 0.0f) v = static_cast<uint8_t>(Fp8Encoder::encode(to_float(xr[c]), s));
     qr[c] = v;
   }
 }
-
-/// Encoder of k_quantize_rows_warp for E4M3: the same conversion as k_quantize_rows_fp8.
-struct Fp8Encoder {
-  static constexpr float kMax = 448.0f;
-  __device__ static uint32_t encode(float x, float s) { return __nv_cvt_float_to_fp8(x / s, __NV_SATFINITE, __NV_E4M3); }
-};
 
 template <typename T>
 __global__ void k_fp8_dequantize(const uint8_t* __restrict__ q, const float* __restrict__ scale, int64_t n,

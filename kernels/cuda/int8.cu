@@ -59,6 +59,16 @@ __global__ void __launch_bounds__(1024) k_compact_columns(const int32_t* __restr
 
 // ---- per-token quantization --------------------------------------------------------------------------------
 
+/// The int8 code of x at scale s: rint(x / s) (half to even, as torch.round) clamped to +-127, as int8 bits.
+/// Shared by both quantizer kernels (and k_quantize_rows_warp's Enc), so their codes are the same by construction.
+struct Int8Encoder {
+  static constexpr float kMax = 127.0f;
+  __device__ static uint32_t encode(float x, float s) {
+    const float r = fminf(fmaxf(rintf(x / s), -127.0f), 127.0f);
+    return static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(r)));
+  }
+};
+
 /// One block per row. absmax over the elements with |x| < threshold (all elements when threshold <= 0): as
 /// bitsandbytes' kInt8VectorQuant, which skips outliers element by element. Then q = rint(x / scale) (half to
 /// even, as torch.round) clamped to +-127, 0 in flagged (outlier) columns. Dividing by scale = absmax / 127
@@ -77,26 +87,14 @@ __global__ void k_quantize_rows_int8(const T* __restrict__ x, int64_t k, float t
     if (!skip_outliers || a < threshold) amax = fmaxf(amax, a);
   }
   amax = detail::block_max(amax);
-  const float s = amax / 127.0f;
+  const float s = amax / Int8Encoder::kMax;
   if (threadIdx.x == 0) scale[row] = s;
   for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
     int8_t v = 0;
-    if (s > 0.0f && (flags == nullptr || flags[c] == 0)) {
-      const float r = fminf(fmaxf(rintf(to_float(xr[c]) / s), -127.0f), 127.0f);
-      v = static_cast<int8_t>(r);
-    }
+    if (s > 0.0f && (flags == nullptr || flags[c] == 0)) v = static_cast<int8_t>(Int8Encoder::encode(to_float(xr[c]), s));
     qr[c] = v;
   }
 }
-
-/// Encoder of k_quantize_rows_warp for int8: the same rounding and clamp as k_quantize_rows_int8.
-struct Int8Encoder {
-  static constexpr float kMax = 127.0f;
-  __device__ static uint32_t encode(float x, float s) {
-    const float r = fminf(fmaxf(rintf(x / s), -127.0f), 127.0f);
-    return static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(r)));
-  }
-};
 
 // ---- epilogue ----------------------------------------------------------------------------------------------
 

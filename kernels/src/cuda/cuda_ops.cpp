@@ -531,7 +531,7 @@ namespace {
 #endif
 
 #ifdef EVALSVC_HAVE_LT_OUTER_VEC
-constexpr size_t kLtWorkspaceBytes = 4u << 20;
+constexpr size_t kLtWorkspaceBytes = 4u << 20;  // the most an algorithm may ask for
 
 /// The cuBLASLt entry points, looked up in the libcublasLt that libtorch itself loaded (dlsym): linking the
 /// toolkit's copy instead could make torch run on another cuBLAS build than the peer scripts measure.
@@ -594,12 +594,12 @@ struct LtDescs {
   }
 };
 
-/// Heuristic results by (device, m, n, k, output dtype, bias dtype, epilogue); nullopt = cuBLASLt has no
-/// algorithm for it (then fp8_linear takes at::_scaled_mm). The heuristic costs tens of microseconds of host
+/// Heuristic results (the algorithm and its workspace size) by (device, m, n, k, output dtype, epilogue);
+/// nullopt = cuBLASLt has no algorithm for it (then fp8_linear takes at::_scaled_mm). The heuristic costs tens of microseconds of host
 /// time, more than a small product on the device.
-using LtKey = std::tuple<int, int64_t, int64_t, int64_t, int, int, int>;
+using LtKey = std::tuple<int, int64_t, int64_t, int64_t, int, int>;
 std::mutex lt_mutex;
-std::map<LtKey, std::optional<cublasLtMatmulAlgo_t>> lt_algos;
+std::map<LtKey, std::optional<cublasLtMatmulHeuristicResult_t>> lt_algos;
 
 /// y [m, n] = epilogue((aq [m, k] . wq [n, k]^T) * ascale[m] * wscale[n]) through cublasLtMatmul, aq and wq
 /// E4M3 bits; bias undefined or [n] in y's dtype. False (nothing launched) when the loaded cuBLASLt lacks
@@ -640,9 +640,8 @@ bool fp8_cublaslt(const torch::Tensor& aq, const torch::Tensor& ascale, const to
   lt_check(api.layout_create(&ds.d, out_t, n, m, n), "cublasLtMatrixLayoutCreate(D)");
 
   cublasLtHandle_t handle = at::cuda::getCurrentCUDABlasLtHandle();
-  const LtKey key{static_cast<int>(aq.get_device()), m, n, k, static_cast<int>(out_t), bias.defined() ? 1 : 0,
-                  static_cast<int>(epi)};
-  std::optional<cublasLtMatmulAlgo_t> algo;
+  const LtKey key{static_cast<int>(aq.get_device()), m, n, k, static_cast<int>(out_t), static_cast<int>(epi)};
+  std::optional<cublasLtMatmulHeuristicResult_t> algo;
   bool known = false;
   {
     const std::lock_guard<std::mutex> lock(lt_mutex);
@@ -661,16 +660,20 @@ bool fp8_cublaslt(const torch::Tensor& aq, const torch::Tensor& ascale, const to
     int found = 0;
     const cublasStatus_t st =
         api.heuristic(handle, ds.op, ds.a, ds.b, ds.d, ds.d, ds.pref, 1, &res, &found);
-    if (st == CUBLAS_STATUS_SUCCESS && found > 0) algo = res.algo;
+    if (st == CUBLAS_STATUS_SUCCESS && found > 0) algo = res;
     const std::lock_guard<std::mutex> lock(lt_mutex);
     lt_algos.emplace(key, algo);
   }
   if (!algo) return false;
-  // Through the caching allocator, so a CUDA graph capture gets it from its private pool.
-  const torch::Tensor workspace = torch::empty({static_cast<int64_t>(kLtWorkspaceBytes)}, aq.options().dtype(torch::kUInt8));
+  // The workspace the algorithm asked for (none for most), through the caching allocator, so that a CUDA graph
+  // capture takes it from its private pool.
+  const size_t ws_bytes = algo->workspaceSize;
+  torch::Tensor workspace;
+  if (ws_bytes > 0) workspace = torch::empty({static_cast<int64_t>(ws_bytes)}, aq.options().dtype(torch::kUInt8));
   const float alpha = 1.0f, beta = 0.0f;
   lt_check(api.matmul(handle, ds.op, &alpha, wq.data_ptr(), ds.a, aq.data_ptr(), ds.b, &beta, y.data_ptr(), ds.d,
-                          y.data_ptr(), ds.d, &*algo, workspace.data_ptr(), kLtWorkspaceBytes, stream_of(aq)),
+                      y.data_ptr(), ds.d, &algo->algo, ws_bytes > 0 ? workspace.data_ptr() : nullptr, ws_bytes,
+                      stream_of(aq)),
            "cublasLtMatmul");
   return true;
 }
