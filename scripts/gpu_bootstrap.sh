@@ -18,7 +18,8 @@ done
 export PKG_CONFIG_PATH="$lib/pkgconfig:$prefix/usr/share/pkgconfig:${PKG_CONFIG_PATH:-}"
 export LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}"
 torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
-cuda_arch=$(python3 -c 'import torch; c=torch.cuda.get_device_capability(); print(f"{c[0]}{c[1]}")' 2>/dev/null || echo 90)
+# 9.0 builds as sm_90a: the wgmma int8 GEMM is an arch-specific (sm_90a) feature.
+cuda_arch=$(python3 -c 'import torch; c=torch.cuda.get_device_capability(); print(f"{c[0]}{c[1]}" + ("a" if c == (9, 0) else ""))' 2>/dev/null || echo 90a)
 curl_inc="$prefix/usr/include"
 curl_lib=$(ls /usr/lib/x86_64-linux-gnu/libcurl.so.4 2>/dev/null || true)
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \

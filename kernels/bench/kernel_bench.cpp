@@ -1,6 +1,6 @@
 // kernel_bench: validates every qbench CUDA op against its CPU reference, then times GPT-2's four projection
 // GEMM shapes (in, out) = (768, 2304) c_attn, (768, 768) attn.c_proj, (768, 3072) c_fc, (3072, 768) mlp.c_proj at
-// M = 1, 128, 4096, 32768 tokens with CUDA events, next to the fp16 torch::matmul (cuBLAS) peer of the same run.
+// M = 1, 128, 1,024, 4,096, 32,768 tokens with CUDA events, next to the fp16 torch::matmul (cuBLAS) peer of the same run.
 // Output: JSON lines on stdout (one "device" line, one line per validation, one per timing). Exit status 1 when
 // any validation fails (nothing is timed then), 2 on a usage error; 0 with a message when built without CUDA.
 //
@@ -165,6 +165,14 @@ struct Validation {
 const std::pair<const char*, cuda::Nf4Path> kNf4Paths[] = {
     {"gemv", cuda::Nf4Path::kGemv}, {"gemm", cuda::Nf4Path::kGemm}, {"dequant_matmul", cuda::Nf4Path::kDequantMatmul}};
 
+/// The int8 products for m tokens, by row-name suffix: kAuto ("") and each explicit one this device runs.
+std::vector<std::pair<std::string, cuda::Int8Gemm>> int8_kernels(int64_t m) {
+  std::vector<std::pair<std::string, cuda::Int8Gemm>> g = {{"", cuda::Int8Gemm::kAuto}, {"/mma.sync", cuda::Int8Gemm::kMmaSync}};
+  if (cuda::int8_wgmma_available()) g.emplace_back("/wgmma", cuda::Int8Gemm::kWgmma);
+  if (m > 16) g.emplace_back("/cublaslt", cuda::Int8Gemm::kCublasLt);
+  return g;
+}
+
 /// Each op against its CPU reference at 1 and 77 tokens (77: partial tiles, more than cuBLASLt's 16).
 bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
   bool ok = true;
@@ -181,8 +189,10 @@ bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
     for (const auto& [name, path] : kNf4Paths) {
       add(std::string("nf4_linear/") + name, 3e-3, rel_err(cuda::nf4_linear(xg, L.nf4_gpu, L.bias_gpu, path), want_nf4));
     }
-    add("int8_w8a8_linear", 3e-3, rel_err(cuda::int8_w8a8_linear(xg, L.i8_q, L.i8_s, L.bias_gpu),
-                                           ref::int8_w8a8_linear(x16, L.i8, L.bias)));
+    const auto want_w8a8 = ref::int8_w8a8_linear(x16, L.i8, L.bias);
+    for (const auto& [name, gemm] : int8_kernels(m)) {
+      add(std::string("int8_w8a8_linear") + name, 3e-3, rel_err(cuda::int8_w8a8_linear(xg, L.i8_q, L.i8_s, L.bias_gpu, gemm), want_w8a8));
+    }
     add("llm_int8_linear", 3e-3, rel_err(cuda::llm_int8_linear(xg, L.cb, L.scb, L.bias_gpu, 6.0),
                                           ref::llm_int8_linear(x16, L.llm, L.bias, 6.0)));
     add("int8_weight_only_linear", 3e-3,
@@ -264,7 +274,7 @@ int main(int argc, char** argv) {
       return 1;
     }
 
-    const std::vector<int64_t> ms = quick ? std::vector<int64_t>{1, 128} : std::vector<int64_t>{1, 128, 4096, 32768};
+    const std::vector<int64_t> ms = quick ? std::vector<int64_t>{1, 128} : std::vector<int64_t>{1, 128, 1024, 4096, 32768};
     for (const auto& L : layers) {
       for (const int64_t m : ms) {
         const auto x16 = randn({m, L.k}, 7 + m).clamp(-4.0, 4.0).to(torch::kFloat16).to(gpu());
@@ -287,11 +297,8 @@ int main(int argc, char** argv) {
         report_graph("fp16_matmul+gelu (two ops)", [&] { (void)at::gelu(at::linear(x16, L.w16, L.bias16), "tanh"); });
         report_graph("fp16_linear+gelu (epilogue)", [&] { (void)cuda::linear(x16, L.w16, L.bias16, true); });
         report_graph("nf4_linear", [&] { (void)cuda::nf4_linear(x16, L.nf4_gpu, L.bias16); });
-        report_graph("int8_w8a8_linear", [&] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu); });
-        if (m > 16) {  // kAuto takes cuBLASLt here: the fused kernel beside it
-          report_graph("int8_w8a8_linear/fused", [&] {
-            (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu, cuda::Int8Gemm::kFused);
-          });
+        for (const auto& [name, gemm] : int8_kernels(m)) {
+          report_graph("int8_w8a8_linear" + name, [&, gemm = gemm] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu, gemm); });
         }
         report_graph("llm_int8_linear", [&] { (void)cuda::llm_int8_linear(x16, L.cb, L.scb, L.bias_gpu, 6.0); });
         report_graph("int8_weight_only_linear", [&] { (void)cuda::int8_weight_only_linear(x16, L.i8_q, L.i8_s, L.bias16); });
@@ -328,12 +335,9 @@ int main(int argc, char** argv) {
           report(std::string("nf4_linear/") + name, L.n * L.k / 2.0 + L.n * L.k / 64.0,
                  time_ms([&] { (void)cuda::nf4_linear(x16, L.nf4_gpu, L.bias_gpu, path); }, warmup, iters));
         }
-        report("int8_w8a8_linear", L.n * L.k + 4.0 * L.n,
-               time_ms([&] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu); }, warmup, iters));
-        if (m > 16) {
-          report("int8_w8a8_linear/fused", L.n * L.k + 4.0 * L.n,
-                 time_ms([&] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu, cuda::Int8Gemm::kFused); },
-                         warmup, iters));
+        for (const auto& [name, gemm] : int8_kernels(m)) {
+          report("int8_w8a8_linear" + name, L.n * L.k + 4.0 * L.n,
+                 time_ms([&, gemm = gemm] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu, gemm); }, warmup, iters));
         }
         report("fp16_matmul+gelu (two ops)", 2.0 * L.n * L.k,
                time_ms([&] { (void)at::gelu(at::linear(x16, L.w16, L.bias16), "tanh"); }, warmup, iters));
@@ -354,14 +358,10 @@ int main(int argc, char** argv) {
         // LayerNorm would leave): the GEMM's own rate, without the quantization pass.
         {
           const auto xa = cuda::quantize_per_token_int8(x16, 0.0);
-          report("int8_linear/fused (pre-quantized x)", L.n * L.k + 4.0 * L.n, time_ms([&] {
-                   (void)cuda::int8_linear(xa.q, xa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16, 1.0,
-                                           cuda::Int8Gemm::kFused);
-                 }, warmup, iters));
-          if (m > 16) {
-            report("int8_linear/cublaslt (pre-quantized x)", L.n * L.k + 4.0 * L.n, time_ms([&] {
-                     (void)cuda::int8_linear(xa.q, xa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16, 1.0,
-                                             cuda::Int8Gemm::kCublasLt);
+          for (const auto& [name, gemm] : int8_kernels(m)) {
+            if (gemm == cuda::Int8Gemm::kAuto) continue;
+            report("int8_linear" + name + " (pre-quantized x)", L.n * L.k + 4.0 * L.n, time_ms([&, gemm = gemm] {
+                     (void)cuda::int8_linear(xa.q, xa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16, 1.0, gemm);
                    }, warmup, iters));
           }
         }

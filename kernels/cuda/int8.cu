@@ -349,26 +349,299 @@ __global__ void __launch_bounds__(Cfg::kThreads) k_int8_gemm(const int8_t* __res
   }
 }
 
-/// Launches k_int8_gemm with configuration Cfg (opting in to more than 48 KB of shared memory when it needs it).
+/// Raises a kernel's dynamic shared memory limit to `bytes`, once per device and kernel (on the first, eager
+/// call: not again inside a CUDA graph capture). `done` is the kernel's own per-device flag array.
+int opt_in_smem(const void* kernel, int bytes, bool (&done)[64]) {
+  if (bytes <= 48 * 1024) return kLaunchOk;
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return static_cast<int>(e);
+  if (dev >= 0 && dev < 64 && done[dev]) return kLaunchOk;
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e != cudaSuccess) return static_cast<int>(e);
+  if (dev >= 0 && dev < 64) done[dev] = true;
+  return kLaunchOk;
+}
+
+/// Launches k_int8_gemm with configuration Cfg.
 template <typename Cfg, typename T>
 int launch_int8_gemm_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
                          T* y, bool vec, cudaStream_t stream) {
   if ((m + Cfg::kBm - 1) / Cfg::kBm > 65535 || (n + Cfg::kBn - 1) / Cfg::kBn > INT32_MAX) return kLaunchBadShape;
-  if constexpr (Cfg::kSmemBytes > 48 * 1024) {
-    // Once per device (the attribute belongs to the device's context), on the first, eager call: not again
-    // inside a CUDA graph capture.
-    static bool opted_in[64] = {};
-    int dev = 0;
-    cudaError_t e = cudaGetDevice(&dev);
-    if (e != cudaSuccess) return static_cast<int>(e);
-    if (dev < 0 || dev >= 64 || !opted_in[dev]) {
-      e = cudaFuncSetAttribute(k_int8_gemm<Cfg, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
-      if (e != cudaSuccess) return static_cast<int>(e);
-      if (dev >= 0 && dev < 64) opted_in[dev] = true;
-    }
-  }
+  static bool opted_in[64] = {};
+  const int st = opt_in_smem(reinterpret_cast<const void*>(k_int8_gemm<Cfg, T>), Cfg::kSmemBytes, opted_in);
+  if (st != kLaunchOk) return st;
   const dim3 grid(static_cast<unsigned>((n + Cfg::kBn - 1) / Cfg::kBn), static_cast<unsigned>((m + Cfg::kBm - 1) / Cfg::kBm));
   k_int8_gemm<Cfg, T><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(xq, wq, m, n, k, ep, y, vec);
+  return detail::launch_result();
+}
+
+// ---- int8 GEMM on Hopper: wgmma ------------------------------------------------------------------------------
+//
+// The same fused product through sm_90's warpgroup MMA (wgmma.mma_async), which mma.sync cannot reach: on an
+// H100/H200 mma.sync runs at about half the int8 tensor-core rate. A block is WG_M warpgroups of 128 threads, each
+// owning 64 output rows x kBn columns; both operands come from shared memory through matrix descriptors, so the
+// products need no ldmatrix and no operand registers. k advances 128 bytes a stage: one row of a stage is one
+// 128-byte line of wgmma's 128-byte swizzle (16-byte chunk c of row r stored at chunk c ^ (r % 8), 8 rows = one
+// 1,024-byte atom), the layout the descriptors below describe. The stages fill through cp.async (no TMA: the
+// operands are plain row-major int8 tensors of any row count, and cp.async zero-fills the edges), kStages - 2
+// k-tiles in flight while one group of wgmmas runs asynchronously behind the next tile's loads.
+// Compiled for sm_90a only (wgmma is an arch-specific feature); other targets get an empty body, and the launcher
+// takes this kernel only where the loaded binary is sm_90 code (int8_wgmma_available).
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define EVALSVC_INT8_WGMMA 1
+#endif
+// Outside sm_90a the helpers below are declared and never used: not worth a warning per target.
+#pragma nv_diag_suppress 177
+
+template <int WG_M, int N_SUB, int BK, int STAGES, int MIN_BLOCKS>
+struct WgConfig {
+  static constexpr int kNSub = N_SUB;              // m64n128k32 instructions side by side along n
+  static constexpr int kBm = 64 * WG_M;
+  static constexpr int kBn = 128 * N_SUB;
+  static constexpr int kBk = BK;                   // bytes of k per stage = one swizzle line (64 or 128)
+  static constexpr int kThreads = 128 * WG_M;
+  static constexpr int kStages = STAGES;
+  static constexpr int kMinBlocks = MIN_BLOCKS;    // blocks per SM the registers must allow
+  static constexpr int kStageBytes = (kBm + kBn) * BK;
+  static constexpr int kSmemBytes = STAGES * kStageBytes + 1024;  // + slack to align the base to an atom
+  static constexpr int kCStride = kBn + 4;  // int32 row stride of the epilogue's staged tile (padding: banks)
+  static_assert(BK == 64 || BK == 128, "a stage row is one 64- or 128-byte swizzle line");
+  static_assert(STAGES >= 3, "one stage computing, one draining, at least one loading");
+  static_assert(kBm * kCStride * 4 <= STAGES * kStageBytes, "the staged accumulator tile must fit in the stages");
+};
+// Tiles of 128 x 128 from 64-byte stages, 6 of them (97 KB): two blocks per SM, so one block's prologue and
+// epilogue overlap the other's products (with 128-byte stages, 5 of them, one 161 KB block per SM, every block
+// paid both in full: 1.1-1.4x slower at 32,768 tokens and k = 768). 64 x 128 (one warpgroup) when 128 x 128 tiles
+// would leave SMs idle (128 tokens: 6 to 24 blocks on 132 SMs). A 128 x 256 tile (two n128 instructions a
+// k-step, 128-byte stages, one block per SM) measured 1.0-1.45x slower than 128 x 128 and was dropped
+// (docs/perf.md).
+using WgLarge = WgConfig<2, 1, 64, 6, 2>;
+using WgSmall = WgConfig<1, 1, 64, 6, 2>;
+
+/// Shared-memory matrix descriptor of a K-major operand whose rows are BK-byte swizzle lines: start address,
+/// leading byte offset (unused for swizzled K-major; 1 by convention), stride byte offset 8 * BK (from one
+/// 8-row swizzle atom to the next), swizzle mode in bits 62-63 (1: 128 B, 2: 64 B).
+template <int BK>
+__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr) {
+  constexpr uint64_t kMode = BK == 128 ? 1 : 2;
+  return static_cast<uint64_t>((saddr & 0x3FFFF) >> 4) | (uint64_t{1} << 16) | (uint64_t{8 * BK >> 4} << 32) |
+         (kMode << 62);
+}
+/// Byte offset of 16-byte chunk ch of row r in a tile of BK-byte swizzle lines: the XOR of address bits [4, 7)
+/// with bits [7, 10) that wgmma's 128-byte mode applies (64-byte mode: bits [4, 6) with [7, 9)).
+template <int BK>
+__device__ __forceinline__ uint32_t wg_swizzle(int r, int ch) {
+  return static_cast<uint32_t>(r * BK + ((BK == 128 ? ch ^ (r & 7) : ch ^ ((r >> 1) & 3)) << 4));
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+/// Makes this thread's earlier shared-memory writes (cp.async lands through the generic proxy) visible to the
+/// async proxy that wgmma reads shared memory through.
+__device__ __forceinline__ void fence_proxy_async() {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+/// Pins the accumulators: the compiler must not move reads or writes of them across this point (they are being
+/// written asynchronously by wgmma between its issue and wgmma_wait).
+__device__ __forceinline__ void fence_operands(int (&d)[64]) {
+#pragma unroll
+  for (int i = 0; i < 64; ++i) asm volatile("" : "+r"(d[i])::"memory");
+}
+/// d (64 x 128 s32, this warpgroup's) += A (64 x 32 s8 at da) . B (128 x 32 s8 at db)^T.
+__device__ __forceinline__ void wgmma_s8_m64n128k32(int (&d)[64], uint64_t da, uint64_t db) {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+      : "l"(da), "l"(db), "r"(1));
+#endif
+}
+
+/// One thread's share of the copies that fill a [ROWS][BK] swizzled shared tile from rows [row0, row0 + ROWS) of
+/// g [rows, k], set up once per block: a stage then costs each copy a compare, an add and the cp.async. (Working
+/// the row, chunk, bounds and swizzle out again for every stage made the loads ~500 instructions a thread a
+/// stage, which left the kernel issue-bound at ~15% of the tensor rate: ncu, docs/perf.md.)
+template <int ROWS, int BK, int THREADS>
+struct WgTileLoader {
+  static constexpr int kChunks = BK / 16;
+  static constexpr int kPer = ROWS * kChunks / THREADS;  // copies per thread per stage
+  static_assert(ROWS * kChunks % THREADS == 0, "every thread issues the same number of copies");
+  const int8_t* src[kPer];  // row start + chunk offset (a valid address even for rows past the end)
+  uint32_t dst[kPer];       // swizzled byte offset in the tile
+  int kc[kPer];             // the chunk's byte offset in a stage; -1: row past the end (zero-filled)
+
+  __device__ __forceinline__ WgTileLoader(const int8_t* __restrict__ g, int64_t rows, int64_t k, int64_t row0) {
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int idx = static_cast<int>(threadIdx.x) + i * THREADS;
+      const int r = idx / kChunks;
+      const int ch = idx % kChunks;
+      const bool row_in = row0 + r < rows;
+      src[i] = g + (row_in ? (row0 + r) * k : 0) + ch * 16;
+      dst[i] = wg_swizzle<BK>(r, ch);
+      kc[i] = row_in ? ch * 16 : -1;
+    }
+  }
+  /// Copies bytes [k0, k0 + BK) of the rows into the tile at s; zeros past the matrix (k % 16 == 0).
+  __device__ __forceinline__ void load(uint32_t s, int64_t k0, int64_t k) const {
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const bool in = kc[i] >= 0 && k0 + kc[i] < k;
+      cp_async16(s + dst[i], in ? static_cast<const void*>(src[i] + k0) : static_cast<const void*>(src[i]), in ? 16 : 0);
+    }
+  }
+};
+
+template <typename Cfg, typename T>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) k_int8_gemm_wgmma(const int8_t* __restrict__ xq,
+                                                                    const int8_t* __restrict__ wq, int64_t m,
+                                                                    int64_t n, int64_t k, Int8Epilogue ep,
+                                                                    T* __restrict__ y) {
+#ifdef EVALSVC_INT8_WGMMA
+  extern __shared__ int8_t wg_smem[];
+  const uint32_t base = (smem_addr(wg_smem) + 1023u) & ~1023u;  // swizzle atoms are 1,024-byte aligned
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * Cfg::kBn;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * Cfg::kBm;
+  const int wg = threadIdx.x >> 7;
+
+  int acc[Cfg::kNSub][64];
+#pragma unroll
+  for (int j = 0; j < Cfg::kNSub; ++j) {
+#pragma unroll
+    for (int e = 0; e < 64; ++e) acc[j][e] = 0;
+    fence_operands(acc[j]);
+  }
+
+  auto stage_a = [&](int s) { return base + static_cast<uint32_t>(s * Cfg::kStageBytes); };
+  auto stage_b = [&](int s) { return stage_a(s) + static_cast<uint32_t>(Cfg::kBm * Cfg::kBk); };
+  const WgTileLoader<Cfg::kBm, Cfg::kBk, Cfg::kThreads> load_a(xq, m, k, m0);
+  const WgTileLoader<Cfg::kBn, Cfg::kBk, Cfg::kThreads> load_b(wq, n, k, n0);
+  auto load = [&](int s, int64_t k0) {
+    load_a.load(stage_a(s), k0, k);
+    load_b.load(stage_b(s), k0, k);
+  };
+
+  const int ktiles = static_cast<int>((k + Cfg::kBk - 1) / Cfg::kBk);
+  constexpr int kAhead = Cfg::kStages - 2;  // k-tiles loading while one computes and one may still be read
+#pragma unroll
+  for (int s = 0; s < kAhead; ++s) {
+    if (s < ktiles) load(s, static_cast<int64_t>(s) * Cfg::kBk);
+    cp_async_commit();  // empty groups past the end keep the wait count uniform
+  }
+  for (int kt = 0; kt < ktiles; ++kt) {
+    cp_async_wait<kAhead - 1>();  // this thread's copies of tile kt have landed
+    fence_proxy_async();
+    // Everyone's copies of tile kt have landed, and every warpgroup has retired the wgmmas of tile kt - 2
+    // (wgmma_wait<1> at the end of the previous iteration), whose stage the next load overwrites.
+    __syncthreads();
+    const int next = kt + kAhead;
+    if (next < ktiles) load(next % Cfg::kStages, static_cast<int64_t>(next) * Cfg::kBk);
+    cp_async_commit();
+
+    const uint32_t a = stage_a(kt % Cfg::kStages) + static_cast<uint32_t>(wg * 64 * Cfg::kBk);
+    const uint32_t b = stage_b(kt % Cfg::kStages);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < Cfg::kBk / 32; ++ks) {
+#pragma unroll
+      for (int j = 0; j < Cfg::kNSub; ++j) {
+        // Within a swizzle line, stepping k by 32 bytes moves the start address; the hardware applies the XOR.
+        wgmma_s8_m64n128k32(acc[j], wg_desc<Cfg::kBk>(a + ks * 32),
+                            wg_desc<Cfg::kBk>(b + static_cast<uint32_t>(j * 128 * Cfg::kBk) + ks * 32));
+      }
+    }
+    wgmma_commit();
+    wgmma_wait<1>();  // tile kt - 1 retired; tile kt may still run behind the next iteration's loads
+  }
+  wgmma_wait<0>();
+#pragma unroll
+  for (int j = 0; j < Cfg::kNSub; ++j) fence_operands(acc[j]);
+
+  // The epilogue goes through shared memory (free now: every stage has been consumed). Straight from the
+  // registers it needs every accumulator index at compile time, so it unrolls into one copy of the epilogue per
+  // accumulator, ~100 KB of code the instruction cache re-fetches for every block: that cost ~25 us a block,
+  // whatever k (first measurement, docs/perf.md). Staged, it is one short loop, and each thread writes 16
+  // consecutive bytes of a row instead of 4.
+  // Accumulator layout of m64nN: warp w of the warpgroup holds rows 16w..16w+15, and within the warp each n8
+  // slice is laid out as mma.sync's m16n8 (registers 4j, 4j+1: row lane / 4, columns 8j + 2 (lane % 4) + {0, 1};
+  // 4j + 2, 4j + 3: row + 8).
+  cp_async_wait<0>();
+  __syncthreads();  // all warpgroups are done reading the stages
+  int* cs = reinterpret_cast<int*>(wg_smem + (base - smem_addr(wg_smem)));
+  {
+    const int lane = threadIdx.x & 31;
+    const int row = wg * 64 + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
+    const int col = (lane & 3) * 2;
+#pragma unroll
+    for (int j = 0; j < Cfg::kNSub; ++j) {
+#pragma unroll
+      for (int jj = 0; jj < 16; ++jj) {
+        const int c = j * 128 + jj * 8 + col;
+        *reinterpret_cast<int2*>(cs + row * Cfg::kCStride + c) = make_int2(acc[j][jj * 4], acc[j][jj * 4 + 1]);
+        *reinterpret_cast<int2*>(cs + (row + 8) * Cfg::kCStride + c) = make_int2(acc[j][jj * 4 + 2], acc[j][jj * 4 + 3]);
+      }
+    }
+  }
+  __syncthreads();
+  constexpr int kGroups = Cfg::kBn / 8;  // 8 outputs a thread per trip
+  const bool vec_out = n % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0;
+#pragma unroll 1
+  for (int i = threadIdx.x; i < Cfg::kBm * kGroups; i += Cfg::kThreads) {
+    const int lr = i / kGroups;
+    const int lc = (i % kGroups) * 8;
+    const int64_t r = m0 + lr;
+    const int64_t c = n0 + lc;
+    if (r >= m || c >= n) continue;
+    const int4* src = reinterpret_cast<const int4*>(cs + lr * Cfg::kCStride + lc);
+    const int4 a0 = src[0];
+    const int4 a1 = src[1];
+    const int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+    if (vec_out) {  // n % 8 == 0: the 8 columns are all inside the matrix
+      float v[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = epilogue_value<T>(ep, static_cast<float>(a[e]), r, c + e, k);
+      detail::store8(y + r * n + c, v);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        if (c + e < n) y[r * n + c + e] = from_float<T>(epilogue_value<T>(ep, static_cast<float>(a[e]), r, c + e, k));
+      }
+    }
+  }
+#else
+  __trap();  // not sm_90a code: int8_wgmma_available() keeps the launcher from getting here
+#endif
+}
+#pragma nv_diag_default 177
+
+template <typename Cfg, typename T>
+int launch_int8_gemm_wgmma_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k,
+                               const Int8Epilogue& ep, T* y, cudaStream_t stream) {
+  if ((m + Cfg::kBm - 1) / Cfg::kBm > 65535 || (n + Cfg::kBn - 1) / Cfg::kBn > INT32_MAX) return kLaunchBadShape;
+  static bool opted_in[64] = {};
+  const int st = opt_in_smem(reinterpret_cast<const void*>(k_int8_gemm_wgmma<Cfg, T>), Cfg::kSmemBytes, opted_in);
+  if (st != kLaunchOk) return st;
+  const dim3 grid(static_cast<unsigned>((n + Cfg::kBn - 1) / Cfg::kBn), static_cast<unsigned>((m + Cfg::kBm - 1) / Cfg::kBm));
+  k_int8_gemm_wgmma<Cfg, T><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(xq, wq, m, n, k, ep, y);
   return detail::launch_result();
 }
 
@@ -454,6 +727,7 @@ const char* launch_status_string(int status) {
     case kLaunchBadDtype: return "unsupported dtype";
     case kLaunchBadPointer: return "null pointer";
     case kLaunchBadBlocksize: return "bad NF4 blocksize";
+    case kLaunchUnsupported: return "not supported on this device or build";
     default: break;
   }
   return status > 0 ? cudaGetErrorString(static_cast<cudaError_t>(status)) : "unknown launcher status";
@@ -490,15 +764,43 @@ int launch_quantize_rows_int8(const void* x, DType dtype, int64_t t, int64_t k, 
   return detail::launch_result();
 }
 
+bool int8_wgmma_available() {
+  static int cached[64] = {};  // 0 unknown, 1 yes, -1 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  if (cached[dev] == 0) {
+    int major = 0;
+    cudaFuncAttributes attr{};
+    const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major == 9 &&
+                    cudaFuncGetAttributes(&attr, k_int8_gemm_wgmma<WgLarge, __half>) == cudaSuccess &&
+                    attr.binaryVersion == 90;
+    cached[dev] = ok ? 1 : -1;
+  }
+  return cached[dev] > 0;
+}
+
 int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
-                     void* y, DType dtype, cudaStream_t stream) {
+                     void* y, DType dtype, cudaStream_t stream, Int8Kernel kernel) {
   if (m <= 0 || n <= 0 || k <= 0) return kLaunchBadShape;
   if (xq == nullptr || wq == nullptr || y == nullptr || !epilogue_ok(ep)) return kLaunchBadPointer;
   const bool vec = k % 16 == 0 && reinterpret_cast<uintptr_t>(xq) % 16 == 0 && reinterpret_cast<uintptr_t>(wq) % 16 == 0;
+  const int sms = sm_count();
+  const bool wgmma = kernel == Int8Kernel::kWgmma;
+  if (wgmma && !int8_wgmma_available()) return kLaunchUnsupported;
+  if (wgmma && !vec) return kLaunchBadShape;
+  if (wgmma || (kernel == Int8Kernel::kBest && vec && int8_wgmma_available())) {
+    const int64_t large_tiles = ((m + WgLarge::kBm - 1) / WgLarge::kBm) * ((n + WgLarge::kBn - 1) / WgLarge::kBn);
+    const bool large = large_tiles >= sms;
+    EVALSVC_DISPATCH_FLOAT(dtype, T, {
+      return large ? launch_int8_gemm_wgmma_cfg<WgLarge, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream)
+                   : launch_int8_gemm_wgmma_cfg<WgSmall, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
+    });
+    return kLaunchOk;
+  }
   // The largest tile whose blocks alone fill every SM; below that the 64 x 64 tiles' four times as many blocks
   // finish sooner (at 128 tokens x 768 outputs: 6 blocks against 24).
   const int64_t large_tiles = ((m + I8Large::kBm - 1) / I8Large::kBm) * ((n + I8Large::kBn - 1) / I8Large::kBn);
-  const bool large = large_tiles >= sm_count();
+  const bool large = large_tiles >= sms;
   EVALSVC_DISPATCH_FLOAT(dtype, T, {
     return large ? launch_int8_gemm_cfg<I8Large, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), vec, stream)
                  : launch_int8_gemm_cfg<I8Small, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), vec, stream);

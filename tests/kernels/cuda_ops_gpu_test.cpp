@@ -23,6 +23,8 @@ TEST(CudaOps, SkippedWithoutCudaBuild) {
 
 #else
 
+#include <ATen/cuda/CUDAContext.h>
+
 namespace {
 
 using namespace evalsvc;
@@ -275,11 +277,48 @@ const char* gemm_name(cuda::Int8Gemm g) {
   switch (g) {
     case cuda::Int8Gemm::kCublasLt: return "cublaslt";
     case cuda::Int8Gemm::kFused: return "fused";
+    case cuda::Int8Gemm::kMmaSync: return "mma.sync";
+    case cuda::Int8Gemm::kWgmma: return "wgmma";
     default: return "auto";
   }
 }
 
 bool cublas_shape_ok(int64_t m, const Shape& s) { return m > 16 && s.k % 8 == 0 && s.n % 8 == 0; }
+
+/// Every int8 product this device runs, the explicit qbench kernels included (wgmma on Hopper only).
+std::vector<cuda::Int8Gemm> int8_gemms(bool with_cublas) {
+  std::vector<cuda::Int8Gemm> g = {cuda::Int8Gemm::kAuto, cuda::Int8Gemm::kFused, cuda::Int8Gemm::kMmaSync};
+  if (with_cublas) g.push_back(cuda::Int8Gemm::kCublasLt);
+  if (cuda::int8_wgmma_available()) g.push_back(cuda::Int8Gemm::kWgmma);
+  return g;
+}
+
+/// Whether gemm g takes an [m, k] x [n, k]^T product (the others must throw InputError).
+bool gemm_takes(cuda::Int8Gemm g, int64_t m, int64_t k, int64_t n) {
+  if (g == cuda::Int8Gemm::kCublasLt) return cublas_shape_ok(m, Shape{k, n});
+  if (g == cuda::Int8Gemm::kWgmma) return k % 16 == 0;
+  return true;
+}
+
+TEST(CudaInt8, WgmmaRunsExactlyOnHopper) {
+  REQUIRE_GPU();
+  // On a compute capability 9.0 card the sm_90a build must offer the wgmma kernel (else the tests below would
+  // quietly cover mma.sync only); elsewhere asking for it is an UnsupportedError, not a wrong answer.
+  const auto prop = at::cuda::getCurrentDeviceProperties();
+  const auto xq = torch::ones({32, 64}, torch::kInt8).to(gpu());
+  const auto ones = torch::ones({32}).to(gpu());
+  if (prop->major == 9) {
+    EXPECT_TRUE(cuda::int8_wgmma_available()) << "compute capability 9.0 but no sm_90a wgmma code in this build";
+  } else {
+    EXPECT_FALSE(cuda::int8_wgmma_available());
+    EXPECT_THROW(cuda::int8_linear(xq, ones, xq, ones, {}, torch::kFloat32, 1.0, cuda::Int8Gemm::kWgmma),
+                 UnsupportedError);
+  }
+  if (cuda::int8_wgmma_available()) {
+    const auto x3 = torch::ones({32, 72}, torch::kInt8).to(gpu());  // in % 16 != 0
+    EXPECT_THROW(cuda::int8_linear(x3, ones, x3, ones, {}, torch::kFloat32, 1.0, cuda::Int8Gemm::kWgmma), InputError);
+  }
+}
 
 TEST(CudaInt8, W8A8LinearMatchesReference) {
   REQUIRE_GPU();
@@ -294,10 +333,10 @@ TEST(CudaInt8, W8A8LinearMatchesReference) {
         for (const auto dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
           const auto x = randn({m, s.k}, 700 + m).to(dtype);
           const auto want = ref::int8_w8a8_linear(x, qw, bias);
-          for (const auto g : {cuda::Int8Gemm::kAuto, cuda::Int8Gemm::kFused, cuda::Int8Gemm::kCublasLt}) {
+          for (const auto g : int8_gemms(true)) {
             const auto what = fmt::format("int8_w8a8_linear gemm={} M={} in={} out={} dtype={} per_channel={}",
                                           gemm_name(g), m, s.k, s.n, c10::toString(dtype), per_channel);
-            if (g == cuda::Int8Gemm::kCublasLt && !cublas_shape_ok(m, s)) {
+            if (!gemm_takes(g, m, s.k, s.n)) {
               EXPECT_THROW(cuda::int8_w8a8_linear(x.to(gpu()), wq, ws, bias.to(gpu()), g), InputError) << what;
               continue;
             }
@@ -319,7 +358,8 @@ TEST(CudaInt8, Int8LinearEqualsExactIntegerProduct) {
       const auto xq = torch::randint(-127, 128, {m, s.k}, at::detail::createCPUGenerator(800 + m), torch::kInt8);
       const auto wq = torch::randint(-127, 128, {s.n, s.k}, at::detail::createCPUGenerator(801 + s.k), torch::kInt8);
       const auto want = ref::int8_matmul_exact(xq, wq);
-      for (const auto g : {cuda::Int8Gemm::kFused, cuda::Int8Gemm::kAuto}) {
+      for (const auto g : int8_gemms(false)) {
+        if (!gemm_takes(g, m, s.k, s.n)) continue;
         const auto got = cuda::int8_linear(xq.to(gpu()), torch::ones({m}).to(gpu()), wq.to(gpu()),
                                            torch::ones({1}).to(gpu()), {}, torch::kFloat32, 1.0, g);
         const auto what = fmt::format("int8_linear exact gemm={} M={} in={} out={}", gemm_name(g), m, s.k, s.n);
@@ -331,16 +371,20 @@ TEST(CudaInt8, Int8LinearEqualsExactIntegerProduct) {
 
 TEST(CudaInt8, FusedGemmLargeTilesEqualExactIntegerProduct) {
   REQUIRE_GPU();
-  // Enough output tiles for the 128 x 128 configuration (the shapes above only reach the 64 x 64 one): a
-  // 16-byte-aligned k (asynchronous copies) and an odd k (byte gathers), an even n (paired stores) and an odd one.
-  for (const auto& [k, n] : std::vector<std::pair<int64_t, int64_t>>{{768, 3000}, {200, 1101}}) {
+  // Enough output tiles for the large configurations (the shapes above only reach the small ones): a k that
+  // fills whole 128-byte wgmma stages, one that ends in a partial stage (k % 128 == 16) and an odd k (mma.sync's
+  // byte gathers; no wgmma), an n that ends in a partial tile with paired stores, an odd n.
+  for (const auto& [k, n] : std::vector<std::pair<int64_t, int64_t>>{{768, 3000}, {400, 520}, {200, 1101}}) {
     const int64_t m = 4100;  // not a multiple of the tile
     const auto xq = torch::randint(-127, 128, {m, k}, at::detail::createCPUGenerator(820 + k), torch::kInt8);
     const auto wq = torch::randint(-127, 128, {n, k}, at::detail::createCPUGenerator(821 + n), torch::kInt8);
     const auto want = ref::int8_matmul_exact(xq, wq);
-    const auto got = cuda::int8_linear(xq.to(gpu()), torch::ones({m}).to(gpu()), wq.to(gpu()),
-                                       torch::ones({1}).to(gpu()), {}, torch::kFloat32, 1.0, cuda::Int8Gemm::kFused);
-    EXPECT_TRUE(close(got, want, 0.0, fmt::format("int8_linear fused M={} in={} out={}", m, k, n)));
+    for (const auto g : int8_gemms(false)) {
+      if (g == cuda::Int8Gemm::kAuto || !gemm_takes(g, m, k, n)) continue;
+      const auto got = cuda::int8_linear(xq.to(gpu()), torch::ones({m}).to(gpu()), wq.to(gpu()),
+                                         torch::ones({1}).to(gpu()), {}, torch::kFloat32, 1.0, g);
+      EXPECT_TRUE(close(got, want, 0.0, fmt::format("int8_linear {} M={} in={} out={}", gemm_name(g), m, k, n)));
+    }
   }
 }
 
@@ -359,7 +403,8 @@ TEST(CudaLlmInt8, LinearWithPlantedOutlierMatchesReference) {
         const auto xd = x.to(dtype);
         for (const double thr : {6.0, 0.0}) {
           const auto want = ref::llm_int8_linear(xd, lw, bias, thr);
-          for (const auto g : {cuda::Int8Gemm::kAuto, cuda::Int8Gemm::kFused}) {
+          for (const auto g : int8_gemms(false)) {
+            if (!gemm_takes(g, m, s.k, s.n)) continue;
             const auto got = cuda::llm_int8_linear(xd.to(gpu()), cb, scb, bias.to(gpu()), thr, g);
             const auto what = fmt::format("llm_int8_linear gemm={} M={} in={} out={} dtype={} threshold={}",
                                           gemm_name(g), m, s.k, s.n, c10::toString(dtype), thr);

@@ -232,15 +232,25 @@ torch::Tensor int8_product(const char* op, const torch::Tensor& xq, const torch:
   EVALSVC_CHECK(gemm != Int8Gemm::kCublasLt || cublas_ok, InputError,
                 "cuda::{}: the cuBLASLt int8 product needs T > 16 and in, out multiples of 8, got T={} in={} out={}",
                 op, m, k, n);
+  const bool wgmma_asked = gemm == Int8Gemm::kWgmma;
+  EVALSVC_CHECK(!wgmma_asked || int8_wgmma_available(), UnsupportedError,
+                "cuda::{}: the wgmma int8 GEMM needs a compute capability 9.0 GPU and an sm_90a build", op);
+  EVALSVC_CHECK(!wgmma_asked || k % 16 == 0, InputError, "cuda::{}: the wgmma int8 GEMM needs in % 16 == 0, got in={}",
+                op, k);
   const cudaStream_t stream = stream_of(xq);
-  if (gemm == Int8Gemm::kCublasLt || (gemm == Int8Gemm::kAuto && cublas_ok)) {
+  const bool wgmma_auto = gemm == Int8Gemm::kAuto && k % 16 == 0 && (m <= 16 || m >= kInt8WgmmaMinTokens) &&
+                          int8_wgmma_available();
+  if (gemm == Int8Gemm::kCublasLt || (gemm == Int8Gemm::kAuto && cublas_ok && !wgmma_auto)) {
     // cuBLASLt wants the weight as a column-major [in, out] matrix: wq^T is exactly that view, no copy.
     const torch::Tensor acc = at::_int_mm(xq, wq.t());
     EVALSVC_LAUNCH(launch_int8_epilogue(acc.data_ptr<int32_t>(), m, n, k, ep, y.data_ptr(),
                                         launcher_dtype(out_dtype), stream));
   } else {
+    const Int8Kernel kernel = gemm == Int8Gemm::kMmaSync ? Int8Kernel::kMmaSync
+                              : gemm == Int8Gemm::kWgmma ? Int8Kernel::kWgmma
+                                                         : Int8Kernel::kBest;
     EVALSVC_LAUNCH(launch_int8_gemm(xq.data_ptr<int8_t>(), wq.data_ptr<int8_t>(), m, n, k, ep, y.data_ptr(),
-                                    launcher_dtype(out_dtype), stream));
+                                    launcher_dtype(out_dtype), stream, kernel));
   }
   return y;
 }

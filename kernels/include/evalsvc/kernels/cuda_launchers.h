@@ -20,6 +20,7 @@ enum LaunchStatus : int {
   kLaunchBadDtype = -2,      ///< a DType value the launcher has no instance for
   kLaunchBadPointer = -3,    ///< a required pointer is null
   kLaunchBadBlocksize = -4,  ///< NF4 blocksize not even or < 2
+  kLaunchUnsupported = -5,   ///< the kernel asked for does not run on this device or build
 };
 
 /// Element types of floating-point tensors crossing the launcher boundary.
@@ -99,10 +100,19 @@ struct Int8Epilogue {
   bool gelu_tanh = false;
 };
 
-/// y [m, n] (dtype) = epilogue(xq [m, k] int8 . wq [n, k]^T int32): pipelined mma.sync int8 tensor-core GEMM
-/// (sm_80+), the epilogue applied to the accumulators (the int32 product never reaches memory).
+/// Which of qbench's own int8 GEMM kernels launch_int8_gemm runs. kBest: wgmma where available and k % 16 == 0
+/// (16-byte aligned operands), else mma.sync. kMmaSync: the pipelined mma.sync kernel (sm_80+, any shape).
+/// kWgmma: the Hopper warpgroup kernel (sm_90 with an sm_90a build; k % 16 == 0), kLaunchUnsupported elsewhere;
+/// 128 x 128 tiles, 64 x 128 when those would leave SMs idle.
+enum class Int8Kernel { kBest, kMmaSync, kWgmma };
+
+/// Whether the current device runs the wgmma int8 GEMM: compute capability 9.0 and sm_90a code in this binary.
+bool int8_wgmma_available();
+
+/// y [m, n] (dtype) = epilogue(xq [m, k] int8 . wq [n, k]^T int32) on int8 tensor cores, the epilogue applied to
+/// the accumulators (the int32 product never reaches memory).
 int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
-                     void* y, DType dtype, cudaStream_t stream);
+                     void* y, DType dtype, cudaStream_t stream, Int8Kernel kernel = Int8Kernel::kBest);
 
 /// y [m, n] (dtype) = epilogue(acc [m, n] int32) for products that came from cuBLASLt; k = inner size (for the
 /// outlier part).

@@ -95,13 +95,22 @@ struct Int8Activations {
 /// x is used as given: LLM.int8's rounding of x to fp16 happens in llm_int8_linear.
 Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold);
 
-/// Which int8 matrix product int8_linear uses. kFused: qbench's own pipelined tensor-core kernel (mma.sync,
-/// cp.async) with the dequantizing epilogue fused, any shape; kCublasLt: at::_int_mm (needs T > 16, in and out
-/// multiples of 8), which writes the int32 product to memory, then the epilogue kernel reads it back;
-/// kAuto: cuBLASLt where its limits allow, else kFused. (On an H200 cuBLASLt's int8 product with the epilogue
-/// reaches 270-490 TOP/s at 32,768 tokens against 165-310 for kFused, and W8A8's three kernels at 128 tokens
-/// inside a CUDA graph take 9-16 us against 17-39 us: kernel_bench, docs/perf.md.)
-enum class Int8Gemm { kAuto, kCublasLt, kFused };
+/// Which int8 matrix product int8_linear uses. kFused: qbench's own tensor-core kernel with the dequantizing
+/// epilogue fused (no int32 product in memory), the best one for the device: wgmma on Hopper (sm_90a build,
+/// in % 16 == 0), else the pipelined mma.sync kernel (sm_80+, any shape). kMmaSync, kWgmma: one of those kernels
+/// explicitly (kWgmma: UnsupportedError off Hopper). kCublasLt: at::_int_mm (needs T > 16, in and out multiples
+/// of 8), which writes the int32 product to memory, then the epilogue kernel reads it back.
+/// kAuto, from kernel_bench on an H200 (docs/perf.md): wgmma where it runs, except from 17 to
+/// kInt8WgmmaMinTokens - 1 tokens, where cuBLASLt's product and epilogue are faster (at 128 tokens 8.8-16 us a
+/// call in a CUDA graph against 11-21 us: too few 64 x 128 tiles to fill the SMs); without wgmma, cuBLASLt
+/// where its limits allow, else mma.sync.
+enum class Int8Gemm { kAuto, kCublasLt, kFused, kMmaSync, kWgmma };
+
+/// Tokens from which Int8Gemm::kAuto prefers the wgmma kernel to cuBLASLt (below 17 cuBLASLt cannot run).
+constexpr int64_t kInt8WgmmaMinTokens = 1024;
+
+/// Whether Int8Gemm::kWgmma runs on the current device (compute capability 9.0 and sm_90a code in this build).
+bool int8_wgmma_available();
 
 /// out[t, o] = (sum_k xq[t, k] * wq[o, k]) * xscale[t] * wscale[o] * alpha + bias[o], int32 accumulation,
 /// cast to out_dtype (fp16, bf16 or fp32). xq int8 [T, in]; xscale fp32 [T]; wq int8 [out, in];
