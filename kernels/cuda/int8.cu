@@ -381,11 +381,13 @@ int launch_int8_gemm_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t 
 // The same fused product through sm_90's warpgroup MMA (wgmma.mma_async), which mma.sync cannot reach: on an
 // H100/H200 mma.sync runs at about half the int8 tensor-core rate. A block is WG_M warpgroups of 128 threads, each
 // owning 64 output rows x kBn columns; both operands come from shared memory through matrix descriptors, so the
-// products need no ldmatrix and no operand registers. k advances 128 bytes a stage: one row of a stage is one
-// 128-byte line of wgmma's 128-byte swizzle (16-byte chunk c of row r stored at chunk c ^ (r % 8), 8 rows = one
-// 1,024-byte atom), the layout the descriptors below describe. The stages fill through cp.async (no TMA: the
-// operands are plain row-major int8 tensors of any row count, and cp.async zero-fills the edges), kStages - 2
-// k-tiles in flight while one group of wgmmas runs asynchronously behind the next tile's loads.
+// products need no ldmatrix and no operand registers. k advances kBk bytes a stage: one row of a stage is one line
+// of wgmma's kBk-byte swizzle (64 bytes in the configurations used: 16-byte chunk c of row r stored at chunk
+// c ^ ((r / 2) % 4), 8 rows = one 512-byte atom; 128 bytes: chunk c ^ (r % 8), 1,024-byte atoms), the layout the
+// descriptors below describe. The stages fill through cp.async (no TMA: the operands are plain row-major int8
+// tensors of any row count, and cp.async zero-fills the edges), kStages - 2 k-tiles in flight while one group of
+// wgmmas runs asynchronously behind the next tile's loads. WgConfig keeps the 128-byte stages and the two-n128
+// tiles so that the measurements in docs/perf.md that dropped them can be repeated.
 // Compiled for sm_90a only (wgmma is an arch-specific feature); other targets get an empty body, and the launcher
 // takes this kernel only where the loaded binary is sm_90 code (int8_wgmma_available).
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
