@@ -5,6 +5,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include "evalsvc/kernels/cuda_launchers.h"
@@ -101,6 +102,23 @@ __device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
     }
   }
 }
+
+/// The int8 code of x at scale s: rint(x / s) (half to even, as torch.round) clamped to +-127, as int8 bits.
+/// Shared by every kernel that writes int8 activation codes (both quantizers, k_quantize_rows_warp's Enc, the
+/// fused add + LayerNorm + quantization), so their codes are the same by construction.
+struct Int8Encoder {
+  static constexpr float kMax = 127.0f;
+  __device__ static uint32_t encode(float x, float s) {
+    const float r = fminf(fmaxf(rintf(x / s), -127.0f), 127.0f);
+    return static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(r)));
+  }
+};
+
+/// The E4M3 code of x at scale s, shared like Int8Encoder.
+struct Fp8Encoder {
+  static constexpr float kMax = 448.0f;
+  __device__ static uint32_t encode(float x, float s) { return __nv_cvt_float_to_fp8(x / s, __NV_SATFINITE, __NV_E4M3); }
+};
 
 /// Per-token quantization with one warp per row, for fp16/bf16 rows of k % 8 == 0 and k <= 256 * VPL: the row
 /// is read once, with 16-byte loads, into registers (VPL vectors of 8 per lane); absmax by warp shuffles; then

@@ -4,21 +4,14 @@
 // bias 7, max 448, no infinities, NaN 0x7F/0xFF; cuda_fp8.h converts with round-to-nearest-even and
 // __NV_SATFINITE saturation, the same rule as ref::fp8_encode. Those intrinsics exist on every architecture
 // (emulated below sm_89), so quantization and dequantization also run on sm_80.
-#include <cuda_fp8.h>
-
 #include "common.cuh"
 
 namespace evalsvc::kernels::cuda {
 namespace {
 
+using detail::Fp8Encoder;
 using detail::from_float;
 using detail::to_float;
-
-/// The E4M3 code of x at scale s, shared by both quantizer kernels (k_quantize_rows_warp's Enc).
-struct Fp8Encoder {
-  static constexpr float kMax = 448.0f;
-  __device__ static uint32_t encode(float x, float s) { return __nv_cvt_float_to_fp8(x / s, __NV_SATFINITE, __NV_E4M3); }
-};
 
 /// One block per row: absmax, scale = absmax / 448, q = e4m3(x / scale).
 template <typename T>

@@ -7,6 +7,7 @@ namespace evalsvc::kernels::cuda {
 namespace {
 
 using detail::from_float;
+using detail::Int8Encoder;
 using detail::launch_quantize_rows_warp;
 using detail::to_float;
 
@@ -58,16 +59,6 @@ __global__ void __launch_bounds__(1024) k_compact_columns(const int32_t* __restr
 }
 
 // ---- per-token quantization --------------------------------------------------------------------------------
-
-/// The int8 code of x at scale s: rint(x / s) (half to even, as torch.round) clamped to +-127, as int8 bits.
-/// Shared by both quantizer kernels (and k_quantize_rows_warp's Enc), so their codes are the same by construction.
-struct Int8Encoder {
-  static constexpr float kMax = 127.0f;
-  __device__ static uint32_t encode(float x, float s) {
-    const float r = fminf(fmaxf(rintf(x / s), -127.0f), 127.0f);
-    return static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(r)));
-  }
-};
 
 /// One block per row. absmax over the elements with |x| < threshold (all elements when threshold <= 0): as
 /// bitsandbytes' kInt8VectorQuant, which skips outliers element by element. Then q = rint(x / scale) (half to

@@ -36,21 +36,17 @@ __global__ void k_add_layer_norm(const T* h, const T* __restrict__ delta, const 
   }
 }
 
-/// Fast path for 16-bit types and rows of 256 * kChunks elements (GPT-2: 768 = 3 chunks): one warp per row,
-/// each lane holding its 8 * kChunks elements in registers (16-byte loads and stores), warp-shuffle reductions
-/// only, so every element is read and written exactly once and nothing waits on a block barrier. Same
-/// arithmetic as k_add_layer_norm: round the sum once, fp32 mean, then the variance around it.
+/// The warp kernels' shared part, for 16-bit types and rows of 256 * kChunks elements (GPT-2: 768 = 3 chunks):
+/// one warp per row, each lane holding its 8 * kChunks elements in registers (16-byte loads and stores),
+/// warp-shuffle reductions only, so every element is read and written exactly once and nothing waits on a block
+/// barrier. Same arithmetic as k_add_layer_norm: round the sum once (stored to h_out), fp32 mean, then the
+/// variance around it. Leaves in `a` the normalized values, each already rounded to T (what the LayerNorm
+/// writes). Element e of chunk j of this lane is column (j * 32 + lane) * 8 + e.
 template <typename T, int kChunks>
-__global__ void __launch_bounds__(128) k_add_layer_norm_warp(const T* h, const T* __restrict__ delta,
-                                                             const T* __restrict__ gamma,
-                                                             const T* __restrict__ beta, float eps, int64_t rows,
-                                                             T* h_out, T* __restrict__ a) {
+__device__ __forceinline__ void add_normalize_row(const T* h, const T* __restrict__ delta, const T* __restrict__ gamma,
+                                                  const T* __restrict__ beta, float eps, int64_t base, int lane,
+                                                  T* h_out, float (&a)[kChunks][8]) {
   constexpr int kCols = 256 * kChunks;
-  const int lane = threadIdx.x & 31;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (row >= rows) return;
-  const int64_t base = row * kCols;
-  float v[kChunks][8];
   float sum = 0.0f;
 #pragma unroll
   for (int j = 0; j < kChunks; ++j) {
@@ -65,8 +61,8 @@ __global__ void __launch_bounds__(128) k_add_layer_norm_warp(const T* h, const T
     for (int e = 0; e < 8; ++e) {
       const T r = from_float<T>(to_float(hp[e]) + to_float(dp[e]));
       op[e] = r;
-      v[j][e] = to_float(r);
-      sum += v[j][e];
+      a[j][e] = to_float(r);
+      sum += a[j][e];
     }
     *reinterpret_cast<uint4*>(h_out + off) = ov;
   }
@@ -76,7 +72,7 @@ __global__ void __launch_bounds__(128) k_add_layer_norm_warp(const T* h, const T
   for (int j = 0; j < kChunks; ++j)
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-      const float d = v[j][e] - mean;
+      const float d = a[j][e] - mean;
       sq += d * d;
     }
   const float rstd = rsqrtf(detail::warp_sum(sq) / static_cast<float>(kCols) + eps);
@@ -87,11 +83,67 @@ __global__ void __launch_bounds__(128) k_add_layer_norm_warp(const T* h, const T
     const uint4 bv = *reinterpret_cast<const uint4*>(beta + c0);
     const T* gp = reinterpret_cast<const T*>(&gv);
     const T* bp = reinterpret_cast<const T*>(&bv);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) a[j][e] = to_float(from_float<T>((a[j][e] - mean) * rstd * to_float(gp[e]) + to_float(bp[e])));
+  }
+}
+
+template <typename T, int kChunks>
+__global__ void __launch_bounds__(128) k_add_layer_norm_warp(const T* h, const T* __restrict__ delta,
+                                                             const T* __restrict__ gamma,
+                                                             const T* __restrict__ beta, float eps, int64_t rows,
+                                                             T* h_out, T* __restrict__ a) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const int64_t base = row * 256 * kChunks;
+  float v[kChunks][8];
+  add_normalize_row<T, kChunks>(h, delta, gamma, beta, eps, base, lane, h_out, v);
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
     uint4 av;
     T* ap = reinterpret_cast<T*>(&av);
 #pragma unroll
-    for (int e = 0; e < 8; ++e) ap[e] = from_float<T>((v[j][e] - mean) * rstd * to_float(gp[e]) + to_float(bp[e]));
-    *reinterpret_cast<uint4*>(a + base + c0) = av;
+    for (int e = 0; e < 8; ++e) ap[e] = from_float<T>(v[j][e]);  // exact: v holds values of T
+    *reinterpret_cast<uint4*>(a + base + (j * 32 + lane) * 8) = av;
+  }
+}
+
+/// The same add + LayerNorm with the normalized row quantized per token instead of written: absmax over the
+/// rounded values, scale = absmax / Enc::kMax, Enc's code of each value (0 for a row of zeros) - the
+/// quantizers' arithmetic on the values add_layer_norm would write, so the codes equal add_layer_norm followed
+/// by quantize_per_token_int8 / _fp8 bit for bit. Saves the quantizer's launch and its read of `a` and the
+/// write of `a` itself: the projection that follows (W8A8, FP8) only ever needed the codes.
+template <typename T, int kChunks, typename Enc>
+__global__ void __launch_bounds__(128) k_add_layer_norm_quant_warp(const T* h, const T* __restrict__ delta,
+                                                                   const T* __restrict__ gamma,
+                                                                   const T* __restrict__ beta, float eps,
+                                                                   int64_t rows, T* h_out, uint8_t* __restrict__ q,
+                                                                   float* __restrict__ scale) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const int64_t base = row * 256 * kChunks;
+  float v[kChunks][8];
+  add_normalize_row<T, kChunks>(h, delta, gamma, beta, eps, base, lane, h_out, v);
+  float amax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) amax = fmaxf(amax, fabsf(v[j][e]));
+  amax = detail::warp_max(amax);
+  const float s = amax / Enc::kMax;
+  if (lane == 0) scale[row] = s;
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    uint32_t lo = 0, hi = 0;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const uint32_t c = s > 0.0f ? Enc::encode(v[j][e], s) : 0u;
+      if (e < 4) lo |= c << (8 * e);
+      else hi |= c << (8 * (e - 4));
+    }
+    *reinterpret_cast<uint2*>(q + base + (j * 32 + lane) * 8) = make_uint2(lo, hi);
   }
 }
 
@@ -118,6 +170,26 @@ int launch_warp_rows(const void* h, const void* delta, const void* gamma, const 
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+template <typename T, typename Enc>
+int launch_quant_rows(const void* h, const void* delta, const void* gamma, const void* beta, float eps, int64_t rows,
+                      int64_t cols, void* h_out, uint8_t* q, float* scale, cudaStream_t stream) {
+  constexpr int kRowsPerBlock = 4;
+  const auto grid = static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
+  const auto* hp = static_cast<const T*>(h);
+  const auto* dp = static_cast<const T*>(delta);
+  const auto* gp = static_cast<const T*>(gamma);
+  const auto* bp = static_cast<const T*>(beta);
+  auto* op = static_cast<T*>(h_out);
+  switch (cols / 256) {
+    case 1: k_add_layer_norm_quant_warp<T, 1, Enc><<<grid, 32 * kRowsPerBlock, 0, stream>>>(hp, dp, gp, bp, eps, rows, op, q, scale); break;
+    case 2: k_add_layer_norm_quant_warp<T, 2, Enc><<<grid, 32 * kRowsPerBlock, 0, stream>>>(hp, dp, gp, bp, eps, rows, op, q, scale); break;
+    case 3: k_add_layer_norm_quant_warp<T, 3, Enc><<<grid, 32 * kRowsPerBlock, 0, stream>>>(hp, dp, gp, bp, eps, rows, op, q, scale); break;
+    case 4: k_add_layer_norm_quant_warp<T, 4, Enc><<<grid, 32 * kRowsPerBlock, 0, stream>>>(hp, dp, gp, bp, eps, rows, op, q, scale); break;
+    default: return kLaunchBadShape;
+  }
+  return detail::launch_result();
+}
+
 }  // namespace
 
 int launch_add_layer_norm(const void* h, const void* delta, const void* gamma, const void* beta, float eps,
@@ -139,6 +211,26 @@ int launch_add_layer_norm(const void* h, const void* delta, const void* gamma, c
           static_cast<const T*>(h), static_cast<const T*>(delta), static_cast<const T*>(gamma),
           static_cast<const T*>(beta), eps, cols, static_cast<T*>(h_out), static_cast<T*>(a)));
   return detail::launch_result();
+}
+
+int launch_add_layer_norm_quant(const void* h, const void* delta, const void* gamma, const void* beta, float eps,
+                                int64_t rows, int64_t cols, void* h_out, uint8_t* q, float* scale, DType dtype,
+                                ActCode code, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0 || rows > INT32_MAX) return kLaunchBadShape;
+  if (h == nullptr || delta == nullptr || gamma == nullptr || beta == nullptr || h_out == nullptr || q == nullptr ||
+      scale == nullptr) {
+    return kLaunchBadPointer;
+  }
+  const bool vec = cols % 256 == 0 && cols <= 1024 && aligned16(h) && aligned16(delta) && aligned16(gamma) &&
+                   aligned16(beta) && aligned16(h_out) && (reinterpret_cast<uintptr_t>(q) & 7u) == 0;
+  if (!vec || (dtype != DType::kF16 && dtype != DType::kBF16)) return kLaunchUnsupported;
+  const bool f16 = dtype == DType::kF16;
+  if (code == ActCode::kInt8) {
+    return f16 ? launch_quant_rows<__half, detail::Int8Encoder>(h, delta, gamma, beta, eps, rows, cols, h_out, q, scale, stream)
+               : launch_quant_rows<__nv_bfloat16, detail::Int8Encoder>(h, delta, gamma, beta, eps, rows, cols, h_out, q, scale, stream);
+  }
+  return f16 ? launch_quant_rows<__half, detail::Fp8Encoder>(h, delta, gamma, beta, eps, rows, cols, h_out, q, scale, stream)
+             : launch_quant_rows<__nv_bfloat16, detail::Fp8Encoder>(h, delta, gamma, beta, eps, rows, cols, h_out, q, scale, stream);
 }
 
 }  // namespace evalsvc::kernels::cuda

@@ -84,6 +84,27 @@ class LayerBase : public QuantizedLinear {
 
   bool dequantizes_at(int64_t) const override { return false; }
 
+  torch::Tensor forward_quantized(const torch::Tensor& q, const torch::Tensor& scale, torch::ScalarType out_dtype,
+                                  Activation act) const final {
+    EVALSVC_CHECK(activation_code() != ActivationCode::kNone, UnsupportedError,
+                  "{} linear [{}, {}]: forward_quantized needs a method that quantizes its input per token "
+                  "(int8-w8a8, fp8-e4m3)", method_name(method_), out_, in_);
+    EVALSVC_CHECK(q.defined() && q.dim() >= 1 && q.size(-1) == in_, InputError,
+                  "{} linear [{}, {}]: q must be [..., {}], got {}", method_name(method_), out_, in_, in_,
+                  q.defined() ? shape_str(q.sizes()) : std::string("undefined"));
+    EVALSVC_CHECK(q.device() == device(), InputError, "{} linear [{}, {}]: q is on {} but the layer is on {}",
+                  method_name(method_), out_, in_, q.device().str(), device().str());
+#ifdef EVALSVC_WITH_CUDA
+    if (device().is_cuda()) {
+      std::vector<int64_t> shape(q.sizes().begin(), q.sizes().end());
+      shape.back() = out_;
+      return forward_quantized_cuda(q.reshape({-1, in_}), scale, out_dtype, act).view(shape);
+    }
+#endif
+    throw UnsupportedError(fmt::format("{} linear [{}, {}]: forward_quantized runs on CUDA only; the weights are on {}",
+                                       method_name(method_), out_, in_, device().str()));
+  }
+
   void dense_weight_into(torch::Tensor& out, int max_blocks) const final {
     EVALSVC_CHECK(max_blocks >= 0, InputError, "{} linear [{}, {}]: max_blocks must be >= 0, got {}",
                   method_name(method_), out_, in_, max_blocks);
@@ -159,6 +180,11 @@ class LayerBase : public QuantizedLinear {
   virtual torch::Tensor forward_cpu(const torch::Tensor& xb) const = 0;
 #ifdef EVALSVC_WITH_CUDA
   virtual torch::Tensor forward_cuda(const torch::Tensor& xb, Activation act) const = 0;
+  /// forward_quantized on a GPU: q2 [tokens, in]. Only methods whose activation_code() is not kNone get here.
+  virtual torch::Tensor forward_quantized_cuda(const torch::Tensor& /*q2*/, const torch::Tensor& /*scale*/,
+                                               torch::ScalarType /*out_dtype*/, Activation /*act*/) const {
+    throw UnsupportedError(fmt::format("{} linear: no forward_quantized", method_name(method_)));
+  }
   /// The dense copy by a CUDA kernel; the generic fallback copies the CPU reference's values over.
   virtual void dense_weight_into_cuda(torch::Tensor& out, int /*max_blocks*/) const {
     out.copy_(dequantized_weight().to(out.device()));
@@ -249,12 +275,20 @@ class Int8Linear final : public LayerBase {
     }
     return cuda::int8_weight_only_linear(xb, w_.q, w_.scale, bias_, gelu);
   }
+  torch::Tensor forward_quantized_cuda(const torch::Tensor& q2, const torch::Tensor& scale, torch::ScalarType out_dtype,
+                                       Activation act) const override {
+    return cuda::int8_linear(q2, scale, w_.q, w_.scale, bias_f32_, out_dtype, 1.0, cuda::Int8Gemm::kAuto,
+                             act == Activation::kGeluTanh);
+  }
   void dense_weight_into_cuda(torch::Tensor& out, int max_blocks) const override {
     cuda::dequantize_int8_weight_into(w_.q, w_.scale, out, max_blocks);
   }
 #endif
  public:
   bool dequantizes_at(int64_t) const override { return method_ != Method::kInt8W8A8; }
+  ActivationCode activation_code() const override {
+    return method_ == Method::kInt8W8A8 ? ActivationCode::kInt8 : ActivationCode::kNone;
+  }
 
  protected:
   TensorMap own_state() const override { return {{"weight", w_.q}, {"weight_scale", w_.scale}}; }
@@ -411,7 +445,16 @@ class Fp8Linear final : public LayerBase {
   torch::Tensor forward_cuda(const torch::Tensor& xb, Activation act) const override {
     return cuda::fp8_linear(xb, w_.q, w_.scale, bias_, act == Activation::kGeluTanh);
   }
+  torch::Tensor forward_quantized_cuda(const torch::Tensor& q2, const torch::Tensor& scale, torch::ScalarType out_dtype,
+                                       Activation act) const override {
+    return cuda::fp8_linear_quantized({q2, scale}, w_.q, w_.scale, bias_, out_dtype, act == Activation::kGeluTanh);
+  }
 #endif
+
+ public:
+  ActivationCode activation_code() const override { return ActivationCode::kFp8E4M3; }
+
+ protected:
   TensorMap own_state() const override { return {{"weight", w_.q}, {"weight_scale", w_.scale}}; }
   void before_move(const torch::Device& d) override {
     if (!d.is_cuda()) return;
@@ -542,6 +585,12 @@ std::unique_ptr<QuantizedLinear> load_nf4(const TensorMap& s, const QuantOptions
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------
+
+torch::Tensor QuantizedLinear::forward_quantized(const torch::Tensor&, const torch::Tensor&, torch::ScalarType,
+                                                 Activation) const {
+  throw UnsupportedError(fmt::format("{} linear: forward_quantized needs a method that quantizes its input per token",
+                                     method_name(method())));
+}
 
 std::unique_ptr<QuantizedLinear> quantize_linear(Method method, const torch::Tensor& weight, const torch::Tensor& bias,
                                                  const QuantOptions& options) {

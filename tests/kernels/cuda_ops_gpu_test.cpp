@@ -667,6 +667,93 @@ TEST(CudaBlock, AddLayerNormMatchesReference) {
   EXPECT_EQ(h_out.sizes(), h3.sizes());
 }
 
+TEST(CudaBlock, AddLayerNormQuantizedEqualsAddLayerNormThenTheQuantizer) {
+  REQUIRE_GPU();
+  // The fused kernel (fp16/bf16, 256-1024 wide rows) and the composed fallback (fp32, 100 wide) must both give
+  // exactly the codes and scales of add_layer_norm followed by the per-token quantizer; 2,500 rows take the
+  // quantizer's warp kernel on the composed side. Against the CPU reference, the dequantized codes stay within
+  // the code's rounding of the reference LayerNorm.
+  for (const int64_t cols : {int64_t{768}, int64_t{256}, int64_t{1024}, int64_t{100}}) {
+    for (const int64_t rows : {int64_t{1}, int64_t{7}, int64_t{128}, int64_t{2500}}) {
+      for (const auto dtype : {torch::kFloat16, torch::kBFloat16, torch::kFloat32}) {
+        const auto h = (randn({rows, cols}, 1600 + cols, 2.0) + 0.5).to(dtype);
+        const auto delta = randn({rows, cols}, 1601 + rows, 0.7).to(dtype);
+        const auto gamma = (randn({cols}, 1602, 0.2) + 1.0).to(dtype);
+        const auto beta = randn({cols}, 1603, 0.1).to(dtype);
+        const auto hg = h.to(gpu()), dg = delta.to(gpu()), gg = gamma.to(gpu()), bg = beta.to(gpu());
+        const auto [want_h, want_a] = cuda::add_layer_norm(hg, dg, gg, bg, 1e-5);
+        const auto ref_a = ref::add_layer_norm(h, delta, gamma, beta, 1e-5).second.to(torch::kFloat32);
+        const double ref_max = ref_a.abs().max().item<double>();
+        for (const auto code : {ActivationCode::kInt8, ActivationCode::kFp8E4M3}) {
+          const bool int8 = code == ActivationCode::kInt8;
+          const auto what = fmt::format("add_layer_norm_quantized {} rows={} cols={} dtype={}", int8 ? "int8" : "fp8",
+                                        rows, cols, c10::toString(dtype));
+          const auto [got_h, got] = cuda::add_layer_norm_quantized(hg, dg, gg, bg, 1e-5, code);
+          ASSERT_EQ(got.q.sizes(), h.sizes()) << what;
+          ASSERT_EQ(got.q.scalar_type(), int8 ? torch::kInt8 : torch::kUInt8) << what;
+          EXPECT_TRUE(torch::equal(got_h, want_h)) << what << ": h differs from add_layer_norm's";
+          torch::Tensor want_q, want_s;
+          if (int8) {
+            const auto qa = cuda::quantize_per_token_int8(want_a, 0.0);
+            want_q = qa.q;
+            want_s = qa.scale;
+          } else {
+            const auto qa = cuda::quantize_per_token_fp8(want_a);
+            want_q = qa.q;
+            want_s = qa.scale;
+          }
+          EXPECT_TRUE(same(got.q, want_q, what + " codes"));
+          EXPECT_TRUE(same(got.scale, want_s, what + " scales"));
+          const auto codes = got.q.cpu();
+          const auto deq = (int8 ? codes.to(torch::kFloat32) : ref::fp8_decode(codes)) * got.scale.cpu().unsqueeze(1);
+          // int8: half a step of the row's scale; E4M3: 3 mantissa bits (2^-4 relative); plus the dtype's own
+          // rounding of the LayerNorm.
+          const double bound = (int8 ? 0.5 / 127.0 : 0.0625) * ref_max + 2 * tol_for(dtype) * ref_max;
+          const double err = (deq - ref_a).abs().max().item<double>();
+          EXPECT_LE(err, bound) << what << ": dequantized codes against the CPU LayerNorm";
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaBlock, ForwardQuantizedOnFusedCodesEqualsForward) {
+  REQUIRE_GPU();
+  // What the model does for W8A8 and FP8 projections after a fused add + LayerNorm: forward_quantized on the
+  // kernel's codes must give forward()'s output on the LayerNorm rows bit for bit, GELU or not.
+  const auto w = randn({300, 768}, 1610, 0.05);
+  const auto b = randn({300}, 1611, 0.1);
+  for (const auto method : {Method::kInt8W8A8, Method::kFp8E4M3}) {
+    if (method == Method::kFp8E4M3 && !cuda::fp8_supported(gpu())) continue;
+    for (const auto dtype : {torch::kFloat16, torch::kBFloat16}) {
+      QuantOptions o;
+      o.compute_dtype = dtype;
+      auto layer = quantize_linear(method, w, b, o);
+      layer->to(gpu());
+      const auto what = fmt::format("{} on {}", method_name(method), c10::toString(dtype));
+      ASSERT_EQ(layer->activation_code(), method == Method::kInt8W8A8 ? ActivationCode::kInt8 : ActivationCode::kFp8E4M3);
+      const auto h = (randn({2, 64, 768}, 1612, 2.0) + 0.5).to(dtype).to(gpu());
+      const auto delta = randn({2, 64, 768}, 1613, 0.7).to(dtype).to(gpu());
+      const auto gamma = (randn({768}, 1614, 0.2) + 1.0).to(dtype).to(gpu());
+      const auto beta = randn({768}, 1615, 0.1).to(dtype).to(gpu());
+      const auto a = cuda::add_layer_norm(h, delta, gamma, beta, 1e-5).second;
+      const auto qa = cuda::add_layer_norm_quantized(h, delta, gamma, beta, 1e-5, layer->activation_code()).second;
+      for (const auto act : {Activation::kNone, Activation::kGeluTanh}) {
+        const auto got = layer->forward_quantized(qa.q, qa.scale, dtype, act);
+        EXPECT_EQ(got.sizes(), (std::vector<int64_t>{2, 64, 300})) << what;
+        EXPECT_TRUE(torch::equal(got, layer->forward(a, act))) << what << (act == Activation::kGeluTanh ? " with GELU" : "");
+      }
+    }
+  }
+  // A layer that does not quantize its input refuses.
+  auto plain = quantize_linear(Method::kInt8SymChannel, w, b, {});
+  plain->to(gpu());
+  EXPECT_EQ(plain->activation_code(), ActivationCode::kNone);
+  EXPECT_THROW(plain->forward_quantized(torch::zeros({4, 768}, torch::kInt8).to(gpu()), torch::ones({4}).to(gpu()),
+                                        torch::kFloat16),
+               UnsupportedError);
+}
+
 TEST(CudaBlock, AddLayerNormBadInputThrowsInputError) {
   REQUIRE_GPU();
   const auto h = randn({4, 64}, 1).to(torch::kFloat16).to(gpu());

@@ -164,6 +164,21 @@ TEST(QuantizedLinear, DenseWeightPathEqualsForwardForWeightOnlyFormats) {
   }
 }
 
+TEST(QuantizedLinear, ActivationCodeNamesWhatForwardQuantizesToAndForwardQuantizedNeedsCuda) {
+  const auto d = seeded(40, 64, 9);
+  for (const auto& c : cases()) {
+    auto layer = quantize_linear(c.method, d.w, d.b, options_for(c));
+    const auto want = c.method == Method::kInt8W8A8  ? ActivationCode::kInt8
+                      : c.method == Method::kFp8E4M3 ? ActivationCode::kFp8E4M3
+                                                     : ActivationCode::kNone;
+    EXPECT_EQ(layer->activation_code(), want) << method_name(c.method);
+    // On the CPU (or for a method without codes) there is no pre-quantized path: a clear error, not a result.
+    EXPECT_THROW(layer->forward_quantized(torch::zeros({3, 64}, torch::kInt8), torch::ones({3}), torch::kFloat32),
+                 UnsupportedError)
+        << method_name(c.method);
+  }
+}
+
 TEST(QuantizedLinear, StateRoundTripGivesIdenticalOutputs) {
   auto d = seeded(37, 67, 3);
   for (const auto& c : cases()) {

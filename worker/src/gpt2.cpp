@@ -86,7 +86,9 @@ torch::Tensor GPT2ClassifierImpl::layer_norm(const torch::Tensor& x, const torch
 }
 
 torch::Tensor GPT2ClassifierImpl::linear(const Block& blk, int p, const torch::Tensor& x, kernels::Activation act,
-                                         const torch::Tensor* dense) const {
+                                         const torch::Tensor* dense, const torch::Tensor& codes,
+                                         const torch::Tensor& scale, torch::ScalarType act_dtype) const {
+  if (codes.defined()) return blk.q[p]->forward_quantized(codes, scale, act_dtype, act);
   if (blk.q[p]) return dense ? blk.q[p]->forward_dense(x, *dense, act) : blk.q[p]->forward(x, act);
   torch::Tensor y = autocast_ != torch::kFloat32
                         ? torch::linear(x.to(autocast_), blk.w[p].to(autocast_), blk.b[p].to(autocast_))
@@ -97,13 +99,28 @@ torch::Tensor GPT2ClassifierImpl::linear(const Block& blk, int p, const torch::T
 std::pair<torch::Tensor, torch::Tensor> GPT2ClassifierImpl::add_layer_norm(const torch::Tensor& h,
                                                                            const torch::Tensor& delta,
                                                                            const torch::Tensor& w,
-                                                                           const torch::Tensor& b) const {
+                                                                           const torch::Tensor& b,
+                                                                           const kernels::QuantizedLinear* consumer,
+                                                                           torch::Tensor* codes,
+                                                                           torch::Tensor* scale) const {
 #ifdef EVALSVC_WITH_CUDA
   // On a GPU without autograd: one kernel instead of the add and the LayerNorm (backward needs the two ops).
   const bool needs_grad = torch::GradMode::is_enabled() &&
                           (h.requires_grad() || delta.requires_grad() || w.requires_grad() || b.requires_grad());
   if (h.is_cuda() && !needs_grad) {
     const auto dt = h.scalar_type();
+    // The consumer (W8A8, FP8) would quantize the normalized rows first thing: the same kernel writes those
+    // codes instead of the rows, which saves the quantizer's launch and a write and a read of the rows. Only
+    // where the consumer works in this dtype (its forward would otherwise convert first).
+    if (consumer != nullptr && codes != nullptr && scale != nullptr && consumer->base_dtype() == dt &&
+        (dt == torch::kFloat16 || dt == torch::kBFloat16) &&
+        consumer->activation_code() != kernels::ActivationCode::kNone) {
+      auto [sum, qa] = kernels::cuda::add_layer_norm_quantized(h, delta.to(dt), w.to(dt), b.to(dt),
+                                                               config_.layer_norm_epsilon, consumer->activation_code());
+      *codes = qa.q;
+      *scale = qa.scale;
+      return {sum, torch::Tensor()};
+    }
     return kernels::cuda::add_layer_norm(h, delta.to(dt), w.to(dt), b.to(dt), config_.layer_norm_epsilon);
   }
 #endif
@@ -206,6 +223,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   }
 #endif
   const torch::Tensor* dense = nullptr;  // this block's four prefetched weights, or null
+  torch::Tensor a_codes, a_scale;        // a as per-token codes (add_layer_norm with a consumer), or undefined
   for (size_t i = 0; i < blocks_.size(); ++i) {
     const auto& blk = blocks_[i];
 #ifdef EVALSVC_WITH_CUDA
@@ -215,7 +233,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     }
 #endif
     auto dense_of = [&](int p) { return dense ? dense + p : nullptr; };
-    auto qkv = linear(blk, 0, a, kernels::Activation::kNone, dense_of(0))
+    auto qkv = linear(blk, 0, a, kernels::Activation::kNone, dense_of(0), a_codes, a_scale, act)
                    .view({B, T, 3, H, D})
                    .permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
     auto attn = compat::attention(qkv[0], qkv[1], qkv[2], torch::Tensor(), /*causal=*/true,
@@ -223,9 +241,9 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     attn = attn.transpose(1, 2).reshape({B, T, E});
     auto o = linear(blk, 1, attn, kernels::Activation::kNone, dense_of(1));
     if (train && config_.resid_pdrop > 0) o = torch::dropout(o, config_.resid_pdrop, true);
-    torch::Tensor m;
-    std::tie(h, m) = add_layer_norm(h, o, blk.ln2_w, blk.ln2_b);
-    m = linear(blk, 2, m, kernels::Activation::kGeluTanh, dense_of(2));
+    torch::Tensor m, m_codes, m_scale;
+    std::tie(h, m) = add_layer_norm(h, o, blk.ln2_w, blk.ln2_b, blk.q[2].get(), &m_codes, &m_scale);
+    m = linear(blk, 2, m, kernels::Activation::kGeluTanh, dense_of(2), m_codes, m_scale, act);
     m = linear(blk, 3, m, kernels::Activation::kNone, dense_of(3));
 #ifdef EVALSVC_WITH_CUDA
     if (pf && i + 2 < blocks_.size()) {
@@ -236,7 +254,9 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
 #endif
     if (train && config_.resid_pdrop > 0) m = torch::dropout(m, config_.resid_pdrop, true);
     if (i + 1 < blocks_.size()) {
-      std::tie(h, a) = add_layer_norm(h, m, blocks_[i + 1].ln1_w, blocks_[i + 1].ln1_b);
+      a_codes = torch::Tensor();
+      std::tie(h, a) =
+          add_layer_norm(h, m, blocks_[i + 1].ln1_w, blocks_[i + 1].ln1_b, blocks_[i + 1].q[0].get(), &a_codes, &a_scale);
     } else {
       h = h + m;
     }

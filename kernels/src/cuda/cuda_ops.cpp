@@ -364,8 +364,10 @@ Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold
 
 torch::Tensor int8_linear(const torch::Tensor& xq, const torch::Tensor& xscale, const torch::Tensor& wq,
                           const torch::Tensor& wscale, const torch::Tensor& bias, torch::ScalarType out_dtype,
-                          double alpha, Int8Gemm gemm) {
-  return int8_product("int8_linear", xq, xscale, wq, wscale, bias, out_dtype, alpha, gemm, Int8Epilogue{});
+                          double alpha, Int8Gemm gemm, bool gelu_tanh) {
+  Int8Epilogue ep;
+  ep.gelu_tanh = gelu_tanh;
+  return int8_product("int8_linear", xq, xscale, wq, wscale, bias, out_dtype, alpha, gemm, ep);
 }
 
 torch::Tensor int8_w8a8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
@@ -691,8 +693,9 @@ bool fp8_cublaslt(const torch::Tensor& aq, const torch::Tensor& ascale, const to
 
 }  // namespace
 
-torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
-                         const torch::Tensor& bias, bool gelu_tanh, Fp8Gemm gemm) {
+torch::Tensor fp8_linear_quantized(const Fp8Activations& a, const torch::Tensor& wq, const torch::Tensor& wscale,
+                                   const torch::Tensor& bias, torch::ScalarType out_dtype, bool gelu_tanh,
+                                   Fp8Gemm gemm) {
   const char* op = "fp8_linear";
   check_cuda(op, "wq", wq);
   check_dtype(op, "wq", wq, {torch::kUInt8});
@@ -701,32 +704,40 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
                 "cuda::{}: wq must be [out, in] with out, in > 0, got {}", op, describe(wq));
   const int64_t n = wq.size(0);
   const int64_t k = wq.size(1);
-  const torch::Tensor x2 = flatten_input(op, x, k, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
-  check_cuda(op, "wq", wq, x);
-  check_param(op, "wscale", wscale, x, torch::kFloat32, n);
-  if (!fp8_supported(x.device())) {
-    const auto* prop = at::cuda::getDeviceProperties(x.device().index());
+  check_cuda(op, "a.q", a.q, wq);
+  check_dtype(op, "a.q", a.q, {torch::kUInt8});
+  check_contiguous(op, "a.q", a.q);
+  EVALSVC_CHECK(a.q.dim() == 2 && a.q.size(1) == k, InputError, "cuda::{}: a.q must be [T, {}], got {}", op, k,
+                describe(a.q));
+  const int64_t m = a.q.size(0);
+  check_param(op, "a.scale", a.scale, a.q, torch::kFloat32, m);
+  check_param(op, "wscale", wscale, wq, torch::kFloat32, n);
+  EVALSVC_CHECK(out_dtype == torch::kFloat16 || out_dtype == torch::kBFloat16 || out_dtype == torch::kFloat32,
+                InputError, "cuda::{}: out_dtype must be Half, BFloat16 or Float, got {}", op,
+                c10::toString(out_dtype));
+  const torch::Device device = wq.device();
+  if (!fp8_supported(device)) {
+    const auto* prop = at::cuda::getDeviceProperties(device.index());
     throw UnsupportedError(fmt::format("cuda::{}: FP8 E4M3 needs compute capability 8.9 or newer; {} ({}) is {}.{}",
-                                       op, x.device().str(), prop->name, prop->major, prop->minor));
+                                       op, device.str(), prop->name, prop->major, prop->minor));
   }
-  const int64_t m = x2.size(0);
-  if (m == 0) return torch::empty(output_shape(x, n), x.options());
-  const c10::cuda::CUDAGuard guard(x.device());
-  const Fp8Activations a = quantize_per_token_fp8(x2);
-  const bool half_out = x2.scalar_type() != torch::kFloat32;
+  const auto out_options = wq.options().dtype(out_dtype);
+  if (m == 0) return torch::empty({0, n}, out_options);
+  const c10::cuda::CUDAGuard guard(device);
+  const bool half_out = out_dtype != torch::kFloat32;
   // cuBLASLt's fp8 kernels want in and out as multiples of 16 (GPT-2's shapes are).
   const bool lt_shape = k % 16 == 0 && n % 16 == 0;
 #ifdef EVALSVC_HAVE_LT_OUTER_VEC
   EVALSVC_CHECK(gemm != Fp8Gemm::kCublasLt || (half_out && lt_shape), InputError,
-                "cuda::{}: the cuBLASLt outer-vector product needs fp16/bf16 x and in, out multiples of 16, got x {} "
-                "and w {}", op, describe(x), describe(wq));
+                "cuda::{}: the cuBLASLt outer-vector product needs fp16/bf16 output and in, out multiples of 16, got "
+                "{} output and w {}", op, c10::toString(out_dtype), describe(wq));
   if (gemm != Fp8Gemm::kScaledMm && half_out && lt_shape) {
-    auto y = torch::empty({m, n}, x2.options());
-    const torch::Tensor b = bias_in(op, bias, x, n, x2.scalar_type());
-    if (fp8_cublaslt(a.q, a.scale, wq, wscale, b, gelu_tanh, y)) return y.view(output_shape(x, n));
+    auto y = torch::empty({m, n}, out_options);
+    const torch::Tensor b = bias_in(op, bias, wq, n, out_dtype);
+    if (fp8_cublaslt(a.q, a.scale, wq, wscale, b, gelu_tanh, y)) return y;
     EVALSVC_CHECK(gemm != Fp8Gemm::kCublasLt, UnsupportedError,
                   "cuda::{}: cuBLASLt has no outer-vector-scaled fp8 algorithm for [{}, {}] x [{}, {}]^T on {}", op, m,
-                  k, n, k, x.device().str());
+                  k, n, k, device.str());
   }
 #else
   EVALSVC_CHECK(gemm != Fp8Gemm::kCublasLt, UnsupportedError,
@@ -735,7 +746,7 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
 
   // at::_scaled_mm: the bias goes into the product's epilogue as bf16 (PyTorch's rowwise kernel takes a bf16
   // bias), which saves a read and a write of the whole output.
-  const torch::Tensor b = bias_in(op, bias, x, n, at::kBFloat16);
+  const torch::Tensor b = bias_in(op, bias, wq, n, at::kBFloat16);
   // Pad in and out to multiples of 16 with zero codes (E4M3 0x00 = +0), which add nothing to the sums, and
   // drop the padded outputs afterwards.
   const int64_t kp = (k + 15) / 16 * 16;
@@ -762,12 +773,32 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
                        std::nullopt, at::kBFloat16, false);
   } catch (const c10::Error& e) {
     throw UnsupportedError(fmt::format("cuda::{}: at::_scaled_mm rejected x {} x w {} on {}: {}", op, describe(aq),
-                                       describe(bq), x.device().str(), e.what_without_backtrace()));
+                                       describe(bq), device.str(), e.what_without_backtrace()));
   }
   if (np != n) y = y.narrow(1, 0, n);
-  if (y.scalar_type() != x.scalar_type()) y = y.to(x.scalar_type());
+  if (y.scalar_type() != out_dtype) y = y.to(out_dtype);
   if (gelu_tanh) y = at::gelu(y, "tanh");
-  return y.contiguous().view(output_shape(x, n));
+  return y.contiguous();
+}
+
+torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
+                         const torch::Tensor& bias, bool gelu_tanh, Fp8Gemm gemm) {
+  const char* op = "fp8_linear";
+  check_cuda(op, "wq", wq);
+  EVALSVC_CHECK(wq.dim() == 2 && wq.size(0) > 0 && wq.size(1) > 0, InputError,
+                "cuda::{}: wq must be [out, in] with out, in > 0, got {}", op, describe(wq));
+  const int64_t n = wq.size(0);
+  const torch::Tensor x2 = flatten_input(op, x, wq.size(1), {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
+  check_cuda(op, "wq", wq, x);
+  if (!fp8_supported(x.device())) {
+    const auto* prop = at::cuda::getDeviceProperties(x.device().index());
+    throw UnsupportedError(fmt::format("cuda::{}: FP8 E4M3 needs compute capability 8.9 or newer; {} ({}) is {}.{}",
+                                       op, x.device().str(), prop->name, prop->major, prop->minor));
+  }
+  if (x2.size(0) == 0) return torch::empty(output_shape(x, n), x.options());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Fp8Activations a = quantize_per_token_fp8(x2);
+  return fp8_linear_quantized(a, wq, wscale, bias, x2.scalar_type(), gelu_tanh, gemm).view(output_shape(x, n));
 }
 
 // ---- Streams ------------------------------------------------------------------------------------------------
@@ -853,6 +884,60 @@ std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, c
                                        static_cast<float>(eps), rows, cols, h_out.data_ptr(), a.data_ptr(),
                                        launcher_dtype(hc.scalar_type()), stream_of(hc)));
   return {h_out, a};
+}
+
+std::pair<torch::Tensor, QuantizedActivations> add_layer_norm_quantized(const torch::Tensor& h,
+                                                                        const torch::Tensor& delta,
+                                                                        const torch::Tensor& gamma,
+                                                                        const torch::Tensor& beta, double eps,
+                                                                        ActivationCode code) {
+  const char* op = "add_layer_norm_quantized";
+  EVALSVC_CHECK(code == ActivationCode::kInt8 || code == ActivationCode::kFp8E4M3, InputError,
+                "cuda::{}: code must be kInt8 or kFp8E4M3", op);
+  check_cuda(op, "h", h);
+  check_dtype(op, "h", h, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
+  EVALSVC_CHECK(h.dim() >= 1 && h.size(-1) > 0, InputError, "cuda::{}: h must be [..., cols], got {}", op, describe(h));
+  const int64_t cols = h.size(-1);
+  check_cuda(op, "delta", delta, h);
+  check_dtype(op, "delta", delta, {h.scalar_type()});
+  EVALSVC_CHECK(delta.sizes() == h.sizes(), InputError, "cuda::{}: delta must have h's shape {}, got {}", op,
+                describe(h), describe(delta));
+  check_param(op, "gamma", gamma, h, h.scalar_type(), cols);
+  check_param(op, "beta", beta, h, h.scalar_type(), cols);
+  EVALSVC_CHECK(std::isfinite(eps) && eps > 0, InputError, "cuda::{}: eps must be finite and > 0, got {}", op, eps);
+  const torch::Tensor hc = h.contiguous();
+  const torch::Tensor dc = delta.contiguous();
+  const int64_t rows = hc.numel() / cols;
+  QuantizedActivations out;
+  out.code = code;
+  auto h_out = torch::empty_like(hc);
+  out.q = torch::empty(hc.sizes(), hc.options().dtype(code == ActivationCode::kInt8 ? torch::kInt8 : torch::kUInt8));
+  out.scale = torch::zeros({rows}, hc.options().dtype(torch::kFloat32));
+  if (rows == 0) return {h_out, out};
+  const c10::cuda::CUDAGuard guard(h.device());
+  const int st = launch_add_layer_norm_quant(hc.data_ptr(), dc.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
+                                             static_cast<float>(eps), rows, cols, h_out.data_ptr(),
+                                             static_cast<uint8_t*>(out.q.data_ptr()), out.scale.data_ptr<float>(),
+                                             launcher_dtype(hc.scalar_type()),
+                                             code == ActivationCode::kInt8 ? ActCode::kInt8 : ActCode::kFp8E4M3,
+                                             stream_of(hc));
+  if (st != kLaunchUnsupported) {
+    EVALSVC_LAUNCH(st);
+    return {h_out, out};
+  }
+  // Another width or dtype: the two ops, same codes.
+  auto [h2, a] = add_layer_norm(hc, dc, gamma, beta, eps);
+  const torch::Tensor a2 = a.view({rows, cols});
+  if (code == ActivationCode::kInt8) {
+    const Int8Activations qa = quantize_per_token_int8(a2, 0.0);
+    out.q = qa.q.view(hc.sizes());
+    out.scale = qa.scale;
+  } else {
+    const Fp8Activations qa = quantize_per_token_fp8(a2);
+    out.q = qa.q.view(hc.sizes());
+    out.scale = qa.scale;
+  }
+  return {h2, out};
 }
 
 }  // namespace evalsvc::kernels::cuda

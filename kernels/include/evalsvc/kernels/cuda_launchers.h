@@ -142,4 +142,15 @@ int launch_fp8_dequantize(const uint8_t* q, const float* scale, int64_t n, int64
 int launch_add_layer_norm(const void* h, const void* delta, const void* gamma, const void* beta, float eps,
                           int64_t rows, int64_t cols, void* h_out, void* a, DType dtype, cudaStream_t stream);
 
+/// The per-token code a fused producer writes (launch_add_layer_norm_quant).
+enum class ActCode { kInt8, kFp8E4M3 };
+
+/// launch_add_layer_norm with the normalized rows quantized per token instead of written: q [rows, cols] codes
+/// (int8, or E4M3 bits), scale [rows] - the arithmetic of launch_quantize_rows_int8 (no threshold) / _fp8 on the
+/// values launch_add_layer_norm would write, so the codes are the same. fp16/bf16 rows of cols % 256 == 0 and
+/// <= 1024 with 16-byte aligned pointers (q 8-byte) only; kLaunchUnsupported otherwise (the caller composes).
+int launch_add_layer_norm_quant(const void* h, const void* delta, const void* gamma, const void* beta, float eps,
+                                int64_t rows, int64_t cols, void* h_out, uint8_t* q, float* scale, DType dtype,
+                                ActCode code, cudaStream_t stream);
+
 }  // namespace evalsvc::kernels::cuda

@@ -17,6 +17,7 @@
 #include <memory>
 #include <utility>
 
+#include "evalsvc/kernels/quantized_linear.h"
 #include "evalsvc/kernels/torch_compat.h"
 
 namespace evalsvc::kernels::cuda {
@@ -115,9 +116,10 @@ bool int8_wgmma_available();
 /// out[t, o] = (sum_k xq[t, k] * wq[o, k]) * xscale[t] * wscale[o] * alpha + bias[o], int32 accumulation,
 /// cast to out_dtype (fp16, bf16 or fp32). xq int8 [T, in]; xscale fp32 [T]; wq int8 [out, in];
 /// wscale fp32 [out] or [1] (per tensor); bias undefined or [out] (fp32 saves a conversion).
+/// gelu_tanh: GELU (tanh) on the output, in the epilogue.
 torch::Tensor int8_linear(const torch::Tensor& xq, const torch::Tensor& xscale, const torch::Tensor& wq,
                           const torch::Tensor& wscale, const torch::Tensor& bias, torch::ScalarType out_dtype,
-                          double alpha = 1.0, Int8Gemm gemm = Int8Gemm::kAuto);
+                          double alpha = 1.0, Int8Gemm gemm = Int8Gemm::kAuto, bool gelu_tanh = false);
 
 /// int8 W8A8: x (fp16/bf16/fp32 [..., in]) quantized per token, then int8_linear; returns x's dtype.
 /// wq int8 [out, in] with wscale fp32 [out] (per channel) or [1] (per tensor).
@@ -180,6 +182,12 @@ enum class Fp8Gemm { kAuto, kCublasLt, kScaledMm };
 torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
                          const torch::Tensor& bias, bool gelu_tanh = false, Fp8Gemm gemm = Fp8Gemm::kAuto);
 
+/// fp8_linear on activations quantized beforehand (quantize_per_token_fp8, add_layer_norm_quantized):
+/// a.q uint8 [T, in] E4M3 bits, a.scale fp32 [T]; returns [T, out] in out_dtype (fp16, bf16 or fp32).
+torch::Tensor fp8_linear_quantized(const Fp8Activations& a, const torch::Tensor& wq, const torch::Tensor& wscale,
+                                   const torch::Tensor& bias, torch::ScalarType out_dtype, bool gelu_tanh = false,
+                                   Fp8Gemm gemm = Fp8Gemm::kAuto);
+
 /// The dense weight q * scale[o] in `dtype` (fp16, bf16 or fp32) from E4M3 bits q uint8 [out, in] and
 /// wscale fp32 [out] (runs on any CUDA device; used for checks and by fallbacks).
 torch::Tensor dequantize_fp8_weight(const torch::Tensor& q, const torch::Tensor& wscale, torch::ScalarType dtype);
@@ -223,5 +231,23 @@ class SideStream {
 std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, const torch::Tensor& delta,
                                                        const torch::Tensor& gamma, const torch::Tensor& beta,
                                                        double eps);
+
+/// Activations quantized per token by the kernel that produced them: q in the activations' shape (int8 codes
+/// for kInt8, E4M3 bits in uint8 for kFp8E4M3), scale fp32 [rows].
+struct QuantizedActivations {
+  ActivationCode code = ActivationCode::kNone;
+  torch::Tensor q;
+  torch::Tensor scale;
+};
+
+/// add_layer_norm with LayerNorm(h + delta) quantized per token to `code` (kInt8 or kFp8E4M3) instead of
+/// returned: {h + delta, codes}. The codes are those of add_layer_norm followed by quantize_per_token_int8
+/// (threshold 0) or quantize_per_token_fp8, bit for bit; one kernel for fp16/bf16 rows of 256, 512, 768 or 1,024,
+/// those two ops otherwise.
+std::pair<torch::Tensor, QuantizedActivations> add_layer_norm_quantized(const torch::Tensor& h,
+                                                                        const torch::Tensor& delta,
+                                                                        const torch::Tensor& gamma,
+                                                                        const torch::Tensor& beta, double eps,
+                                                                        ActivationCode code);
 
 }  // namespace evalsvc::kernels::cuda

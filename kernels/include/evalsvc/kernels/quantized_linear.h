@@ -52,6 +52,11 @@ struct LayerBytes {
 /// which saves a launch and a read and write of the [tokens, 3072] activations.
 enum class Activation { kNone, kGeluTanh };
 
+/// The per-token code a layer's forward quantizes its input to on a GPU: int8 (int8-w8a8) or E4M3 (fp8-e4m3);
+/// kNone for the others. A model can then have the kernel that produces the input write those codes directly
+/// (cuda::add_layer_norm_quantized) and call forward_quantized.
+enum class ActivationCode { kNone, kInt8, kFp8E4M3 };
+
 class QuantizedLinear {
  public:
   virtual ~QuantizedLinear() = default;
@@ -84,6 +89,15 @@ class QuantizedLinear {
                                       Activation act = Activation::kNone) const = 0;
   /// The base dtype: activations enter forward() converted to it; dense copies are in it.
   virtual torch::ScalarType base_dtype() const = 0;
+
+  /// See ActivationCode.
+  virtual ActivationCode activation_code() const { return ActivationCode::kNone; }
+  /// forward() on input already quantized per token to activation_code(): q [..., in] (int8 codes or E4M3
+  /// bits in uint8), scale fp32 [rows]; returns act([..., out]) in `out_dtype` (the base dtype, or fp32). The
+  /// same values forward(x, act) gives on the x the codes were made from. CUDA only; UnsupportedError for a
+  /// layer whose activation_code() is kNone, on a CPU, or in a build without CUDA kernels.
+  virtual torch::Tensor forward_quantized(const torch::Tensor& q, const torch::Tensor& scale,
+                                          torch::ScalarType out_dtype, Activation act = Activation::kNone) const;
 
   /// Tensors to serialize, keyed relative to the layer ("weight", "bias", "SCB", "weight.absmax", ...).
   virtual std::map<std::string, torch::Tensor> state() const = 0;

@@ -125,9 +125,12 @@ class GPT2ClassifierImpl : public torch::nn::Module {
     std::array<std::unique_ptr<kernels::QuantizedLinear>, 4> q;
   };
   /// Projection p of blk on x; `dense`: its weight dequantized ahead (QuantizedLinear::forward_dense).
+  /// With `codes` defined, x is undefined and the projection runs on those per-token codes and `scale`
+  /// (add_layer_norm with a consumer), giving the activation dtype `act_dtype`.
   torch::Tensor linear(const Block& blk, int p, const torch::Tensor& x,
                        kernels::Activation act = kernels::Activation::kNone,
-                       const torch::Tensor* dense = nullptr) const;
+                       const torch::Tensor* dense = nullptr, const torch::Tensor& codes = {},
+                       const torch::Tensor& scale = {}, torch::ScalarType act_dtype = torch::kFloat32) const;
   /// The side stream and slots of set_weight_prefetch (gpt2.cpp); null where a forward of `tokens` rows
   /// cannot use them.
   struct WeightPrefetch;
@@ -135,8 +138,14 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// Queues the dense copies of block `layer` into slot layer % 2 on the side stream.
   void stage_block(WeightPrefetch& pf, size_t layer) const;
   /// {h + delta, LayerNorm(h + delta)}: one CUDA kernel in inference on a GPU, the two ops otherwise.
+  /// With a `consumer` that quantizes its input per token (activation_code: W8A8, FP8) and where that kernel
+  /// runs, the LayerNorm output is not returned (undefined) but quantized by the same kernel into *codes and
+  /// *scale, for consumer->forward_quantized.
   std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, const torch::Tensor& delta,
-                                                         const torch::Tensor& w, const torch::Tensor& b) const;
+                                                         const torch::Tensor& w, const torch::Tensor& b,
+                                                         const kernels::QuantizedLinear* consumer = nullptr,
+                                                         torch::Tensor* codes = nullptr,
+                                                         torch::Tensor* scale = nullptr) const;
   /// Every tensor that is not a projection (embeddings, LayerNorms, head) with its Hugging Face name: the
   /// one list that state dicts, loading, dtype conversion and device moves all walk.
   std::vector<std::pair<std::string, torch::Tensor*>> plain_tensors();
