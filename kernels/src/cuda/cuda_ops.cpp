@@ -858,10 +858,10 @@ void SideStream::run_on_side(const std::function<void()>& f) {
 
 // ---- Transformer block pieces --------------------------------------------------------------------------------
 
-std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, const torch::Tensor& delta,
-                                                       const torch::Tensor& gamma, const torch::Tensor& beta,
-                                                       double eps) {
-  const char* op = "add_layer_norm";
+namespace {
+/// The arguments of add_layer_norm and add_layer_norm_quantized; returns the row width.
+int64_t check_add_layer_norm(const char* op, const torch::Tensor& h, const torch::Tensor& delta,
+                             const torch::Tensor& gamma, const torch::Tensor& beta, double eps) {
   check_cuda(op, "h", h);
   check_dtype(op, "h", h, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
   EVALSVC_CHECK(h.dim() >= 1 && h.size(-1) > 0, InputError, "cuda::{}: h must be [..., cols], got {}", op, describe(h));
@@ -873,6 +873,15 @@ std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, c
   check_param(op, "gamma", gamma, h, h.scalar_type(), cols);
   check_param(op, "beta", beta, h, h.scalar_type(), cols);
   EVALSVC_CHECK(std::isfinite(eps) && eps > 0, InputError, "cuda::{}: eps must be finite and > 0, got {}", op, eps);
+  return cols;
+}
+}  // namespace
+
+std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, const torch::Tensor& delta,
+                                                       const torch::Tensor& gamma, const torch::Tensor& beta,
+                                                       double eps) {
+  const char* op = "add_layer_norm";
+  const int64_t cols = check_add_layer_norm(op, h, delta, gamma, beta, eps);
   const torch::Tensor hc = h.contiguous();
   const torch::Tensor dc = delta.contiguous();
   auto h_out = torch::empty_like(hc);
@@ -894,17 +903,7 @@ std::pair<torch::Tensor, QuantizedActivations> add_layer_norm_quantized(const to
   const char* op = "add_layer_norm_quantized";
   EVALSVC_CHECK(code == ActivationCode::kInt8 || code == ActivationCode::kFp8E4M3, InputError,
                 "cuda::{}: code must be kInt8 or kFp8E4M3", op);
-  check_cuda(op, "h", h);
-  check_dtype(op, "h", h, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
-  EVALSVC_CHECK(h.dim() >= 1 && h.size(-1) > 0, InputError, "cuda::{}: h must be [..., cols], got {}", op, describe(h));
-  const int64_t cols = h.size(-1);
-  check_cuda(op, "delta", delta, h);
-  check_dtype(op, "delta", delta, {h.scalar_type()});
-  EVALSVC_CHECK(delta.sizes() == h.sizes(), InputError, "cuda::{}: delta must have h's shape {}, got {}", op,
-                describe(h), describe(delta));
-  check_param(op, "gamma", gamma, h, h.scalar_type(), cols);
-  check_param(op, "beta", beta, h, h.scalar_type(), cols);
-  EVALSVC_CHECK(std::isfinite(eps) && eps > 0, InputError, "cuda::{}: eps must be finite and > 0, got {}", op, eps);
+  const int64_t cols = check_add_layer_norm(op, h, delta, gamma, beta, eps);
   const torch::Tensor hc = h.contiguous();
   const torch::Tensor dc = delta.contiguous();
   const int64_t rows = hc.numel() / cols;
