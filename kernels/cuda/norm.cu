@@ -147,48 +147,47 @@ __global__ void __launch_bounds__(128) k_add_layer_norm_quant_warp(const T* h, c
   }
 }
 
-template <typename T>
-int launch_warp_rows(const void* h, const void* delta, const void* gamma, const void* beta, float eps, int64_t rows,
-                     int64_t cols, void* h_out, void* a, cudaStream_t stream) {
-  constexpr int kRowsPerBlock = 4;
-  const auto grid = static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
-  const auto* hp = static_cast<const T*>(h);
-  const auto* dp = static_cast<const T*>(delta);
-  const auto* gp = static_cast<const T*>(gamma);
-  const auto* bp = static_cast<const T*>(beta);
-  auto* op = static_cast<T*>(h_out);
-  auto* ap = static_cast<T*>(a);
+/// Runs launch(std::integral_constant<int, C>{}) for the warp kernels' row width C = cols / 256 chunks (1-4), and
+/// returns the launch's status; kLaunchBadShape for other widths.
+template <typename F>
+int launch_by_chunks(int64_t cols, F&& launch) {
   switch (cols / 256) {
-    case 1: k_add_layer_norm_warp<T, 1><<<grid, 32 * kRowsPerBlock, 0, stream>>>(hp, dp, gp, bp, eps, rows, op, ap); break;
-    case 2: k_add_layer_norm_warp<T, 2><<<grid, 32 * kRowsPerBlock, 0, stream>>>(hp, dp, gp, bp, eps, rows, op, ap); break;
-    case 3: k_add_layer_norm_warp<T, 3><<<grid, 32 * kRowsPerBlock, 0, stream>>>(hp, dp, gp, bp, eps, rows, op, ap); break;
-    case 4: k_add_layer_norm_warp<T, 4><<<grid, 32 * kRowsPerBlock, 0, stream>>>(hp, dp, gp, bp, eps, rows, op, ap); break;
+    case 1: launch(std::integral_constant<int, 1>{}); break;
+    case 2: launch(std::integral_constant<int, 2>{}); break;
+    case 3: launch(std::integral_constant<int, 3>{}); break;
+    case 4: launch(std::integral_constant<int, 4>{}); break;
     default: return kLaunchBadShape;
   }
   return detail::launch_result();
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+constexpr int kWarpRowsPerBlock = 4;
+
+unsigned warp_rows_grid(int64_t rows) {
+  return static_cast<unsigned>((rows + kWarpRowsPerBlock - 1) / kWarpRowsPerBlock);
+}
+
+template <typename T>
+int launch_warp_rows(const void* h, const void* delta, const void* gamma, const void* beta, float eps, int64_t rows,
+                     int64_t cols, void* h_out, void* a, cudaStream_t stream) {
+  return launch_by_chunks(cols, [&](auto chunks) {
+    k_add_layer_norm_warp<T, decltype(chunks)::value><<<warp_rows_grid(rows), 32 * kWarpRowsPerBlock, 0, stream>>>(
+        static_cast<const T*>(h), static_cast<const T*>(delta), static_cast<const T*>(gamma),
+        static_cast<const T*>(beta), eps, rows, static_cast<T*>(h_out), static_cast<T*>(a));
+  });
+}
 
 template <typename T, typename Enc>
 int launch_quant_rows(const void* h, const void* delta, const void* gamma, const void* beta, float eps, int64_t rows,
                       int64_t cols, void* h_out, uint8_t* q, float* scale, cudaStream_t stream) {
-  constexpr int kRowsPerBlock = 4;
-  const auto grid = static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
-  const auto* hp = static_cast<const T*>(h);
-  const auto* dp = static_cast<const T*>(delta);
-  const auto* gp = static_cast<const T*>(gamma);
-  const auto* bp = static_cast<const T*>(beta);
-  auto* op = static_cast<T*>(h_out);
-  switch (cols / 256) {
-    case 1: k_add_layer_norm_quant_warp<T, 1, Enc><<<grid, 32 * kRowsPerBlock, 0, stream>>>(hp, dp, gp, bp, eps, rows, op, q, scale); break;
-    case 2: k_add_layer_norm_quant_warp<T, 2, Enc><<<grid, 32 * kRowsPerBlock, 0, stream>>>(hp, dp, gp, bp, eps, rows, op, q, scale); break;
-    case 3: k_add_layer_norm_quant_warp<T, 3, Enc><<<grid, 32 * kRowsPerBlock, 0, stream>>>(hp, dp, gp, bp, eps, rows, op, q, scale); break;
-    case 4: k_add_layer_norm_quant_warp<T, 4, Enc><<<grid, 32 * kRowsPerBlock, 0, stream>>>(hp, dp, gp, bp, eps, rows, op, q, scale); break;
-    default: return kLaunchBadShape;
-  }
-  return detail::launch_result();
+  return launch_by_chunks(cols, [&](auto chunks) {
+    k_add_layer_norm_quant_warp<T, decltype(chunks)::value, Enc><<<warp_rows_grid(rows), 32 * kWarpRowsPerBlock, 0, stream>>>(
+        static_cast<const T*>(h), static_cast<const T*>(delta), static_cast<const T*>(gamma),
+        static_cast<const T*>(beta), eps, rows, static_cast<T*>(h_out), q, scale);
+  });
 }
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 }  // namespace
 

@@ -693,6 +693,16 @@ bool fp8_cublaslt(const torch::Tensor& aq, const torch::Tensor& ascale, const to
 
 }  // namespace
 
+namespace {
+/// UnsupportedError naming the card where `device` cannot run fp8 products (compute capability below 8.9).
+void require_fp8(const char* op, const torch::Device& device) {
+  if (fp8_supported(device)) return;
+  const auto* prop = at::cuda::getDeviceProperties(device.index());
+  throw UnsupportedError(fmt::format("cuda::{}: FP8 E4M3 needs compute capability 8.9 or newer; {} ({}) is {}.{}", op,
+                                     device.str(), prop->name, prop->major, prop->minor));
+}
+}  // namespace
+
 torch::Tensor fp8_linear_quantized(const Fp8Activations& a, const torch::Tensor& wq, const torch::Tensor& wscale,
                                    const torch::Tensor& bias, torch::ScalarType out_dtype, bool gelu_tanh,
                                    Fp8Gemm gemm) {
@@ -716,11 +726,7 @@ torch::Tensor fp8_linear_quantized(const Fp8Activations& a, const torch::Tensor&
                 InputError, "cuda::{}: out_dtype must be Half, BFloat16 or Float, got {}", op,
                 c10::toString(out_dtype));
   const torch::Device device = wq.device();
-  if (!fp8_supported(device)) {
-    const auto* prop = at::cuda::getDeviceProperties(device.index());
-    throw UnsupportedError(fmt::format("cuda::{}: FP8 E4M3 needs compute capability 8.9 or newer; {} ({}) is {}.{}",
-                                       op, device.str(), prop->name, prop->major, prop->minor));
-  }
+  require_fp8(op, device);
   const auto out_options = wq.options().dtype(out_dtype);
   if (m == 0) return torch::empty({0, n}, out_options);
   const c10::cuda::CUDAGuard guard(device);
@@ -790,11 +796,7 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
   const int64_t n = wq.size(0);
   const torch::Tensor x2 = flatten_input(op, x, wq.size(1), {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
   check_cuda(op, "wq", wq, x);
-  if (!fp8_supported(x.device())) {
-    const auto* prop = at::cuda::getDeviceProperties(x.device().index());
-    throw UnsupportedError(fmt::format("cuda::{}: FP8 E4M3 needs compute capability 8.9 or newer; {} ({}) is {}.{}",
-                                       op, x.device().str(), prop->name, prop->major, prop->minor));
-  }
+  require_fp8(op, x.device());  // before quantizing x for nothing
   if (x2.size(0) == 0) return torch::empty(output_shape(x, n), x.options());
   const c10::cuda::CUDAGuard guard(x.device());
   const Fp8Activations a = quantize_per_token_fp8(x2);
