@@ -586,12 +586,6 @@ std::unique_ptr<QuantizedLinear> load_nf4(const TensorMap& s, const QuantOptions
 
 // ---------------------------------------------------------------------------------------------------------
 
-torch::Tensor QuantizedLinear::forward_quantized(const torch::Tensor&, const torch::Tensor&, torch::ScalarType,
-                                                 Activation) const {
-  throw UnsupportedError(fmt::format("{} linear: forward_quantized needs a method that quantizes its input per token",
-                                     method_name(method())));
-}
-
 std::unique_ptr<QuantizedLinear> quantize_linear(Method method, const torch::Tensor& weight, const torch::Tensor& bias,
                                                  const QuantOptions& options) {
   const std::string where = "quantize_linear(" + method_name(method) + ")";

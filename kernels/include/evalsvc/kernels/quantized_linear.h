@@ -97,7 +97,7 @@ class QuantizedLinear {
   /// same values forward(x, act) gives on the x the codes were made from. CUDA only; UnsupportedError for a
   /// layer whose activation_code() is kNone, on a CPU, or in a build without CUDA kernels.
   virtual torch::Tensor forward_quantized(const torch::Tensor& q, const torch::Tensor& scale,
-                                          torch::ScalarType out_dtype, Activation act = Activation::kNone) const;
+                                          torch::ScalarType out_dtype, Activation act = Activation::kNone) const = 0;
 
   /// Tensors to serialize, keyed relative to the layer ("weight", "bias", "SCB", "weight.absmax", ...).
   virtual std::map<std::string, torch::Tensor> state() const = 0;
