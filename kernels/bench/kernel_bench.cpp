@@ -6,7 +6,10 @@
 //
 //   build-NAME/kernels/kernel_bench            # full sweep
 //   build-NAME/kernels/kernel_bench --quick    # M = 1 and 128 only
+//   build-NAME/kernels/kernel_bench --m 4096,32768   # those token counts only
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -228,12 +231,28 @@ bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false;
+  std::vector<int64_t> ms = {1, 128, 1024, 4096, 32768};
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
-      quick = true;
+      ms = {1, 128};
+    } else if (std::strcmp(argv[i], "--m") == 0 && i + 1 < argc) {
+      ms.clear();
+      std::string list = argv[++i];
+      for (size_t pos = 0; pos <= list.size();) {
+        const size_t comma = std::min(list.find(',', pos), list.size());
+        const std::string item = list.substr(pos, comma - pos);
+        char* end = nullptr;
+        const long long v = std::strtoll(item.c_str(), &end, 10);
+        if (item.empty() || *end != '\0' || v < 1) {
+          std::fprintf(stderr, "kernel_bench: --m wants a comma-separated list of token counts >= 1, got '%s'\n",
+                       list.c_str());
+          return 2;
+        }
+        ms.push_back(v);
+        pos = comma + 1;
+      }
     } else {
-      std::fprintf(stderr, "usage: kernel_bench [--quick]\n");
+      std::fprintf(stderr, "usage: kernel_bench [--quick | --m M1,M2,...]\n");
       return 2;
     }
   }
@@ -274,7 +293,6 @@ int main(int argc, char** argv) {
       return 1;
     }
 
-    const std::vector<int64_t> ms = quick ? std::vector<int64_t>{1, 128} : std::vector<int64_t>{1, 128, 1024, 4096, 32768};
     for (const auto& L : layers) {
       for (const int64_t m : ms) {
         const auto x16 = randn({m, L.k}, 7 + m).clamp(-4.0, 4.0).to(torch::kFloat16).to(gpu());
