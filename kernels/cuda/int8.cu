@@ -1,6 +1,8 @@
 // INT8 kernels of SPEC section 2: per-token activation quantization with device-side outlier detection
 // (LLM.int8 without host synchronisation), a pipelined int8 tensor-core GEMM (mma.sync) with the dequantizing epilogue fused, the same
 // epilogue over an int32 product from cuBLASLt, and weight-only int8 dequantization.
+#include <cuda.h>  // CUtensorMap and its enums (the encoder is looked up at run time: no libcuda link)
+
 #include "common.cuh"
 
 namespace evalsvc::kernels::cuda {
@@ -367,18 +369,20 @@ int launch_int8_gemm_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t 
   return detail::launch_result();
 }
 
-// ---- int8 GEMM on Hopper: wgmma ------------------------------------------------------------------------------
+// ---- int8 GEMM on Hopper: wgmma fed by TMA --------------------------------------------------------------------
 //
 // The same fused product through sm_90's warpgroup MMA (wgmma.mma_async), which mma.sync cannot reach: on an
-// H100/H200 mma.sync runs at about half the int8 tensor-core rate. A block is WG_M warpgroups of 128 threads, each
-// owning 64 output rows x kBn columns; both operands come from shared memory through matrix descriptors, so the
-// products need no ldmatrix and no operand registers. k advances kBk bytes a stage: one row of a stage is one line
-// of wgmma's kBk-byte swizzle (64 bytes in the configurations used: 16-byte chunk c of row r stored at chunk
-// c ^ ((r / 2) % 4), 8 rows = one 512-byte atom; 128 bytes: chunk c ^ (r % 8), 1,024-byte atoms), the layout the
-// descriptors below describe. The stages fill through cp.async (no TMA: the operands are plain row-major int8
-// tensors of any row count, and cp.async zero-fills the edges), kStages - 2 k-tiles in flight while one group of
-// wgmmas runs asynchronously behind the next tile's loads. WgConfig keeps the 128-byte stages and the two-n128
-// tiles so that the measurements in docs/perf.md that dropped them can be repeated.
+// H100/H200 mma.sync runs at about half the int8 tensor-core rate. A block is WG_M consumer warpgroups of 128
+// threads, each owning 64 output rows x kBn columns, plus one producer warp. Both operands come from shared
+// memory through matrix descriptors, so the products need no ldmatrix and no operand registers. k advances kBk
+// bytes a stage; one row of a stage is one line of wgmma's kBk-byte swizzle (128 bytes: 16-byte chunk c of row r
+// stored at chunk c ^ (r % 8), 8 rows = one 1,024-byte atom; 64 bytes: c ^ ((r / 2) % 4), 512-byte atoms).
+// One thread of the producer warp asks the Tensor Memory Accelerator for each stage (two bulk tensor copies, the
+// A rows and the B rows, written in that swizzle and zero-filled past the matrix edges), and per-stage mbarriers
+// hand stages back and forth: `full[s]` completes when the stage's bytes have landed, `empty[s]` when every
+// consumer warp has retired the wgmmas that read it. The consumers only wait, issue wgmmas and release, with one
+// group of wgmmas in flight behind the next. (The first version filled the stages with cp.async from every
+// thread and met at a block barrier each stage: 0.71-0.83x this kernel's speed, docs/perf.md.)
 // Compiled for sm_90a only (wgmma is an arch-specific feature); other targets get an empty body, and the launcher
 // takes this kernel only where the loaded binary is sm_90 code (int8_wgmma_available).
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -389,28 +393,28 @@ int launch_int8_gemm_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t 
 
 template <int WG_M, int N_SUB, int BK, int STAGES, int MIN_BLOCKS>
 struct WgConfig {
-  static constexpr int kNSub = N_SUB;              // m64n128k32 instructions side by side along n
+  static constexpr int kNSub = N_SUB;               // m64n128k32 instructions side by side along n
   static constexpr int kBm = 64 * WG_M;
   static constexpr int kBn = 128 * N_SUB;
-  static constexpr int kBk = BK;                   // bytes of k per stage = one swizzle line (64 or 128)
-  static constexpr int kThreads = 128 * WG_M;
+  static constexpr int kBk = BK;                    // bytes of k per stage = one swizzle line = the TMA box width
+  static constexpr int kConsumers = 128 * WG_M;     // the MMA warpgroups
+  static constexpr int kThreads = kConsumers + 32;  // + the producer warp
   static constexpr int kStages = STAGES;
-  static constexpr int kMinBlocks = MIN_BLOCKS;    // blocks per SM the registers must allow
+  static constexpr int kMinBlocks = MIN_BLOCKS;     // blocks per SM the registers and shared memory must allow
   static constexpr int kStageBytes = (kBm + kBn) * BK;
   static constexpr int kSmemBytes = STAGES * kStageBytes + 1024;  // + slack to align the base to an atom
   static constexpr int kCStride = kBn + 4;  // int32 row stride of the epilogue's staged tile (padding: banks)
   static_assert(BK == 64 || BK == 128, "a stage row is one 64- or 128-byte swizzle line");
-  static_assert(STAGES >= 3, "one stage computing, one draining, at least one loading");
+  static_assert(STAGES >= 2, "one stage computing while the next loads");
   static_assert(kBm * kCStride * 4 <= STAGES * kStageBytes, "the staged accumulator tile must fit in the stages");
 };
-// Tiles of 128 x 128 from 64-byte stages, 6 of them (97 KB): two blocks per SM, so one block's prologue and
-// epilogue overlap the other's products (with 128-byte stages, 5 of them, one 161 KB block per SM, every block
-// paid both in full: 1.1-1.4x slower at 32,768 tokens and k = 768). 64 x 128 (one warpgroup) when 128 x 128 tiles
-// would leave SMs idle (128 tokens: 6 to 24 blocks on 132 SMs). A 128 x 256 tile (two n128 instructions a
-// k-step, 128-byte stages, one block per SM) measured 1.0-1.45x slower than 128 x 128 and was dropped
-// (docs/perf.md).
-using WgLarge = WgConfig<2, 1, 64, 6, 2>;
-using WgSmall = WgConfig<1, 1, 64, 6, 2>;
+// 128 x 128 tiles from three 128-byte stages (97 KB): two blocks per SM, so one block's prologue and epilogue
+// overlap the other's products. Measured on an H200 against it (product alone, 32,768 tokens; docs/perf.md):
+// 256 x 128 tiles (four consumer warpgroups, one block per SM) 0.91-0.92x as fast on the k = 768 shapes, 1.05x
+// on 3072 x 768; 128 x 256 (64-byte stages) 0.71-0.87x; six 64-byte stages 0.88-0.95x; one block per SM with
+// six 128-byte stages 0.63-0.79x. 64 x 128 (one consumer warpgroup) when 128 x 128 tiles would leave SMs idle.
+using WgLarge = WgConfig<2, 1, 128, 3, 2>;
+using WgSmall = WgConfig<1, 1, 128, 4, 2>;
 
 /// Shared-memory matrix descriptor of a K-major operand whose rows are BK-byte swizzle lines: start address,
 /// leading byte offset (unused for swizzled K-major; 1 by convention), stride byte offset 8 * BK (from one
@@ -421,13 +425,6 @@ __device__ __forceinline__ uint64_t wg_desc(uint32_t saddr) {
   return static_cast<uint64_t>((saddr & 0x3FFFF) >> 4) | (uint64_t{1} << 16) | (uint64_t{8 * BK >> 4} << 32) |
          (kMode << 62);
 }
-/// Byte offset of 16-byte chunk ch of row r in a tile of BK-byte swizzle lines: the XOR of address bits [4, 7)
-/// with bits [7, 10) that wgmma's 128-byte mode applies (64-byte mode: bits [4, 6) with [7, 9)).
-template <int BK>
-__device__ __forceinline__ uint32_t wg_swizzle(int r, int ch) {
-  return static_cast<uint32_t>(r * BK + ((BK == 128 ? ch ^ (r & 7) : ch ^ ((r >> 1) & 3)) << 4));
-}
-
 __device__ __forceinline__ void wgmma_fence() {
 #ifdef EVALSVC_INT8_WGMMA
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -442,13 +439,6 @@ template <int N>
 __device__ __forceinline__ void wgmma_wait() {
 #ifdef EVALSVC_INT8_WGMMA
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-#endif
-}
-/// Makes this thread's earlier shared-memory writes (cp.async lands through the generic proxy) visible to the
-/// async proxy that wgmma reads shared memory through.
-__device__ __forceinline__ void fence_proxy_async() {
-#ifdef EVALSVC_INT8_WGMMA
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }
 /// Pins the accumulators: the compiler must not move reads or writes of them across this point (they are being
@@ -469,136 +459,97 @@ __device__ __forceinline__ void wgmma_s8_m64n128k32(int (&d)[64], uint64_t da, u
 #endif
 }
 
-/// One thread's share of the copies that fill a [ROWS][BK] swizzled shared tile from rows [row0, row0 + ROWS) of
-/// g [rows, k], set up once per block: a stage then costs each copy a compare, an add and the cp.async. (Working
-/// the row, chunk, bounds and swizzle out again for every stage made the loads ~500 instructions a thread a
-/// stage, which left the kernel issue-bound at ~15% of the tensor rate: ncu, docs/perf.md.)
-template <int ROWS, int BK, int THREADS>
-struct WgTileLoader {
-  static constexpr int kChunks = BK / 16;
-  static constexpr int kPer = ROWS * kChunks / THREADS;  // copies per thread per stage
-  static_assert(ROWS * kChunks % THREADS == 0, "every thread issues the same number of copies");
-  const int8_t* src[kPer];  // row start + chunk offset (a valid address even for rows past the end)
-  uint32_t dst[kPer];       // swizzled byte offset in the tile
-  int kc[kPer];             // the chunk's byte offset in a stage; -1: row past the end (zero-filled)
 
-  __device__ __forceinline__ WgTileLoader(const int8_t* __restrict__ g, int64_t rows, int64_t k, int64_t row0) {
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int idx = static_cast<int>(threadIdx.x) + i * THREADS;
-      const int r = idx / kChunks;
-      const int ch = idx % kChunks;
-      const bool row_in = row0 + r < rows;
-      src[i] = g + (row_in ? (row0 + r) * k : 0) + ch * 16;
-      dst[i] = wg_swizzle<BK>(r, ch);
-      kc[i] = row_in ? ch * 16 : -1;
-    }
-  }
-  /// Copies bytes [k0, k0 + BK) of the rows into the tile at s; zeros past the matrix (k % 16 == 0).
-  __device__ __forceinline__ void load(uint32_t s, int64_t k0, int64_t k) const {
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const bool in = kc[i] >= 0 && k0 + kc[i] < k;
-      cp_async16(s + dst[i], in ? static_cast<const void*>(src[i] + k0) : static_cast<const void*>(src[i]), in ? 16 : 0);
-    }
-  }
-};
+// The epilogue goes through shared memory (free by then: every stage has been consumed). Straight from the
+// registers it needs every accumulator index at compile time, so it unrolls into one copy of the epilogue per
+// accumulator, ~100 KB of code the instruction cache re-fetches for every block: that cost ~25 us a block,
+// whatever k (first measurement, docs/perf.md). Staged, it is one short loop, and each thread writes 16
+// consecutive bytes of a row instead of 4.
 
-template <typename Cfg, typename T>
-__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) k_int8_gemm_wgmma(const int8_t* __restrict__ xq,
-                                                                    const int8_t* __restrict__ wq, int64_t m,
-                                                                    int64_t n, int64_t k, Int8Epilogue ep,
-                                                                    T* __restrict__ y) {
-#ifdef EVALSVC_INT8_WGMMA
-  extern __shared__ int8_t wg_smem[];
-  const uint32_t base = (smem_addr(wg_smem) + 1023u) & ~1023u;  // swizzle atoms are 1,024-byte aligned
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * Cfg::kBn;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * Cfg::kBm;
-  const int wg = threadIdx.x >> 7;
-
-  int acc[Cfg::kNSub][64];
+/// Writes warpgroup (tid / 128)'s accumulators into the int32 tile cs [kBm][kCStride]. Accumulator layout of
+/// m64nN: warp w of the warpgroup holds rows 16w..16w+15, and within the warp each n8 slice is laid out as
+/// mma.sync's m16n8 (registers 4j, 4j+1: row lane / 4, columns 8j + 2 (lane % 4) + {0, 1}; 4j + 2, 4j + 3: row + 8).
+template <typename Cfg>
+__device__ __forceinline__ void wg_stage_accumulators(const int (&acc)[Cfg::kNSub][64], int* cs, int tid) {
+  const int lane = tid & 31;
+  const int row = (tid >> 7) * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2);
+  const int col = (lane & 3) * 2;
 #pragma unroll
   for (int j = 0; j < Cfg::kNSub; ++j) {
 #pragma unroll
-    for (int e = 0; e < 64; ++e) acc[j][e] = 0;
-    fence_operands(acc[j]);
-  }
-
-  auto stage_a = [&](int s) { return base + static_cast<uint32_t>(s * Cfg::kStageBytes); };
-  auto stage_b = [&](int s) { return stage_a(s) + static_cast<uint32_t>(Cfg::kBm * Cfg::kBk); };
-  const WgTileLoader<Cfg::kBm, Cfg::kBk, Cfg::kThreads> load_a(xq, m, k, m0);
-  const WgTileLoader<Cfg::kBn, Cfg::kBk, Cfg::kThreads> load_b(wq, n, k, n0);
-  auto load = [&](int s, int64_t k0) {
-    load_a.load(stage_a(s), k0, k);
-    load_b.load(stage_b(s), k0, k);
-  };
-
-  const int ktiles = static_cast<int>((k + Cfg::kBk - 1) / Cfg::kBk);
-  constexpr int kAhead = Cfg::kStages - 2;  // k-tiles loading while one computes and one may still be read
-#pragma unroll
-  for (int s = 0; s < kAhead; ++s) {
-    if (s < ktiles) load(s, static_cast<int64_t>(s) * Cfg::kBk);
-    cp_async_commit();  // empty groups past the end keep the wait count uniform
-  }
-  for (int kt = 0; kt < ktiles; ++kt) {
-    cp_async_wait<kAhead - 1>();  // this thread's copies of tile kt have landed
-    fence_proxy_async();
-    // Everyone's copies of tile kt have landed, and every warpgroup has retired the wgmmas of tile kt - 2
-    // (wgmma_wait<1> at the end of the previous iteration), whose stage the next load overwrites.
-    __syncthreads();
-    const int next = kt + kAhead;
-    if (next < ktiles) load(next % Cfg::kStages, static_cast<int64_t>(next) * Cfg::kBk);
-    cp_async_commit();
-
-    const uint32_t a = stage_a(kt % Cfg::kStages) + static_cast<uint32_t>(wg * 64 * Cfg::kBk);
-    const uint32_t b = stage_b(kt % Cfg::kStages);
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < Cfg::kBk / 32; ++ks) {
-#pragma unroll
-      for (int j = 0; j < Cfg::kNSub; ++j) {
-        // Within a swizzle line, stepping k by 32 bytes moves the start address; the hardware applies the XOR.
-        wgmma_s8_m64n128k32(acc[j], wg_desc<Cfg::kBk>(a + ks * 32),
-                            wg_desc<Cfg::kBk>(b + static_cast<uint32_t>(j * 128 * Cfg::kBk) + ks * 32));
-      }
-    }
-    wgmma_commit();
-    wgmma_wait<1>();  // tile kt - 1 retired; tile kt may still run behind the next iteration's loads
-  }
-  wgmma_wait<0>();
-#pragma unroll
-  for (int j = 0; j < Cfg::kNSub; ++j) fence_operands(acc[j]);
-
-  // The epilogue goes through shared memory (free now: every stage has been consumed). Straight from the
-  // registers it needs every accumulator index at compile time, so it unrolls into one copy of the epilogue per
-  // accumulator, ~100 KB of code the instruction cache re-fetches for every block: that cost ~25 us a block,
-  // whatever k (first measurement, docs/perf.md). Staged, it is one short loop, and each thread writes 16
-  // consecutive bytes of a row instead of 4.
-  // Accumulator layout of m64nN: warp w of the warpgroup holds rows 16w..16w+15, and within the warp each n8
-  // slice is laid out as mma.sync's m16n8 (registers 4j, 4j+1: row lane / 4, columns 8j + 2 (lane % 4) + {0, 1};
-  // 4j + 2, 4j + 3: row + 8).
-  cp_async_wait<0>();
-  __syncthreads();  // all warpgroups are done reading the stages
-  int* cs = reinterpret_cast<int*>(wg_smem + (base - smem_addr(wg_smem)));
-  {
-    const int lane = threadIdx.x & 31;
-    const int row = wg * 64 + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
-    const int col = (lane & 3) * 2;
-#pragma unroll
-    for (int j = 0; j < Cfg::kNSub; ++j) {
-#pragma unroll
-      for (int jj = 0; jj < 16; ++jj) {
-        const int c = j * 128 + jj * 8 + col;
-        *reinterpret_cast<int2*>(cs + row * Cfg::kCStride + c) = make_int2(acc[j][jj * 4], acc[j][jj * 4 + 1]);
-        *reinterpret_cast<int2*>(cs + (row + 8) * Cfg::kCStride + c) = make_int2(acc[j][jj * 4 + 2], acc[j][jj * 4 + 3]);
-      }
+    for (int jj = 0; jj < 16; ++jj) {
+      const int c = j * 128 + jj * 8 + col;
+      *reinterpret_cast<int2*>(cs + row * Cfg::kCStride + c) = make_int2(acc[j][jj * 4], acc[j][jj * 4 + 1]);
+      *reinterpret_cast<int2*>(cs + (row + 8) * Cfg::kCStride + c) = make_int2(acc[j][jj * 4 + 2], acc[j][jj * 4 + 3]);
     }
   }
-  __syncthreads();
-  constexpr int kGroups = Cfg::kBn / 8;  // 8 outputs a thread per trip
+}
+
+/// y[m0 .., n0 ..] = epilogue(the staged tile cs), 8 outputs a thread per trip (threads tid of NTHREADS).
+/// Where n % 8 == 0 each thread keeps one group of 8 columns for the whole tile, so their scales, bias and
+/// LLM.int8 outlier scales are read once, and a trip costs a row scale, two shared loads, ~4 flops an output
+/// (plus the outlier columns' products) and one 16-byte store. The general per-element epilogue_value, which the
+/// other n take, cost ~5 us a 128 x 128 tile, about as much as the products of a k = 768 tile (docs/perf.md).
+/// The arithmetic is epilogue_value's, operation for operation, so both give the same bits.
+template <typename Cfg, int NTHREADS, typename T>
+__device__ __forceinline__ void wg_store_tile(const int* cs, int tid, int64_t m0, int64_t n0, int64_t m, int64_t n,
+                                              int64_t k, const Int8Epilogue& ep, T* __restrict__ y) {
+  constexpr int kGroups = Cfg::kBn / 8;
+  static_assert(NTHREADS % kGroups == 0, "every thread keeps one column group");
   const bool vec_out = n % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0;
+  if (vec_out) {
+    const int lc = (tid % kGroups) * 8;
+    const int64_t c = n0 + lc;
+    if (c >= n) return;  // n % 8 == 0: a group is wholly inside or wholly outside
+    const bool has_bias = ep.bias != nullptr;
+    const bool has_outliers = ep.outlier_count != nullptr;
+    const int outliers = has_outliers ? *ep.outlier_count : 0;
+    float col[8], bias[8] = {}, scb[8] = {};
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      col[e] = ep.col_scale[ep.col_scale_per_channel ? c + e : 0];
+      if (has_bias) bias[e] = ep.bias[c + e];
+      if (has_outliers) scb[e] = ep.outlier_scb[c + e];
+    }
+    const int rows = static_cast<int>(m - m0 < Cfg::kBm ? m - m0 : Cfg::kBm);
 #pragma unroll 1
-  for (int i = threadIdx.x; i < Cfg::kBm * kGroups; i += Cfg::kThreads) {
+    for (int lr = tid / kGroups; lr < rows; lr += NTHREADS / kGroups) {
+      const int64_t r = m0 + lr;
+      const float rs = ep.row_scale[r];
+      const int4* src = reinterpret_cast<const int4*>(cs + lr * Cfg::kCStride + lc);
+      const int4 a0 = src[0];
+      const int4 a1 = src[1];
+      const int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+      float v[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = static_cast<float>(a[e]) * rs * col[e] * ep.alpha;
+      if (has_outliers) {
+        float o[8] = {};
+        const T* xr = static_cast<const T*>(ep.outlier_x) + r * k;
+#pragma unroll 1
+        for (int j = 0; j < outliers; ++j) {
+          const int oc = ep.outlier_idx[j];
+          const float xv = __half2float(__float2half_rn(to_float(xr[oc])));
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            const float wv = __half2float(__float2half_rn(static_cast<float>(ep.outlier_cb[(c + e) * k + oc]) * scb[e] / 127.0f));
+            o[e] = fmaf(xv, wv, o[e]);
+          }
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] += o[e];
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        if (has_bias) v[e] += bias[e];
+        if (ep.gelu_tanh) v[e] = detail::gelu_tanh(to_float(from_float<T>(v[e])));
+      }
+      detail::store8(y + r * n + c, v);
+    }
+    return;
+  }
+#pragma unroll 1
+  for (int i = tid; i < Cfg::kBm * kGroups; i += NTHREADS) {
     const int lr = i / kGroups;
     const int lc = (i % kGroups) * 8;
     const int64_t r = m0 + lr;
@@ -608,33 +559,190 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) k_int8_gemm_wg
     const int4 a0 = src[0];
     const int4 a1 = src[1];
     const int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-    if (vec_out) {  // n % 8 == 0: the 8 columns are all inside the matrix
-      float v[8];
 #pragma unroll
-      for (int e = 0; e < 8; ++e) v[e] = epilogue_value<T>(ep, static_cast<float>(a[e]), r, c + e, k);
-      detail::store8(y + r * n + c, v);
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        if (c + e < n) y[r * n + c + e] = from_float<T>(epilogue_value<T>(ep, static_cast<float>(a[e]), r, c + e, k));
-      }
+    for (int e = 0; e < 8; ++e) {
+      if (c + e < n) y[r * n + c + e] = from_float<T>(epilogue_value<T>(ep, static_cast<float>(a[e]), r, c + e, k));
     }
   }
+}
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+/// Makes the initialised barriers visible to the async proxy (the TMA unit completes transactions on them).
+__device__ __forceinline__ void mbar_fence_init() {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+/// This thread's arrival, announcing `bytes` of asynchronous copies that must land before the phase completes.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+/// Spins until the barrier's phase of parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+#ifdef EVALSVC_INT8_WGMMA
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (done == 0);
+#endif
+}
+/// Box (x = byte offset along k, y = row) of the 2-d tensor map into shared memory at dst, completing on bar.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int x, int y, uint32_t bar) {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(bar)
+      : "memory");
+#endif
+}
+/// Barrier among the consumer warpgroups only (named barrier 1): the producer warp has left by then.
+template <int THREADS>
+__device__ __forceinline__ void consumers_sync() {
+  asm volatile("bar.sync 1, %0;\n" ::"n"(THREADS) : "memory");
+}
+
+template <typename Cfg, typename T>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
+    k_int8_gemm_wgmma(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
+                          int64_t m, int64_t n, int64_t k, Int8Epilogue ep, T* __restrict__ y) {
+#ifdef EVALSVC_INT8_WGMMA
+  extern __shared__ int8_t wg_smem[];
+  __shared__ uint64_t full[Cfg::kStages], empty[Cfg::kStages];
+  const uint32_t base = (smem_addr(wg_smem) + 1023u) & ~1023u;  // swizzle atoms are 1,024-byte aligned
+  const int n0 = static_cast<int>(blockIdx.x) * Cfg::kBn;
+  const int m0 = static_cast<int>(blockIdx.y) * Cfg::kBm;
+  const int ktiles = static_cast<int>((k + Cfg::kBk - 1) / Cfg::kBk);
+  auto stage_a = [&](int s) { return base + static_cast<uint32_t>(s * Cfg::kStageBytes); };
+  auto stage_b = [&](int s) { return stage_a(s) + static_cast<uint32_t>(Cfg::kBm * Cfg::kBk); };
+  auto full_bar = [&](int s) { return smem_addr(&full[s]); };
+  auto empty_bar = [&](int s) { return smem_addr(&empty[s]); };
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < Cfg::kStages; ++s) {
+      mbar_init(full_bar(s), 1);                       // the producer's arrive.expect_tx; then the bytes
+      mbar_init(empty_bar(s), Cfg::kConsumers / 32);   // one arrival per consumer warp
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+
+  if (threadIdx.x >= Cfg::kConsumers) {  // the producer warp: one thread issues every copy
+    if (threadIdx.x == Cfg::kConsumers) {
+      for (int kt = 0; kt < ktiles; ++kt) {
+        const int s = kt % Cfg::kStages;
+        // Stage s last held tile kt - kStages: its release is phase (kt / kStages - 1) of empty[s].
+        if (kt >= Cfg::kStages) mbar_wait(empty_bar(s), static_cast<uint32_t>((kt / Cfg::kStages - 1) & 1));
+        mbar_arrive_expect_tx(full_bar(s), Cfg::kStageBytes);  // zero-filled bytes past the edges count too
+        tma_load_2d(stage_a(s), &map_a, kt * Cfg::kBk, m0, full_bar(s));
+        tma_load_2d(stage_b(s), &map_b, kt * Cfg::kBk, n0, full_bar(s));
+      }
+    }
+    return;
+  }
+
+  const int wg = threadIdx.x >> 7;
+  int acc[Cfg::kNSub][64];
+#pragma unroll
+  for (int j = 0; j < Cfg::kNSub; ++j) {
+#pragma unroll
+    for (int e = 0; e < 64; ++e) acc[j][e] = 0;
+    fence_operands(acc[j]);
+  }
+  for (int kt = 0; kt < ktiles; ++kt) {
+    const int s = kt % Cfg::kStages;
+    mbar_wait(full_bar(s), static_cast<uint32_t>((kt / Cfg::kStages) & 1));
+    const uint32_t a = stage_a(s) + static_cast<uint32_t>(wg * 64 * Cfg::kBk);
+    const uint32_t b = stage_b(s);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < Cfg::kBk / 32; ++ks) {
+#pragma unroll
+      for (int j = 0; j < Cfg::kNSub; ++j) {
+        wgmma_s8_m64n128k32(acc[j], wg_desc<Cfg::kBk>(a + ks * 32),
+                            wg_desc<Cfg::kBk>(b + static_cast<uint32_t>(j * 128 * Cfg::kBk) + ks * 32));
+      }
+    }
+    wgmma_commit();
+    wgmma_wait<1>();  // tile kt - 1 retired (tile kt may still run): its stage goes back to the producer
+    if (kt > 0 && (threadIdx.x & 31) == 0) mbar_arrive(empty_bar((kt - 1) % Cfg::kStages));
+  }
+  wgmma_wait<0>();
+#pragma unroll
+  for (int j = 0; j < Cfg::kNSub; ++j) fence_operands(acc[j]);
+
+  // Every copy has landed (each full phase was waited for) and both warpgroups are past their last wgmma.
+  consumers_sync<Cfg::kConsumers>();
+  int* cs = reinterpret_cast<int*>(wg_smem + (base - smem_addr(wg_smem)));
+  wg_stage_accumulators<Cfg>(acc, cs, threadIdx.x);
+  consumers_sync<Cfg::kConsumers>();
+  wg_store_tile<Cfg, Cfg::kConsumers>(cs, threadIdx.x, m0, n0, m, n, k, ep, y);
 #else
   __trap();  // not sm_90a code: int8_wgmma_available() keeps the launcher from getting here
 #endif
 }
 #pragma nv_diag_default 177
 
+/// cuTensorMapEncodeTiled, a driver API function, found through the runtime (qbench links only cudart).
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeTiledFn encode_tiled() {
+  static const EncodeTiledFn fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      return static_cast<EncodeTiledFn>(nullptr);
+    }
+    return reinterpret_cast<EncodeTiledFn>(p);
+  }();
+  return fn;
+}
+
+/// Tensor map of the row-major int8 matrix g [rows, k] read in boxes of box_rows x bk bytes, in wgmma's bk-byte
+/// swizzle; reads past the edges give zeros. Needs k % 16 == 0 and g 16-byte aligned.
+bool int8_tensor_map(CUtensorMap* map, const int8_t* g, int64_t rows, int64_t k, int box_rows, int bk) {
+  const EncodeTiledFn encode = encode_tiled();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k)};  // bytes from one row to the next
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(bk), static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t steps[2] = {1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<int8_t*>(g), dims, strides, box, steps,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, bk == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 template <typename Cfg, typename T>
 int launch_int8_gemm_wgmma_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k,
-                               const Int8Epilogue& ep, T* y, cudaStream_t stream) {
-  if ((m + Cfg::kBm - 1) / Cfg::kBm > 65535 || (n + Cfg::kBn - 1) / Cfg::kBn > INT32_MAX) return kLaunchBadShape;
+                                   const Int8Epilogue& ep, T* y, cudaStream_t stream) {
+  // TMA coordinates are 32-bit: rows and k must fit (GPT-2's are far inside).
+  if ((m + Cfg::kBm - 1) / Cfg::kBm > 65535 || n > INT32_MAX || k > INT32_MAX || m > INT32_MAX) return kLaunchBadShape;
+  CUtensorMap map_a{}, map_b{};
+  if (!int8_tensor_map(&map_a, xq, m, k, Cfg::kBm, Cfg::kBk) || !int8_tensor_map(&map_b, wq, n, k, Cfg::kBn, Cfg::kBk)) {
+    return kLaunchUnsupported;
+  }
   static bool opted_in[64] = {};
   const int st = opt_in_smem(reinterpret_cast<const void*>(k_int8_gemm_wgmma<Cfg, T>), Cfg::kSmemBytes, opted_in);
   if (st != kLaunchOk) return st;
   const dim3 grid(static_cast<unsigned>((n + Cfg::kBn - 1) / Cfg::kBn), static_cast<unsigned>((m + Cfg::kBm - 1) / Cfg::kBm));
-  k_int8_gemm_wgmma<Cfg, T><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(xq, wq, m, n, k, ep, y);
+  k_int8_gemm_wgmma<Cfg, T><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(map_a, map_b, m, n, k, ep, y);
   return detail::launch_result();
 }
 
@@ -766,7 +874,7 @@ bool int8_wgmma_available() {
     cudaFuncAttributes attr{};
     const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major == 9 &&
                     cudaFuncGetAttributes(&attr, k_int8_gemm_wgmma<WgLarge, __half>) == cudaSuccess &&
-                    attr.binaryVersion == 90;
+                    attr.binaryVersion == 90 && encode_tiled() != nullptr;
     cached[dev] = ok ? 1 : -1;
   }
   return cached[dev] > 0;

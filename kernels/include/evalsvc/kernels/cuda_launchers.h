@@ -102,7 +102,8 @@ struct Int8Epilogue {
 
 /// Which of qbench's own int8 GEMM kernels launch_int8_gemm runs. kBest: wgmma where available and k % 16 == 0
 /// (16-byte aligned operands), else mma.sync. kMmaSync: the pipelined mma.sync kernel (sm_80+, any shape).
-/// kWgmma: the Hopper warpgroup kernel (sm_90 with an sm_90a build; k % 16 == 0), kLaunchUnsupported elsewhere;
+/// kWgmma: the Hopper warpgroup kernel, operands brought in by TMA (sm_90 with an sm_90a build and a driver with
+/// cuTensorMapEncodeTiled; k % 16 == 0, 16-byte aligned operands), kLaunchUnsupported elsewhere;
 /// 128 x 128 tiles, 64 x 128 when those would leave SMs idle.
 enum class Int8Kernel { kBest, kMmaSync, kWgmma };
 
