@@ -238,8 +238,7 @@ torch::Tensor int8_product(const char* op, const torch::Tensor& xq, const torch:
   EVALSVC_CHECK(!wgmma_asked || k % 16 == 0, InputError, "cuda::{}: the wgmma int8 GEMM needs in % 16 == 0, got in={}",
                 op, k);
   const cudaStream_t stream = stream_of(xq);
-  const bool wgmma_auto = gemm == Int8Gemm::kAuto && k % 16 == 0 && (m <= 16 || m >= kInt8WgmmaMinTokens) &&
-                          int8_wgmma_available();
+  const bool wgmma_auto = gemm == Int8Gemm::kAuto && k % 16 == 0 && int8_wgmma_available();
   if (gemm == Int8Gemm::kCublasLt || (gemm == Int8Gemm::kAuto && cublas_ok && !wgmma_auto)) {
     // cuBLASLt wants the weight as a column-major [in, out] matrix: wq^T is exactly that view, no copy.
     const torch::Tensor acc = at::_int_mm(xq, wq.t());

@@ -101,14 +101,10 @@ Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold
 /// in % 16 == 0), else the pipelined mma.sync kernel (sm_80+, any shape). kMmaSync, kWgmma: one of those kernels
 /// explicitly (kWgmma: UnsupportedError off Hopper). kCublasLt: at::_int_mm (needs T > 16, in and out multiples
 /// of 8), which writes the int32 product to memory, then the epilogue kernel reads it back.
-/// kAuto, from kernel_bench on an H200 (docs/perf.md): wgmma where it runs, except from 17 to
-/// kInt8WgmmaMinTokens - 1 tokens, where cuBLASLt's product and epilogue are faster (at 128 tokens 8.8-16 us a
-/// call in a CUDA graph against 11-21 us: too few 64 x 128 tiles to fill the SMs); without wgmma, cuBLASLt
-/// where its limits allow, else mma.sync.
+/// kAuto, from kernel_bench on an H200 (docs/perf.md): wgmma where it runs (it is the fastest at every token
+/// count measured, 1 to 32,768: at 128 tokens 8.1-14.9 us a call in a CUDA graph against cuBLASLt's 8.8-16.2);
+/// without it, cuBLASLt where its limits allow, else mma.sync.
 enum class Int8Gemm { kAuto, kCublasLt, kFused, kMmaSync, kWgmma };
-
-/// Tokens from which Int8Gemm::kAuto prefers the wgmma kernel to cuBLASLt (below 17 cuBLASLt cannot run).
-constexpr int64_t kInt8WgmmaMinTokens = 1024;
 
 /// Whether Int8Gemm::kWgmma runs on the current device (compute capability 9.0 and sm_90a code in this build).
 bool int8_wgmma_available();
