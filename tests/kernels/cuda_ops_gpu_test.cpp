@@ -251,6 +251,54 @@ TEST(CudaInt8, PerTokenQuantizationMatchesReferenceExactly) {
   }
 }
 
+TEST(CudaInt8, PerTokenQuantizationIsExactWhereQuotientsSitOnHalfIntegers) {
+  REQUIRE_GPU();
+  // Random rows almost never put x / s within a few ulps of a half-integer, where a quantizer that rounds
+  // anything but the exact quotient (x * (1 / s), say; tried, docs/perf.md) or rounds ties away from even would
+  // give another code than torch.round. Each row here: its absmax first, then the k - 1 representable values in
+  // [-absmax, absmax] whose x / s lies nearest a half-integer, exact ties included. fp16 rows at 2,500 tokens
+  // and k = 3072 take the warp kernel, fp32 rows the block-per-row kernel.
+  const int64_t k = 3072;
+  const auto every_half = torch::arange(0, 65536, torch::kInt32).to(torch::kInt16).view(torch::kFloat16).to(torch::kFloat32);
+  const auto finite_halves = every_half.index({torch::isfinite(every_half)});
+  auto row_for = [&](float amax, bool fp16) {
+    const float s = amax / 127.0f;
+    torch::Tensor cand = fp16 ? finite_halves : torch::linspace(-amax, amax, 400000, torch::kFloat32);
+    cand = cand.index({cand.abs() <= amax});
+    if (!fp16) {  // fp32: also each value's neighbours one and two ulps away, straddling the half-integers
+      const auto up = torch::nextafter(cand, torch::full_like(cand, 1e30f));
+      const auto down = torch::nextafter(cand, torch::full_like(cand, -1e30f));
+      const auto ties = (torch::arange(-127, 127, torch::kFloat32) + 0.5f) * s;  // exact ties where s is a power of 2
+      cand = torch::cat({cand, up, down, torch::nextafter(up, torch::full_like(cand, 1e30f)), ties});
+      cand = cand.index({cand.abs() <= amax});
+    }
+    const auto q = cand.to(torch::kFloat64) / static_cast<double>(s);
+    const auto dist = (q - q.floor() - 0.5).abs();
+    const auto nearest = std::get<1>(torch::topk(dist, k - 1, 0, /*largest=*/false));
+    return torch::cat({torch::full({1}, amax), cand.index({nearest})});
+  };
+  const std::vector<float> amaxes = {100.0f, 3.1415927f, 0.0123f, 57.75f, 1.0f, 127.0f, 6.02e-3f, 33.3f};
+  for (const bool fp16 : {true, false}) {
+    std::vector<torch::Tensor> rows;
+    const int64_t m = fp16 ? 2500 : 16;
+    for (int64_t r = 0; r < m; ++r) {
+      const float amax = fp16 ? static_cast<float>(c10::Half(amaxes[r % amaxes.size()] * (1.0f + 0.01f * static_cast<float>(r / amaxes.size()))))
+                              : amaxes[r % amaxes.size()] * (1.0f + 0.01f * static_cast<float>(r / amaxes.size()));
+      if (r < static_cast<int64_t>(2 * amaxes.size()) || !fp16) rows.push_back(row_for(amax, fp16));
+      else rows.push_back(rows[r % (2 * amaxes.size())]);  // the candidates are the slow part: repeat rows
+    }
+    const auto x = torch::stack(rows).to(fp16 ? torch::kFloat16 : torch::kFloat32);
+    const auto want = ref::quantize_per_token(x);
+    const auto got = cuda::quantize_per_token_int8(x.to(gpu()), 0.0);
+    const auto what = fmt::format("quantize_per_token_int8 on half-integer quotients, {} rows", fp16 ? "fp16" : "fp32");
+    EXPECT_TRUE(same(got.q, want.q, what + " q"));
+    EXPECT_TRUE(close(got.scale, want.scale, 0.0, what + " scale"));
+    // The rows must really hold ties and near-ties, or this test proves nothing.
+    const auto xs = x.to(torch::kFloat64) / want.scale.to(torch::kFloat64).unsqueeze(1);
+    EXPECT_EQ(((xs - xs.floor() - 0.5).abs() == 0).sum().item<int64_t>() > 0, true) << what << ": no exact ties";
+  }
+}
+
 TEST(CudaInt8, OutlierQuantizationMatchesLlmInt8Reference) {
   REQUIRE_GPU();
   for (const auto& s : kShapes) {
