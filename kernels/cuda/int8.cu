@@ -411,8 +411,9 @@ struct WgConfig {
 // 128 x 128 tiles from three 128-byte stages (97 KB): two blocks per SM, so one block's prologue and epilogue
 // overlap the other's products. Measured on an H200 against it (product alone, 32,768 tokens; docs/perf.md):
 // 256 x 128 tiles (four consumer warpgroups, one block per SM) 0.91-0.92x as fast on the k = 768 shapes, 1.05x
-// on 3072 x 768; 128 x 256 (64-byte stages) 0.71-0.87x; six 64-byte stages 0.88-0.95x; one block per SM with
-// six 128-byte stages 0.63-0.79x. 64 x 128 (one consumer warpgroup) when 128 x 128 tiles would leave SMs idle.
+// on 3072 x 768; 128 x 256 (64-byte stages) 0.71-0.87x; and, with the first per-element epilogue, six 64-byte
+// stages 0.88-0.95x and one block per SM with six 128-byte stages 0.63-0.79x. 64 x 128 (one consumer warpgroup)
+// when 128 x 128 tiles would leave SMs idle.
 using WgLarge = WgConfig<2, 1, 128, 3, 2>;
 using WgSmall = WgConfig<1, 1, 128, 4, 2>;
 
