@@ -460,7 +460,6 @@ __device__ __forceinline__ void wgmma_s8_m64n128k32(int (&d)[64], uint64_t da, u
 #endif
 }
 
-
 // The epilogue goes through shared memory (free by then: every stage has been consumed). Straight from the
 // registers it needs every accumulator index at compile time, so it unrolls into one copy of the epilogue per
 // accumulator, ~100 KB of code the instruction cache re-fetches for every block: that cost ~25 us a block,
@@ -620,7 +619,7 @@ __device__ __forceinline__ void consumers_sync() {
 template <typename Cfg, typename T>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     k_int8_gemm_wgmma(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
-                          int64_t m, int64_t n, int64_t k, Int8Epilogue ep, T* __restrict__ y) {
+                      int64_t m, int64_t n, int64_t k, Int8Epilogue ep, T* __restrict__ y) {
 #ifdef EVALSVC_INT8_WGMMA
   extern __shared__ int8_t wg_smem[];
   __shared__ uint64_t full[Cfg::kStages], empty[Cfg::kStages];
@@ -732,7 +731,7 @@ bool int8_tensor_map(CUtensorMap* map, const int8_t* g, int64_t rows, int64_t k,
 
 template <typename Cfg, typename T>
 int launch_int8_gemm_wgmma_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k,
-                                   const Int8Epilogue& ep, T* y, cudaStream_t stream) {
+                               const Int8Epilogue& ep, T* y, cudaStream_t stream) {
   // TMA coordinates are 32-bit: rows and k must fit (GPT-2's are far inside).
   if ((m + Cfg::kBm - 1) / Cfg::kBm > 65535 || n > INT32_MAX || k > INT32_MAX || m > INT32_MAX) return kLaunchBadShape;
   CUtensorMap map_a{}, map_b{};
