@@ -18,9 +18,46 @@
 
 #include "evalsvc/kernels/torch_compat.h"
 
+namespace {
+
+/// The token counts to time, from the command line (the same in builds with and without CUDA, so a bad command
+/// line is an error everywhere). False, with a message on stderr, on a usage error.
+bool parse_args(int argc, char** argv, std::vector<int64_t>& ms) {
+  ms = {1, 128, 1024, 4096, 32768};
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) {
+      ms = {1, 128};
+    } else if (std::strcmp(argv[i], "--m") == 0 && i + 1 < argc) {
+      ms.clear();
+      const std::string list = argv[++i];
+      for (size_t pos = 0; pos <= list.size();) {
+        const size_t comma = std::min(list.find(',', pos), list.size());
+        const std::string item = list.substr(pos, comma - pos);
+        char* end = nullptr;
+        const long long v = std::strtoll(item.c_str(), &end, 10);
+        if (item.empty() || *end != '\0' || v < 1) {
+          std::fprintf(stderr, "kernel_bench: --m wants a comma-separated list of token counts >= 1, got '%s'\n",
+                       list.c_str());
+          return false;
+        }
+        ms.push_back(v);
+        pos = comma + 1;
+      }
+    } else {
+      std::fprintf(stderr, "usage: kernel_bench [--quick | --m M1,M2,...]\n");
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
 #ifndef EVALSVC_WITH_CUDA
 
-int main() {
+int main(int argc, char** argv) {
+  std::vector<int64_t> ms;
+  if (!parse_args(argc, argv, ms)) return 2;
   std::fprintf(stderr,
                "kernel_bench: built without the CUDA kernels (configure with -DEVALSVC_ENABLE_CUDA=ON against a "
                "CUDA libtorch); nothing to validate or time.\n");
@@ -231,31 +268,8 @@ bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<int64_t> ms = {1, 128, 1024, 4096, 32768};
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--quick") == 0) {
-      ms = {1, 128};
-    } else if (std::strcmp(argv[i], "--m") == 0 && i + 1 < argc) {
-      ms.clear();
-      std::string list = argv[++i];
-      for (size_t pos = 0; pos <= list.size();) {
-        const size_t comma = std::min(list.find(',', pos), list.size());
-        const std::string item = list.substr(pos, comma - pos);
-        char* end = nullptr;
-        const long long v = std::strtoll(item.c_str(), &end, 10);
-        if (item.empty() || *end != '\0' || v < 1) {
-          std::fprintf(stderr, "kernel_bench: --m wants a comma-separated list of token counts >= 1, got '%s'\n",
-                       list.c_str());
-          return 2;
-        }
-        ms.push_back(v);
-        pos = comma + 1;
-      }
-    } else {
-      std::fprintf(stderr, "usage: kernel_bench [--quick | --m M1,M2,...]\n");
-      return 2;
-    }
-  }
+  std::vector<int64_t> ms;
+  if (!parse_args(argc, argv, ms)) return 2;
   if (!torch::cuda::is_available()) {
     std::fprintf(stderr, "kernel_bench: no CUDA device visible; nothing to validate or time.\n");
     return 0;
