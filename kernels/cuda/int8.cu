@@ -374,9 +374,9 @@ int launch_int8_gemm_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t 
 // The same fused product through sm_90's warpgroup MMA (wgmma.mma_async), which mma.sync cannot reach: on an
 // H100/H200 mma.sync runs at about half the int8 tensor-core rate. A block is WG_M consumer warpgroups of 128
 // threads, each owning 64 output rows x kBn columns, plus one producer warp. Both operands come from shared
-// memory through matrix descriptors, so the products need no ldmatrix and no operand registers. k advances kBk
-// bytes a stage; one row of a stage is one line of wgmma's kBk-byte swizzle (128 bytes: 16-byte chunk c of row r
-// stored at chunk c ^ (r % 8), 8 rows = one 1,024-byte atom; 64 bytes: c ^ ((r / 2) % 4), 512-byte atoms).
+// memory through matrix descriptors, so the products need no ldmatrix and no operand registers. k advances 128
+// bytes a stage; one row of a stage is one line of wgmma's 128-byte swizzle (16-byte chunk c of row r stored at
+// chunk c ^ (r % 8), 8 rows = one 1,024-byte atom).
 // One thread of the producer warp asks the Tensor Memory Accelerator for each stage (two bulk tensor copies, the
 // A rows and the B rows, written in that swizzle and zero-filled past the matrix edges), and per-stage mbarriers
 // hand stages back and forth: `full[s]` completes when the stage's bytes have landed, `empty[s]` when every
@@ -391,20 +391,18 @@ int launch_int8_gemm_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t 
 // Outside sm_90a the helpers below are declared and never used: not worth a warning per target.
 #pragma nv_diag_suppress 177
 
-template <int WG_M, int N_SUB, int BK, int STAGES, int MIN_BLOCKS>
+template <int WG_M, int STAGES, int MIN_BLOCKS>
 struct WgConfig {
-  static constexpr int kNSub = N_SUB;               // m64n128k32 instructions side by side along n
   static constexpr int kBm = 64 * WG_M;
-  static constexpr int kBn = 128 * N_SUB;
-  static constexpr int kBk = BK;                    // bytes of k per stage = one swizzle line = the TMA box width
+  static constexpr int kBn = 128;                   // one m64n128k32 instruction per warpgroup and k step
+  static constexpr int kBk = 128;                   // bytes of k per stage = one swizzle line = the TMA box width
   static constexpr int kConsumers = 128 * WG_M;     // the MMA warpgroups
   static constexpr int kThreads = kConsumers + 32;  // + the producer warp
   static constexpr int kStages = STAGES;
   static constexpr int kMinBlocks = MIN_BLOCKS;     // blocks per SM the registers and shared memory must allow
-  static constexpr int kStageBytes = (kBm + kBn) * BK;
+  static constexpr int kStageBytes = (kBm + kBn) * kBk;
   static constexpr int kSmemBytes = STAGES * kStageBytes + 1024;  // + slack to align the base to an atom
   static constexpr int kCStride = kBn + 4;  // int32 row stride of the epilogue's staged tile (padding: banks)
-  static_assert(BK == 64 || BK == 128, "a stage row is one 64- or 128-byte swizzle line");
   static_assert(STAGES >= 2, "one stage computing while the next loads");
   static_assert(kBm * kCStride * 4 <= STAGES * kStageBytes, "the staged accumulator tile must fit in the stages");
 };
@@ -413,18 +411,17 @@ struct WgConfig {
 // 256 x 128 tiles (four consumer warpgroups, one block per SM) 0.91-0.92x as fast on the k = 768 shapes, 1.05x
 // on 3072 x 768; 128 x 256 (64-byte stages) 0.71-0.87x; and, with the first per-element epilogue, six 64-byte
 // stages 0.88-0.95x and one block per SM with six 128-byte stages 0.63-0.79x. 64 x 128 (one consumer warpgroup)
-// when 128 x 128 tiles would leave SMs idle.
-using WgLarge = WgConfig<2, 1, 128, 3, 2>;
-using WgSmall = WgConfig<1, 1, 128, 4, 2>;
+// when 128 x 128 tiles would leave SMs idle. (Those alternatives were template parameters for the measurement;
+// only the layout kept is left here.)
+using WgLarge = WgConfig<2, 3, 2>;
+using WgSmall = WgConfig<1, 4, 2>;
 
-/// Shared-memory matrix descriptor of a K-major operand whose rows are BK-byte swizzle lines: start address,
-/// leading byte offset (unused for swizzled K-major; 1 by convention), stride byte offset 8 * BK (from one
-/// 8-row swizzle atom to the next), swizzle mode in bits 62-63 (1: 128 B, 2: 64 B).
-template <int BK>
+/// Shared-memory matrix descriptor of a K-major operand whose rows are 128-byte swizzle lines: start address,
+/// leading byte offset (unused for swizzled K-major; 1 by convention), stride byte offset 1,024 (from one
+/// 8-row swizzle atom to the next), swizzle mode 1 (128 bytes) in bits 62-63.
 __device__ __forceinline__ uint64_t wg_desc(uint32_t saddr) {
-  constexpr uint64_t kMode = BK == 128 ? 1 : 2;
-  return static_cast<uint64_t>((saddr & 0x3FFFF) >> 4) | (uint64_t{1} << 16) | (uint64_t{8 * BK >> 4} << 32) |
-         (kMode << 62);
+  return static_cast<uint64_t>((saddr & 0x3FFFF) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
+         (uint64_t{1} << 62);
 }
 __device__ __forceinline__ void wgmma_fence() {
 #ifdef EVALSVC_INT8_WGMMA
@@ -470,18 +467,15 @@ __device__ __forceinline__ void wgmma_s8_m64n128k32(int (&d)[64], uint64_t da, u
 /// m64nN: warp w of the warpgroup holds rows 16w..16w+15, and within the warp each n8 slice is laid out as
 /// mma.sync's m16n8 (registers 4j, 4j+1: row lane / 4, columns 8j + 2 (lane % 4) + {0, 1}; 4j + 2, 4j + 3: row + 8).
 template <typename Cfg>
-__device__ __forceinline__ void wg_stage_accumulators(const int (&acc)[Cfg::kNSub][64], int* cs, int tid) {
+__device__ __forceinline__ void wg_stage_accumulators(const int (&acc)[64], int* cs, int tid) {
   const int lane = tid & 31;
   const int row = (tid >> 7) * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2);
   const int col = (lane & 3) * 2;
 #pragma unroll
-  for (int j = 0; j < Cfg::kNSub; ++j) {
-#pragma unroll
-    for (int jj = 0; jj < 16; ++jj) {
-      const int c = j * 128 + jj * 8 + col;
-      *reinterpret_cast<int2*>(cs + row * Cfg::kCStride + c) = make_int2(acc[j][jj * 4], acc[j][jj * 4 + 1]);
-      *reinterpret_cast<int2*>(cs + (row + 8) * Cfg::kCStride + c) = make_int2(acc[j][jj * 4 + 2], acc[j][jj * 4 + 3]);
-    }
+  for (int jj = 0; jj < 16; ++jj) {
+    const int c = jj * 8 + col;
+    *reinterpret_cast<int2*>(cs + row * Cfg::kCStride + c) = make_int2(acc[jj * 4], acc[jj * 4 + 1]);
+    *reinterpret_cast<int2*>(cs + (row + 8) * Cfg::kCStride + c) = make_int2(acc[jj * 4 + 2], acc[jj * 4 + 3]);
   }
 }
 
@@ -656,13 +650,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   }
 
   const int wg = threadIdx.x >> 7;
-  int acc[Cfg::kNSub][64];
+  int acc[64];
 #pragma unroll
-  for (int j = 0; j < Cfg::kNSub; ++j) {
-#pragma unroll
-    for (int e = 0; e < 64; ++e) acc[j][e] = 0;
-    fence_operands(acc[j]);
-  }
+  for (int e = 0; e < 64; ++e) acc[e] = 0;
+  fence_operands(acc);
   for (int kt = 0; kt < ktiles; ++kt) {
     const int s = kt % Cfg::kStages;
     mbar_wait(full_bar(s), static_cast<uint32_t>((kt / Cfg::kStages) & 1));
@@ -671,19 +662,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < Cfg::kBk / 32; ++ks) {
-#pragma unroll
-      for (int j = 0; j < Cfg::kNSub; ++j) {
-        wgmma_s8_m64n128k32(acc[j], wg_desc<Cfg::kBk>(a + ks * 32),
-                            wg_desc<Cfg::kBk>(b + static_cast<uint32_t>(j * 128 * Cfg::kBk) + ks * 32));
-      }
+      // Within a swizzle line, stepping k by 32 bytes moves the start address; the hardware applies the XOR.
+      wgmma_s8_m64n128k32(acc, wg_desc(a + ks * 32), wg_desc(b + ks * 32));
     }
     wgmma_commit();
     wgmma_wait<1>();  // tile kt - 1 retired (tile kt may still run): its stage goes back to the producer
     if (kt > 0 && (threadIdx.x & 31) == 0) mbar_arrive(empty_bar((kt - 1) % Cfg::kStages));
   }
   wgmma_wait<0>();
-#pragma unroll
-  for (int j = 0; j < Cfg::kNSub; ++j) fence_operands(acc[j]);
+  fence_operands(acc);
 
   // Every copy has landed (each full phase was waited for) and both warpgroups are past their last wgmma.
   consumers_sync<Cfg::kConsumers>();
@@ -715,17 +702,17 @@ EncodeTiledFn encode_tiled() {
   return fn;
 }
 
-/// Tensor map of the row-major int8 matrix g [rows, k] read in boxes of box_rows x bk bytes, in wgmma's bk-byte
+/// Tensor map of the row-major int8 matrix g [rows, k] read in boxes of box_rows x 128 bytes, in wgmma's 128-byte
 /// swizzle; reads past the edges give zeros. Needs k % 16 == 0 and g 16-byte aligned.
-bool int8_tensor_map(CUtensorMap* map, const int8_t* g, int64_t rows, int64_t k, int box_rows, int bk) {
+bool int8_tensor_map(CUtensorMap* map, const int8_t* g, int64_t rows, int64_t k, int box_rows) {
   const EncodeTiledFn encode = encode_tiled();
   if (encode == nullptr) return false;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k)};  // bytes from one row to the next
-  const cuuint32_t box[2] = {static_cast<cuuint32_t>(bk), static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t box[2] = {128, static_cast<cuuint32_t>(box_rows)};
   const cuuint32_t steps[2] = {1, 1};
   return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<int8_t*>(g), dims, strides, box, steps,
-                CU_TENSOR_MAP_INTERLEAVE_NONE, bk == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
@@ -735,7 +722,8 @@ int launch_int8_gemm_wgmma_cfg(const int8_t* xq, const int8_t* wq, int64_t m, in
   // TMA coordinates are 32-bit: rows and k must fit (GPT-2's are far inside).
   if ((m + Cfg::kBm - 1) / Cfg::kBm > 65535 || n > INT32_MAX || k > INT32_MAX || m > INT32_MAX) return kLaunchBadShape;
   CUtensorMap map_a{}, map_b{};
-  if (!int8_tensor_map(&map_a, xq, m, k, Cfg::kBm, Cfg::kBk) || !int8_tensor_map(&map_b, wq, n, k, Cfg::kBn, Cfg::kBk)) {
+  static_assert(Cfg::kBk == 128, "the tensor maps' boxes are 128-byte swizzle lines");
+  if (!int8_tensor_map(&map_a, xq, m, k, Cfg::kBm) || !int8_tensor_map(&map_b, wq, n, k, Cfg::kBn)) {
     return kLaunchUnsupported;
   }
   static bool opted_in[64] = {};
