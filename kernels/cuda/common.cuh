@@ -48,11 +48,19 @@ __device__ __forceinline__ void store8(T* p, const float (&v)[8]) {
   }
 }
 
-/// GELU, tanh approximation (GPT-2's "gelu_new"), in fp32 with PyTorch's constants.
+/// GELU, tanh approximation (GPT-2's "gelu_new"), in fp32 with PyTorch's constants, computed as x * sigmoid(2u)
+/// = x / (1 + exp(-2u)), the same function as 0.5 x (1 + tanh(u)), with the fast exp2 and reciprocal: two
+/// special-function operations where tanhf takes ~20 instructions and branches. tanhf made GELU cost the int8
+/// GEMM's epilogue 27% of mlp.c_fc's time (64 of 235 us at 32,768 tokens, H200; cuBLASLt's GELU epilogue adds
+/// 12%). Within 1e-5 relative of the exact function wherever |GELU| is above fp16's smallest normal (ctest
+/// CudaFusedGelu.EpilogueGeluIsTheTanhGelu), far below the fp16 / bf16 outputs' rounding; where 1 + tanh(u)
+/// cancels (x < -2) it is more accurate than the tanh form in fp32, which returns 0 from x < -5.5 on. Large
+/// negative x: exp overflows to inf and the quotient is -0, GELU's limit.
 __device__ __forceinline__ float gelu_tanh(float x) {
   constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
   constexpr float kKappa = 0.044715f;
-  return 0.5f * x * (1.0f + tanhf(kBeta * (x + kKappa * x * x * x)));
+  const float u = kBeta * (x + kKappa * x * x * x);
+  return __fdividef(x, 1.0f + __expf(-2.0f * u));
 }
 
 /// Max over a warp (every lane gets the result).
@@ -109,7 +117,10 @@ __device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
 struct Int8Encoder {
   static constexpr float kMax = 127.0f;
   __device__ static uint32_t encode(float x, float s) {
-    const float r = fminf(fmaxf(rintf(x / s), -127.0f), 127.0f);
+    // One conversion with round-half-even (cvt.rni) then an integer clamp: the codes of rintf, clamp and
+    // convert for every number, with one conversion-unit instruction fewer an element. (A NaN input, which
+    // the model never feeds, now gives 0 instead of -127.)
+    const int r = max(-127, min(127, __float2int_rn(x / s)));
     return static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(r)));
   }
 };
@@ -120,27 +131,44 @@ struct Fp8Encoder {
   __device__ static uint32_t encode(float x, float s) { return __nv_cvt_float_to_fp8(x / s, __NV_SATFINITE, __NV_E4M3); }
 };
 
-/// Per-token quantization with one warp per row, for fp16/bf16 rows of k % 8 == 0 and k <= 256 * VPL: the row
-/// is read once, with 16-byte loads, into registers (VPL vectors of 8 per lane); absmax by warp shuffles; then
-/// each 8 codes leave as one 8-byte store. Enc supplies kMax (127 or 448) and encode(x, scale) -> code bits;
-/// the arithmetic is the per-element kernels' (scale = absmax / kMax, code of x / scale), so the codes are
-/// identical. threshold > 0: the absmax skips |x| >= threshold; flags (or null): columns whose codes are 0.
-/// One block of 8 warps handles 8 rows (the one-block-per-row kernels reached about 1 TB/s at 32,768 rows).
-template <typename T, int VPL, typename Enc>
+/// Marks column c as an outlier column (LLM.int8): the flag is read first, so that a column full of outliers
+/// does not serialise on one atomic.
+__device__ __forceinline__ void flag_outlier_column(int32_t* flags, int64_t c) {
+  int32_t* f = flags + c;
+  if (*reinterpret_cast<volatile int32_t*>(f) == 0) atomicOr(f, 1);
+}
+
+/// Per-token quantization with WPR warps per row, for fp16/bf16 rows of k % 8 == 0 and k <= 256 * VPL * WPR: the
+/// row is read once, with 16-byte loads, into registers (VPL vectors of 8 per lane, consecutive lanes on
+/// consecutive vectors); absmax by warp shuffles (and, with WPR > 1, through shared memory); then each 8 codes
+/// leave as one 8-byte store. Enc supplies kMax (127 or 448) and encode(x, scale) -> code bits; the arithmetic
+/// is the per-element kernels' (scale = absmax / kMax, code of x / scale), so the codes are identical.
+/// threshold > 0 (LLM.int8): the absmax skips |x| >= threshold, and those elements' columns are flagged in
+/// outlier_flags (not null then; cleared beforehand). Their codes are written like any other: a column is an
+/// outlier when any row says so, which no single row can know, so zeroing the outlier columns is left to the
+/// consumer (the GEMM epilogue subtracts their integer products; quantize_per_token_int8 zeroes them
+/// afterwards). A block is 8 warps, 8 / WPR rows. (The one-block-per-row kernels reached about 1 TB/s at
+/// 32,768 rows. One warp per 3,072-wide row held 12 vectors a lane, 74-80 registers: 24 warps an SM, and ncu
+/// had it latency-bound at 31% of DRAM bandwidth and 53% of issue slots, 133-169 us at 32,768 rows on an H200.)
+template <typename T, int VPL, int WPR, typename Enc>
 __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict__ x, int64_t t, int64_t k,
-                                                            float threshold, const int32_t* __restrict__ flags,
+                                                            float threshold, int32_t* outlier_flags,
                                                             uint8_t* __restrict__ q, float* __restrict__ scale) {
+  static_assert(8 % WPR == 0, "a block of 8 warps holds whole rows");
   const int lane = threadIdx.x & 31;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (row >= t) return;  // whole warps: a row is one warp's
-  const int nvec = static_cast<int>(k >> 3);
-  const uint4* xr = reinterpret_cast<const uint4*>(x + row * k);
+  const int warp = threadIdx.x >> 5;
+  const int w = warp % WPR;  // this warp's part of its row
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (8 / WPR) + warp / WPR;
+  const bool valid = row < t;  // no early return: with WPR > 1 every warp meets the barrier below
+  const int nvec = valid ? static_cast<int>(k >> 3) : 0;
+  const uint4* xr = reinterpret_cast<const uint4*>(x + (valid ? row : 0) * k);
   const bool skip_outliers = threshold > 0.0f;
   uint4 v[VPL];
-  float amax = 0.0f;
+  float amax = 0.0f;     // over the elements below the threshold (all of them without one)
+  float amax_all = 0.0f; // over all: a lane looks for its outliers only when this says it has some
 #pragma unroll
   for (int i = 0; i < VPL; ++i) {
-    const int j = lane + 32 * i;
+    const int j = lane + 32 * (w + WPR * i);
     if (j < nvec) {
       v[i] = xr[j];
       float f[8];
@@ -148,25 +176,49 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         const float a = fabsf(f[e]);
-        if (!skip_outliers || a < threshold) amax = fmaxf(amax, a);
+        amax_all = fmaxf(amax_all, a);
+        amax = !skip_outliers || a < threshold ? fmaxf(amax, a) : amax;  // a select, no branch
+      }
+    }
+  }
+  // Flagging in the loop above (a branch and an atomic per element) made the LLM.int8 quantizer 1.6x slower
+  // than the plain one even with no outlier at all (218 against 133 us at 32,768 x 3072, H200).
+  if (skip_outliers && amax_all >= threshold) {
+#pragma unroll
+    for (int i = 0; i < VPL; ++i) {
+      const int j = lane + 32 * (w + WPR * i);
+      if (j < nvec) {
+        float f[8];
+        unpack8<T>(v[i], f);
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+          if (fabsf(f[e]) >= threshold) flag_outlier_column(outlier_flags, 8 * j + e);
       }
     }
   }
   amax = warp_max(amax);
+  if constexpr (WPR > 1) {
+    __shared__ float part[8];
+    if (lane == 0) part[warp] = amax;
+    __syncthreads();
+    const int first = warp - w;
+#pragma unroll
+    for (int p = 0; p < WPR; ++p) amax = fmaxf(amax, part[first + p]);
+  }
+  if (!valid) return;
   const float s = amax / Enc::kMax;
-  if (lane == 0) scale[row] = s;
+  if (w == 0 && lane == 0) scale[row] = s;
   uint2* qr = reinterpret_cast<uint2*>(q + row * k);
 #pragma unroll
   for (int i = 0; i < VPL; ++i) {
-    const int j = lane + 32 * i;
+    const int j = lane + 32 * (w + WPR * i);
     if (j < nvec) {
       float f[8];
       unpack8<T>(v[i], f);
       uint32_t lo = 0, hi = 0;
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        uint32_t c = 0;
-        if (s > 0.0f && (flags == nullptr || flags[8 * j + e] == 0)) c = Enc::encode(f[e], s);
+        const uint32_t c = s > 0.0f ? Enc::encode(f[e], s) : 0u;
         if (e < 4) lo |= c << (8 * e);
         else hi |= c << (8 * (e - 4));
       }
@@ -175,25 +227,37 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
   }
 }
 
-/// Launches k_quantize_rows_warp when it applies (fp16/bf16, k % 8 == 0, k <= 3072, aligned pointers) and
+/// Launches k_quantize_rows_warp with WPR warps per row (grid and template for rows up to 1,024 * WPR wide).
+template <typename Enc, int WPR>
+inline void launch_quantize_rows_wpr(const void* x, bool f16, int64_t t, int64_t k, float threshold, int32_t* flags,
+                                     uint8_t* q, float* scale, cudaStream_t stream) {
+  constexpr int kRowsPerBlock = 8 / WPR;
+  const unsigned grid = static_cast<unsigned>((t + kRowsPerBlock - 1) / kRowsPerBlock);
+  if (f16) {
+    k_quantize_rows_warp<__half, 4, WPR, Enc>
+        <<<grid, 256, 0, stream>>>(static_cast<const __half*>(x), t, k, threshold, flags, q, scale);
+  } else {
+    k_quantize_rows_warp<__nv_bfloat16, 4, WPR, Enc>
+        <<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), t, k, threshold, flags, q, scale);
+  }
+}
+
+/// Launches k_quantize_rows_warp when it applies (fp16/bf16, k % 8 == 0, k <= 4096, aligned pointers) and
 /// returns true; false leaves the row to the caller's general kernel.
 template <typename Enc>
 inline bool launch_quantize_rows_warp(const void* x, DType dtype, int64_t t, int64_t k, float threshold,
-                                      const int32_t* flags, uint8_t* q, float* scale, cudaStream_t stream) {
+                                      int32_t* flags, uint8_t* q, float* scale, cudaStream_t stream) {
   // From 2,048 rows (256 blocks, two per SM): below that the one-block-per-row kernel spreads a row over 256
   // threads and finishes sooner (128 rows: 9.8 against 8.7 us inside a CUDA graph, product included).
-  if (t < 2048 || t > 8LL * 65535 * 1024) return false;
-  if ((dtype != DType::kF16 && dtype != DType::kBF16) || k % 8 != 0 || k > 3072) return false;
+  if (t < 2048 || t > 65535LL * 1024) return false;
+  if ((dtype != DType::kF16 && dtype != DType::kBF16) || k % 8 != 0 || k > 4096) return false;
   if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || reinterpret_cast<uintptr_t>(q) % 8 != 0) return false;
-  const unsigned grid = static_cast<unsigned>((t + 7) / 8);
   const bool f16 = dtype == DType::kF16;
-  if (k <= 1024) {
-    if (f16) k_quantize_rows_warp<__half, 4, Enc><<<grid, 256, 0, stream>>>(static_cast<const __half*>(x), t, k, threshold, flags, q, scale);
-    else k_quantize_rows_warp<__nv_bfloat16, 4, Enc><<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), t, k, threshold, flags, q, scale);
-  } else {
-    if (f16) k_quantize_rows_warp<__half, 12, Enc><<<grid, 256, 0, stream>>>(static_cast<const __half*>(x), t, k, threshold, flags, q, scale);
-    else k_quantize_rows_warp<__nv_bfloat16, 12, Enc><<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), t, k, threshold, flags, q, scale);
-  }
+  // Four vectors a lane at most (40 registers): enough warps an SM to keep the loads of some in flight while
+  // others compute.
+  if (k <= 1024) launch_quantize_rows_wpr<Enc, 1>(x, f16, t, k, threshold, flags, q, scale, stream);
+  else if (k <= 2048) launch_quantize_rows_wpr<Enc, 2>(x, f16, t, k, threshold, flags, q, scale, stream);
+  else launch_quantize_rows_wpr<Enc, 4>(x, f16, t, k, threshold, flags, q, scale, stream);
   return true;
 }
 

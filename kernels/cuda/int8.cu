@@ -15,20 +15,6 @@ using detail::to_float;
 
 // ---- outlier columns ---------------------------------------------------------------------------------------
 
-/// flags[c] |= 1 when some |x[r, c]| >= threshold. Consecutive threads read consecutive elements (coalesced);
-/// the flag is read first so that a column full of outliers does not serialise on one atomic.
-template <typename T>
-__global__ void k_outlier_columns(const T* __restrict__ x, int64_t total, int64_t k, float threshold,
-                                  int32_t* flags) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-    if (fabsf(to_float(x[i])) >= threshold) {
-      int32_t* f = flags + (i % k);
-      if (*reinterpret_cast<volatile int32_t*>(f) == 0) atomicOr(f, 1);
-    }
-  }
-}
-
 /// One block of 1024 threads turns flags [k] into ascending indices: ballot + popc within a warp, a running
 /// base across 1024-column chunks. Deterministic order, so the outlier sum is reproducible run to run.
 __global__ void __launch_bounds__(1024) k_compact_columns(const int32_t* __restrict__ flags, int64_t k,
@@ -63,13 +49,13 @@ __global__ void __launch_bounds__(1024) k_compact_columns(const int32_t* __restr
 // ---- per-token quantization --------------------------------------------------------------------------------
 
 /// One block per row. absmax over the elements with |x| < threshold (all elements when threshold <= 0): as
-/// bitsandbytes' kInt8VectorQuant, which skips outliers element by element. Then q = rint(x / scale) (half to
-/// even, as torch.round) clamped to +-127, 0 in flagged (outlier) columns. Dividing by scale = absmax / 127
-/// (not multiplying by 127 / absmax) matches the CPU reference bit for bit.
+/// bitsandbytes' kInt8VectorQuant, which skips outliers element by element; the skipped elements' columns are
+/// flagged in outlier_flags (see k_quantize_rows_warp, whose contract this is). Then q = rint(x / scale) (half
+/// to even, as torch.round) clamped to +-127. Dividing by scale = absmax / 127 (not multiplying by 127 / absmax)
+/// matches the CPU reference bit for bit.
 template <typename T>
-__global__ void k_quantize_rows_int8(const T* __restrict__ x, int64_t k, float threshold,
-                                     const int32_t* __restrict__ flags, int8_t* __restrict__ q,
-                                     float* __restrict__ scale) {
+__global__ void k_quantize_rows_int8(const T* __restrict__ x, int64_t k, float threshold, int32_t* outlier_flags,
+                                     int8_t* __restrict__ q, float* __restrict__ scale) {
   const int64_t row = blockIdx.x;
   const T* xr = x + row * k;
   int8_t* qr = q + row * k;
@@ -78,38 +64,51 @@ __global__ void k_quantize_rows_int8(const T* __restrict__ x, int64_t k, float t
   for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
     const float a = fabsf(to_float(xr[c]));
     if (!skip_outliers || a < threshold) amax = fmaxf(amax, a);
+    else detail::flag_outlier_column(outlier_flags, c);
   }
   amax = detail::block_max(amax);
   const float s = amax / Int8Encoder::kMax;
   if (threadIdx.x == 0) scale[row] = s;
   for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
-    int8_t v = 0;
-    if (s > 0.0f && (flags == nullptr || flags[c] == 0)) v = static_cast<int8_t>(Int8Encoder::encode(to_float(xr[c]), s));
-    qr[c] = v;
+    qr[c] = s > 0.0f ? static_cast<int8_t>(Int8Encoder::encode(to_float(xr[c]), s)) : int8_t{0};
   }
+}
+
+/// q[r, idx[j]] = 0 for every row r and j < *count: what makes the quantizer's codes those of the reference,
+/// which zeroes the outlier columns. One thread per row (there are few outlier columns).
+__global__ void k_zero_columns(int8_t* __restrict__ q, int64_t t, int64_t k, const int32_t* __restrict__ idx,
+                               const int32_t* __restrict__ count) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row >= t) return;
+  const int cnt = *count;
+  for (int j = 0; j < cnt; ++j) q[row * k + idx[j]] = 0;
 }
 
 // ---- epilogue ----------------------------------------------------------------------------------------------
 
-/// The dequantized output element (see Int8Epilogue); T = type of the output and of the LLM.int8 input x.
+/// The dequantized output element (see Int8Epilogue) of the int32 product acc; T = type of the output and of
+/// the LLM.int8 input x. With outlier_q the codes of the outlier columns are still in the product: their integer
+/// products are subtracted from acc first, exactly, which leaves the product of the zeroed codes.
 template <typename T>
-__device__ __forceinline__ float epilogue_value(Int8Epilogue ep, float acc, int64_t r, int64_t c, int64_t k) {
-  float v = acc * ep.row_scale[r] * ep.col_scale[ep.col_scale_per_channel ? c : 0] * ep.alpha;
+__device__ __forceinline__ float epilogue_value(Int8Epilogue ep, int acc, int64_t r, int64_t c, int64_t k) {
+  float o = 0.0f;
   if (ep.outlier_count != nullptr) {
     const int cnt = *ep.outlier_count;
     const T* xr = static_cast<const T*>(ep.outlier_x) + r * k;
+    const int8_t* qr = ep.outlier_q != nullptr ? ep.outlier_q + r * k : nullptr;
     const int8_t* cb = ep.outlier_cb + c * k;
     const float scb = ep.outlier_scb[c];
-    float o = 0.0f;
     for (int j = 0; j < cnt; ++j) {
       const int col = ep.outlier_idx[j];
+      if (qr != nullptr) acc -= static_cast<int>(qr[col]) * static_cast<int>(cb[col]);
       // fp16 operands, fp32 accumulation: what an fp16 matmul of the outlier columns computes.
       const float xv = __half2float(__float2half_rn(to_float(xr[col])));
       const float wv = __half2float(__float2half_rn(static_cast<float>(cb[col]) * scb / 127.0f));
       o = fmaf(xv, wv, o);
     }
-    v += o;
   }
+  float v = static_cast<float>(acc) * ep.row_scale[r] * ep.col_scale[ep.col_scale_per_channel ? c : 0] * ep.alpha;
+  if (ep.outlier_count != nullptr) v += o;
   if (ep.bias != nullptr) v += ep.bias[c];
   if (ep.gelu_tanh) v = detail::gelu_tanh(to_float(from_float<T>(v)));
   return v;
@@ -123,7 +122,7 @@ __global__ void k_int8_epilogue(const int32_t* __restrict__ acc, int64_t m, int6
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
     const int64_t r = i / n;
     const int64_t c = i - r * n;
-    y[i] = from_float<T>(epilogue_value<T>(ep, static_cast<float>(acc[i]), r, c, k));
+    y[i] = from_float<T>(epilogue_value<T>(ep, acc[i], r, c, k));
   }
 }
 
@@ -139,10 +138,10 @@ __global__ void k_int8_epilogue_rows(const int32_t* __restrict__ acc, int64_t n,
   for (int j = threadIdx.x; j < n4; j += blockDim.x) {
     const int4 v = a4[j];
     const int c = 4 * j;
-    yr[c + 0] = from_float<T>(epilogue_value<T>(ep, static_cast<float>(v.x), r, c + 0, k));
-    yr[c + 1] = from_float<T>(epilogue_value<T>(ep, static_cast<float>(v.y), r, c + 1, k));
-    yr[c + 2] = from_float<T>(epilogue_value<T>(ep, static_cast<float>(v.z), r, c + 2, k));
-    yr[c + 3] = from_float<T>(epilogue_value<T>(ep, static_cast<float>(v.w), r, c + 3, k));
+    yr[c + 0] = from_float<T>(epilogue_value<T>(ep, v.x, r, c + 0, k));
+    yr[c + 1] = from_float<T>(epilogue_value<T>(ep, v.y, r, c + 1, k));
+    yr[c + 2] = from_float<T>(epilogue_value<T>(ep, v.z, r, c + 2, k));
+    yr[c + 3] = from_float<T>(epilogue_value<T>(ep, v.w, r, c + 3, k));
   }
 }
 
@@ -334,8 +333,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) k_int8_gemm(const int8_t* __res
       for (int h = 0; h < 2; ++h) {
         const int64_t r = m0 + wm + i * 16 + g + h * 8;
         if (r >= m) continue;
-        const float v0 = epilogue_value<T>(ep, static_cast<float>(acc[i][j][2 * h]), r, c, k);
-        const float v1 = c + 1 < n ? epilogue_value<T>(ep, static_cast<float>(acc[i][j][2 * h + 1]), r, c + 1, k) : 0.0f;
+        const float v0 = epilogue_value<T>(ep, acc[i][j][2 * h], r, c, k);
+        const float v1 = c + 1 < n ? epilogue_value<T>(ep, acc[i][j][2 * h + 1], r, c + 1, k) : 0.0f;
         store_pair<T>(y, r, c, n, v0, v1);
       }
     }
@@ -513,25 +512,30 @@ __device__ __forceinline__ void wg_store_tile(const int* cs, int tid, int64_t m0
       const int4* src = reinterpret_cast<const int4*>(cs + lr * Cfg::kCStride + lc);
       const int4 a0 = src[0];
       const int4 a1 = src[1];
-      const int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-      float v[8];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) v[e] = static_cast<float>(a[e]) * rs * col[e] * ep.alpha;
+      int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+      float o[8] = {};
       if (has_outliers) {
-        float o[8] = {};
         const T* xr = static_cast<const T*>(ep.outlier_x) + r * k;
+        const int8_t* qr = ep.outlier_q != nullptr ? ep.outlier_q + r * k : nullptr;
 #pragma unroll 1
         for (int j = 0; j < outliers; ++j) {
           const int oc = ep.outlier_idx[j];
+          const int qv = qr != nullptr ? qr[oc] : 0;
           const float xv = __half2float(__float2half_rn(to_float(xr[oc])));
 #pragma unroll
           for (int e = 0; e < 8; ++e) {
-            const float wv = __half2float(__float2half_rn(static_cast<float>(ep.outlier_cb[(c + e) * k + oc]) * scb[e] / 127.0f));
+            const int8_t cbv = ep.outlier_cb[(c + e) * k + oc];
+            a[e] -= qv * static_cast<int>(cbv);
+            const float wv = __half2float(__float2half_rn(static_cast<float>(cbv) * scb[e] / 127.0f));
             o[e] = fmaf(xv, wv, o[e]);
           }
         }
+      }
+      float v[8];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) v[e] += o[e];
+      for (int e = 0; e < 8; ++e) {
+        v[e] = static_cast<float>(a[e]) * rs * col[e] * ep.alpha;
+        if (has_outliers) v[e] += o[e];
       }
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
@@ -555,7 +559,7 @@ __device__ __forceinline__ void wg_store_tile(const int* cs, int tid, int64_t m0
     const int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-      if (c + e < n) y[r * n + c + e] = from_float<T>(epilogue_value<T>(ep, static_cast<float>(a[e]), r, c + e, k));
+      if (c + e < n) y[r * n + c + e] = from_float<T>(epilogue_value<T>(ep, a[e], r, c + e, k));
     }
   }
 }
@@ -822,18 +826,6 @@ const char* launch_status_string(int status) {
   return status > 0 ? cudaGetErrorString(static_cast<cudaError_t>(status)) : "unknown launcher status";
 }
 
-int launch_outlier_columns(const void* x, DType dtype, int64_t t, int64_t k, float threshold, int32_t* flags,
-                           cudaStream_t stream) {
-  if (t <= 0 || k <= 0) return kLaunchBadShape;
-  if (x == nullptr || flags == nullptr) return kLaunchBadPointer;
-  const cudaError_t e = cudaMemsetAsync(flags, 0, static_cast<size_t>(k) * sizeof(int32_t), stream);
-  if (e != cudaSuccess) return static_cast<int>(e);
-  const int threads = 256;
-  const unsigned grid = detail::grid_for(t * k, threads, 4096);
-  EVALSVC_DISPATCH_FLOAT(dtype, T, k_outlier_columns<T><<<grid, threads, 0, stream>>>(static_cast<const T*>(x), t * k, k, threshold, flags));
-  return detail::launch_result();
-}
-
 int launch_compact_columns(const int32_t* flags, int64_t k, int32_t* idx, int32_t* count, cudaStream_t stream) {
   if (k <= 0 || k > INT32_MAX) return kLaunchBadShape;
   if (flags == nullptr || idx == nullptr || count == nullptr) return kLaunchBadPointer;
@@ -841,15 +833,28 @@ int launch_compact_columns(const int32_t* flags, int64_t k, int32_t* idx, int32_
   return detail::launch_result();
 }
 
-int launch_quantize_rows_int8(const void* x, DType dtype, int64_t t, int64_t k, float threshold, const int32_t* flags,
+int launch_quantize_rows_int8(const void* x, DType dtype, int64_t t, int64_t k, float threshold, int32_t* outlier_flags,
                               int8_t* q, float* scale, cudaStream_t stream) {
   if (t <= 0 || k <= 0 || t > INT32_MAX) return kLaunchBadShape;
-  if (x == nullptr || q == nullptr || scale == nullptr) return kLaunchBadPointer;
-  if (launch_quantize_rows_warp<Int8Encoder>(x, dtype, t, k, threshold, flags, reinterpret_cast<uint8_t*>(q), scale,
-                                             stream)) {
+  if (x == nullptr || q == nullptr || scale == nullptr || (threshold > 0.0f && outlier_flags == nullptr)) {
+    return kLaunchBadPointer;
+  }
+  if (threshold > 0.0f) {
+    const cudaError_t e = cudaMemsetAsync(outlier_flags, 0, static_cast<size_t>(k) * sizeof(int32_t), stream);
+    if (e != cudaSuccess) return static_cast<int>(e);
+  }
+  if (launch_quantize_rows_warp<Int8Encoder>(x, dtype, t, k, threshold, outlier_flags, reinterpret_cast<uint8_t*>(q),
+                                             scale, stream)) {
     return detail::launch_result();
   }
-  EVALSVC_DISPATCH_FLOAT(dtype, T, k_quantize_rows_int8<T><<<static_cast<unsigned>(t), 256, 0, stream>>>(static_cast<const T*>(x), k, threshold, flags, q, scale));
+  EVALSVC_DISPATCH_FLOAT(dtype, T, k_quantize_rows_int8<T><<<static_cast<unsigned>(t), 256, 0, stream>>>(static_cast<const T*>(x), k, threshold, outlier_flags, q, scale));
+  return detail::launch_result();
+}
+
+int launch_zero_columns(int8_t* q, int64_t t, int64_t k, const int32_t* idx, const int32_t* count, cudaStream_t stream) {
+  if (t <= 0 || k <= 0) return kLaunchBadShape;
+  if (q == nullptr || idx == nullptr || count == nullptr) return kLaunchBadPointer;
+  k_zero_columns<<<detail::grid_for(t, 256, INT32_MAX), 256, 0, stream>>>(q, t, k, idx, count);
   return detail::launch_result();
 }
 

@@ -55,8 +55,17 @@ struct Shape {
 // 16/32; 3072 x 40: GPT-2's mlp.c_proj depth with few outputs; 33 and 72: partial 64-wide output tiles.
 const std::vector<Shape> kShapes = {{768, 128}, {100, 33}, {200, 72}, {3072, 40}};
 const std::vector<int64_t> kTokens = {1, 7, 128, 1000};
-// The quantizers switch to one warp per row from 2,048 rows: both kernels.
-const std::vector<int64_t> kQuantTokens = {1, 7, 128, 1000, 2500};
+// The quantizers switch to warps from 2,048 rows: both kernels; 2,501 leaves the last block of 8, 4 or 2 rows
+// part empty.
+const std::vector<int64_t> kQuantTokens = {1, 7, 128, 1000, 2501};
+// Row widths of the quantizer tests: the GEMM shapes' widths, then widths that take two and four warps a row
+// (2,504: 313 vectors, not a multiple of the 32 lanes).
+std::vector<int64_t> quant_widths() {
+  std::vector<int64_t> k;
+  for (const auto& s : kShapes) k.push_back(s.k);
+  for (const int64_t w : {1536, 2504, 4096}) k.push_back(w);
+  return k;
+}
 
 bool gpu_ready() { return torch::cuda::is_available(); }
 
@@ -235,14 +244,14 @@ TEST(CudaNf4, BadInputThrowsInputError) {
 
 TEST(CudaInt8, PerTokenQuantizationMatchesReferenceExactly) {
   REQUIRE_GPU();
-  for (const auto& s : kShapes) {
+  for (const int64_t k : quant_widths()) {
     for (const int64_t m : kQuantTokens) {
       for (const auto dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
-        auto x = randn({m, s.k}, 400 + m + s.k).to(dtype);
+        auto x = randn({m, k}, 400 + m + k).to(dtype);
         if (m > 1) x[1].zero_();  // an all-zero row: scale 0, codes 0
         const auto want = ref::quantize_per_token(x);
         const auto got = cuda::quantize_per_token_int8(x.to(gpu()), 0.0);
-        const auto what = fmt::format("quantize_per_token_int8 M={} in={} dtype={}", m, s.k, c10::toString(dtype));
+        const auto what = fmt::format("quantize_per_token_int8 M={} in={} dtype={}", m, k, c10::toString(dtype));
         EXPECT_FALSE(got.outlier_cols.defined()) << what;
         EXPECT_TRUE(same(got.q, want.q, what + " q"));
         EXPECT_TRUE(close(got.scale, want.scale, 0.0, what + " scale"));
@@ -301,15 +310,15 @@ TEST(CudaInt8, PerTokenQuantizationIsExactWhereQuotientsSitOnHalfIntegers) {
 
 TEST(CudaInt8, OutlierQuantizationMatchesLlmInt8Reference) {
   REQUIRE_GPU();
-  for (const auto& s : kShapes) {
+  for (const int64_t k : quant_widths()) {
     for (const int64_t m : kQuantTokens) {
-      auto x = randn({m, s.k}, 500 + m + s.k).clamp(-4.0, 4.0);
-      x.index_put_({m / 2, 5}, 20.0);         // a planted outlier: column 5 becomes an outlier column
-      x.index_put_({m - 1, s.k - 1}, -6.0);   // exactly at the threshold counts (|x| >= threshold)
+      auto x = randn({m, k}, 500 + m + k).clamp(-4.0, 4.0);
+      x.index_put_({m / 2, 5}, 20.0);     // a planted outlier: column 5 becomes an outlier column
+      x.index_put_({m - 1, k - 1}, -6.0); // exactly at the threshold counts (|x| >= threshold)
       const auto x16 = x.to(torch::kFloat16);
       const auto want = ref::quantize_llm_int8_activations(x16, 6.0);
       const auto got = cuda::quantize_per_token_int8(x16.to(gpu()), 6.0);
-      const auto what = fmt::format("quantize_per_token_int8(threshold 6) M={} in={}", m, s.k);
+      const auto what = fmt::format("quantize_per_token_int8(threshold 6) M={} in={}", m, k);
       ASSERT_TRUE(got.outlier_cols.defined()) << what;
       EXPECT_TRUE(same(got.outlier_cols, want.outlier_cols, what + " outlier columns"));
       EXPECT_EQ(got.outlier_cols.sum().item<int64_t>(), 2) << what;
@@ -465,6 +474,34 @@ TEST(CudaLlmInt8, LinearWithPlantedOutlierMatchesReference) {
   }
 }
 
+TEST(CudaLlmInt8, ManyRowsTakeTheWarpQuantizerAndTheEpilogueSubtractsTheOutlierCodes) {
+  REQUIRE_GPU();
+  // From 2,048 rows the quantizer is the warp kernel, which flags outlier columns in the same pass and leaves
+  // their codes in place; the GEMM epilogue subtracts their integer products. Outliers here: two planted ones
+  // and a column scaled x4 so that many rows flag it at once. Every product must still equal the reference,
+  // which zeroes those codes.
+  const int64_t m = 2501;
+  for (const auto& s : {Shape{768, 256}, Shape{3072, 128}}) {
+    const auto w = randn({s.n, s.k}, 1700 + s.k, 0.05);
+    const auto bias = randn({s.n}, 1701, 0.1);
+    const auto lw = ref::quantize_llm_int8(w);
+    auto x = randn({m, s.k}, 1702 + s.k).clamp(-3.0, 3.0);
+    x.index_put_({100, 7}, 30.0);
+    x.index_put_({2000, s.k - 2}, -9.0);
+    x.select(1, 11).mul_(4.0);
+    const auto x16 = x.to(torch::kFloat16);
+    const auto want = ref::llm_int8_linear(x16, lw, bias, 6.0);
+    const auto cols = ref::quantize_llm_int8_activations(x16, 6.0).outlier_cols;
+    ASSERT_EQ(cols.sum().item<int64_t>(), 3) << "in=" << s.k;
+    for (const auto g : int8_gemms(true)) {
+      if (!gemm_takes(g, m, s.k, s.n)) continue;
+      const auto got = cuda::llm_int8_linear(x16.to(gpu()), lw.CB.to(gpu()), lw.SCB.to(gpu()), bias.to(gpu()), 6.0, g);
+      EXPECT_TRUE(close(got, want, kF16Tol,
+                        fmt::format("llm_int8_linear gemm={} M={} in={} out={}", gemm_name(g), m, s.k, s.n)));
+    }
+  }
+}
+
 TEST(CudaLlmInt8, OutlierDecompositionMattersForAPlantedOutlier) {
   REQUIRE_GPU();
   // The row with the outlier: with threshold 6 its error against the fp32 product stays at int8 level; with no
@@ -545,18 +582,20 @@ TEST(CudaInt8, BadInputThrowsInputError) {
 
 TEST(CudaFp8, PerTokenQuantizationAndWeightDequantizationMatchReference) {
   REQUIRE_GPU();  // the conversions run on any CUDA device
-  for (const auto& s : kShapes) {
+  for (const int64_t k : quant_widths()) {
     for (const int64_t m : kQuantTokens) {
       for (const auto dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
-        auto x = randn({m, s.k}, 1300 + m + s.k).to(dtype);
+        auto x = randn({m, k}, 1300 + m + k).to(dtype);
         if (m > 1) x[0].zero_();
         const auto want = ref::quantize_fp8_per_token(x);
         const auto got = cuda::quantize_per_token_fp8(x.to(gpu()));
-        const auto what = fmt::format("quantize_per_token_fp8 M={} in={} dtype={}", m, s.k, c10::toString(dtype));
+        const auto what = fmt::format("quantize_per_token_fp8 M={} in={} dtype={}", m, k, c10::toString(dtype));
         EXPECT_TRUE(same(got.q, want.q, what + " E4M3 bits"));
         EXPECT_TRUE(close(got.scale, want.scale, 0.0, what + " scale"));
       }
     }
+  }
+  for (const auto& s : kShapes) {
     const auto fw = ref::quantize_fp8_e4m3_channel(randn({s.n, s.k}, 1400 + s.k, 0.05));
     EXPECT_TRUE(close(cuda::dequantize_fp8_weight(fw.q.to(gpu()), fw.scale.to(gpu()), torch::kFloat32),
                       ref::dequantize_fp8(fw), 0.0, fmt::format("dequantize_fp8_weight in={} out={}", s.k, s.n)));
@@ -682,6 +721,42 @@ TEST(CudaFusedGelu, EveryLinearWithGeluMatchesGeluOfTheReference) {
         }
       }
     }
+  }
+}
+
+TEST(CudaFusedGelu, EpilogueGeluIsTheTanhGelu) {
+  REQUIRE_GPU();
+  // The epilogues compute GELU as x * sigmoid(2u) with the fast exp and reciprocal. Isolate that function: the
+  // same int8 product with fp32 output, without and with GELU, so the first gives the exact pre-activation v;
+  // the second must be the tanh GELU of v, evaluated in fp64, within 1e-5 relative wherever |GELU| is above
+  // fp16's smallest normal 6.1e-5 (50x finer than an fp16 rounding) and 6.1e-10 absolute below it, for v from
+  // -16 to 16 (one-hot rows: v = 127 * 127 * xscale * wscale). (PyTorch's fp32 tanh form returns 0 from
+  // v < -5.5 on: tanh(u) rounds to -1.)
+  const int64_t m = 4096, k = 16, n = 16;
+  auto xq = torch::zeros({m, k}, torch::kInt8);
+  xq.select(1, 0).fill_(127);
+  auto wq = torch::zeros({n, k}, torch::kInt8);
+  wq.select(1, 0).fill_(127);
+  const auto xscale = (torch::linspace(-16.0, 16.0, m, torch::kFloat64) / (127.0 * 127.0)).to(torch::kFloat32);
+  const auto wscale = (1.0 + torch::arange(n, torch::kFloat64) * 1e-3).to(torch::kFloat32);
+  for (const auto g : int8_gemms(true)) {
+    if (!gemm_takes(g, m, k, n)) continue;
+    const auto run = [&](bool gelu) {
+      return cuda::int8_linear(xq.to(gpu()), xscale.to(gpu()), wq.to(gpu()), wscale.to(gpu()), {}, torch::kFloat32,
+                               1.0, g, gelu)
+          .cpu()
+          .to(torch::kFloat64);
+    };
+    const auto v = run(false);
+    const auto got = run(true);
+    const auto want = 0.5 * v * (1.0 + torch::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+    const auto err = (got - want).abs();
+    const auto bound = 1e-5 * want.abs().clamp_min(6.1e-5);
+    const int64_t bad = (err > bound).sum().item<int64_t>();
+    EXPECT_EQ(bad, 0) << "gemm=" << gemm_name(g) << ": " << bad << " of " << got.numel()
+                      << " GELU values off; max error / bound " << (err / bound).max().item<double>();
+    EXPECT_LT(v.min().item<double>(), -16.0);  // the range asked for is covered (wscale stretches it 1.5%)
+    EXPECT_GT(v.max().item<double>(), 16.0);
   }
 }
 

@@ -326,8 +326,18 @@ torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w, const torch
 
 // ---- INT8 ---------------------------------------------------------------------------------------------------
 
-Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold) {
-  const char* op = "quantize_per_token_int8";
+namespace {
+
+/// Outlier columns as the GEMM epilogue walks them: ascending indices idx [k] and their number (device scalar).
+struct OutlierColumns {
+  torch::Tensor idx;
+  torch::Tensor count;
+};
+
+/// Per-token int8 codes of x [t, k] in one pass; threshold > 0 also flags the outlier columns (into
+/// a.outlier_cols) and compacts them. The codes of those columns are left in a.q (see
+/// launch_quantize_rows_int8): the caller zeroes them or has the epilogue subtract them.
+Int8Activations quantize_rows_int8(const char* op, const torch::Tensor& x, double threshold, OutlierColumns* cols) {
   check_cuda(op, "x", x);
   check_dtype(op, "x", x, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
   EVALSVC_CHECK(x.dim() == 2, InputError, "cuda::{}: x must be [T, in], got {}", op, describe(x));
@@ -344,21 +354,35 @@ Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold
     if (outliers) out.outlier_cols = torch::zeros({k}, xc.options().dtype(torch::kInt32));
     return out;
   }
-  // launch_outlier_columns clears the mask itself (on the stream), so no zero-fill kernel here.
+  // The launcher clears the mask itself (on the stream), so no zero-fill kernel here.
   if (outliers) out.outlier_cols = torch::empty({k}, xc.options().dtype(torch::kInt32));
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = stream_of(x);
-  const DType dt = launcher_dtype(xc.scalar_type());
-  int32_t* flags = nullptr;
-  if (outliers) {
-    flags = out.outlier_cols.data_ptr<int32_t>();
-    // +inf threshold: no element can reach it, the launcher still clears the flags.
-    EVALSVC_LAUNCH(launch_outlier_columns(xc.data_ptr(), dt, t, k, static_cast<float>(threshold), flags, stream));
+  int32_t* flags = outliers ? out.outlier_cols.data_ptr<int32_t>() : nullptr;
+  EVALSVC_LAUNCH(launch_quantize_rows_int8(xc.data_ptr(), launcher_dtype(xc.scalar_type()), t, k,
+                                           static_cast<float>(outliers ? threshold : 0.0), flags,
+                                           out.q.data_ptr<int8_t>(), out.scale.data_ptr<float>(), stream));
+  if (outliers && cols != nullptr) {
+    cols->idx = torch::empty({k}, xc.options().dtype(torch::kInt32));
+    cols->count = torch::empty({1}, xc.options().dtype(torch::kInt32));
+    EVALSVC_LAUNCH(launch_compact_columns(flags, k, cols->idx.data_ptr<int32_t>(), cols->count.data_ptr<int32_t>(),
+                                          stream));
   }
-  EVALSVC_LAUNCH(launch_quantize_rows_int8(xc.data_ptr(), dt, t, k, static_cast<float>(outliers ? threshold : 0.0),
-                                           flags, out.q.data_ptr<int8_t>(),
-                                           out.scale.data_ptr<float>(), stream));
   return out;
+}
+
+}  // namespace
+
+Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold) {
+  const char* op = "quantize_per_token_int8";
+  OutlierColumns cols;
+  Int8Activations a = quantize_rows_int8(op, x, threshold, &cols);
+  if (cols.idx.defined()) {  // the reference's codes: outlier columns zeroed
+    const c10::cuda::CUDAGuard guard(x.device());
+    EVALSVC_LAUNCH(launch_zero_columns(a.q.data_ptr<int8_t>(), a.q.size(0), a.q.size(1), cols.idx.data_ptr<int32_t>(),
+                                       cols.count.data_ptr<int32_t>(), stream_of(x)));
+  }
+  return a;
 }
 
 torch::Tensor int8_linear(const torch::Tensor& xq, const torch::Tensor& xscale, const torch::Tensor& wq,
@@ -394,24 +418,22 @@ torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, c
   check_threshold(op, threshold);
   // bitsandbytes casts the activations to fp16 before it looks for outliers and quantizes.
   const torch::Tensor x16 = x2.scalar_type() == torch::kFloat16 ? x2 : x2.to(torch::kFloat16);
-  const Int8Activations a = quantize_per_token_int8(x16, threshold);
+  // One pass over x16 makes the codes and flags the outlier columns; their codes stay in a.q and the epilogue
+  // subtracts their integer products (outlier_q) instead of a second pass zeroing them.
+  OutlierColumns cols;
+  const Int8Activations a = quantize_rows_int8(op, x16, threshold, &cols);
   Int8Epilogue ep;
   ep.gelu_tanh = gelu_tanh;
-  torch::Tensor idx, count;
-  if (a.outlier_cols.defined() && x2.size(0) > 0 && k > 0) {
-    idx = torch::empty({k}, x2.options().dtype(torch::kInt32));
-    count = torch::empty({1}, x2.options().dtype(torch::kInt32));
-    const c10::cuda::CUDAGuard guard(x.device());
-    EVALSVC_LAUNCH(launch_compact_columns(a.outlier_cols.data_ptr<int32_t>(), k, idx.data_ptr<int32_t>(),
-                                          count.data_ptr<int32_t>(), stream_of(x)));
+  if (cols.idx.defined()) {
     check_cuda(op, "CB", CB, x);
     check_dtype(op, "CB", CB, {torch::kInt8});
     check_contiguous(op, "CB", CB);
     ep.outlier_x = x2.data_ptr();
     ep.outlier_cb = CB.data_ptr<int8_t>();
     ep.outlier_scb = SCB.data_ptr<float>();
-    ep.outlier_idx = idx.data_ptr<int32_t>();
-    ep.outlier_count = count.data_ptr<int32_t>();
+    ep.outlier_idx = cols.idx.data_ptr<int32_t>();
+    ep.outlier_count = cols.count.data_ptr<int32_t>();
+    ep.outlier_q = a.q.data_ptr<int8_t>();
   }
   // C * (absmax_x / 127) * SCB / 127 = C * rowstat * SCB / (127 * 127)
   const torch::Tensor y = int8_product(op, a.q, a.scale, CB, SCB, bias, x.scalar_type(), 1.0 / 127.0, gemm, ep);

@@ -67,19 +67,19 @@ int launch_nf4_gemm(const void* x, const Nf4View& w, const float* bias, void* y,
 
 // --- INT8 (kernels/cuda/int8.cu) -----------------------------------------------------------------------------
 
-/// Sets flags[c] = 1 for every column c of x [t, k] with some |x| >= threshold, 0 otherwise (the launcher
-/// clears flags first, then kernels atomicOr into it: no host synchronisation).
-int launch_outlier_columns(const void* x, DType dtype, int64_t t, int64_t k, float threshold, int32_t* flags,
-                           cudaStream_t stream);
-
 /// Compacts flags [k] into ascending column indices idx [k] and their number *count (on the device).
 int launch_compact_columns(const int32_t* flags, int64_t k, int32_t* idx, int32_t* count, cudaStream_t stream);
 
 /// Per-token int8: scale[r] = absmax / 127 over the row's elements with |x| < threshold (all of them when
-/// threshold <= 0); q = rint(x / scale) clamped to +-127, 0 in flagged columns and for rows with scale 0.
-/// flags may be null (no outlier columns).
-int launch_quantize_rows_int8(const void* x, DType dtype, int64_t t, int64_t k, float threshold, const int32_t* flags,
+/// threshold <= 0); q = rint(x / scale) clamped to +-127, 0 for rows with scale 0. threshold > 0 (LLM.int8):
+/// outlier_flags [k] is cleared, then flags[c] = 1 for every column with some |x| >= threshold, in the same
+/// pass; the codes of those columns are written like the others (zero them with launch_zero_columns, or let
+/// the GEMM epilogue subtract them: Int8Epilogue::outlier_q). outlier_flags may be null when threshold <= 0.
+int launch_quantize_rows_int8(const void* x, DType dtype, int64_t t, int64_t k, float threshold, int32_t* outlier_flags,
                               int8_t* q, float* scale, cudaStream_t stream);
+
+/// q[r, idx[j]] = 0 for all rows r < t of q [t, k] and j < *count (indices from launch_compact_columns).
+int launch_zero_columns(int8_t* q, int64_t t, int64_t k, const int32_t* idx, const int32_t* count, cudaStream_t stream);
 
 /// Epilogue parameters shared by the int8 GEMM and the int32 epilogue:
 /// y[r, c] = acc * row_scale[r] * col_scale[col_scale_per_channel ? c : 0] * alpha + outlier(r, c) + bias[c]
@@ -96,6 +96,9 @@ struct Int8Epilogue {
   const float* outlier_scb = nullptr; ///< [n]
   const int32_t* outlier_idx = nullptr;   ///< [k] ascending column indices
   const int32_t* outlier_count = nullptr; ///< device scalar; null = no outlier part
+  /// [m, k] codes the product was computed from, or null when their outlier columns are zero. Set: those
+  /// columns still hold codes, and acc - sum_j q[r, idx_j] * cb[c, idx_j] (exact, in int32) replaces acc.
+  const int8_t* outlier_q = nullptr;
   /// Then y = gelu_tanh(y rounded to the output dtype), as the model's separate GELU pass would compute it.
   bool gelu_tanh = false;
 };
