@@ -396,6 +396,11 @@ int main(int argc, char** argv) {
                      (void)cuda::int8_linear(xa.q, xa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16, 1.0, gemm);
                    }, warmup, iters));
           }
+          // With GELU in the epilogue (the model's mlp.c_fc): what the activation costs the fused epilogue.
+          report("int8_linear+gelu (pre-quantized x)", L.n * L.k + 4.0 * L.n, time_ms([&] {
+                   (void)cuda::int8_linear(xa.q, xa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16, 1.0,
+                                           cuda::Int8Gemm::kAuto, true);
+                 }, warmup, iters));
         }
       }
     }
@@ -408,6 +413,14 @@ int main(int argc, char** argv) {
         const double ti = time_ms([&] { (void)cuda::quantize_per_token_int8(x, 0.0); }, 10, iters);
         std::printf("%s\n", json{{"op", "quantize_per_token_int8"}, {"m", m}, {"k", k}, {"ms", ti},
                                  {"gbps", bytes / (ti * 1e-3) / 1e9}}.dump().c_str());
+        // LLM.int8's quantizer: one pass that also flags outlier columns (+ compaction and zeroing them).
+        const double tl = time_ms([&] { (void)cuda::quantize_per_token_int8(x, 6.0); }, 10, iters);
+        std::printf("%s\n", json{{"op", "quantize_per_token_int8 (threshold 6)"}, {"m", m}, {"k", k}, {"ms", tl},
+                                 {"gbps", bytes / (tl * 1e-3) / 1e9}}.dump().c_str());
+        // What the card streams on this host: a copy of x (2 bytes in, 2 out an element), the quantizers' ceiling.
+        const double tc = time_ms([&] { (void)x.clone(); }, 10, iters);
+        std::printf("%s\n", json{{"op", "copy (x.clone())"}, {"m", m}, {"k", k}, {"ms", tc},
+                                 {"gbps", 4.0 * m * k / (tc * 1e-3) / 1e9}}.dump().c_str());
         if (fp8) {
           const double tf = time_ms([&] { (void)cuda::quantize_per_token_fp8(x); }, 10, iters);
           std::printf("%s\n", json{{"op", "quantize_per_token_fp8"}, {"m", m}, {"k", k}, {"ms", tf},
