@@ -74,7 +74,6 @@ int main(int argc, char** argv) {
 #include <fmt/format.h>
 
 #include "evalsvc/common/error.h"
-#include "evalsvc/kernels/cuda_launchers.h"
 #include "evalsvc/kernels/cuda_ops.h"
 #include "evalsvc/kernels/reference.h"
 
@@ -396,29 +395,6 @@ int main(int argc, char** argv) {
             report("int8_linear" + name + " (pre-quantized x)", L.n * L.k + 4.0 * L.n, time_ms([&, gemm = gemm] {
                      (void)cuda::int8_linear(xa.q, xa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16, 1.0, gemm);
                    }, warmup, iters));
-          }
-          // The wgmma kernel with one block a tile: what its split-k (a cluster of blocks a tile at small m)
-          // gains. Through the launcher, the only place that cap exists.
-          if (cuda::int8_wgmma_available() && m <= 1024) {
-            auto y = torch::empty({m, L.n}, x16.options());
-            cuda::Int8Epilogue ep;
-            ep.row_scale = xa.scale.data_ptr<float>();
-            ep.col_scale = L.i8_s.data_ptr<float>();
-            ep.col_scale_per_channel = L.i8_s.numel() == L.n;
-            ep.bias = L.bias_gpu.data_ptr<float>();
-            const auto unsplit = [&] {
-              const int st = cuda::launch_int8_gemm(xa.q.data_ptr<int8_t>(), L.i8_q.data_ptr<int8_t>(), m, L.n, L.k,
-                                                    ep, y.data_ptr(), cuda::DType::kF16,
-                                                    at::cuda::getCurrentCUDAStream(), cuda::Int8Kernel::kWgmma, 1);
-              EVALSVC_CHECK(st == 0, CudaError, "launch_int8_gemm: {}", cuda::launch_status_string(st));
-            };
-            report("int8_linear/wgmma one block a tile (pre-quantized x)", L.n * L.k + 4.0 * L.n,
-                   time_ms(unsplit, warmup, iters));
-            report_graph("int8_linear/wgmma one block a tile (pre-quantized x)", unsplit);
-            report_graph("int8_linear/wgmma (pre-quantized x)", [&] {
-              (void)cuda::int8_linear(xa.q, xa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16, 1.0,
-                                      cuda::Int8Gemm::kWgmma);
-            });
           }
           // With GELU in the epilogue (the model's mlp.c_fc): what the activation costs the fused epilogue.
           report("int8_linear+gelu (pre-quantized x)", L.n * L.k + 4.0 * L.n, time_ms([&] {

@@ -1,8 +1,6 @@
 // INT8 kernels of SPEC section 2: per-token activation quantization with device-side outlier detection
 // (LLM.int8 without host synchronisation), a pipelined int8 tensor-core GEMM (mma.sync) with the dequantizing epilogue fused, the same
 // epilogue over an int32 product from cuBLASLt, and weight-only int8 dequantization.
-#include <algorithm>
-
 #include <cuda.h>  // CUtensorMap and its enums (the encoder is looked up at run time: no libcuda link)
 
 #include "common.cuh"
@@ -486,42 +484,9 @@ __device__ __forceinline__ void wg_stage_accumulators(const int (&acc)[64], int*
 /// (plus the outlier columns' products) and one 16-byte store. The general per-element epilogue_value, which the
 /// other n take, cost ~5 us a 128 x 128 tile, about as much as the products of a k = 768 tile (docs/perf.md).
 /// The arithmetic is epilogue_value's, operation for operation, so both give the same bits.
-/// The 8 int32 accumulators at cs[lr][lc .. lc + 7], summed over the staged tiles of the cluster's `ranks` blocks
-/// (split-k: each block of the cluster staged its part of k at the same shared-memory offset; ranks == 1 reads
-/// this block's own tile).
-template <typename Cfg>
-__device__ __forceinline__ void wg_load8(const int* cs, int lr, int lc, int ranks, int (&a)[8]) {
-  const int* p = cs + lr * Cfg::kCStride + lc;
-  if (ranks == 1) {
-    const int4 a0 = reinterpret_cast<const int4*>(p)[0];
-    const int4 a1 = reinterpret_cast<const int4*>(p)[1];
-    a[0] = a0.x, a[1] = a0.y, a[2] = a0.z, a[3] = a0.w, a[4] = a1.x, a[5] = a1.y, a[6] = a1.z, a[7] = a1.w;
-    return;
-  }
-#pragma unroll
-  for (int e = 0; e < 8; ++e) a[e] = 0;
-#ifdef EVALSVC_INT8_WGMMA
-  const uint32_t local = smem_addr(p);
-  for (int r = 0; r < ranks; ++r) {
-    uint32_t remote = 0;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(r));
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      int v[4];
-      asm volatile("ld.shared::cluster.v4.s32 {%0, %1, %2, %3}, [%4];\n"
-                   : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3])
-                   : "r"(remote + 16u * h)
-                   : "memory");
-#pragma unroll
-      for (int e = 0; e < 4; ++e) a[4 * h + e] += v[e];
-    }
-  }
-#endif
-}
-
 template <typename Cfg, int NTHREADS, typename T>
-__device__ __forceinline__ void wg_store_tile(const int* cs, int ranks, int tid, int64_t m0, int64_t n0, int64_t m,
-                                              int64_t n, int64_t k, const Int8Epilogue& ep, T* __restrict__ y) {
+__device__ __forceinline__ void wg_store_tile(const int* cs, int tid, int64_t m0, int64_t n0, int64_t m, int64_t n,
+                                              int64_t k, const Int8Epilogue& ep, T* __restrict__ y) {
   constexpr int kGroups = Cfg::kBn / 8;
   static_assert(NTHREADS % kGroups == 0, "every thread keeps one column group");
   const bool vec_out = n % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0;
@@ -544,8 +509,10 @@ __device__ __forceinline__ void wg_store_tile(const int* cs, int ranks, int tid,
     for (int lr = tid / kGroups; lr < rows; lr += NTHREADS / kGroups) {
       const int64_t r = m0 + lr;
       const float rs = ep.row_scale[r];
-      int a[8];
-      wg_load8<Cfg>(cs, lr, lc, ranks, a);
+      const int4* src = reinterpret_cast<const int4*>(cs + lr * Cfg::kCStride + lc);
+      const int4 a0 = src[0];
+      const int4 a1 = src[1];
+      int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
       float o[8] = {};
       if (has_outliers) {
         const T* xr = static_cast<const T*>(ep.outlier_x) + r * k;
@@ -586,8 +553,10 @@ __device__ __forceinline__ void wg_store_tile(const int* cs, int ranks, int tid,
     const int64_t r = m0 + lr;
     const int64_t c = n0 + lc;
     if (r >= m || c >= n) continue;
-    int a[8];
-    wg_load8<Cfg>(cs, lr, lc, ranks, a);
+    const int4* src = reinterpret_cast<const int4*>(cs + lr * Cfg::kCStride + lc);
+    const int4 a0 = src[0];
+    const int4 a1 = src[1];
+    const int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
       if (c + e < n) y[r * n + c + e] = from_float<T>(epilogue_value<T>(ep, a[e], r, c + e, k));
@@ -644,20 +613,6 @@ template <int THREADS>
 __device__ __forceinline__ void consumers_sync() {
   asm volatile("bar.sync 1, %0;\n" ::"n"(THREADS) : "memory");
 }
-/// Barrier of every thread of every block in the cluster; shared-memory writes before it are visible to the
-/// cluster's reads after it.
-__device__ __forceinline__ void cluster_sync() {
-#ifdef EVALSVC_INT8_WGMMA
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ uint32_t cluster_rank() {
-  uint32_t r = 0;
-#ifdef EVALSVC_INT8_WGMMA
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-#endif
-  return r;
-}
 
 template <typename Cfg, typename T>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
@@ -669,18 +624,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const uint32_t base = (smem_addr(wg_smem) + 1023u) & ~1023u;  // swizzle atoms are 1,024-byte aligned
   const int n0 = static_cast<int>(blockIdx.x) * Cfg::kBn;
   const int m0 = static_cast<int>(blockIdx.y) * Cfg::kBm;
-  // Split-k (gridDim.z > 1, launched as clusters of gridDim.z blocks along z): block z multiplies k tiles
-  // [kt0, kt1) of the same output tile; the partial tiles meet in the cluster's first block, which sums them
-  // out of its peers' shared memory and runs the epilogue.
-  const int splits = static_cast<int>(gridDim.z);
   const int ktiles = static_cast<int>((k + Cfg::kBk - 1) / Cfg::kBk);
-  const int kt0 = static_cast<int>(static_cast<int64_t>(ktiles) * blockIdx.z / splits);
-  const int nkt = static_cast<int>(static_cast<int64_t>(ktiles) * (blockIdx.z + 1) / splits) - kt0;
   auto stage_a = [&](int s) { return base + static_cast<uint32_t>(s * Cfg::kStageBytes); };
   auto stage_b = [&](int s) { return stage_a(s) + static_cast<uint32_t>(Cfg::kBm * Cfg::kBk); };
   auto full_bar = [&](int s) { return smem_addr(&full[s]); };
   auto empty_bar = [&](int s) { return smem_addr(&empty[s]); };
-  int* cs = reinterpret_cast<int*>(wg_smem + (base - smem_addr(wg_smem)));
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < Cfg::kStages; ++s) {
@@ -693,57 +641,47 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 
   if (threadIdx.x >= Cfg::kConsumers) {  // the producer warp: one thread issues every copy
     if (threadIdx.x == Cfg::kConsumers) {
-      for (int i = 0; i < nkt; ++i) {
-        const int s = i % Cfg::kStages;
-        // Stage s last held tile i - kStages: its release is phase (i / kStages - 1) of empty[s].
-        if (i >= Cfg::kStages) mbar_wait(empty_bar(s), static_cast<uint32_t>((i / Cfg::kStages - 1) & 1));
+      for (int kt = 0; kt < ktiles; ++kt) {
+        const int s = kt % Cfg::kStages;
+        // Stage s last held tile kt - kStages: its release is phase (kt / kStages - 1) of empty[s].
+        if (kt >= Cfg::kStages) mbar_wait(empty_bar(s), static_cast<uint32_t>((kt / Cfg::kStages - 1) & 1));
         mbar_arrive_expect_tx(full_bar(s), Cfg::kStageBytes);  // zero-filled bytes past the edges count too
-        tma_load_2d(stage_a(s), &map_a, (kt0 + i) * Cfg::kBk, m0, full_bar(s));
-        tma_load_2d(stage_b(s), &map_b, (kt0 + i) * Cfg::kBk, n0, full_bar(s));
+        tma_load_2d(stage_a(s), &map_a, kt * Cfg::kBk, m0, full_bar(s));
+        tma_load_2d(stage_b(s), &map_b, kt * Cfg::kBk, n0, full_bar(s));
       }
     }
-    if (splits == 1) return;
-    __syncwarp();
-  } else {
-    const int wg = threadIdx.x >> 7;
-    int acc[64];
-#pragma unroll
-    for (int e = 0; e < 64; ++e) acc[e] = 0;
-    fence_operands(acc);
-    for (int i = 0; i < nkt; ++i) {
-      const int s = i % Cfg::kStages;
-      mbar_wait(full_bar(s), static_cast<uint32_t>((i / Cfg::kStages) & 1));
-      const uint32_t a = stage_a(s) + static_cast<uint32_t>(wg * 64 * Cfg::kBk);
-      const uint32_t b = stage_b(s);
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < Cfg::kBk / 32; ++ks) {
-        // Within a swizzle line, stepping k by 32 bytes moves the start address; the hardware applies the XOR.
-        wgmma_s8_m64n128k32(acc, wg_desc(a + ks * 32), wg_desc(b + ks * 32));
-      }
-      wgmma_commit();
-      wgmma_wait<1>();  // tile i - 1 retired (tile i may still run): its stage goes back to the producer
-      if (i > 0 && (threadIdx.x & 31) == 0) mbar_arrive(empty_bar((i - 1) % Cfg::kStages));
-    }
-    wgmma_wait<0>();
-    fence_operands(acc);
+    return;
+  }
 
-    // Every copy has landed (each full phase was waited for) and both warpgroups are past their last wgmma.
-    consumers_sync<Cfg::kConsumers>();
-    wg_stage_accumulators<Cfg>(acc, cs, threadIdx.x);
-    consumers_sync<Cfg::kConsumers>();
-    if (splits == 1) {
-      wg_store_tile<Cfg, Cfg::kConsumers>(cs, 1, threadIdx.x, m0, n0, m, n, k, ep, y);
-      return;
+  const int wg = threadIdx.x >> 7;
+  int acc[64];
+#pragma unroll
+  for (int e = 0; e < 64; ++e) acc[e] = 0;
+  fence_operands(acc);
+  for (int kt = 0; kt < ktiles; ++kt) {
+    const int s = kt % Cfg::kStages;
+    mbar_wait(full_bar(s), static_cast<uint32_t>((kt / Cfg::kStages) & 1));
+    const uint32_t a = stage_a(s) + static_cast<uint32_t>(wg * 64 * Cfg::kBk);
+    const uint32_t b = stage_b(s);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < Cfg::kBk / 32; ++ks) {
+      // Within a swizzle line, stepping k by 32 bytes moves the start address; the hardware applies the XOR.
+      wgmma_s8_m64n128k32(acc, wg_desc(a + ks * 32), wg_desc(b + ks * 32));
     }
+    wgmma_commit();
+    wgmma_wait<1>();  // tile kt - 1 retired (tile kt may still run): its stage goes back to the producer
+    if (kt > 0 && (threadIdx.x & 31) == 0) mbar_arrive(empty_bar((kt - 1) % Cfg::kStages));
   }
-  // Split-k: every block's partial tile is staged before the first barrier; the others keep their shared
-  // memory until the first block has read it (the second barrier).
-  cluster_sync();
-  if (threadIdx.x < Cfg::kConsumers && cluster_rank() == 0) {
-    wg_store_tile<Cfg, Cfg::kConsumers>(cs, splits, threadIdx.x, m0, n0, m, n, k, ep, y);
-  }
-  cluster_sync();
+  wgmma_wait<0>();
+  fence_operands(acc);
+
+  // Every copy has landed (each full phase was waited for) and both warpgroups are past their last wgmma.
+  consumers_sync<Cfg::kConsumers>();
+  int* cs = reinterpret_cast<int*>(wg_smem + (base - smem_addr(wg_smem)));
+  wg_stage_accumulators<Cfg>(acc, cs, threadIdx.x);
+  consumers_sync<Cfg::kConsumers>();
+  wg_store_tile<Cfg, Cfg::kConsumers>(cs, threadIdx.x, m0, n0, m, n, k, ep, y);
 #else
   __trap();  // not sm_90a code: int8_wgmma_available() keeps the launcher from getting here
 #endif
@@ -784,7 +722,7 @@ bool int8_tensor_map(CUtensorMap* map, const int8_t* g, int64_t rows, int64_t k,
 
 template <typename Cfg, typename T>
 int launch_int8_gemm_wgmma_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k,
-                               const Int8Epilogue& ep, T* y, int splits, cudaStream_t stream) {
+                               const Int8Epilogue& ep, T* y, cudaStream_t stream) {
   // TMA coordinates are 32-bit: rows and k must fit (GPT-2's are far inside).
   if ((m + Cfg::kBm - 1) / Cfg::kBm > 65535 || n > INT32_MAX || k > INT32_MAX || m > INT32_MAX) return kLaunchBadShape;
   CUtensorMap map_a{}, map_b{};
@@ -795,37 +733,9 @@ int launch_int8_gemm_wgmma_cfg(const int8_t* xq, const int8_t* wq, int64_t m, in
   static bool opted_in[64] = {};
   const int st = opt_in_smem(reinterpret_cast<const void*>(k_int8_gemm_wgmma<Cfg, T>), Cfg::kSmemBytes, opted_in);
   if (st != kLaunchOk) return st;
-  const dim3 grid(static_cast<unsigned>((n + Cfg::kBn - 1) / Cfg::kBn), static_cast<unsigned>((m + Cfg::kBm - 1) / Cfg::kBm),
-                  static_cast<unsigned>(splits));
-  if (splits == 1) {
-    k_int8_gemm_wgmma<Cfg, T><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(map_a, map_b, m, n, k, ep, y);
-    return detail::launch_result();
-  }
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(Cfg::kThreads);
-  cfg.dynamicSmemBytes = Cfg::kSmemBytes;
-  cfg.stream = stream;
-  cudaLaunchAttribute cluster{};
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim.x = 1;
-  cluster.val.clusterDim.y = 1;
-  cluster.val.clusterDim.z = static_cast<unsigned>(splits);
-  cfg.attrs = &cluster;
-  cfg.numAttrs = 1;
-  const cudaError_t e = cudaLaunchKernelEx(&cfg, k_int8_gemm_wgmma<Cfg, T>, map_a, map_b, m, n, k, ep, y);
-  return e == cudaSuccess ? detail::launch_result() : static_cast<int>(e);
-}
-
-/// How many blocks share an output tile's k (split-k, one cluster a tile), for `tiles` tiles and ktiles 128-byte
-/// k stages: 1 where the tiles alone give every SM a block; otherwise as many as the idle SMs allow, up to the
-/// portable cluster size 8, keeping at least two k stages a block (a block's fill and epilogue cost about as
-/// much as two stages). At 128 tokens: 2-3 blocks a tile for the k = 768 projections, 8 for k = 3072.
-int wgmma_splits(int64_t tiles, int64_t ktiles, int sms, int max_splits) {
-  if (max_splits == 1 || tiles * 2 > sms || ktiles < 4) return 1;
-  int64_t sp = std::min<int64_t>({8, sms / tiles, ktiles / 2});
-  if (max_splits > 0) sp = std::min<int64_t>(sp, max_splits);
-  return static_cast<int>(std::max<int64_t>(sp, 1));
+  const dim3 grid(static_cast<unsigned>((n + Cfg::kBn - 1) / Cfg::kBn), static_cast<unsigned>((m + Cfg::kBm - 1) / Cfg::kBm));
+  k_int8_gemm_wgmma<Cfg, T><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(map_a, map_b, m, n, k, ep, y);
+  return detail::launch_result();
 }
 
 /// Streaming multiprocessors of the current device (cached per device).
@@ -964,7 +874,7 @@ bool int8_wgmma_available() {
 }
 
 int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
-                     void* y, DType dtype, cudaStream_t stream, Int8Kernel kernel, int max_splits) {
+                     void* y, DType dtype, cudaStream_t stream, Int8Kernel kernel) {
   if (m <= 0 || n <= 0 || k <= 0) return kLaunchBadShape;
   if (xq == nullptr || wq == nullptr || y == nullptr || !epilogue_ok(ep)) return kLaunchBadPointer;
   const bool vec = k % 16 == 0 && reinterpret_cast<uintptr_t>(xq) % 16 == 0 && reinterpret_cast<uintptr_t>(wq) % 16 == 0;
@@ -975,11 +885,9 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
   if (wgmma || (kernel == Int8Kernel::kBest && vec && int8_wgmma_available())) {
     const int64_t large_tiles = ((m + WgLarge::kBm - 1) / WgLarge::kBm) * ((n + WgLarge::kBn - 1) / WgLarge::kBn);
     const bool large = large_tiles >= sms;
-    const int64_t small_tiles = ((m + WgSmall::kBm - 1) / WgSmall::kBm) * ((n + WgSmall::kBn - 1) / WgSmall::kBn);
-    const int splits = large ? 1 : wgmma_splits(small_tiles, (k + WgSmall::kBk - 1) / WgSmall::kBk, sms, max_splits);
     EVALSVC_DISPATCH_FLOAT(dtype, T, {
-      return large ? launch_int8_gemm_wgmma_cfg<WgLarge, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), 1, stream)
-                   : launch_int8_gemm_wgmma_cfg<WgSmall, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), splits, stream);
+      return large ? launch_int8_gemm_wgmma_cfg<WgLarge, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream)
+                   : launch_int8_gemm_wgmma_cfg<WgSmall, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
     });
     return kLaunchOk;
   }

@@ -11,7 +11,6 @@
 #include <fmt/format.h>
 
 #include "evalsvc/common/error.h"
-#include "evalsvc/kernels/cuda_launchers.h"
 #include "evalsvc/kernels/cuda_ops.h"
 #include "evalsvc/kernels/quantized_linear.h"
 #include "evalsvc/kernels/reference.h"
@@ -442,65 +441,6 @@ TEST(CudaInt8, FusedGemmLargeTilesEqualExactIntegerProduct) {
       const auto got = cuda::int8_linear(xq.to(gpu()), torch::ones({m}).to(gpu()), wq.to(gpu()),
                                          torch::ones({1}).to(gpu()), {}, torch::kFloat32, 1.0, g);
       EXPECT_TRUE(close(got, want, 0.0, fmt::format("int8_linear {} M={} in={} out={}", gemm_name(g), m, k, n)));
-    }
-  }
-}
-
-TEST(CudaInt8, SplitKClustersEqualOneBlockATileAndTheExactProduct) {
-  REQUIRE_GPU();
-  if (!cuda::int8_wgmma_available()) GTEST_SKIP() << "no wgmma kernel on this device";
-  // At small m the wgmma kernel splits k over a cluster of blocks and sums their int32 partial tiles out of
-  // each other's shared memory. The sum is exact, so every split count must give the one-block result bit for
-  // bit, and that must be the exact integer product. Shapes: GPT-2's at 1 and 128 tokens, a k ending in a
-  // partial stage with an odd-width tile (the per-element epilogue), and LLM.int8-style outliers (their codes
-  // subtracted after the partials are summed).
-  struct Case { int64_t m, k, n; };
-  for (const auto& c : {Case{1, 3072, 768}, Case{128, 3072, 768}, Case{128, 768, 2304}, Case{64, 3136, 100},
-                        Case{200, 1024, 520}}) {
-    const auto xq = torch::randint(-127, 128, {c.m, c.k}, at::detail::createCPUGenerator(1900 + c.m), torch::kInt8);
-    const auto wq = torch::randint(-127, 128, {c.n, c.k}, at::detail::createCPUGenerator(1901 + c.k), torch::kInt8);
-    const auto want = ref::int8_matmul_exact(xq, wq);
-    const auto xg = xq.to(gpu());
-    const auto wg = wq.to(gpu());
-    const auto ones_m = torch::ones({c.m}).to(gpu());
-    const auto ones_n = torch::ones({c.n}).to(gpu());
-    // Outlier columns 3 and k - 5 with their codes left in x (as LLM.int8's quantizer leaves them).
-    const auto idx = torch::tensor({3, static_cast<int>(c.k - 5)}, torch::kInt32).to(gpu());
-    const auto count = torch::tensor({2}, torch::kInt32).to(gpu());
-    const auto x16 = torch::zeros({c.m, c.k}, torch::kFloat32).to(gpu());
-    const auto scb = torch::full({c.n}, 127.0f).to(gpu());
-    auto run = [&](int max_splits, bool outliers) {
-      auto y = torch::empty({c.m, c.n}, torch::TensorOptions().dtype(torch::kFloat32).device(gpu()));
-      cuda::Int8Epilogue ep;
-      ep.row_scale = ones_m.data_ptr<float>();
-      ep.col_scale = ones_n.data_ptr<float>();
-      if (outliers) {  // x of the outlier columns 0: only the subtraction of their codes' products remains
-        ep.outlier_x = x16.data_ptr();
-        ep.outlier_cb = wg.data_ptr<int8_t>();
-        ep.outlier_scb = scb.data_ptr<float>();
-        ep.outlier_idx = idx.data_ptr<int32_t>();
-        ep.outlier_count = count.data_ptr<int32_t>();
-        ep.outlier_q = xg.data_ptr<int8_t>();
-      }
-      const int st = cuda::launch_int8_gemm(xg.data_ptr<int8_t>(), wg.data_ptr<int8_t>(), c.m, c.n, c.k, ep,
-                                            y.data_ptr(), cuda::DType::kF32, at::cuda::getCurrentCUDAStream(),
-                                            cuda::Int8Kernel::kWgmma, max_splits);
-      EXPECT_EQ(st, 0) << cuda::launch_status_string(st);
-      return y.cpu();
-    };
-    for (const bool outliers : {false, true}) {
-      auto exact = want.to(torch::kInt64).clone();
-      if (outliers) {
-        for (const int64_t col : {int64_t{3}, c.k - 5}) {
-          exact -= xq.select(1, col).to(torch::kInt64).unsqueeze(1) * wq.select(1, col).to(torch::kInt64).unsqueeze(0);
-        }
-      }
-      const auto one = run(1, outliers);
-      const auto what = fmt::format("M={} in={} out={} outliers={}", c.m, c.k, c.n, outliers);
-      EXPECT_TRUE(close(one, exact.to(torch::kFloat64), 1e-7, what + " one block a tile"));
-      for (const int sp : {0, 2, 3, 8}) {
-        EXPECT_TRUE(torch::equal(run(sp, outliers), one)) << what << " max_splits=" << sp;
-      }
     }
   }
 }

@@ -114,12 +114,9 @@ enum class Int8Kernel { kBest, kMmaSync, kWgmma };
 bool int8_wgmma_available();
 
 /// y [m, n] (dtype) = epilogue(xq [m, k] int8 . wq [n, k]^T int32) on int8 tensor cores, the epilogue applied to
-/// the accumulators (the int32 product never reaches memory). The wgmma kernel splits k over a cluster of up to 8
-/// blocks a tile where the tiles alone would leave SMs idle (small m); max_splits caps that (1: never split;
-/// 0: the kernel's own choice). The sum of the int32 partials is exact, so the result does not depend on it.
+/// the accumulators (the int32 product never reaches memory).
 int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
-                     void* y, DType dtype, cudaStream_t stream, Int8Kernel kernel = Int8Kernel::kBest,
-                     int max_splits = 0);
+                     void* y, DType dtype, cudaStream_t stream, Int8Kernel kernel = Int8Kernel::kBest);
 
 /// y [m, n] (dtype) = epilogue(acc [m, n] int32) for products that came from cuBLASLt; k = inner size (for the
 /// outlier part).
