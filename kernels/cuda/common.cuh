@@ -181,20 +181,26 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
       }
     }
   }
-  // Flagging in the loop above (a branch and an atomic per element) made the LLM.int8 quantizer 1.6x slower
-  // than the plain one even with no outlier at all (218 against 133 us at 32,768 x 3072, H200).
-  if (skip_outliers && amax_all >= threshold) {
+  // fn(j, f) for each vector j of the row this lane holds, unpacked to f.
+  auto each_vector = [&](auto&& fn) {
 #pragma unroll
     for (int i = 0; i < VPL; ++i) {
       const int j = lane + 32 * (w + WPR * i);
       if (j < nvec) {
         float f[8];
         unpack8<T>(v[i], f);
-#pragma unroll
-        for (int e = 0; e < 8; ++e)
-          if (fabsf(f[e]) >= threshold) flag_outlier_column(outlier_flags, 8 * j + e);
+        fn(j, f);
       }
     }
+  };
+  // Flagging in the loop above (a branch and an atomic per element) made the LLM.int8 quantizer 1.6x slower
+  // than the plain one even with no outlier at all (218 against 133 us at 32,768 x 3072, H200).
+  if (skip_outliers && amax_all >= threshold) {
+    each_vector([&](int j, const float (&f)[8]) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        if (fabsf(f[e]) >= threshold) flag_outlier_column(outlier_flags, 8 * j + e);
+    });
   }
   amax = warp_max(amax);
   if constexpr (WPR > 1) {
@@ -209,22 +215,16 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
   const float s = amax / Enc::kMax;
   if (w == 0 && lane == 0) scale[row] = s;
   uint2* qr = reinterpret_cast<uint2*>(q + row * k);
+  each_vector([&](int j, const float (&f)[8]) {
+    uint32_t lo = 0, hi = 0;
 #pragma unroll
-  for (int i = 0; i < VPL; ++i) {
-    const int j = lane + 32 * (w + WPR * i);
-    if (j < nvec) {
-      float f[8];
-      unpack8<T>(v[i], f);
-      uint32_t lo = 0, hi = 0;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const uint32_t c = s > 0.0f ? Enc::encode(f[e], s) : 0u;
-        if (e < 4) lo |= c << (8 * e);
-        else hi |= c << (8 * (e - 4));
-      }
-      qr[j] = make_uint2(lo, hi);
+    for (int e = 0; e < 8; ++e) {
+      const uint32_t c = s > 0.0f ? Enc::encode(f[e], s) : 0u;
+      if (e < 4) lo |= c << (8 * e);
+      else hi |= c << (8 * (e - 4));
     }
-  }
+    qr[j] = make_uint2(lo, hi);
+  });
 }
 
 /// Launches k_quantize_rows_warp with WPR warps per row (grid and template for rows up to 1,024 * WPR wide).
