@@ -126,7 +126,8 @@ torch::Tensor int8_w8a8_linear(const torch::Tensor& x, const torch::Tensor& wq, 
 /// LLM.int8 (bitsandbytes Linear8bitLt) without host synchronisation, as ref::llm_int8_linear: x is rounded to
 /// fp16 (as bitsandbytes casts it); outlier columns of x (any |x| >= threshold) go through fp16-rounded x times the dequantized weight columns (CB * SCB / 127), the
 /// rest through the int8 GEMM; out = C * rowstat * SCB / (127*127) + outlier part + bias. The outlier
-/// columns are compacted into a device-side index list that the GEMM epilogue walks.
+/// columns are found in the quantizer's one pass over x and compacted into a device-side index list that the GEMM
+/// epilogue walks; their codes stay in the product and the epilogue subtracts them (exact, in int32).
 /// x: fp16/bf16/fp32 [..., in]; CB int8 [out, in]; SCB fp32 [out]; returns x's dtype. threshold <= 0: no
 /// outlier decomposition.
 torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, const torch::Tensor& SCB,
