@@ -103,6 +103,7 @@ std::pair<torch::Tensor, torch::Tensor> GPT2ClassifierImpl::add_layer_norm(const
                                                                            const kernels::QuantizedLinear* consumer,
                                                                            torch::Tensor* codes,
                                                                            torch::Tensor* scale) const {
+  if (codes != nullptr) *codes = torch::Tensor();  // set again below only where the kernel writes codes
 #ifdef EVALSVC_WITH_CUDA
   // On a GPU without autograd: one kernel instead of the add and the LayerNorm (backward needs the two ops).
   const bool needs_grad = torch::GradMode::is_enabled() &&
@@ -254,7 +255,6 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
 #endif
     if (train && config_.resid_pdrop > 0) m = torch::dropout(m, config_.resid_pdrop, true);
     if (i + 1 < blocks_.size()) {
-      a_codes = torch::Tensor();
       std::tie(h, a) =
           add_layer_norm(h, m, blocks_[i + 1].ln1_w, blocks_[i + 1].ln1_b, blocks_[i + 1].q[0].get(), &a_codes, &a_scale);
     } else {

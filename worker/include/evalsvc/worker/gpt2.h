@@ -140,7 +140,7 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// {h + delta, LayerNorm(h + delta)}: one CUDA kernel in inference on a GPU, the two ops otherwise.
   /// With a `consumer` that quantizes its input per token (activation_code: W8A8, FP8) and where that kernel
   /// runs, the LayerNorm output is not returned (undefined) but quantized by the same kernel into *codes and
-  /// *scale, for consumer->forward_quantized.
+  /// *scale, for consumer->forward_quantized; otherwise *codes is left undefined.
   std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, const torch::Tensor& delta,
                                                          const torch::Tensor& w, const torch::Tensor& b,
                                                          const kernels::QuantizedLinear* consumer = nullptr,
