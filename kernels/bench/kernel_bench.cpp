@@ -208,10 +208,7 @@ const std::pair<const char*, cuda::Nf4Path> kNf4Paths[] = {
 /// The int8 products for m tokens, by row-name suffix: kAuto ("") and each explicit one this device runs.
 std::vector<std::pair<std::string, cuda::Int8Gemm>> int8_kernels(int64_t m) {
   std::vector<std::pair<std::string, cuda::Int8Gemm>> g = {{"", cuda::Int8Gemm::kAuto}, {"/mma.sync", cuda::Int8Gemm::kMmaSync}};
-  if (cuda::int8_wgmma_available()) {
-    g.emplace_back("/wgmma", cuda::Int8Gemm::kWgmma);
-    g.emplace_back("/wgmma-persistent", cuda::Int8Gemm::kWgmmaPersistent);
-  }
+  if (cuda::int8_wgmma_available()) g.emplace_back("/wgmma", cuda::Int8Gemm::kWgmma);
   if (m > 16) g.emplace_back("/cublaslt", cuda::Int8Gemm::kCublasLt);
   return g;
 }

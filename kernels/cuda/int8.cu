@@ -497,9 +497,9 @@ struct WgTileParams {
 };
 
 template <typename Cfg, int NTHREADS, typename T>
-__device__ __forceinline__ void wg_store_tile(const int* cs, const float* tile_row_scale, const float* tile_col_scale,
-                                              const float* tile_bias, int tid, int64_t m0, int64_t n0, int64_t m,
-                                              int64_t n, int64_t k, const Int8Epilogue& ep, T* __restrict__ y) {
+__device__ __forceinline__ void wg_store_tile(const int* cs, const WgTileParams<Cfg>& tp, int tid, int64_t m0,
+                                              int64_t n0, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
+                                              T* __restrict__ y) {
   constexpr int kGroups = Cfg::kBn / 8;
   static_assert(NTHREADS % kGroups == 0, "every thread keeps one column group");
   const bool vec_out = n % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0;
@@ -513,15 +513,15 @@ __device__ __forceinline__ void wg_store_tile(const int* cs, const float* tile_r
     float col[8], bias[8] = {}, scb[8] = {};
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-      col[e] = tile_col_scale[lc + e];
-      bias[e] = tile_bias[lc + e];
+      col[e] = tp.col_scale[lc + e];
+      bias[e] = tp.bias[lc + e];
       if (has_outliers) scb[e] = ep.outlier_scb[c + e];
     }
     const int rows = static_cast<int>(m - m0 < Cfg::kBm ? m - m0 : Cfg::kBm);
 #pragma unroll 1
     for (int lr = tid / kGroups; lr < rows; lr += NTHREADS / kGroups) {
       const int64_t r = m0 + lr;
-      const float rs = tile_row_scale[lr];
+      const float rs = tp.row_scale[lr];
       const int4* src = reinterpret_cast<const int4*>(cs + lr * Cfg::kCStride + lc);
       const int4 a0 = src[0];
       const int4 a1 = src[1];
@@ -710,163 +710,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     tile.bias[tid] = my_bias;
   }
   consumers_sync<Cfg::kConsumers>();
-  wg_store_tile<Cfg, Cfg::kConsumers>(cs, tile.row_scale, tile.col_scale, tile.bias, threadIdx.x, m0, n0, m, n, k,
-                                      ep, y);
+  wg_store_tile<Cfg, Cfg::kConsumers>(cs, tile, threadIdx.x, m0, n0, m, n, k, ep, y);
 #else
   __trap();  // not sm_90a code: int8_wgmma_available() keeps the launcher from getting here
-#endif
-}
-// ---- the persistent ping-pong variant -----------------------------------------------------------------------
-//
-// At 32,768 tokens the kernel above keeps the tensor cores 37.5% busy (ncu, 768 x 2304): each block fills its
-// pipeline from empty, and its producer stops at the end of its tile, so every tile pays the load latency and the
-// epilogue with no products of its own to hide them. Here a block per SM stays resident and walks the tiles
-// (tile b, b + grid, ...); its producer warp streams their stages through one ring without a break, and its two
-// consumer warpgroups take the tiles in turn, each a whole 128 x 128 tile (two m64n128 accumulators): while one
-// runs its epilogue, the other's products go on (CUTLASS's "ping-pong" schedule). Each warpgroup stages its
-// accumulators for the epilogue in a buffer of its own, 64 rows at a time, so the ring is never borrowed.
-template <int STAGES>
-struct WgPingPongConfig {
-  static constexpr int kBm = 128;                   // rows of a warpgroup's tile
-  static constexpr int kBn = 128;
-  static constexpr int kBk = 128;                   // bytes of k per stage, as above
-  static constexpr int kConsumers = 256;            // two warpgroups, one tile each
-  static constexpr int kThreads = kConsumers + 32;  // + the producer warp
-  static constexpr int kStages = STAGES;
-  static constexpr int kStageBytes = (kBm + kBn) * kBk;
-  static constexpr int kCStride = kBn + 4;
-  static constexpr int kHalfRows = 64;              // rows staged at a time (one m64 accumulator)
-  static constexpr int kStagingBytes = kHalfRows * kCStride * 4;
-  static constexpr int kSmemBytes = STAGES * kStageBytes + 2 * kStagingBytes + 1024;
-  static_assert(kSmemBytes <= 227 * 1024, "one block per SM");
-};
-/// The staged half tile, as wg_stage_accumulators and wg_store_tile see it.
-struct WgHalfTile {
-  static constexpr int kBm = 64;
-  static constexpr int kBn = 128;
-  static constexpr int kCStride = 132;
-};
-using WgPingPong = WgPingPongConfig<4>;
-
-/// Named-barrier arrive (no wait): announces to the threads that bar.sync on `id` that this thread got there.
-template <int THREADS>
-__device__ __forceinline__ void named_arrive(int id) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(THREADS) : "memory");
-}
-template <int THREADS>
-__device__ __forceinline__ void named_sync(int id) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(THREADS) : "memory");
-}
-
-template <typename Cfg, typename T>
-__global__ void __launch_bounds__(Cfg::kThreads, 1)
-    k_int8_gemm_wgmma_pingpong(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
-                               int64_t m, int64_t n, int64_t k, Int8Epilogue ep, T* __restrict__ y) {
-#ifdef EVALSVC_INT8_WGMMA
-  extern __shared__ int8_t wg_smem[];
-  __shared__ uint64_t full[Cfg::kStages], empty[Cfg::kStages];
-  __shared__ float tile_row_scale[2][Cfg::kBm], tile_col_scale[2][Cfg::kBn], tile_bias[2][Cfg::kBn];
-  const uint32_t base = (smem_addr(wg_smem) + 1023u) & ~1023u;
-  const int tiles_n = static_cast<int>((n + Cfg::kBn - 1) / Cfg::kBn);
-  const int tiles = static_cast<int>((m + Cfg::kBm - 1) / Cfg::kBm) * tiles_n;
-  const int ktiles = static_cast<int>((k + Cfg::kBk - 1) / Cfg::kBk);
-  const int grid = static_cast<int>(gridDim.x);
-  auto stage_a = [&](int s) { return base + static_cast<uint32_t>(s * Cfg::kStageBytes); };
-  auto stage_b = [&](int s) { return stage_a(s) + static_cast<uint32_t>(Cfg::kBm * Cfg::kBk); };
-  auto full_bar = [&](int s) { return smem_addr(&full[s]); };
-  auto empty_bar = [&](int s) { return smem_addr(&empty[s]); };
-
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < Cfg::kStages; ++s) {
-      mbar_init(full_bar(s), 1);  // the producer's arrive.expect_tx; then the bytes
-      mbar_init(empty_bar(s), 4); // one arrival per warp of the warpgroup that consumed the stage
-    }
-    mbar_fence_init();
-  }
-  __syncthreads();
-
-  // The j-th tile of this block is tile blockIdx.x + j * grid; its kt-th stage is number j * ktiles + kt of the
-  // ring (slot % kStages, phase parity (number / kStages) & 1).
-  if (threadIdx.x >= Cfg::kConsumers) {
-    if (threadIdx.x == Cfg::kConsumers) {
-      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_a)) : "memory");
-      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_b)) : "memory");
-      int it = 0;
-      for (int t = blockIdx.x; t < tiles; t += grid) {
-        const int m0 = (t / tiles_n) * Cfg::kBm, n0 = (t % tiles_n) * Cfg::kBn;
-        for (int kt = 0; kt < ktiles; ++kt, ++it) {
-          const int s = it % Cfg::kStages;
-          if (it >= Cfg::kStages) mbar_wait(empty_bar(s), static_cast<uint32_t>((it / Cfg::kStages - 1) & 1));
-          mbar_arrive_expect_tx(full_bar(s), Cfg::kStageBytes);
-          tma_load_2d(stage_a(s), &map_a, kt * Cfg::kBk, m0, full_bar(s));
-          tma_load_2d(stage_b(s), &map_b, kt * Cfg::kBk, n0, full_bar(s));
-        }
-      }
-    }
-    return;
-  }
-
-  const int wg = threadIdx.x >> 7;  // this warpgroup takes the block's tiles j = wg, wg + 2, ...
-  const int wtid = threadIdx.x & 127;
-  int* cs = reinterpret_cast<int*>(wg_smem + (base - smem_addr(wg_smem)) + Cfg::kStages * Cfg::kStageBytes +
-                                   wg * Cfg::kStagingBytes);
-  // A warpgroup that waited for a phase of a stage two rounds ahead would see the phase before it as complete
-  // (mbarrier phases are told apart by parity only). So a warpgroup starts a tile's waits only once the other
-  // has passed every wait of the tile before: named barrier 3 + wg, arrived on by the other warpgroup.
-  for (int j = wg, t = blockIdx.x + wg * grid; t < tiles; j += 2, t += 2 * grid) {
-    const int64_t m0 = static_cast<int64_t>(t / tiles_n) * Cfg::kBm;
-    const int64_t n0 = static_cast<int64_t>(t % tiles_n) * Cfg::kBn;
-    const float my_row_scale = m0 + wtid < m ? ep.row_scale[m0 + wtid] : 0.0f;
-    const bool my_col = n0 + wtid < n;
-    const float my_col_scale = my_col ? ep.col_scale[ep.col_scale_per_channel ? n0 + wtid : 0] : 0.0f;
-    const float my_bias = my_col && ep.bias != nullptr ? ep.bias[n0 + wtid] : 0.0f;
-
-    if (j > 0) named_sync<256>(3 + wg);
-    int acc0[64], acc1[64];
-#pragma unroll
-    for (int e = 0; e < 64; ++e) acc0[e] = acc1[e] = 0;
-    fence_operands(acc0);
-    fence_operands(acc1);
-    const int it0 = j * ktiles;
-    for (int kt = 0; kt < ktiles; ++kt) {
-      const int it = it0 + kt;
-      const int s = it % Cfg::kStages;
-      mbar_wait(full_bar(s), static_cast<uint32_t>((it / Cfg::kStages) & 1));
-      if (kt == ktiles - 1 && t + grid < tiles) named_arrive<256>(3 + (wg ^ 1));
-      const uint32_t a = stage_a(s);
-      const uint32_t b = stage_b(s);
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < Cfg::kBk / 32; ++ks) {
-        wgmma_s8_m64n128k32(acc0, wg_desc(a + ks * 32), wg_desc(b + ks * 32));
-        wgmma_s8_m64n128k32(acc1, wg_desc(a + 64 * Cfg::kBk + ks * 32), wg_desc(b + ks * 32));
-      }
-      wgmma_commit();
-      wgmma_wait<1>();
-      if (kt > 0 && (threadIdx.x & 31) == 0) mbar_arrive(empty_bar((it - 1) % Cfg::kStages));
-    }
-    wgmma_wait<0>();
-    fence_operands(acc0);
-    fence_operands(acc1);
-    if ((threadIdx.x & 31) == 0) mbar_arrive(empty_bar((it0 + ktiles - 1) % Cfg::kStages));
-
-    // The epilogue, 64 rows at a time through this warpgroup's staging buffer (named barrier 1 + wg).
-    named_sync<128>(1 + wg);  // this warpgroup's previous epilogue has read its buffer and parameters
-    tile_row_scale[wg][wtid] = my_row_scale;
-    tile_col_scale[wg][wtid] = my_col_scale;
-    tile_bias[wg][wtid] = my_bias;
-    wg_stage_accumulators<WgHalfTile>(acc0, cs, wtid);
-    named_sync<128>(1 + wg);
-    wg_store_tile<WgHalfTile, 128>(cs, tile_row_scale[wg], tile_col_scale[wg], tile_bias[wg], wtid, m0, n0, m, n, k,
-                                   ep, y);
-    named_sync<128>(1 + wg);
-    wg_stage_accumulators<WgHalfTile>(acc1, cs, wtid);
-    named_sync<128>(1 + wg);
-    wg_store_tile<WgHalfTile, 128>(cs, tile_row_scale[wg] + 64, tile_col_scale[wg], tile_bias[wg], wtid, m0 + 64, n0,
-                                   m, n, k, ep, y);
-  }
-#else
-  __trap();
 #endif
 }
 #pragma nv_diag_default 177
@@ -918,30 +764,6 @@ int launch_int8_gemm_wgmma_cfg(const int8_t* xq, const int8_t* wq, int64_t m, in
   if (st != kLaunchOk) return st;
   const dim3 grid(static_cast<unsigned>((n + Cfg::kBn - 1) / Cfg::kBn), static_cast<unsigned>((m + Cfg::kBm - 1) / Cfg::kBm));
   k_int8_gemm_wgmma<Cfg, T><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(map_a, map_b, m, n, k, ep, y);
-  return detail::launch_result();
-}
-
-/// Streaming multiprocessors of the current device (cached per device).
-int sm_count();
-
-/// Launches the persistent ping-pong kernel: one block per SM (fewer when there are fewer tiles).
-template <typename T>
-int launch_int8_gemm_wgmma_pingpong(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k,
-                                    const Int8Epilogue& ep, T* y, cudaStream_t stream) {
-  using Cfg = WgPingPong;
-  const int64_t tiles = ((m + Cfg::kBm - 1) / Cfg::kBm) * ((n + Cfg::kBn - 1) / Cfg::kBn);
-  if (tiles > INT32_MAX / 2 || n > INT32_MAX || k > INT32_MAX || m > INT32_MAX) return kLaunchBadShape;
-  CUtensorMap map_a{}, map_b{};
-  if (!int8_tensor_map(&map_a, xq, m, k, Cfg::kBm) || !int8_tensor_map(&map_b, wq, n, k, Cfg::kBn)) {
-    return kLaunchUnsupported;
-  }
-  static bool opted_in[64] = {};
-  const int st = opt_in_smem(reinterpret_cast<const void*>(k_int8_gemm_wgmma_pingpong<Cfg, T>), Cfg::kSmemBytes,
-                             opted_in);
-  if (st != kLaunchOk) return st;
-  const int sms = sm_count();
-  const auto grid = static_cast<unsigned>(tiles < sms || sms <= 0 ? tiles : sms);
-  k_int8_gemm_wgmma_pingpong<Cfg, T><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(map_a, map_b, m, n, k, ep, y);
   return detail::launch_result();
 }
 
@@ -1086,17 +908,9 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
   if (xq == nullptr || wq == nullptr || y == nullptr || !epilogue_ok(ep)) return kLaunchBadPointer;
   const bool vec = k % 16 == 0 && reinterpret_cast<uintptr_t>(xq) % 16 == 0 && reinterpret_cast<uintptr_t>(wq) % 16 == 0;
   const int sms = sm_count();
-  const bool wgmma = kernel == Int8Kernel::kWgmma || kernel == Int8Kernel::kWgmmaPersistent;
+  const bool wgmma = kernel == Int8Kernel::kWgmma;
   if (wgmma && !int8_wgmma_available()) return kLaunchUnsupported;
   if (wgmma && !vec) return kLaunchBadShape;
-  const bool best_wgmma = kernel == Int8Kernel::kBest && vec && int8_wgmma_available();
-  const int64_t large_wg_tiles = ((m + WgLarge::kBm - 1) / WgLarge::kBm) * ((n + WgLarge::kBn - 1) / WgLarge::kBn);
-  if (kernel == Int8Kernel::kWgmmaPersistent || (best_wgmma && large_wg_tiles >= 2 * sms)) {
-    EVALSVC_DISPATCH_FLOAT(dtype, T, {
-      return launch_int8_gemm_wgmma_pingpong<T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
-    });
-    return kLaunchOk;
-  }
   if (wgmma || (kernel == Int8Kernel::kBest && vec && int8_wgmma_available())) {
     const int64_t large_tiles = ((m + WgLarge::kBm - 1) / WgLarge::kBm) * ((n + WgLarge::kBn - 1) / WgLarge::kBn);
     const bool large = large_tiles >= sms;

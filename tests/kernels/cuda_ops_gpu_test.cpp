@@ -336,7 +336,6 @@ const char* gemm_name(cuda::Int8Gemm g) {
     case cuda::Int8Gemm::kFused: return "fused";
     case cuda::Int8Gemm::kMmaSync: return "mma.sync";
     case cuda::Int8Gemm::kWgmma: return "wgmma";
-    case cuda::Int8Gemm::kWgmmaPersistent: return "wgmma-persistent";
     default: return "auto";
   }
 }
@@ -347,17 +346,14 @@ bool cublas_shape_ok(int64_t m, const Shape& s) { return m > 16 && s.k % 8 == 0 
 std::vector<cuda::Int8Gemm> int8_gemms(bool with_cublas) {
   std::vector<cuda::Int8Gemm> g = {cuda::Int8Gemm::kAuto, cuda::Int8Gemm::kFused, cuda::Int8Gemm::kMmaSync};
   if (with_cublas) g.push_back(cuda::Int8Gemm::kCublasLt);
-  if (cuda::int8_wgmma_available()) {
-    g.push_back(cuda::Int8Gemm::kWgmma);
-    g.push_back(cuda::Int8Gemm::kWgmmaPersistent);
-  }
+  if (cuda::int8_wgmma_available()) g.push_back(cuda::Int8Gemm::kWgmma);
   return g;
 }
 
 /// Whether gemm g takes an [m, k] x [n, k]^T product (the others must throw InputError).
 bool gemm_takes(cuda::Int8Gemm g, int64_t m, int64_t k, int64_t n) {
   if (g == cuda::Int8Gemm::kCublasLt) return cublas_shape_ok(m, Shape{k, n});
-  if (g == cuda::Int8Gemm::kWgmma || g == cuda::Int8Gemm::kWgmmaPersistent) return k % 16 == 0;
+  if (g == cuda::Int8Gemm::kWgmma) return k % 16 == 0;
   return true;
 }
 
@@ -434,10 +430,8 @@ TEST(CudaInt8, FusedGemmLargeTilesEqualExactIntegerProduct) {
   REQUIRE_GPU();
   // Enough output tiles for the large configurations (the shapes above only reach the small ones): a k that
   // fills whole 128-byte wgmma stages, one that ends in a partial stage (k % 128 == 16) and an odd k (mma.sync's
-  // byte gathers; no wgmma), an n that ends in a partial tile with paired stores, an odd n; and a k of one
-  // partial stage, so the persistent kernel's tiles pass through its ring faster than its stages go round.
-  for (const auto& [k, n] :
-       std::vector<std::pair<int64_t, int64_t>>{{768, 3000}, {400, 520}, {200, 1101}, {96, 4000}}) {
+  // byte gathers; no wgmma), an n that ends in a partial tile with paired stores, an odd n.
+  for (const auto& [k, n] : std::vector<std::pair<int64_t, int64_t>>{{768, 3000}, {400, 520}, {200, 1101}}) {
     const int64_t m = 4100;  // not a multiple of the tile
     const auto xq = torch::randint(-127, 128, {m, k}, at::detail::createCPUGenerator(820 + k), torch::kInt8);
     const auto wq = torch::randint(-127, 128, {n, k}, at::detail::createCPUGenerator(821 + n), torch::kInt8);

@@ -232,7 +232,7 @@ torch::Tensor int8_product(const char* op, const torch::Tensor& xq, const torch:
   EVALSVC_CHECK(gemm != Int8Gemm::kCublasLt || cublas_ok, InputError,
                 "cuda::{}: the cuBLASLt int8 product needs T > 16 and in, out multiples of 8, got T={} in={} out={}",
                 op, m, k, n);
-  const bool wgmma_asked = gemm == Int8Gemm::kWgmma || gemm == Int8Gemm::kWgmmaPersistent;
+  const bool wgmma_asked = gemm == Int8Gemm::kWgmma;
   EVALSVC_CHECK(!wgmma_asked || int8_wgmma_available(), UnsupportedError,
                 "cuda::{}: the wgmma int8 GEMM needs a compute capability 9.0 GPU and an sm_90a build", op);
   EVALSVC_CHECK(!wgmma_asked || k % 16 == 0, InputError, "cuda::{}: the wgmma int8 GEMM needs in % 16 == 0, got in={}",
@@ -247,8 +247,7 @@ torch::Tensor int8_product(const char* op, const torch::Tensor& xq, const torch:
   } else {
     const Int8Kernel kernel = gemm == Int8Gemm::kMmaSync ? Int8Kernel::kMmaSync
                               : gemm == Int8Gemm::kWgmma ? Int8Kernel::kWgmma
-                              : gemm == Int8Gemm::kWgmmaPersistent ? Int8Kernel::kWgmmaPersistent
-                                                                   : Int8Kernel::kBest;
+                                                         : Int8Kernel::kBest;
     EVALSVC_LAUNCH(launch_int8_gemm(xq.data_ptr<int8_t>(), wq.data_ptr<int8_t>(), m, n, k, ep, y.data_ptr(),
                                     launcher_dtype(out_dtype), stream, kernel));
   }

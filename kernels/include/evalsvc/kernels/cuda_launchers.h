@@ -108,9 +108,7 @@ struct Int8Epilogue {
 /// kWgmma: the Hopper warpgroup kernel, operands brought in by TMA (sm_90 with an sm_90a build and a driver with
 /// cuTensorMapEncodeTiled; k % 16 == 0, 16-byte aligned operands), kLaunchUnsupported elsewhere;
 /// 128 x 128 tiles, 64 x 128 when those would leave SMs idle.
-/// kWgmmaPersistent: the same product from one resident block per SM that walks the tiles, its two consumer
-/// warpgroups taking turns (one's epilogue under the other's products); same limits as kWgmma.
-enum class Int8Kernel { kBest, kMmaSync, kWgmma, kWgmmaPersistent };
+enum class Int8Kernel { kBest, kMmaSync, kWgmma };
 
 /// Whether the current device runs the wgmma int8 GEMM: compute capability 9.0 and sm_90a code in this binary.
 bool int8_wgmma_available();

@@ -104,8 +104,7 @@ Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold
 /// kAuto, from kernel_bench on an H200 (docs/perf.md): wgmma where it runs (it is the fastest at every token
 /// count measured, 1 to 32,768: at 128 tokens 6.8-13.3 us a call in a CUDA graph against cuBLASLt's 8.9-16.2);
 /// without it, cuBLASLt where its limits allow, else mma.sync.
-/// kWgmmaPersistent: the wgmma product from resident blocks that walk the tiles (Int8Kernel::kWgmmaPersistent).
-enum class Int8Gemm { kAuto, kCublasLt, kFused, kMmaSync, kWgmma, kWgmmaPersistent };
+enum class Int8Gemm { kAuto, kCublasLt, kFused, kMmaSync, kWgmma };
 
 /// Whether Int8Gemm::kWgmma runs on the current device (compute capability 9.0 and sm_90a code in this build).
 bool int8_wgmma_available();
