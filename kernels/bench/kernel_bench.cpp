@@ -391,7 +391,6 @@ int main(int argc, char** argv) {
         {
           const auto xa = cuda::quantize_per_token_int8(x16, 0.0);
           for (const auto& [name, gemm] : int8_kernels(m)) {
-            if (gemm == cuda::Int8Gemm::kAuto) continue;
             report("int8_linear" + name + " (pre-quantized x)", L.n * L.k + 4.0 * L.n, time_ms([&, gemm = gemm] {
                      (void)cuda::int8_linear(xa.q, xa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16, 1.0, gemm);
                    }, warmup, iters));
