@@ -390,7 +390,7 @@ int launch_int8_gemm_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t 
 // Outside sm_90a the helpers below are declared and never used: not worth a warning per target.
 #pragma nv_diag_suppress 177
 
-template <int WG_M, int STAGES, int MIN_BLOCKS, int CLUSTER = 1>
+template <int WG_M, int STAGES, int MIN_BLOCKS>
 struct WgConfig {
   static constexpr int kBm = 64 * WG_M;
   static constexpr int kBn = 128;                   // one m64n128k32 instruction per warpgroup and k step
@@ -399,12 +399,10 @@ struct WgConfig {
   static constexpr int kThreads = kConsumers + 32;  // + the producer warp
   static constexpr int kStages = STAGES;
   static constexpr int kMinBlocks = MIN_BLOCKS;     // blocks per SM the registers and shared memory must allow
-  static constexpr int kCluster = CLUSTER;          // blocks of a cluster (neighbours along n) sharing the A rows
   static constexpr int kStageBytes = (kBm + kBn) * kBk;
   static constexpr int kSmemBytes = STAGES * kStageBytes + 1024;  // + slack to align the base to an atom
   static constexpr int kCStride = kBn + 4;  // int32 row stride of the epilogue's staged tile (padding: banks)
   static_assert(STAGES >= 2, "one stage computing while the next loads");
-  static_assert(CLUSTER == 1 || CLUSTER == 2, "pairs at most");
   static_assert(kBm * kCStride * 4 <= STAGES * kStageBytes, "the staged accumulator tile must fit in the stages");
 };
 // 128 x 128 tiles from three 128-byte stages (97 KB): two blocks per SM, so one block's prologue and epilogue
@@ -415,7 +413,6 @@ struct WgConfig {
 // when 128 x 128 tiles would leave SMs idle. (Those alternatives were template parameters for the measurement;
 // only the layout kept is left here.)
 using WgLarge = WgConfig<2, 3, 2>;
-using WgLargePair = WgConfig<2, 3, 2, 2>;
 using WgSmall = WgConfig<1, 4, 2>;
 
 /// Shared-memory matrix descriptor of a K-major operand whose rows are 128-byte swizzle lines: start address,
@@ -624,40 +621,6 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
       : "memory");
 #endif
 }
-/// The same box written into the shared memory of every block of the cluster in cta_mask, at the same offset
-/// (dst), each block's barrier at offset bar completing on its own copy's bytes.
-__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtensorMap* map, int x, int y, uint32_t bar,
-                                                      uint16_t cta_mask) {
-#ifdef EVALSVC_INT8_WGMMA
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(bar), "h"(cta_mask)
-      : "memory");
-#endif
-}
-__device__ __forceinline__ uint32_t cluster_rank() {
-  uint32_t r = 0;
-#ifdef EVALSVC_INT8_WGMMA
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-#endif
-  return r;
-}
-/// Every thread of every block of the cluster.
-__device__ __forceinline__ void cluster_sync() {
-#ifdef EVALSVC_INT8_WGMMA
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-#endif
-}
-/// Arrival on the barrier at offset bar of cluster block `rank`'s shared memory.
-__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
-#ifdef EVALSVC_INT8_WGMMA
-  asm volatile(
-      "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar), "r"(rank)
-      : "memory");
-#endif
-}
-
 /// Barrier among the consumer warpgroups only (named barrier 1): the producer warp has left by then.
 template <int THREADS>
 __device__ __forceinline__ void consumers_sync() {
@@ -684,21 +647,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   if (threadIdx.x == 0) {
     for (int s = 0; s < Cfg::kStages; ++s) {
       mbar_init(full_bar(s), 1);                       // the producer's arrive.expect_tx; then the bytes
-      mbar_init(empty_bar(s), Cfg::kConsumers / 32 * Cfg::kCluster);  // one arrival per consumer warp
+      mbar_init(empty_bar(s), Cfg::kConsumers / 32);   // one arrival per consumer warp
     }
     mbar_fence_init();
   }
   __syncthreads();
-  // With a cluster the neighbour's copies land in this block's stages and its consumers arrive on this block's
-  // empty barriers: neither may happen before the barriers exist. A stage may be refilled only once the
-  // consumers of both blocks have released it, hence an empty barrier counts the warps of both.
-  const uint32_t rank = Cfg::kCluster > 1 ? cluster_rank() : 0;
-  if constexpr (Cfg::kCluster > 1) cluster_sync();
-  auto release = [&](int s) {
-    if ((threadIdx.x & 31) != 0) return;
-    mbar_arrive(empty_bar(s));
-    if constexpr (Cfg::kCluster > 1) mbar_arrive_cluster(empty_bar(s), rank ^ 1u);
-  };
 
   if (threadIdx.x >= Cfg::kConsumers) {  // the producer warp: one thread issues every copy
     if (threadIdx.x == Cfg::kConsumers) {
@@ -710,23 +663,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
         // Stage s last held tile kt - kStages: its release is phase (kt / kStages - 1) of empty[s].
         if (kt >= Cfg::kStages) mbar_wait(empty_bar(s), static_cast<uint32_t>((kt / Cfg::kStages - 1) & 1));
         mbar_arrive_expect_tx(full_bar(s), Cfg::kStageBytes);  // zero-filled bytes past the edges count too
-        if constexpr (Cfg::kCluster > 1) {
-          // The pair has the same A rows: each block fetches half of them for both (the L2 reads of A halve).
-          constexpr int kHalf = Cfg::kBm / 2;
-          tma_load_2d_multicast(stage_a(s) + rank * kHalf * Cfg::kBk, &map_a, kt * Cfg::kBk,
-                                m0 + static_cast<int>(rank) * kHalf, full_bar(s), 0x3);
-        } else {
-          tma_load_2d(stage_a(s), &map_a, kt * Cfg::kBk, m0, full_bar(s));
-        }
-        tma_load_2d(stage_b(s), &map_b, kt * Cfg::kBk, n0 < n ? n0 : 0, full_bar(s));  // (n0 >= n: see launch)
-      }
-      if constexpr (Cfg::kCluster > 1) {
-        // Stay until both blocks' consumers have released the last stages: until then the neighbour may still
-        // arrive on this block's barriers, which must not be freed under it.
-        const int first = ktiles > Cfg::kStages ? ktiles - Cfg::kStages : 0;
-        for (int kt = first; kt < ktiles; ++kt) {
-          mbar_wait(empty_bar(kt % Cfg::kStages), static_cast<uint32_t>((kt / Cfg::kStages) & 1));
-        }
+        tma_load_2d(stage_a(s), &map_a, kt * Cfg::kBk, m0, full_bar(s));
+        tma_load_2d(stage_b(s), &map_b, kt * Cfg::kBk, n0, full_bar(s));
       }
     }
     return;
@@ -757,11 +695,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     }
     wgmma_commit();
     wgmma_wait<1>();  // tile kt - 1 retired (tile kt may still run): its stage goes back to the producer
-    if (kt > 0) release((kt - 1) % Cfg::kStages);
+    if (kt > 0 && (threadIdx.x & 31) == 0) mbar_arrive(empty_bar((kt - 1) % Cfg::kStages));
   }
   wgmma_wait<0>();
   fence_operands(acc);
-  if constexpr (Cfg::kCluster > 1) release((ktiles - 1) % Cfg::kStages);  // awaited by both producers' tails
 
   // Every copy has landed (each full phase was waited for) and both warpgroups are past their last wgmma.
   consumers_sync<Cfg::kConsumers>();
@@ -819,37 +756,15 @@ int launch_int8_gemm_wgmma_cfg(const int8_t* xq, const int8_t* wq, int64_t m, in
   if ((m + Cfg::kBm - 1) / Cfg::kBm > 65535 || n > INT32_MAX || k > INT32_MAX || m > INT32_MAX) return kLaunchBadShape;
   CUtensorMap map_a{}, map_b{};
   static_assert(Cfg::kBk == 128, "the tensor maps' boxes are 128-byte swizzle lines");
-  if (!int8_tensor_map(&map_a, xq, m, k, Cfg::kBm / Cfg::kCluster) || !int8_tensor_map(&map_b, wq, n, k, Cfg::kBn)) {
+  if (!int8_tensor_map(&map_a, xq, m, k, Cfg::kBm) || !int8_tensor_map(&map_b, wq, n, k, Cfg::kBn)) {
     return kLaunchUnsupported;
   }
   static bool opted_in[64] = {};
   const int st = opt_in_smem(reinterpret_cast<const void*>(k_int8_gemm_wgmma<Cfg, T>), Cfg::kSmemBytes, opted_in);
   if (st != kLaunchOk) return st;
-  // A cluster's blocks are neighbours along n: the tile count rounds up to whole clusters, and a block past the
-  // last column still fetches its half of A for its neighbour (its B box lies past the edge: zeros) and stores
-  // nothing.
-  const int64_t tiles_n = (n + Cfg::kBn - 1) / Cfg::kBn;
-  const dim3 grid(static_cast<unsigned>((tiles_n + Cfg::kCluster - 1) / Cfg::kCluster * Cfg::kCluster),
-                  static_cast<unsigned>((m + Cfg::kBm - 1) / Cfg::kBm));
-  if constexpr (Cfg::kCluster == 1) {
-    k_int8_gemm_wgmma<Cfg, T><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(map_a, map_b, m, n, k, ep, y);
-    return detail::launch_result();
-  } else {
-    cudaLaunchConfig_t config{};
-    config.gridDim = grid;
-    config.blockDim = dim3(Cfg::kThreads);
-    config.dynamicSmemBytes = Cfg::kSmemBytes;
-    config.stream = stream;
-    cudaLaunchAttribute attr[1]{};
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = Cfg::kCluster;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    config.attrs = attr;
-    config.numAttrs = 1;
-    const cudaError_t e = cudaLaunchKernelEx(&config, k_int8_gemm_wgmma<Cfg, T>, map_a, map_b, m, n, k, ep, y);
-    return e == cudaSuccess ? detail::launch_result() : static_cast<int>(e);
-  }
+  const dim3 grid(static_cast<unsigned>((n + Cfg::kBn - 1) / Cfg::kBn), static_cast<unsigned>((m + Cfg::kBm - 1) / Cfg::kBm));
+  k_int8_gemm_wgmma<Cfg, T><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(map_a, map_b, m, n, k, ep, y);
+  return detail::launch_result();
 }
 
 /// Streaming multiprocessors of the current device (cached per device).
@@ -1000,7 +915,6 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
     const int64_t large_tiles = ((m + WgLarge::kBm - 1) / WgLarge::kBm) * ((n + WgLarge::kBn - 1) / WgLarge::kBn);
     const bool large = large_tiles >= sms;
     EVALSVC_DISPATCH_FLOAT(dtype, T, {
-      if (large && !wgmma) return launch_int8_gemm_wgmma_cfg<WgLargePair, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
       return large ? launch_int8_gemm_wgmma_cfg<WgLarge, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream)
                    : launch_int8_gemm_wgmma_cfg<WgSmall, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
     });

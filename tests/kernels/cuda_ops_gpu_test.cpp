@@ -430,9 +430,8 @@ TEST(CudaInt8, FusedGemmLargeTilesEqualExactIntegerProduct) {
   REQUIRE_GPU();
   // Enough output tiles for the large configurations (the shapes above only reach the small ones): a k that
   // fills whole 128-byte wgmma stages, one that ends in a partial stage (k % 128 == 16) and an odd k (mma.sync's
-  // byte gathers; no wgmma), an n that ends in a partial tile with paired stores, an odd n. Under kAuto the
-  // wgmma tiles go in clusters of two along n: 520 and 3900 leave an odd tile count (a block past the last column
-  // that only fetches A for its neighbour), and k = 96 is one partial stage, fewer than the pipeline holds.
+  // byte gathers; no wgmma), an n that ends in a partial tile with paired stores, an odd n; and k = 96, one
+  // partial stage, fewer than the pipeline holds.
   for (const auto& [k, n] :
        std::vector<std::pair<int64_t, int64_t>>{{768, 3000}, {400, 520}, {200, 1101}, {96, 3900}}) {
     const int64_t m = 4100;  // not a multiple of the tile
