@@ -390,7 +390,7 @@ int launch_int8_gemm_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t 
 // Outside sm_90a the helpers below are declared and never used: not worth a warning per target.
 #pragma nv_diag_suppress 177
 
-template <int WG_M, int STAGES, int MIN_BLOCKS, bool CONFLICT_FREE = false>
+template <int WG_M, int STAGES, int MIN_BLOCKS>
 struct WgConfig {
   static constexpr int kBm = 64 * WG_M;
   static constexpr int kBn = 128;                   // one m64n128k32 instruction per warpgroup and k step
@@ -401,8 +401,11 @@ struct WgConfig {
   static constexpr int kMinBlocks = MIN_BLOCKS;     // blocks per SM the registers and shared memory must allow
   static constexpr int kStageBytes = (kBm + kBn) * kBk;
   static constexpr int kSmemBytes = STAGES * kStageBytes + 1024;  // + slack to align the base to an atom
-  static constexpr int kCStride = CONFLICT_FREE ? kBn + 8 : kBn + 4;  // int32 row stride of the staged tile
-  static constexpr bool kConflictFree = CONFLICT_FREE;
+  // int32 row stride of the epilogue's staged tile. kBn + 8 (8 banks from one row to the next) keeps the
+  // accumulators' 8-byte stores free of bank conflicts: the 4 rows of a half-warp cover all 32 banks once.
+  // kBn + 4 cost a 2-way conflict on every store, and wg_store_tile's reads had another: without both fixes the
+  // product alone at 32,768 tokens took 1.7-6.3% longer on an H200 (docs/perf.md).
+  static constexpr int kCStride = kBn + 8;
   static_assert(STAGES >= 2, "one stage computing while the next loads");
   static_assert(kBm * kCStride * 4 <= STAGES * kStageBytes, "the staged accumulator tile must fit in the stages");
 };
@@ -415,8 +418,6 @@ struct WgConfig {
 // only the layout kept is left here.)
 using WgLarge = WgConfig<2, 3, 2>;
 using WgSmall = WgConfig<1, 4, 2>;
-using WgLargeCf = WgConfig<2, 3, 2, true>;
-using WgSmallCf = WgConfig<1, 4, 2, true>;
 
 /// Shared-memory matrix descriptor of a K-major operand whose rows are 128-byte swizzle lines: start address,
 /// leading byte offset (unused for swizzled K-major; 1 by convention), stride byte offset 1,024 (from one
@@ -526,17 +527,14 @@ __device__ __forceinline__ void wg_store_tile(const int* cs, const WgTileParams<
       const int64_t r = m0 + lr;
       const float rs = tp.row_scale[lr];
       const int4* src = reinterpret_cast<const int4*>(cs + lr * Cfg::kCStride + lc);
-      int4 a0, a1;
-      if constexpr (Cfg::kConflictFree) {
-        const int sel = (tid >> 2) & 1;
-        const int4 first = src[sel];
-        const int4 second = src[sel ^ 1];
-        a0 = sel ? second : first;
-        a1 = sel ? first : second;
-      } else {
-        a0 = src[0];
-        a1 = src[1];
-      }
+      // A quarter-warp (8 threads, one 16-byte load each per instruction) reads one row's groups 0-7 or 8-15:
+      // first chunks would be 0, 2, .., 14, of which chunks c and c + 8 share banks. Threads 4-7 of the eight
+      // take their second chunk first, so one instruction reads chunks 0, 2, 4, 6, 9, 11, 13, 15: every bank once.
+      const int sel = (tid >> 2) & 1;
+      const int4 first = src[sel];
+      const int4 second = src[sel ^ 1];
+      const int4 a0 = sel ? second : first;
+      const int4 a1 = sel ? first : second;
       int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
       float o[8] = {};
       if (has_outliers) {
@@ -927,10 +925,6 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
     const int64_t large_tiles = ((m + WgLarge::kBm - 1) / WgLarge::kBm) * ((n + WgLarge::kBn - 1) / WgLarge::kBn);
     const bool large = large_tiles >= sms;
     EVALSVC_DISPATCH_FLOAT(dtype, T, {
-      if (!wgmma) {
-        return large ? launch_int8_gemm_wgmma_cfg<WgLargeCf, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream)
-                     : launch_int8_gemm_wgmma_cfg<WgSmallCf, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
-      }
       return large ? launch_int8_gemm_wgmma_cfg<WgLarge, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream)
                    : launch_int8_gemm_wgmma_cfg<WgSmall, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
     });
