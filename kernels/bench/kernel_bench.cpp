@@ -332,6 +332,15 @@ int main(int argc, char** argv) {
         for (const auto& [name, gemm] : int8_kernels(m)) {
           report_graph("int8_w8a8_linear" + name, [&, gemm = gemm] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu, gemm); });
         }
+        if (m <= 128) {  // the W8A8 call above without its quantizer: where a small projection's time goes
+          const auto xa = cuda::quantize_per_token_int8(x16, 0.0);
+          for (const auto& [name, gemm] : int8_kernels(m)) {
+            report_graph("int8_linear" + name + " (pre-quantized x)", [&, gemm = gemm] {
+              (void)cuda::int8_linear(xa.q, xa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16, 1.0, gemm);
+            });
+          }
+          report_graph("quantize_per_token_int8", [&] { (void)cuda::quantize_per_token_int8(x16, 0.0); });
+        }
         report_graph("llm_int8_linear", [&] { (void)cuda::llm_int8_linear(x16, L.cb, L.scb, L.bias_gpu, 6.0); });
         report_graph("int8_weight_only_linear", [&] { (void)cuda::int8_weight_only_linear(x16, L.i8_q, L.i8_s, L.bias16); });
         if (fp8) {
