@@ -418,7 +418,6 @@ struct WgConfig {
 // only the layout kept is left here.)
 using WgLarge = WgConfig<2, 3, 2>;
 using WgSmall = WgConfig<1, 4, 2>;
-using WgSmallDeep = WgConfig<1, 8, 1>;
 
 /// Shared-memory matrix descriptor of a K-major operand whose rows are 128-byte swizzle lines: start address,
 /// leading byte offset (unused for swizzled K-major; 1 by convention), stride byte offset 1,024 (from one
@@ -926,7 +925,6 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
     const int64_t large_tiles = ((m + WgLarge::kBm - 1) / WgLarge::kBm) * ((n + WgLarge::kBn - 1) / WgLarge::kBn);
     const bool large = large_tiles >= sms;
     EVALSVC_DISPATCH_FLOAT(dtype, T, {
-      if (!large && !wgmma) return launch_int8_gemm_wgmma_cfg<WgSmallDeep, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
       return large ? launch_int8_gemm_wgmma_cfg<WgLarge, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream)
                    : launch_int8_gemm_wgmma_cfg<WgSmall, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
     });
