@@ -340,6 +340,12 @@ int main(int argc, char** argv) {
             });
           }
           report_graph("quantize_per_token_int8", [&] { (void)cuda::quantize_per_token_int8(x16, 0.0); });
+          // The same rows 2 bytes past a 16-byte boundary: the warp kernel needs aligned rows, so this times the
+          // one-block-per-row kernel, the peer of the line above.
+          const auto flat = torch::empty({m * L.k + 1}, x16.options());
+          const auto x_off = flat.narrow(0, 1, m * L.k).view({m, L.k}).copy_(x16);
+          report_graph("quantize_per_token_int8 (x 2 bytes off 16: one block a row)",
+                       [&] { (void)cuda::quantize_per_token_int8(x_off, 0.0); });
         }
         report_graph("llm_int8_linear", [&] { (void)cuda::llm_int8_linear(x16, L.cb, L.scb, L.bias_gpu, 6.0); });
         report_graph("int8_weight_only_linear", [&] { (void)cuda::int8_weight_only_linear(x16, L.i8_q, L.i8_s, L.bias16); });

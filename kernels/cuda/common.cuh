@@ -247,15 +247,16 @@ inline void launch_quantize_rows_wpr(const void* x, bool f16, int64_t t, int64_t
 template <typename Enc>
 inline bool launch_quantize_rows_warp(const void* x, DType dtype, int64_t t, int64_t k, float threshold,
                                       int32_t* flags, uint8_t* q, float* scale, cudaStream_t stream) {
-  // From 2,048 rows (256 blocks, two per SM): below that the one-block-per-row kernel spreads a row over 256
-  // threads and finishes sooner (128 rows: 9.8 against 8.7 us inside a CUDA graph, product included).
-  if (t < 2048 || t > 65535LL * 1024) return false;
+  if (t > 65535LL * 1024) return false;
   if ((dtype != DType::kF16 && dtype != DType::kBF16) || k % 8 != 0 || k > 4096) return false;
   if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || reinterpret_cast<uintptr_t>(q) % 8 != 0) return false;
   const bool f16 = dtype == DType::kF16;
+  // Below 2,048 rows (256 blocks, two per SM) a row is spread over four warps whatever its width, so that the
+  // few rows still occupy many SMs (128 rows: 64 blocks).
+  if (t < 2048) launch_quantize_rows_wpr<Enc, 4>(x, f16, t, k, threshold, flags, q, scale, stream);
   // Four vectors a lane at most (40 registers): enough warps an SM to keep the loads of some in flight while
   // others compute.
-  if (k <= 1024) launch_quantize_rows_wpr<Enc, 1>(x, f16, t, k, threshold, flags, q, scale, stream);
+  else if (k <= 1024) launch_quantize_rows_wpr<Enc, 1>(x, f16, t, k, threshold, flags, q, scale, stream);
   else if (k <= 2048) launch_quantize_rows_wpr<Enc, 2>(x, f16, t, k, threshold, flags, q, scale, stream);
   else launch_quantize_rows_wpr<Enc, 4>(x, f16, t, k, threshold, flags, q, scale, stream);
   return true;

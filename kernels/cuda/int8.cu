@@ -390,10 +390,11 @@ int launch_int8_gemm_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t 
 // Outside sm_90a the helpers below are declared and never used: not worth a warning per target.
 #pragma nv_diag_suppress 177
 
-template <int WG_M, int STAGES, int MIN_BLOCKS>
+template <int WG_M, int STAGES, int MIN_BLOCKS, int BN = 128>
 struct WgConfig {
   static constexpr int kBm = 64 * WG_M;
-  static constexpr int kBn = 128;                   // one m64n128k32 instruction per warpgroup and k step
+  static constexpr int kBn = BN;                    // one m64nBNk32 instruction per warpgroup and k step
+  static constexpr int kAcc = BN / 2;               // its s32 accumulators per thread
   static constexpr int kBk = 128;                   // bytes of k per stage = one swizzle line = the TMA box width
   static constexpr int kConsumers = 128 * WG_M;     // the MMA warpgroups
   static constexpr int kThreads = kConsumers + 32;  // + the producer warp
@@ -407,6 +408,7 @@ struct WgConfig {
   // product alone at 32,768 tokens took 1.7-6.3% longer on an H200 (docs/perf.md).
   static constexpr int kCStride = kBn + 8;
   static_assert(STAGES >= 2, "one stage computing while the next loads");
+  static_assert(BN == 64 || BN == 128, "the wgmma shapes below");
   static_assert(kBm * kCStride * 4 <= STAGES * kStageBytes, "the staged accumulator tile must fit in the stages");
 };
 // 128 x 128 tiles from three 128-byte stages (97 KB): two blocks per SM, so one block's prologue and epilogue
@@ -418,6 +420,7 @@ struct WgConfig {
 // only the layout kept is left here.)
 using WgLarge = WgConfig<2, 3, 2>;
 using WgSmall = WgConfig<1, 4, 2>;
+using WgSmallN64 = WgConfig<1, 4, 2, 64>;
 
 /// Shared-memory matrix descriptor of a K-major operand whose rows are 128-byte swizzle lines: start address,
 /// leading byte offset (unused for swizzled K-major; 1 by convention), stride byte offset 1,024 (from one
@@ -444,9 +447,10 @@ __device__ __forceinline__ void wgmma_wait() {
 }
 /// Pins the accumulators: the compiler must not move reads or writes of them across this point (they are being
 /// written asynchronously by wgmma between its issue and wgmma_wait).
-__device__ __forceinline__ void fence_operands(int (&d)[64]) {
+template <int N>
+__device__ __forceinline__ void fence_operands(int (&d)[N]) {
 #pragma unroll
-  for (int i = 0; i < 64; ++i) asm volatile("" : "+r"(d[i])::"memory");
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(d[i])::"memory");
 }
 /// d (64 x 128 s32, this warpgroup's) += A (64 x 32 s8 at da) . B (128 x 32 s8 at db)^T.
 __device__ __forceinline__ void wgmma_s8_m64n128k32(int (&d)[64], uint64_t da, uint64_t db) {
@@ -460,6 +464,20 @@ __device__ __forceinline__ void wgmma_s8_m64n128k32(int (&d)[64], uint64_t da, u
 #endif
 }
 
+/// d (64 x 64 s32) += A (64 x 32 s8 at da) . B (64 x 32 s8 at db)^T.
+__device__ __forceinline__ void wgmma_s8_m64n64k32(int (&d)[32], uint64_t da, uint64_t db) {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
+      : "l"(da), "l"(db), "r"(1));
+#endif
+}
+__device__ __forceinline__ void wgmma_s8(int (&d)[64], uint64_t da, uint64_t db) { wgmma_s8_m64n128k32(d, da, db); }
+__device__ __forceinline__ void wgmma_s8(int (&d)[32], uint64_t da, uint64_t db) { wgmma_s8_m64n64k32(d, da, db); }
+
 // The epilogue goes through shared memory (free by then: every stage has been consumed). Straight from the
 // registers it needs every accumulator index at compile time, so it unrolls into one copy of the epilogue per
 // accumulator, ~100 KB of code the instruction cache re-fetches for every block: that cost ~25 us a block,
@@ -470,12 +488,12 @@ __device__ __forceinline__ void wgmma_s8_m64n128k32(int (&d)[64], uint64_t da, u
 /// m64nN: warp w of the warpgroup holds rows 16w..16w+15, and within the warp each n8 slice is laid out as
 /// mma.sync's m16n8 (registers 4j, 4j+1: row lane / 4, columns 8j + 2 (lane % 4) + {0, 1}; 4j + 2, 4j + 3: row + 8).
 template <typename Cfg>
-__device__ __forceinline__ void wg_stage_accumulators(const int (&acc)[64], int* cs, int tid) {
+__device__ __forceinline__ void wg_stage_accumulators(const int (&acc)[Cfg::kAcc], int* cs, int tid) {
   const int lane = tid & 31;
   const int row = (tid >> 7) * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2);
   const int col = (lane & 3) * 2;
 #pragma unroll
-  for (int jj = 0; jj < 16; ++jj) {
+  for (int jj = 0; jj < Cfg::kBn / 8; ++jj) {
     const int c = jj * 8 + col;
     *reinterpret_cast<int2*>(cs + row * Cfg::kCStride + c) = make_int2(acc[jj * 4], acc[jj * 4 + 1]);
     *reinterpret_cast<int2*>(cs + (row + 8) * Cfg::kCStride + c) = make_int2(acc[jj * 4 + 2], acc[jj * 4 + 3]);
@@ -688,9 +706,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const float my_bias = my_col && ep.bias != nullptr ? ep.bias[n0 + tid] : 0.0f;
 
   const int wg = threadIdx.x >> 7;
-  int acc[64];
+  int acc[Cfg::kAcc];
 #pragma unroll
-  for (int e = 0; e < 64; ++e) acc[e] = 0;
+  for (int e = 0; e < Cfg::kAcc; ++e) acc[e] = 0;
   fence_operands(acc);
   for (int kt = 0; kt < ktiles; ++kt) {
     const int s = kt % Cfg::kStages;
@@ -701,7 +719,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #pragma unroll
     for (int ks = 0; ks < Cfg::kBk / 32; ++ks) {
       // Within a swizzle line, stepping k by 32 bytes moves the start address; the hardware applies the XOR.
-      wgmma_s8_m64n128k32(acc, wg_desc(a + ks * 32), wg_desc(b + ks * 32));
+      wgmma_s8(acc, wg_desc(a + ks * 32), wg_desc(b + ks * 32));
     }
     wgmma_commit();
     wgmma_wait<1>();  // tile kt - 1 retired (tile kt may still run): its stage goes back to the producer
@@ -925,6 +943,7 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
     const int64_t large_tiles = ((m + WgLarge::kBm - 1) / WgLarge::kBm) * ((n + WgLarge::kBn - 1) / WgLarge::kBn);
     const bool large = large_tiles >= sms;
     EVALSVC_DISPATCH_FLOAT(dtype, T, {
+      if (!large && !wgmma) return launch_int8_gemm_wgmma_cfg<WgSmallN64, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
       return large ? launch_int8_gemm_wgmma_cfg<WgLarge, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream)
                    : launch_int8_gemm_wgmma_cfg<WgSmall, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
     });
