@@ -415,12 +415,16 @@ struct WgConfig {
 // overlap the other's products. Measured on an H200 against it (product alone, 32,768 tokens; docs/perf.md):
 // 256 x 128 tiles (four consumer warpgroups, one block per SM) 0.91-0.92x as fast on the k = 768 shapes, 1.05x
 // on 3072 x 768; 128 x 256 (64-byte stages) 0.71-0.87x; and, with the first per-element epilogue, six 64-byte
-// stages 0.88-0.95x and one block per SM with six 128-byte stages 0.63-0.79x. 64 x 128 (one consumer warpgroup)
-// when 128 x 128 tiles would leave SMs idle. (Those alternatives were template parameters for the measurement;
+// stages 0.88-0.95x and one block per SM with six 128-byte stages 0.63-0.79x; later, a persistent ping-pong
+// kernel (one resident block per SM, two warpgroups taking tiles in turn) 0.95-0.97x on the k = 768 shapes (1.06x
+// on 3072 x 768), and pairs of blocks sharing A through TMA multicast 0.68-0.80x.
+// 64 x 64 tiles (one consumer warpgroup, m64n64k32) when 128 x 128 tiles would leave SMs idle: at 128 tokens a
+// product in a CUDA graph takes 3.9-4.0 us on the k = 768 shapes and 7.7 on 3072 x 768, against 4.6-4.7 and 8.4
+// with 64 x 128 tiles, half as many blocks, each pulling twice the weight bytes through its SM; eight stages
+// instead of four changed nothing. (Those alternatives were template parameters or kernels for the measurement;
 // only the layout kept is left here.)
 using WgLarge = WgConfig<2, 3, 2>;
-using WgSmall = WgConfig<1, 4, 2>;
-using WgSmallN64 = WgConfig<1, 4, 2, 64>;
+using WgSmall = WgConfig<1, 4, 2, 64>;
 
 /// Shared-memory matrix descriptor of a K-major operand whose rows are 128-byte swizzle lines: start address,
 /// leading byte offset (unused for swizzled K-major; 1 by convention), stride byte offset 1,024 (from one
@@ -943,7 +947,6 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
     const int64_t large_tiles = ((m + WgLarge::kBm - 1) / WgLarge::kBm) * ((n + WgLarge::kBn - 1) / WgLarge::kBn);
     const bool large = large_tiles >= sms;
     EVALSVC_DISPATCH_FLOAT(dtype, T, {
-      if (!large && !wgmma) return launch_int8_gemm_wgmma_cfg<WgSmallN64, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
       return large ? launch_int8_gemm_wgmma_cfg<WgLarge, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream)
                    : launch_int8_gemm_wgmma_cfg<WgSmall, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
     });

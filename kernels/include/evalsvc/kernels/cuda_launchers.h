@@ -107,7 +107,7 @@ struct Int8Epilogue {
 /// (16-byte aligned operands), else mma.sync. kMmaSync: the pipelined mma.sync kernel (sm_80+, any shape).
 /// kWgmma: the Hopper warpgroup kernel, operands brought in by TMA (sm_90 with an sm_90a build and a driver with
 /// cuTensorMapEncodeTiled; k % 16 == 0, 16-byte aligned operands), kLaunchUnsupported elsewhere;
-/// 128 x 128 tiles, 64 x 128 when those would leave SMs idle.
+/// 128 x 128 tiles, 64 x 64 when those would leave SMs idle.
 enum class Int8Kernel { kBest, kMmaSync, kWgmma };
 
 /// Whether the current device runs the wgmma int8 GEMM: compute capability 9.0 and sm_90a code in this binary.

@@ -102,7 +102,8 @@ Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold
 /// explicitly (kWgmma: UnsupportedError off Hopper). kCublasLt: at::_int_mm (needs T > 16, in and out multiples
 /// of 8), which writes the int32 product to memory, then the epilogue kernel reads it back.
 /// kAuto, from kernel_bench on an H200 (docs/perf.md): wgmma where it runs (it is the fastest at every token
-/// count measured, 1 to 32,768: at 128 tokens 6.8-13.3 us a call in a CUDA graph against cuBLASLt's 8.9-16.2);
+/// count measured, 1 to 32,768: at 128 tokens, quantizer included, 6.0-11.1 us a call in a CUDA graph against
+/// cuBLASLt's 9.0-14.7);
 /// without it, cuBLASLt where its limits allow, else mma.sync.
 enum class Int8Gemm { kAuto, kCublasLt, kFused, kMmaSync, kWgmma };
 
