@@ -405,7 +405,7 @@ struct WgConfig {
   // int32 row stride of the epilogue's staged tile. kBn + 8 (8 banks from one row to the next) keeps the
   // accumulators' 8-byte stores free of bank conflicts: the 4 rows of a half-warp cover all 32 banks once.
   // kBn + 4 cost a 2-way conflict on every store, and wg_store_tile's reads had another: without both fixes the
-  // product alone at 32,768 tokens took 1.7-6.3% longer on an H200 (docs/perf.md).
+  // product alone at 32,768 tokens took 2-7% longer on an H200 (docs/perf.md).
   static constexpr int kCStride = kBn + 8;
   static_assert(STAGES >= 2, "one stage computing while the next loads");
   static_assert(BN == 64 || BN == 128, "the wgmma shapes below");
