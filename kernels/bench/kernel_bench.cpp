@@ -310,6 +310,9 @@ int main(int argc, char** argv) {
     for (const auto& L : layers) {
       for (const int64_t m : ms) {
         const auto x16 = randn({m, L.k}, 7 + m).clamp(-4.0, 4.0).to(torch::kFloat16).to(gpu());
+        // x16's codes, for the rows that time the products alone (what a quantizer fused into the preceding
+        // LayerNorm would leave).
+        const auto xa = cuda::quantize_per_token_int8(x16, 0.0);
         const int iters = m >= 4096 ? 20 : 200;
         const int warmup = m >= 4096 ? 3 : 20;
         const double flop = 2.0 * m * L.n * L.k;
@@ -333,7 +336,6 @@ int main(int argc, char** argv) {
           report_graph("int8_w8a8_linear" + name, [&, gemm = gemm] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu, gemm); });
         }
         if (m <= 128) {  // the W8A8 call above without its quantizer: where a small projection's time goes
-          const auto xa = cuda::quantize_per_token_int8(x16, 0.0);
           for (const auto& [name, gemm] : int8_kernels(m)) {
             report_graph("int8_linear" + name + " (pre-quantized x)", [&, gemm = gemm] {
               (void)cuda::int8_linear(xa.q, xa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16, 1.0, gemm);
@@ -401,10 +403,9 @@ int main(int argc, char** argv) {
                    (void)cuda::fp8_linear(x16, L.f8_q, L.f8_s, L.bias_gpu, false, cuda::Fp8Gemm::kScaledMm);
                  }, warmup, iters));
         }
-        // The products alone, on activations quantized beforehand (what a quantizer fused into the preceding
-        // LayerNorm would leave): the GEMM's own rate, without the quantization pass.
+        // The products alone, on activations quantized beforehand: the GEMM's own rate, without the
+        // quantization pass.
         {
-          const auto xa = cuda::quantize_per_token_int8(x16, 0.0);
           for (const auto& [name, gemm] : int8_kernels(m)) {
             report("int8_linear" + name + " (pre-quantized x)", L.n * L.k + 4.0 * L.n, time_ms([&, gemm = gemm] {
                      (void)cuda::int8_linear(xa.q, xa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16, 1.0, gemm);
