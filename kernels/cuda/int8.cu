@@ -1,6 +1,7 @@
-// INT8 kernels of SPEC section 2: per-token activation quantization with device-side outlier detection
-// (LLM.int8 without host synchronisation), a pipelined int8 tensor-core GEMM (mma.sync) with the dequantizing epilogue fused, the same
-// epilogue over an int32 product from cuBLASLt, and weight-only int8 dequantization.
+// INT8 kernels of SPEC section 2: per-token activation quantization that flags LLM.int8's outlier columns in the
+// same pass (no host synchronisation), int8 tensor-core GEMMs with the dequantizing epilogue fused (a pipelined
+// mma.sync kernel for sm_80+, a TMA-fed wgmma kernel for Hopper), the same epilogue over an int32 product from
+// cuBLASLt, and weight-only int8 dequantization.
 #include <cuda.h>  // CUtensorMap and its enums (the encoder is looked up at run time: no libcuda link)
 
 #include "common.cuh"
