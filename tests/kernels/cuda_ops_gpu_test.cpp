@@ -55,8 +55,9 @@ struct Shape {
 // 16/32; 3072 x 40: GPT-2's mlp.c_proj depth with few outputs; 33 and 72: partial 64-wide output tiles.
 const std::vector<Shape> kShapes = {{768, 128}, {100, 33}, {200, 72}, {3072, 40}};
 const std::vector<int64_t> kTokens = {1, 7, 128, 1000};
-// The quantizers switch to warps from 2,048 rows: both kernels; 2,501 leaves the last block of 8, 4 or 2 rows
-// part empty.
+// The warp quantizers spread a row over four warps below 2,048 rows and over one to four by width from there:
+// both sides (fp32 rows take the block-per-row kernel at every count); 2,501 leaves the last block of 8, 4 or 2
+// rows part empty.
 const std::vector<int64_t> kQuantTokens = {1, 7, 128, 1000, 2501};
 // Row widths of the quantizer tests: the GEMM shapes' widths, then widths that take two and four warps a row
 // (2,504: 313 vectors, not a multiple of the 32 lanes).
@@ -478,8 +479,8 @@ TEST(CudaLlmInt8, LinearWithPlantedOutlierMatchesReference) {
 
 TEST(CudaLlmInt8, ManyRowsTakeTheWarpQuantizerAndTheEpilogueSubtractsTheOutlierCodes) {
   REQUIRE_GPU();
-  // From 2,048 rows the quantizer is the warp kernel, which flags outlier columns in the same pass and leaves
-  // their codes in place; the GEMM epilogue subtracts their integer products. Outliers here: two planted ones
+  // From 2,048 rows the quantizer is the warp kernel with one to four warps a row by width (below, four), which
+  // flags outlier columns in the same pass and leaves their codes in place; the GEMM epilogue subtracts their integer products. Outliers here: two planted ones
   // and a column scaled x4 so that many rows flag it at once. Every product must still equal the reference,
   // which zeroes those codes.
   const int64_t m = 2501;
