@@ -30,7 +30,6 @@ struct BenchArgs {
   bool no_graph = false;
   bool no_prefetch = false;
   int prefetch_blocks = worker::GPT2ClassifierImpl::kDefaultPrefetchBlocks;
-  std::string prefetch_at = "block";
   bool test_set = false;
   std::string data;    // data folder (ag_news/, gpt2/); empty: the default search
   std::string cache = "var/cache";
@@ -57,11 +56,6 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
                "on a side stream (for comparing the two)");
   sub.add_option("--prefetch-blocks", a->prefetch_blocks,
                  "thread blocks (1024 threads) the prefetch's dequantization may use at once; 0: as many as it needs")
-      ->capture_default_str();
-  sub.add_option("--prefetch-at", a->prefetch_at,
-                 "when a block's copies start: block (block i + 2's after block i) | attention (block i + 1's "
-                 "beside block i's attention)")
-      ->check(CLI::IsMember({"block", "attention"}))
       ->capture_default_str();
   sub.add_flag("--test-set", a->test_set,
                "also time the test-set rate: the AG News test rows, length-bucketed, each batch padded to its longest row");
@@ -91,9 +85,7 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       worker::GPT2Classifier model(cfg, 0);
       model->quantize(kernels::parse_method(v.method), worker::dtype_of(base), worker::quant_options(v));
       model->to_device(dev);
-      model->set_weight_prefetch(!a->no_prefetch, a->prefetch_blocks,
-                                 a->prefetch_at == "attention" ? worker::GPT2ClassifierImpl::PrefetchStart::kAttention
-                                                               : worker::GPT2ClassifierImpl::PrefetchStart::kBlockAhead);
+      model->set_weight_prefetch(!a->no_prefetch, a->prefetch_blocks);
       worker::BenchOptions o;
       o.batch_sizes = a->batch_sizes;
       o.seq_len = a->seq_len;
@@ -107,10 +99,7 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       j["config"] = a->config;
       j["seq_len"] = a->seq_len;
       j["device"] = worker::describe_device(dev);
-      if (r.weight_prefetch) {
-        j["prefetch_blocks"] = a->prefetch_blocks;
-        j["prefetch_at"] = a->prefetch_at;
-      }
+      if (r.weight_prefetch) j["prefetch_blocks"] = a->prefetch_blocks;
       std::string test_note;
       if (a->test_set) {
         const auto tr = worker::run_test_set_rate(model, test, a->eval_batch_size, dev);

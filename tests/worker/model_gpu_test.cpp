@@ -97,34 +97,29 @@ TEST(ModelGpu, WeightPrefetchGivesIdenticalLogitsEagerAndInACudaGraph) {
     off->set_weight_prefetch(false);
     const auto want = off->forward(ids, lengths);
     EXPECT_FALSE(off->prefetched_last_forward()) << what;
-    for (const auto start : {GPT2ClassifierImpl::PrefetchStart::kBlockAhead, GPT2ClassifierImpl::PrefetchStart::kAttention}) {
-      const auto what_at = fmt::format("{} on {}, copies start {}", kernels::method_name(method), c10::toString(base),
-                                    start == GPT2ClassifierImpl::PrefetchStart::kAttention ? "beside attention" : "a block ahead");
-      on->set_weight_prefetch(true, GPT2ClassifierImpl::kDefaultPrefetchBlocks, start);
-      const auto got = on->forward(ids, lengths);
-      EXPECT_EQ(on->prefetched_last_forward(), prefetches) << what_at;
-      EXPECT_TRUE(torch::equal(got, want)) << what_at << ": max diff " << (got - want).abs().max().item<double>();
-      // Twice in a row: the second forward's first blocks reuse slots the first one's last blocks read.
-      EXPECT_TRUE(torch::equal(on->forward(ids2, lengths), off->forward(ids2, lengths))) << what_at << " (second call)";
+    const auto got = on->forward(ids, lengths);
+    EXPECT_EQ(on->prefetched_last_forward(), prefetches) << what;
+    EXPECT_TRUE(torch::equal(got, want)) << what << ": max diff " << (got - want).abs().max().item<double>();
+    // Twice in a row: the second forward's first blocks reuse slots the first one's last blocks read.
+    EXPECT_TRUE(torch::equal(on->forward(ids2, lengths), off->forward(ids2, lengths))) << what << " (second call)";
 
-      auto static_ids = ids.clone();
-      at::cuda::CUDAGraph graph;
-      torch::Tensor out;
-      {
-        const c10::cuda::CUDAStreamGuard guard(c10::cuda::getStreamFromPool(false, 0));
-        on->forward(static_ids, lengths);
-        c10::cuda::getCurrentCUDAStream(0).synchronize();
-        graph.capture_begin();
-        out = on->forward(static_ids, lengths);
-        graph.capture_end();
-      }
-      static_ids.copy_(ids2);
-      graph.replay();
-      torch::cuda::synchronize();
-      const auto want2 = off->forward(ids2, lengths);
-      const double diff = (out - want2).abs().max().item<double>();
-      EXPECT_LE(diff, 1e-3 * want2.abs().max().item<double>()) << what_at << ": graph replay against eager";
+    auto static_ids = ids.clone();
+    at::cuda::CUDAGraph graph;
+    torch::Tensor out;
+    {
+      const c10::cuda::CUDAStreamGuard guard(c10::cuda::getStreamFromPool(false, 0));
+      on->forward(static_ids, lengths);
+      c10::cuda::getCurrentCUDAStream(0).synchronize();
+      graph.capture_begin();
+      out = on->forward(static_ids, lengths);
+      graph.capture_end();
     }
+    static_ids.copy_(ids2);
+    graph.replay();
+    torch::cuda::synchronize();
+    const auto want2 = off->forward(ids2, lengths);
+    const double diff = (out - want2).abs().max().item<double>();
+    EXPECT_LE(diff, 1e-3 * want2.abs().max().item<double>()) << what << ": graph replay against eager";
   }
   // nf4 at 8 tokens runs its fused kernels (no dense weight), so nothing is prefetched.
   GPT2Classifier nf4(cfg, 3);

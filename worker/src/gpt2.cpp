@@ -150,11 +150,10 @@ struct GPT2ClassifierImpl::WeightPrefetch {
 struct GPT2ClassifierImpl::WeightPrefetch {};
 #endif
 
-void GPT2ClassifierImpl::set_weight_prefetch(bool on, int blocks, PrefetchStart start) {
+void GPT2ClassifierImpl::set_weight_prefetch(bool on, int blocks) {
   EVALSVC_CHECK(blocks >= 0, InputError, "weight prefetch blocks must be >= 0, got {}", blocks);
   weight_prefetch_ = on;
   prefetch_blocks_ = blocks;
-  prefetch_start_ = start;
 }
 
 GPT2ClassifierImpl::WeightPrefetch* GPT2ClassifierImpl::prefetch_for(int64_t tokens) {
@@ -212,19 +211,16 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   auto a = layer_norm(h, blocks_.front().ln1_w, blocks_.front().ln1_b);
 
   // Weight prefetch (set_weight_prefetch): the side stream starts after everything queued so far (the previous
-  // forward's last blocks may still read the slots) and copies block 0 (kBlockAhead: and 1) at once; then
-  // block i + 2 as soon as block i has run (kBlockAhead) or block i + 1 as soon as block i's c_attn is queued
-  // (kAttention: block i - 1, the slot's last reader, is done by then). The main stream waits for a block's
-  // copies only right before it; its wait for the last block's copies also joins the side stream back (which
-  // CUDA graph capture requires).
+  // forward's last blocks may still read the slots), copies blocks 0 and 1 at once, and block i + 2 as soon as
+  // block i has run. The main stream waits for a block's copies only right before it; its wait for the last
+  // block's copies also joins the side stream back (which CUDA graph capture requires).
   WeightPrefetch* pf = prefetch_for(B * T);
   prefetched_last_forward_ = pf != nullptr;
-  const bool at_attention = prefetch_start_ == PrefetchStart::kAttention;
 #ifdef EVALSVC_WITH_CUDA
   if (pf) {
     pf->side.record_current(WeightPrefetch::kStart);
     pf->side.side_waits(WeightPrefetch::kStart);
-    for (size_t l = 0; l < std::min<size_t>(at_attention ? 1 : 2, blocks_.size()); ++l) stage_block(*pf, l);
+    for (size_t l = 0; l < std::min<size_t>(2, blocks_.size()); ++l) stage_block(*pf, l);
   }
 #endif
   const torch::Tensor* dense = nullptr;  // this block's four prefetched weights, or null
@@ -241,13 +237,6 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     auto qkv = linear(blk, 0, a, kernels::Activation::kNone, dense_of(0), a_codes, a_scale, act)
                    .view({B, T, 3, H, D})
                    .permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
-#ifdef EVALSVC_WITH_CUDA
-    if (pf && at_attention && i + 1 < blocks_.size()) {
-      pf->side.record_current(WeightPrefetch::freed((i + 1) % 2));
-      pf->side.side_waits(WeightPrefetch::freed((i + 1) % 2));
-      stage_block(*pf, i + 1);
-    }
-#endif
     auto attn = compat::attention(qkv[0], qkv[1], qkv[2], torch::Tensor(), /*causal=*/true,
                                   train ? config_.attn_pdrop : 0.0);
     attn = attn.transpose(1, 2).reshape({B, T, E});
@@ -258,7 +247,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     m = linear(blk, 2, m, kernels::Activation::kGeluTanh, dense_of(2), m_codes, m_scale, act);
     m = linear(blk, 3, m, kernels::Activation::kNone, dense_of(3));
 #ifdef EVALSVC_WITH_CUDA
-    if (pf && !at_attention && i + 2 < blocks_.size()) {
+    if (pf && i + 2 < blocks_.size()) {
       pf->side.record_current(WeightPrefetch::freed(i % 2));
       pf->side.side_waits(WeightPrefetch::freed(i % 2));
       stage_block(*pf, i + 2);

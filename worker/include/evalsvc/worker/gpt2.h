@@ -104,12 +104,7 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// (kDefaultPrefetchBlocks; 0 = as many as they need, which takes every SM for a few microseconds and so
   /// delays the kernels of the block being computed).
   static constexpr int kDefaultPrefetchBlocks = 64;
-  /// When a block's copies start. kBlockAhead: block i + 2's once block i has run, so they run beside all of
-  /// block i + 1. kAttention: block i + 1's once block i's c_attn is queued, so they start beside block i's
-  /// attention, whose batch-1 kernels leave most SMs idle (12 heads), and must be done before block i + 1.
-  enum class PrefetchStart { kBlockAhead, kAttention };
-  void set_weight_prefetch(bool on, int blocks = kDefaultPrefetchBlocks,
-                           PrefetchStart start = PrefetchStart::kBlockAhead);
+  void set_weight_prefetch(bool on, int blocks = kDefaultPrefetchBlocks);
   /// Whether the last forward() dequantized ahead on the side stream.
   bool prefetched_last_forward() const { return prefetched_last_forward_; }
 
@@ -164,7 +159,6 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   torch::ScalarType base_dtype_ = torch::kFloat32;
   bool weight_prefetch_ = true;
   int prefetch_blocks_ = kDefaultPrefetchBlocks;
-  PrefetchStart prefetch_start_ = PrefetchStart::kBlockAhead;
   bool prefetched_last_forward_ = false;
   std::shared_ptr<WeightPrefetch> prefetch_;  // made by the first forward that uses it; reset by moves
 };
