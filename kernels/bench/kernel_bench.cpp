@@ -131,6 +131,9 @@ double time_ms(Fn&& fn, int warmup, int iters) {
 template <typename Fn>
 double graph_ms(Fn&& fn, int calls, int replays) {
   fn();
+  // fn may keep state across calls (LLM.int8's outlier state): the capture stream must not run beside the call
+  // above.
+  BENCH_CUDA_CHECK(cudaDeviceSynchronize());
   at::cuda::CUDAGraph graph;
   {
     c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, 0);
@@ -172,6 +175,7 @@ struct Layer {
   torch::Tensor i8_q, i8_s;
   ref::LlmInt8Weight llm;
   torch::Tensor cb, scb;
+  torch::Tensor llm_state;               // zeroed outlier state, kept as the layer keeps it
   ref::Fp8Weight f8;
   torch::Tensor f8_q, f8_s;
   torch::Tensor w16, bias_gpu, bias16;   // GPU
@@ -187,6 +191,7 @@ struct Layer {
     llm = ref::quantize_llm_int8(w);
     cb = llm.CB.to(gpu());
     scb = llm.SCB.to(gpu());
+    llm_state = torch::zeros({k + 1}, torch::TensorOptions().dtype(torch::kInt32).device(gpu()));
     f8 = ref::quantize_fp8_e4m3_channel(w);
     f8_q = f8.q.to(gpu());
     f8_s = f8.scale.to(gpu());
@@ -233,8 +238,11 @@ bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
     for (const auto& [name, gemm] : int8_kernels(m)) {
       add(std::string("int8_w8a8_linear") + name, 3e-3, rel_err(cuda::int8_w8a8_linear(xg, L.i8_q, L.i8_s, L.bias_gpu, gemm), want_w8a8));
     }
-    add("llm_int8_linear", 3e-3, rel_err(cuda::llm_int8_linear(xg, L.cb, L.scb, L.bias_gpu, 6.0),
-                                          ref::llm_int8_linear(x16, L.llm, L.bias, 6.0)));
+    const auto want_llm = ref::llm_int8_linear(x16, L.llm, L.bias, 6.0);
+    add("llm_int8_linear", 3e-3, rel_err(cuda::llm_int8_linear(xg, L.cb, L.scb, L.bias_gpu, 6.0, cuda::Int8Gemm::kAuto,
+                                                               false, L.llm_state), want_llm));
+    add("llm_int8_linear (state zeroed per call)", 3e-3,
+        rel_err(cuda::llm_int8_linear(xg, L.cb, L.scb, L.bias_gpu, 6.0), want_llm));
     add("int8_weight_only_linear", 3e-3,
         rel_err(cuda::int8_weight_only_linear(xg, L.i8_q, L.i8_s, L.bias_gpu),
                 ref::int8_weight_only_linear(x16, L.i8, L.bias, torch::kFloat16)));
@@ -349,7 +357,12 @@ int main(int argc, char** argv) {
           report_graph("quantize_per_token_int8 (x 2 bytes off 16: one block a row)",
                        [&] { (void)cuda::quantize_per_token_int8(x_off, 0.0); });
         }
-        report_graph("llm_int8_linear", [&] { (void)cuda::llm_int8_linear(x16, L.cb, L.scb, L.bias_gpu, 6.0); });
+        report_graph("llm_int8_linear", [&] {
+          (void)cuda::llm_int8_linear(x16, L.cb, L.scb, L.bias_gpu, 6.0, cuda::Int8Gemm::kAuto, false, L.llm_state);
+        });
+        // Without a kept state the op zeroes one per call: one launch more, the peer of the line above.
+        report_graph("llm_int8_linear (state zeroed per call)",
+                     [&] { (void)cuda::llm_int8_linear(x16, L.cb, L.scb, L.bias_gpu, 6.0); });
         report_graph("int8_weight_only_linear", [&] { (void)cuda::int8_weight_only_linear(x16, L.i8_q, L.i8_s, L.bias16); });
         if (fp8) {
           const auto bias_bf16 = L.bias.to(torch::kBFloat16).to(gpu());
@@ -393,7 +406,9 @@ int main(int argc, char** argv) {
         report("fp16_linear+gelu (epilogue)", 2.0 * L.n * L.k,
                time_ms([&] { (void)cuda::linear(x16, L.w16, L.bias16, true); }, warmup, iters));
         report("llm_int8_linear", L.n * L.k + 4.0 * L.n,
-               time_ms([&] { (void)cuda::llm_int8_linear(x16, L.cb, L.scb, L.bias_gpu, 6.0); }, warmup, iters));
+               time_ms([&] {
+                 (void)cuda::llm_int8_linear(x16, L.cb, L.scb, L.bias_gpu, 6.0, cuda::Int8Gemm::kAuto, false, L.llm_state);
+               }, warmup, iters));
         report("int8_weight_only_linear", L.n * L.k + 4.0 * L.n,
                time_ms([&] { (void)cuda::int8_weight_only_linear(x16, L.i8_q, L.i8_s, L.bias_gpu); }, warmup, iters));
         if (fp8) {

@@ -138,6 +138,51 @@ __device__ __forceinline__ void flag_outlier_column(int32_t* flags, int64_t c) {
   if (*reinterpret_cast<volatile int32_t*>(f) == 0) atomicOr(f, 1);
 }
 
+/// Turns the outlier flags [k] into ascending column indices idx[0..*count) with the whole block (blockDim.x a
+/// multiple of 32, at most 1024): a ballot and popc within each warp, a running base across blockDim.x-column
+/// chunks. Deterministic order, so the outlier sum is reproducible run to run. kClear: also zero each flag
+/// after reading it (the flags then need no clearing before the next call). The flags are read through L2
+/// (__ldcg): other blocks of the same grid may have set them.
+template <bool kClear>
+__device__ __forceinline__ void compact_columns_block(int32_t* flags, int64_t k, int32_t* idx, int32_t* count) {
+  __shared__ int warp_counts[32];
+  __shared__ int base;
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int nwarps = blockDim.x >> 5;
+  if (tid == 0) base = 0;
+  __syncthreads();
+  for (int64_t c0 = 0; c0 < k; c0 += blockDim.x) {
+    const int64_t c = c0 + tid;
+    const bool flagged = c < k && __ldcg(flags + c) != 0;
+    if (kClear && flagged) flags[c] = 0;
+    const unsigned ballot = __ballot_sync(0xffffffffu, flagged);
+    if (lane == 0) warp_counts[warp] = __popc(ballot);
+    __syncthreads();
+    int offset = base;
+    for (int w = 0; w < warp; ++w) offset += warp_counts[w];
+    if (flagged) idx[offset + __popc(ballot & ((1u << lane) - 1u))] = static_cast<int32_t>(c);
+    __syncthreads();
+    if (tid == 0) {
+      int s = 0;
+      for (int w = 0; w < nwarps; ++w) s += warp_counts[w];
+      base += s;
+    }
+    __syncthreads();
+  }
+  if (tid == 0) *count = base;
+}
+
+/// Where k_quantize_rows_warp's last block leaves LLM.int8's outlier columns: flags [k] followed by a counter of
+/// finished blocks (state, zero on entry, left zero), the ascending indices idx [k] and their number *count.
+/// done == nullptr: no compaction (the caller compacts the flags, which stay set).
+struct OutlierList {
+  int32_t* done = nullptr;
+  int32_t* idx = nullptr;
+  int32_t* count = nullptr;
+};
+
 /// Per-token quantization with WPR warps per row, for fp16/bf16 rows of k % 8 == 0 and k <= 256 * VPL * WPR: the
 /// row is read once, with 16-byte loads, into registers (VPL vectors of 8 per lane, consecutive lanes on
 /// consecutive vectors); absmax by warp shuffles (and, with WPR > 1, through shared memory); then each 8 codes
@@ -147,13 +192,17 @@ __device__ __forceinline__ void flag_outlier_column(int32_t* flags, int64_t c) {
 /// outlier_flags (not null then; cleared beforehand). Their codes are written like any other: a column is an
 /// outlier when any row says so, which no single row can know, so zeroing the outlier columns is left to the
 /// consumer (the GEMM epilogue subtracts their integer products; quantize_per_token_int8 zeroes them
-/// afterwards). A block is 8 warps, 8 / WPR rows. (The one-block-per-row kernels reached about 1 TB/s at
+/// afterwards). With list.done set, the last block to finish (counted on list.done, as CUDA's threadfence
+/// reduction sample does) compacts the flags into list.idx / list.count and clears them and the counter: the
+/// flag clearing and the compaction were two launches of their own, 4 of the 10.7 us an LLM.int8 projection took
+/// at 128 tokens in a CUDA graph (H200). A block is 8 warps, 8 / WPR rows. (The one-block-per-row kernels reached about 1 TB/s at
 /// 32,768 rows. One warp per 3,072-wide row held 12 vectors a lane, 74-80 registers: 24 warps an SM, and ncu
 /// had it latency-bound at 31% of DRAM bandwidth and 53% of issue slots, 133-169 us at 32,768 rows on an H200.)
 template <typename T, int VPL, int WPR, typename Enc>
 __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict__ x, int64_t t, int64_t k,
                                                             float threshold, int32_t* outlier_flags,
-                                                            uint8_t* __restrict__ q, float* __restrict__ scale) {
+                                                            uint8_t* __restrict__ q, float* __restrict__ scale,
+                                                            OutlierList list) {
   static_assert(8 % WPR == 0, "a block of 8 warps holds whole rows");
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -211,54 +260,67 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
 #pragma unroll
     for (int p = 0; p < WPR; ++p) amax = fmaxf(amax, part[first + p]);
   }
-  if (!valid) return;
-  const float s = amax / Enc::kMax;
-  if (w == 0 && lane == 0) scale[row] = s;
-  uint2* qr = reinterpret_cast<uint2*>(q + row * k);
-  each_vector([&](int j, const float (&f)[8]) {
-    uint32_t lo = 0, hi = 0;
+  if (valid) {
+    const float s = amax / Enc::kMax;
+    if (w == 0 && lane == 0) scale[row] = s;
+    uint2* qr = reinterpret_cast<uint2*>(q + row * k);
+    each_vector([&](int j, const float (&f)[8]) {
+      uint32_t lo = 0, hi = 0;
 #pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const uint32_t c = s > 0.0f ? Enc::encode(f[e], s) : 0u;
-      if (e < 4) lo |= c << (8 * e);
-      else hi |= c << (8 * (e - 4));
-    }
-    qr[j] = make_uint2(lo, hi);
-  });
+      for (int e = 0; e < 8; ++e) {
+        const uint32_t c = s > 0.0f ? Enc::encode(f[e], s) : 0u;
+        if (e < 4) lo |= c << (8 * e);
+        else hi |= c << (8 * (e - 4));
+      }
+      qr[j] = make_uint2(lo, hi);
+    });
+  }
+  if (list.done == nullptr) return;
+  // This block's flags are set (atomics, at L2); make them visible before counting the block as done.
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(list.done, 1) == static_cast<int>(gridDim.x) - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();  // every other block's flags, fenced before its count, are visible from here on
+  compact_columns_block<true>(outlier_flags, k, list.idx, list.count);
+  if (threadIdx.x == 0) *list.done = 0;
 }
 
 /// Launches k_quantize_rows_warp with WPR warps per row (grid and template for rows up to 1,024 * WPR wide).
 template <typename Enc, int WPR>
 inline void launch_quantize_rows_wpr(const void* x, bool f16, int64_t t, int64_t k, float threshold, int32_t* flags,
-                                     uint8_t* q, float* scale, cudaStream_t stream) {
+                                     uint8_t* q, float* scale, OutlierList list, cudaStream_t stream) {
   constexpr int kRowsPerBlock = 8 / WPR;
   const unsigned grid = static_cast<unsigned>((t + kRowsPerBlock - 1) / kRowsPerBlock);
   if (f16) {
     k_quantize_rows_warp<__half, 4, WPR, Enc>
-        <<<grid, 256, 0, stream>>>(static_cast<const __half*>(x), t, k, threshold, flags, q, scale);
+        <<<grid, 256, 0, stream>>>(static_cast<const __half*>(x), t, k, threshold, flags, q, scale, list);
   } else {
     k_quantize_rows_warp<__nv_bfloat16, 4, WPR, Enc>
-        <<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), t, k, threshold, flags, q, scale);
+        <<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), t, k, threshold, flags, q, scale, list);
   }
 }
 
 /// Launches k_quantize_rows_warp when it applies (fp16/bf16, k % 8 == 0, k <= 4096, aligned pointers) and
-/// returns true; false leaves the row to the caller's general kernel.
+/// returns true; false leaves the row to the caller's general kernel. list: see OutlierList.
 template <typename Enc>
 inline bool launch_quantize_rows_warp(const void* x, DType dtype, int64_t t, int64_t k, float threshold,
-                                      int32_t* flags, uint8_t* q, float* scale, cudaStream_t stream) {
+                                      int32_t* flags, uint8_t* q, float* scale, cudaStream_t stream,
+                                      OutlierList list = {}) {
   if (t > 65535LL * 1024) return false;
   if ((dtype != DType::kF16 && dtype != DType::kBF16) || k % 8 != 0 || k > 4096) return false;
   if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || reinterpret_cast<uintptr_t>(q) % 8 != 0) return false;
   const bool f16 = dtype == DType::kF16;
   // Below 2,048 rows (256 blocks, two per SM) a row is spread over four warps whatever its width, so that the
   // few rows still occupy many SMs (128 rows: 64 blocks).
-  if (t < 2048) launch_quantize_rows_wpr<Enc, 4>(x, f16, t, k, threshold, flags, q, scale, stream);
+  if (t < 2048) launch_quantize_rows_wpr<Enc, 4>(x, f16, t, k, threshold, flags, q, scale, list, stream);
   // Four vectors a lane at most (40 registers): enough warps an SM to keep the loads of some in flight while
   // others compute.
-  else if (k <= 1024) launch_quantize_rows_wpr<Enc, 1>(x, f16, t, k, threshold, flags, q, scale, stream);
-  else if (k <= 2048) launch_quantize_rows_wpr<Enc, 2>(x, f16, t, k, threshold, flags, q, scale, stream);
-  else launch_quantize_rows_wpr<Enc, 4>(x, f16, t, k, threshold, flags, q, scale, stream);
+  else if (k <= 1024) launch_quantize_rows_wpr<Enc, 1>(x, f16, t, k, threshold, flags, q, scale, list, stream);
+  else if (k <= 2048) launch_quantize_rows_wpr<Enc, 2>(x, f16, t, k, threshold, flags, q, scale, list, stream);
+  else launch_quantize_rows_wpr<Enc, 4>(x, f16, t, k, threshold, flags, q, scale, list, stream);
   return true;
 }
 

@@ -16,35 +16,13 @@ using detail::to_float;
 
 // ---- outlier columns ---------------------------------------------------------------------------------------
 
-/// One block of 1024 threads turns flags [k] into ascending indices: ballot + popc within a warp, a running
-/// base across 1024-column chunks. Deterministic order, so the outlier sum is reproducible run to run.
-__global__ void __launch_bounds__(1024) k_compact_columns(const int32_t* __restrict__ flags, int64_t k,
-                                                          int32_t* idx, int32_t* count) {
-  __shared__ int warp_counts[32];
-  __shared__ int base;
-  const int tid = threadIdx.x;
-  const int lane = tid & 31;
-  const int warp = tid >> 5;
-  if (tid == 0) base = 0;
-  __syncthreads();
-  for (int64_t c0 = 0; c0 < k; c0 += 1024) {
-    const int64_t c = c0 + tid;
-    const bool flagged = c < k && flags[c] != 0;
-    const unsigned ballot = __ballot_sync(0xffffffffu, flagged);
-    if (lane == 0) warp_counts[warp] = __popc(ballot);
-    __syncthreads();
-    int offset = base;
-    for (int w = 0; w < warp; ++w) offset += warp_counts[w];
-    if (flagged) idx[offset + __popc(ballot & ((1u << lane) - 1u))] = static_cast<int32_t>(c);
-    __syncthreads();
-    if (tid == 0) {
-      int s = 0;
-      for (int w = 0; w < 32; ++w) s += warp_counts[w];
-      base += s;
-    }
-    __syncthreads();
-  }
-  if (tid == 0) *count = base;
+/// One block of 1024 threads turns flags [k] into ascending indices (detail::compact_columns_block). kClear: and
+/// clears the flags (launch_quantize_rows_int8_outliers' state), else leaves them for the caller.
+template <bool kClear>
+__global__ void __launch_bounds__(1024) k_compact_columns(int32_t* flags, int64_t k, int32_t* idx, int32_t* count,
+                                                          int32_t* done) {
+  detail::compact_columns_block<kClear>(flags, k, idx, count);
+  if (done != nullptr && threadIdx.x == 0) *done = 0;
 }
 
 // ---- per-token quantization --------------------------------------------------------------------------------
@@ -891,7 +869,8 @@ const char* launch_status_string(int status) {
 int launch_compact_columns(const int32_t* flags, int64_t k, int32_t* idx, int32_t* count, cudaStream_t stream) {
   if (k <= 0 || k > INT32_MAX) return kLaunchBadShape;
   if (flags == nullptr || idx == nullptr || count == nullptr) return kLaunchBadPointer;
-  k_compact_columns<<<1, 1024, 0, stream>>>(flags, k, idx, count);
+  // Not cleared, so the flags stay the caller's to read; compact_columns_block only reads them then.
+  k_compact_columns<false><<<1, 1024, 0, stream>>>(const_cast<int32_t*>(flags), k, idx, count, nullptr);
   return detail::launch_result();
 }
 
@@ -910,6 +889,26 @@ int launch_quantize_rows_int8(const void* x, DType dtype, int64_t t, int64_t k, 
     return detail::launch_result();
   }
   EVALSVC_DISPATCH_FLOAT(dtype, T, k_quantize_rows_int8<T><<<static_cast<unsigned>(t), 256, 0, stream>>>(static_cast<const T*>(x), k, threshold, outlier_flags, q, scale));
+  return detail::launch_result();
+}
+
+int launch_quantize_rows_int8_outliers(const void* x, DType dtype, int64_t t, int64_t k, float threshold,
+                                       int32_t* state, int8_t* q, float* scale, int32_t* idx, int32_t* count,
+                                       cudaStream_t stream) {
+  if (t <= 0 || k <= 0 || t > INT32_MAX || k > INT32_MAX || !(threshold > 0.0f)) return kLaunchBadShape;
+  if (x == nullptr || q == nullptr || scale == nullptr || state == nullptr || idx == nullptr || count == nullptr) {
+    return kLaunchBadPointer;
+  }
+  int32_t* done = state + k;
+  if (launch_quantize_rows_warp<Int8Encoder>(x, dtype, t, k, threshold, state, reinterpret_cast<uint8_t*>(q), scale,
+                                             stream, detail::OutlierList{done, idx, count})) {
+    return detail::launch_result();
+  }
+  // Rows the warp kernel does not take (fp32, unaligned, wider than 4,096): one block a row, then the compaction
+  // as a launch of its own, which also clears the flags; the counter was never touched.
+  EVALSVC_DISPATCH_FLOAT(dtype, T, k_quantize_rows_int8<T><<<static_cast<unsigned>(t), 256, 0, stream>>>(static_cast<const T*>(x), k, threshold, state, q, scale));
+  if (const int s = detail::launch_result(); s != kLaunchOk) return s;
+  k_compact_columns<true><<<1, 1024, 0, stream>>>(state, k, idx, count, done);
   return detail::launch_result();
 }
 

@@ -50,7 +50,9 @@ LayerBytes linear_layer_bytes(Method method, int64_t out, int64_t in, bool has_b
       break;
     case Method::kLlmInt8:
       b.hf_footprint = n;
-      b.runtime = n + 4 * out;
+      // SCB, and the outlier state a layer keeps on a GPU (int32 flags [in] + a block counter; one per stream
+      // that runs the layer, counted once).
+      b.runtime = n + 4 * out + 4 * (in + 1);
       break;
     case Method::kNf4: {
       ref::check_nf4_blocksize(options.block_size);

@@ -6,6 +6,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -17,6 +19,11 @@
 #include "evalsvc/kernels/cuda_ops.h"
 #include "evalsvc/kernels/memory.h"
 #include "evalsvc/kernels/reference.h"
+
+#ifdef EVALSVC_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#endif
 
 namespace evalsvc::kernels {
 
@@ -316,17 +323,41 @@ class LlmInt8Linear final : public LayerBase {
 #ifdef EVALSVC_WITH_CUDA
   torch::Tensor forward_cuda(const torch::Tensor& xb, Activation act) const override {
     return cuda::llm_int8_linear(xb, w_.CB, w_.SCB, bias_f32_, options_.outlier_threshold, cuda::Int8Gemm::kAuto,
-                                 act == Activation::kGeluTanh);
+                                 act == Activation::kGeluTanh, outlier_state());
+  }
+
+  /// The zeroed outlier state llm_int8_linear leaves zero (flags + a block counter), one per CUDA stream: two
+  /// streams running this layer at once (an eager forward and the warm-up of a graph's capture stream) must
+  /// not share flags. Made outside any capture; a capture that meets a stream without one lets the op zero its
+  /// own inside the graph rather than keep memory that only the graph's replay would clear.
+  torch::Tensor outlier_state() const {
+    if (!(options_.outlier_threshold > 0)) return {};
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(w_.CB.device().index()).stream();
+    const std::lock_guard<std::mutex> lock(state_mutex_);
+    if (auto it = outlier_states_.find(stream); it != outlier_states_.end()) return it->second;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) return {};
+    torch::Tensor st = torch::zeros({in_ + 1}, w_.CB.options().dtype(torch::kInt32));
+    outlier_states_.emplace(stream, st);
+    return st;
   }
 #endif
   TensorMap own_state() const override { return {{"weight", w_.CB}, {"SCB", w_.SCB}}; }
   void move_storage(const torch::Device& d) override {
     w_.CB = w_.CB.to(d);
     w_.SCB = w_.SCB.to(d);
+#ifdef EVALSVC_WITH_CUDA
+    const std::lock_guard<std::mutex> lock(state_mutex_);
+    outlier_states_.clear();
+#endif
   }
 
  private:
   ref::LlmInt8Weight w_;
+#ifdef EVALSVC_WITH_CUDA
+  mutable std::mutex state_mutex_;
+  mutable std::map<cudaStream_t, torch::Tensor> outlier_states_;
+#endif
 };
 
 class Nf4Linear final : public LayerBase {

@@ -24,6 +24,8 @@ TEST(CudaOps, SkippedWithoutCudaBuild) {
 #else
 
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
 
 namespace {
 
@@ -534,6 +536,98 @@ TEST(CudaLlmInt8, ManyOutlierColumns) {
     const auto got = cuda::llm_int8_linear(x.to(gpu()), lw.CB.to(gpu()), lw.SCB.to(gpu()), {}, 0.5, g);
     EXPECT_TRUE(close(got, want, kF16Tol, fmt::format("llm_int8_linear threshold 0.5 gemm={}", gemm_name(g))));
   }
+}
+
+TEST(CudaLlmInt8, AKeptOutlierStateGivesTheReferenceProductsAndIsLeftZero) {
+  REQUIRE_GPU();
+  // A layer hands llm_int8_linear the same zeroed state on every call; the quantizer's last block compacts the
+  // flags and clears them and its block counter. Three ways through: the warp quantizer with a few blocks and
+  // with many (last-block compaction), and rows it does not take (2 bytes off a 16-byte boundary; wider than
+  // 4,096), where a one-block-a-row kernel and a compaction launch that clears do the same. Each case runs
+  // twice on one state, the outliers in other columns the second time: stale flags would show.
+  struct Case {
+    int64_t m, k, n;
+    bool offset;
+    const char* what;
+  };
+  for (const auto& c : {Case{128, 768, 96, false, "warp quantizer, 64 blocks"},
+                        Case{2501, 768, 64, false, "warp quantizer, 2,501 blocks"},
+                        Case{33, 200, 40, true, "x 2 bytes off 16: one block a row"},
+                        Case{20, 4104, 48, false, "in 4,104: one block a row"}}) {
+    const auto w = randn({c.n, c.k}, 1800 + c.k, 0.05);
+    const auto bias = randn({c.n}, 1801, 0.1);
+    const auto lw = ref::quantize_llm_int8(w);
+    const auto cb = lw.CB.to(gpu());
+    const auto scb = lw.SCB.to(gpu());
+    const auto state = torch::zeros({c.k + 3}, torch::TensorOptions().dtype(torch::kInt32).device(gpu()));
+    for (int call = 0; call < 2; ++call) {
+      auto x = randn({c.m, c.k}, 1802 + call).clamp(-3.0, 3.0);
+      x.index_put_({c.m - 1, call == 0 ? 5 : c.k - 3}, call == 0 ? 25.0 : -8.0);
+      x.index_put_({0, call == 0 ? c.k / 2 : 9}, 7.0);
+      const auto x16 = x.to(torch::kFloat16);
+      const auto want = ref::llm_int8_linear(x16, lw, bias, 6.0);
+      torch::Tensor xg = x16.to(gpu());
+      if (c.offset) {  // same values, data pointer 2 bytes past an allocation's 16-byte aligned start
+        auto buf = torch::empty({c.m * c.k + 1}, xg.options());
+        buf.narrow(0, 1, c.m * c.k).copy_(xg.view(-1));
+        xg = buf.narrow(0, 1, c.m * c.k).view({c.m, c.k});
+      }
+      const auto got = cuda::llm_int8_linear(xg, cb, scb, bias.to(gpu()), 6.0, cuda::Int8Gemm::kAuto, false, state);
+      const auto what = fmt::format("{} M={} in={} out={} call {}", c.what, c.m, c.k, c.n, call);
+      EXPECT_TRUE(close(got, want, kF16Tol, what));
+      EXPECT_EQ(state.abs().sum().item<int64_t>(), 0) << what << ": the state is not left zero";
+    }
+  }
+}
+
+TEST(CudaLlmInt8, AKeptOutlierStateWorksInACudaGraph) {
+  REQUIRE_GPU();
+  // The batch-1 forward is a replayed CUDA graph: one capture, the state baked in, inputs copied into a static
+  // tensor. Every replay must find the state zero and see only its own outliers.
+  const int64_t m = 128, k = 768, n = 256;
+  const auto w = randn({n, k}, 1900, 0.05);
+  const auto lw = ref::quantize_llm_int8(w);
+  const auto cb = lw.CB.to(gpu());
+  const auto scb = lw.SCB.to(gpu());
+  const auto state = torch::zeros({k + 1}, torch::TensorOptions().dtype(torch::kInt32).device(gpu()));
+  auto input = [&](int i) {
+    auto x = randn({m, k}, 1901 + i).clamp(-3.0, 3.0);
+    x.index_put_({i, 100 + 50 * i}, 12.0);
+    return x.to(torch::kFloat16);
+  };
+  auto xs = input(0).to(gpu());
+  torch::Tensor y;
+  at::cuda::CUDAGraph graph;
+  {
+    const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, 0);
+    const c10::cuda::CUDAStreamGuard guard(side);
+    (void)cuda::llm_int8_linear(xs, cb, scb, {}, 6.0, cuda::Int8Gemm::kAuto, false, state);  // warm-up
+    side.synchronize();
+    graph.capture_begin();
+    y = cuda::llm_int8_linear(xs, cb, scb, {}, 6.0, cuda::Int8Gemm::kAuto, false, state);
+    graph.capture_end();
+  }
+  for (int i = 1; i < 4; ++i) {
+    const auto x = input(i);
+    xs.copy_(x);
+    graph.replay();
+    EXPECT_TRUE(close(y, ref::llm_int8_linear(x, lw, {}, 6.0), kF16Tol, fmt::format("replay {}", i)));
+    EXPECT_EQ(state.abs().sum().item<int64_t>(), 0) << "replay " << i;
+  }
+}
+
+TEST(CudaLlmInt8, RejectsAnOutlierStateThatDoesNotFit) {
+  REQUIRE_GPU();
+  const auto lw = ref::quantize_llm_int8(randn({16, 64}, 5, 0.05));
+  const auto x = randn({4, 64}, 6).to(torch::kFloat16).to(gpu());
+  const auto i32 = torch::TensorOptions().dtype(torch::kInt32).device(gpu());
+  const auto call = [&](const torch::Tensor& st) {
+    (void)cuda::llm_int8_linear(x, lw.CB.to(gpu()), lw.SCB.to(gpu()), {}, 6.0, cuda::Int8Gemm::kAuto, false, st);
+  };
+  EXPECT_THROW(call(torch::zeros({64}, i32)), InputError);                        // needs in + 1
+  EXPECT_THROW(call(torch::zeros({65}, i32.dtype(torch::kInt64))), InputError);   // dtype
+  EXPECT_THROW(call(torch::zeros({65}, torch::TensorOptions().dtype(torch::kInt32))), InputError);  // on the CPU
+  EXPECT_NO_THROW(call(torch::zeros({65}, i32)));
 }
 
 TEST(CudaInt8, WeightOnlyDequantizeAndLinearMatchReference) {

@@ -371,6 +371,36 @@ Int8Activations quantize_rows_int8(const char* op, const torch::Tensor& x, doubl
   return out;
 }
 
+/// LLM.int8's quantization of x16 [t, k] (fp16, t, k > 0, threshold > 0): codes, row scales and the compacted
+/// outlier columns from launch_quantize_rows_int8_outliers, with `state` (int32 [>= k + 1], zero, left zero) or,
+/// when undefined, a zeroed one of this call's own.
+Int8Activations quantize_rows_int8_outliers(const char* op, const torch::Tensor& x16, double threshold,
+                                            const torch::Tensor& state, OutlierColumns* cols) {
+  const int64_t t = x16.size(0);
+  const int64_t k = x16.size(1);
+  torch::Tensor st = state;
+  if (st.defined()) {
+    check_cuda(op, "outlier_state", st, x16);
+    check_dtype(op, "outlier_state", st, {torch::kInt32});
+    check_contiguous(op, "outlier_state", st);
+    EVALSVC_CHECK(st.numel() >= k + 1, InputError, "cuda::{}: outlier_state needs at least in + 1 = {} elements, got {}",
+                  op, k + 1, describe(st));
+  } else {
+    st = torch::zeros({k + 1}, x16.options().dtype(torch::kInt32));
+  }
+  Int8Activations out;
+  out.q = torch::empty({t, k}, x16.options().dtype(torch::kInt8));
+  out.scale = torch::empty({t}, x16.options().dtype(torch::kFloat32));
+  cols->idx = torch::empty({k}, x16.options().dtype(torch::kInt32));
+  cols->count = torch::empty({1}, x16.options().dtype(torch::kInt32));
+  const c10::cuda::CUDAGuard guard(x16.device());
+  EVALSVC_LAUNCH(launch_quantize_rows_int8_outliers(x16.data_ptr(), DType::kF16, t, k, static_cast<float>(threshold),
+                                                    st.data_ptr<int32_t>(), out.q.data_ptr<int8_t>(),
+                                                    out.scale.data_ptr<float>(), cols->idx.data_ptr<int32_t>(),
+                                                    cols->count.data_ptr<int32_t>(), stream_of(x16)));
+  return out;
+}
+
 }  // namespace
 
 Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold) {
@@ -407,7 +437,8 @@ torch::Tensor int8_w8a8_linear(const torch::Tensor& x, const torch::Tensor& wq, 
 }
 
 torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, const torch::Tensor& SCB,
-                              const torch::Tensor& bias, double threshold, Int8Gemm gemm, bool gelu_tanh) {
+                              const torch::Tensor& bias, double threshold, Int8Gemm gemm, bool gelu_tanh,
+                              const torch::Tensor& outlier_state) {
   const char* op = "llm_int8_linear";
   check_cuda(op, "CB", CB);
   EVALSVC_CHECK(CB.dim() == 2, InputError, "cuda::{}: CB must be [out, in], got {}", op, describe(CB));
@@ -420,8 +451,11 @@ torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, c
   const torch::Tensor x16 = x2.scalar_type() == torch::kFloat16 ? x2 : x2.to(torch::kFloat16);
   // One pass over x16 makes the codes and flags the outlier columns; their codes stay in a.q and the epilogue
   // subtracts their integer products (outlier_q) instead of a second pass zeroing them.
+  // The flags need no clearing and the compaction no launch of its own: the quantizer's last block does both.
   OutlierColumns cols;
-  const Int8Activations a = quantize_rows_int8(op, x16, threshold, &cols);
+  const bool outliers = threshold > 0 && x16.size(0) > 0 && k > 0;
+  const Int8Activations a = outliers ? quantize_rows_int8_outliers(op, x16.contiguous(), threshold, outlier_state, &cols)
+                                     : quantize_rows_int8(op, x16, threshold, &cols);
   Int8Epilogue ep;
   ep.gelu_tanh = gelu_tanh;
   if (cols.idx.defined()) {
