@@ -140,11 +140,8 @@ __device__ __forceinline__ void flag_outlier_column(int32_t* flags, int64_t c) {
 
 /// Turns the outlier flags [k] into ascending column indices idx[0..*count) with the whole block (blockDim.x a
 /// multiple of 32, at most 1024): a ballot and popc within each warp, a running base across blockDim.x-column
-/// chunks. Deterministic order, so the outlier sum is reproducible run to run. kClear: also zero each flag
-/// after reading it (the flags then need no clearing before the next call). The flags are read through L2
-/// (__ldcg): other blocks of the same grid may have set them.
-template <bool kClear>
-__device__ __forceinline__ void compact_columns_block(int32_t* flags, int64_t k, int32_t* idx, int32_t* count) {
+/// chunks. Deterministic order, so the outlier sum is reproducible run to run. The flags stay set.
+__device__ __forceinline__ void compact_columns_block(const int32_t* flags, int64_t k, int32_t* idx, int32_t* count) {
   __shared__ int warp_counts[32];
   __shared__ int base;
   const int tid = threadIdx.x;
@@ -155,8 +152,7 @@ __device__ __forceinline__ void compact_columns_block(int32_t* flags, int64_t k,
   __syncthreads();
   for (int64_t c0 = 0; c0 < k; c0 += blockDim.x) {
     const int64_t c = c0 + tid;
-    const bool flagged = c < k && __ldcg(flags + c) != 0;
-    if (kClear && flagged) flags[c] = 0;
+    const bool flagged = c < k && flags[c] != 0;
     const unsigned ballot = __ballot_sync(0xffffffffu, flagged);
     if (lane == 0) warp_counts[warp] = __popc(ballot);
     __syncthreads();
@@ -174,9 +170,53 @@ __device__ __forceinline__ void compact_columns_block(int32_t* flags, int64_t k,
   if (tid == 0) *count = base;
 }
 
-/// Where k_quantize_rows_warp's last block leaves LLM.int8's outlier columns: flags [k] followed by a counter of
-/// finished blocks (state, zero on entry, left zero), the ascending indices idx [k] and their number *count.
-/// done == nullptr: no compaction (the caller compacts the flags, which stay set).
+/// Marks column c in an outlier bit mask (bit c % 32 of word c / 32), reading the word first so that a column
+/// full of outliers does not serialise on one atomic.
+__device__ __forceinline__ void flag_outlier_bit(uint32_t* mask, int64_t c) {
+  uint32_t* w = mask + (c >> 5);
+  const uint32_t bit = 1u << (c & 31);
+  if ((*reinterpret_cast<volatile uint32_t*>(w) & bit) == 0) atomicOr(w, bit);
+}
+
+/// One warp turns the outlier bit mask of k columns into ascending indices idx[0..*count) and clears the mask:
+/// each lane takes four consecutive words (128 columns) a trip, so GPT-2's widths (24 and 96 words) take one
+/// trip, one L2 round trip and a warp prefix sum, with no block barrier. The words are read through L2
+/// (__ldcg): other blocks set them.
+__device__ __forceinline__ void compact_mask_warp(uint32_t* mask, int64_t k, int32_t* idx, int32_t* count) {
+  const int lane = threadIdx.x & 31;
+  const int64_t words = (k + 31) / 32;
+  int base = 0;
+  for (int64_t w0 = 0; w0 < words; w0 += 128) {
+    uint32_t b[4];
+    int n = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t w = w0 + lane * 4 + i;
+      b[i] = w < words ? __ldcg(mask + w) : 0u;
+      n += __popc(b[i]);
+    }
+    int incl = n;  // inclusive prefix sum over the lanes
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += v;
+    }
+    int pos = base + incl - n;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t w = w0 + lane * 4 + i;
+      if (b[i] != 0) mask[w] = 0u;
+      for (uint32_t bits = b[i]; bits != 0; bits &= bits - 1) idx[pos++] = static_cast<int32_t>(w * 32 + __ffs(bits) - 1);
+    }
+    base += __shfl_sync(0xffffffffu, incl, 31);
+  }
+  if (lane == 0) *count = base;
+}
+
+/// Where k_quantize_rows_warp's last block leaves LLM.int8's outlier columns: with done set, the kernel's
+/// outlier_flags is a bit mask of ceil(k / 32) words and done a counter of finished blocks (state, zero on entry,
+/// left zero); the ascending indices go to idx [k] and their number to *count. done == nullptr: outlier_flags
+/// is int32 [k] flags the caller compacts, and they stay set.
 struct OutlierList {
   int32_t* done = nullptr;
   int32_t* idx = nullptr;
@@ -192,10 +232,11 @@ struct OutlierList {
 /// outlier_flags (not null then; cleared beforehand). Their codes are written like any other: a column is an
 /// outlier when any row says so, which no single row can know, so zeroing the outlier columns is left to the
 /// consumer (the GEMM epilogue subtracts their integer products; quantize_per_token_int8 zeroes them
-/// afterwards). With list.done set, the last block to finish (counted on list.done, as CUDA's threadfence
-/// reduction sample does) compacts the flags into list.idx / list.count and clears them and the counter: the
-/// flag clearing and the compaction were two launches of their own, 4 of the 10.7 us an LLM.int8 projection took
-/// at 128 tokens in a CUDA graph (H200). A block is 8 warps, 8 / WPR rows. (The one-block-per-row kernels reached about 1 TB/s at
+/// afterwards). With list.done set, the flags are a bit mask and the last block to finish (counted on list.done,
+/// as CUDA's threadfence reduction sample does) compacts them with one warp into list.idx / list.count and
+/// clears them and the counter: the flag clearing and the compaction were two launches of their own. Only lanes
+/// that flagged something fence before the count, so without outliers no store waits. A block is 8 warps,
+/// 8 / WPR rows. (The one-block-per-row kernels reached about 1 TB/s at
 /// 32,768 rows. One warp per 3,072-wide row held 12 vectors a lane, 74-80 registers: 24 warps an SM, and ncu
 /// had it latency-bound at 31% of DRAM bandwidth and 53% of issue slots, 133-169 us at 32,768 rows on an H200.)
 template <typename T, int VPL, int WPR, typename Enc>
@@ -244,11 +285,17 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
   };
   // Flagging in the loop above (a branch and an atomic per element) made the LLM.int8 quantizer 1.6x slower
   // than the plain one even with no outlier at all (218 against 133 us at 32,768 x 3072, H200).
-  if (skip_outliers && amax_all >= threshold) {
+  const bool flagged = skip_outliers && amax_all >= threshold;
+  if (flagged) {
+    uint32_t* mask = list.done != nullptr ? reinterpret_cast<uint32_t*>(outlier_flags) : nullptr;
     each_vector([&](int j, const float (&f)[8]) {
 #pragma unroll
-      for (int e = 0; e < 8; ++e)
-        if (fabsf(f[e]) >= threshold) flag_outlier_column(outlier_flags, 8 * j + e);
+      for (int e = 0; e < 8; ++e) {
+        if (fabsf(f[e]) >= threshold) {
+          if (mask != nullptr) flag_outlier_bit(mask, 8 * j + e);
+          else flag_outlier_column(outlier_flags, 8 * j + e);
+        }
+      }
     });
   }
   amax = warp_max(amax);
@@ -276,16 +323,16 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
     });
   }
   if (list.done == nullptr) return;
-  // This block's flags are set (atomics, at L2); make them visible before counting the block as done.
+  // This block's flags (atomics, at L2) are ordered before its count by the fences of the lanes that set them.
   __shared__ bool last;
-  __threadfence();
+  if (flagged) __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) last = atomicAdd(list.done, 1) == static_cast<int>(gridDim.x) - 1;
   __syncthreads();
-  if (!last) return;
+  if (!last || warp != 0) return;
   __threadfence();  // every other block's flags, fenced before its count, are visible from here on
-  compact_columns_block<true>(outlier_flags, k, list.idx, list.count);
-  if (threadIdx.x == 0) *list.done = 0;
+  compact_mask_warp(reinterpret_cast<uint32_t*>(outlier_flags), k, list.idx, list.count);
+  if (lane == 0) *list.done = 0;
 }
 
 /// Launches k_quantize_rows_warp with WPR warps per row (grid and template for rows up to 1,024 * WPR wide).

@@ -16,13 +16,18 @@ using detail::to_float;
 
 // ---- outlier columns ---------------------------------------------------------------------------------------
 
-/// One block of 1024 threads turns flags [k] into ascending indices (detail::compact_columns_block). kClear: and
-/// clears the flags (launch_quantize_rows_int8_outliers' state), else leaves them for the caller.
-template <bool kClear>
-__global__ void __launch_bounds__(1024) k_compact_columns(int32_t* flags, int64_t k, int32_t* idx, int32_t* count,
-                                                          int32_t* done) {
-  detail::compact_columns_block<kClear>(flags, k, idx, count);
-  if (done != nullptr && threadIdx.x == 0) *done = 0;
+/// One block of 1024 threads turns flags [k] into ascending indices (detail::compact_columns_block).
+__global__ void __launch_bounds__(1024) k_compact_columns(const int32_t* __restrict__ flags, int64_t k, int32_t* idx,
+                                                          int32_t* count) {
+  detail::compact_columns_block(flags, k, idx, count);
+}
+
+/// One warp compacts and clears an outlier bit mask (detail::compact_mask_warp) and resets the block counter
+/// beside it: the second launch of launch_quantize_rows_int8_outliers where the warp quantizer does not apply.
+__global__ void __launch_bounds__(32) k_compact_mask(uint32_t* mask, int64_t k, int32_t* idx, int32_t* count,
+                                                     int32_t* done) {
+  detail::compact_mask_warp(mask, k, idx, count);
+  if (threadIdx.x == 0) *done = 0;
 }
 
 // ---- per-token quantization --------------------------------------------------------------------------------
@@ -32,7 +37,7 @@ __global__ void __launch_bounds__(1024) k_compact_columns(int32_t* flags, int64_
 /// flagged in outlier_flags (see k_quantize_rows_warp, whose contract this is). Then q = rint(x / scale) (half
 /// to even, as torch.round) clamped to +-127. Dividing by scale = absmax / 127 (not multiplying by 127 / absmax)
 /// matches the CPU reference bit for bit.
-template <typename T>
+template <typename T, bool kMask = false>
 __global__ void k_quantize_rows_int8(const T* __restrict__ x, int64_t k, float threshold, int32_t* outlier_flags,
                                      int8_t* __restrict__ q, float* __restrict__ scale) {
   const int64_t row = blockIdx.x;
@@ -43,6 +48,7 @@ __global__ void k_quantize_rows_int8(const T* __restrict__ x, int64_t k, float t
   for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
     const float a = fabsf(to_float(xr[c]));
     if (!skip_outliers || a < threshold) amax = fmaxf(amax, a);
+    else if constexpr (kMask) detail::flag_outlier_bit(reinterpret_cast<uint32_t*>(outlier_flags), c);
     else detail::flag_outlier_column(outlier_flags, c);
   }
   amax = detail::block_max(amax);
@@ -869,8 +875,7 @@ const char* launch_status_string(int status) {
 int launch_compact_columns(const int32_t* flags, int64_t k, int32_t* idx, int32_t* count, cudaStream_t stream) {
   if (k <= 0 || k > INT32_MAX) return kLaunchBadShape;
   if (flags == nullptr || idx == nullptr || count == nullptr) return kLaunchBadPointer;
-  // Not cleared, so the flags stay the caller's to read; compact_columns_block only reads them then.
-  k_compact_columns<false><<<1, 1024, 0, stream>>>(const_cast<int32_t*>(flags), k, idx, count, nullptr);
+  k_compact_columns<<<1, 1024, 0, stream>>>(flags, k, idx, count);
   return detail::launch_result();
 }
 
@@ -899,16 +904,16 @@ int launch_quantize_rows_int8_outliers(const void* x, DType dtype, int64_t t, in
   if (x == nullptr || q == nullptr || scale == nullptr || state == nullptr || idx == nullptr || count == nullptr) {
     return kLaunchBadPointer;
   }
-  int32_t* done = state + k;
+  int32_t* done = state + (k + 31) / 32;  // after the bit mask
   if (launch_quantize_rows_warp<Int8Encoder>(x, dtype, t, k, threshold, state, reinterpret_cast<uint8_t*>(q), scale,
                                              stream, detail::OutlierList{done, idx, count})) {
     return detail::launch_result();
   }
   // Rows the warp kernel does not take (fp32, unaligned, wider than 4,096): one block a row, then the compaction
-  // as a launch of its own, which also clears the flags; the counter was never touched.
-  EVALSVC_DISPATCH_FLOAT(dtype, T, k_quantize_rows_int8<T><<<static_cast<unsigned>(t), 256, 0, stream>>>(static_cast<const T*>(x), k, threshold, state, q, scale));
+  // as a launch of its own, which also clears the mask; the counter was never touched.
+  EVALSVC_DISPATCH_FLOAT(dtype, T, k_quantize_rows_int8<T, true><<<static_cast<unsigned>(t), 256, 0, stream>>>(static_cast<const T*>(x), k, threshold, state, q, scale));
   if (const int s = detail::launch_result(); s != kLaunchOk) return s;
-  k_compact_columns<true><<<1, 1024, 0, stream>>>(state, k, idx, count, done);
+  k_compact_mask<<<1, 32, 0, stream>>>(reinterpret_cast<uint32_t*>(state), k, idx, count, done);
   return detail::launch_result();
 }
 

@@ -6,6 +6,7 @@
 
 #include "evalsvc/common/error.h"
 #include "evalsvc/kernels/codebooks.h"
+#include "evalsvc/kernels/cuda_ops.h"
 #include "evalsvc/kernels/reference.h"
 
 namespace evalsvc::kernels {
@@ -50,9 +51,9 @@ LayerBytes linear_layer_bytes(Method method, int64_t out, int64_t in, bool has_b
       break;
     case Method::kLlmInt8:
       b.hf_footprint = n;
-      // SCB, and the outlier state a layer keeps on a GPU (int32 flags [in] + a block counter; one per stream
-      // that runs the layer, counted once).
-      b.runtime = n + 4 * out + 4 * (in + 1);
+      // SCB, and the outlier state a layer keeps on a GPU (a bit mask of the in columns + a block counter, int32;
+      // one per stream that runs the layer, counted once).
+      b.runtime = n + 4 * out + 4 * cuda::llm_int8_outlier_state_numel(in);
       break;
     case Method::kNf4: {
       ref::check_nf4_blocksize(options.block_size);

@@ -326,7 +326,8 @@ class LlmInt8Linear final : public LayerBase {
                                  act == Activation::kGeluTanh, outlier_state());
   }
 
-  /// The zeroed outlier state llm_int8_linear leaves zero (flags + a block counter), one per CUDA stream: two
+  /// The zeroed outlier state llm_int8_linear leaves zero (a column bit mask + a block counter), one per CUDA
+  /// stream: two
   /// streams running this layer at once (an eager forward and the warm-up of a graph's capture stream) must
   /// not share flags. Made outside any capture; a capture that meets a stream without one lets the op zero its
   /// own inside the graph rather than keep memory that only the graph's replay would clear.
@@ -337,7 +338,7 @@ class LlmInt8Linear final : public LayerBase {
     if (auto it = outlier_states_.find(stream); it != outlier_states_.end()) return it->second;
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) return {};
-    torch::Tensor st = torch::zeros({in_ + 1}, w_.CB.options().dtype(torch::kInt32));
+    torch::Tensor st = torch::zeros({cuda::llm_int8_outlier_state_numel(in_)}, w_.CB.options().dtype(torch::kInt32));
     outlier_states_.emplace(stream, st);
     return st;
   }

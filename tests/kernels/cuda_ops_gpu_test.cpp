@@ -559,7 +559,7 @@ TEST(CudaLlmInt8, AKeptOutlierStateGivesTheReferenceProductsAndIsLeftZero) {
     const auto lw = ref::quantize_llm_int8(w);
     const auto cb = lw.CB.to(gpu());
     const auto scb = lw.SCB.to(gpu());
-    const auto state = torch::zeros({c.k + 3}, torch::TensorOptions().dtype(torch::kInt32).device(gpu()));
+    const auto state = torch::zeros({cuda::llm_int8_outlier_state_numel(c.k)}, torch::TensorOptions().dtype(torch::kInt32).device(gpu()));
     for (int call = 0; call < 2; ++call) {
       auto x = randn({c.m, c.k}, 1802 + call).clamp(-3.0, 3.0);
       x.index_put_({c.m - 1, call == 0 ? 5 : c.k - 3}, call == 0 ? 25.0 : -8.0);
@@ -589,7 +589,7 @@ TEST(CudaLlmInt8, AKeptOutlierStateWorksInACudaGraph) {
   const auto lw = ref::quantize_llm_int8(w);
   const auto cb = lw.CB.to(gpu());
   const auto scb = lw.SCB.to(gpu());
-  const auto state = torch::zeros({k + 1}, torch::TensorOptions().dtype(torch::kInt32).device(gpu()));
+  const auto state = torch::zeros({cuda::llm_int8_outlier_state_numel(k)}, torch::TensorOptions().dtype(torch::kInt32).device(gpu()));
   auto input = [&](int i) {
     auto x = randn({m, k}, 1901 + i).clamp(-3.0, 3.0);
     x.index_put_({i, 100 + 50 * i}, 12.0);
@@ -624,10 +624,11 @@ TEST(CudaLlmInt8, RejectsAnOutlierStateThatDoesNotFit) {
   const auto call = [&](const torch::Tensor& st) {
     (void)cuda::llm_int8_linear(x, lw.CB.to(gpu()), lw.SCB.to(gpu()), {}, 6.0, cuda::Int8Gemm::kAuto, false, st);
   };
-  EXPECT_THROW(call(torch::zeros({64}, i32)), InputError);                        // needs in + 1
-  EXPECT_THROW(call(torch::zeros({65}, i32.dtype(torch::kInt64))), InputError);   // dtype
-  EXPECT_THROW(call(torch::zeros({65}, torch::TensorOptions().dtype(torch::kInt32))), InputError);  // on the CPU
-  EXPECT_NO_THROW(call(torch::zeros({65}, i32)));
+  ASSERT_EQ(cuda::llm_int8_outlier_state_numel(64), 3);                          // 2 mask words + a counter
+  EXPECT_THROW(call(torch::zeros({2}, i32)), InputError);                         // too small
+  EXPECT_THROW(call(torch::zeros({3}, i32.dtype(torch::kInt64))), InputError);    // dtype
+  EXPECT_THROW(call(torch::zeros({3}, torch::TensorOptions().dtype(torch::kInt32))), InputError);  // on the CPU
+  EXPECT_NO_THROW(call(torch::zeros({3}, i32)));
 }
 
 TEST(CudaInt8, WeightOnlyDequantizeAndLinearMatchReference) {

@@ -372,7 +372,7 @@ Int8Activations quantize_rows_int8(const char* op, const torch::Tensor& x, doubl
 }
 
 /// LLM.int8's quantization of x16 [t, k] (fp16, t, k > 0, threshold > 0): codes, row scales and the compacted
-/// outlier columns from launch_quantize_rows_int8_outliers, with `state` (int32 [>= k + 1], zero, left zero) or,
+/// outlier columns from launch_quantize_rows_int8_outliers, with `state` (int32, zero, left zero) or,
 /// when undefined, a zeroed one of this call's own.
 Int8Activations quantize_rows_int8_outliers(const char* op, const torch::Tensor& x16, double threshold,
                                             const torch::Tensor& state, OutlierColumns* cols) {
@@ -383,10 +383,11 @@ Int8Activations quantize_rows_int8_outliers(const char* op, const torch::Tensor&
     check_cuda(op, "outlier_state", st, x16);
     check_dtype(op, "outlier_state", st, {torch::kInt32});
     check_contiguous(op, "outlier_state", st);
-    EVALSVC_CHECK(st.numel() >= k + 1, InputError, "cuda::{}: outlier_state needs at least in + 1 = {} elements, got {}",
-                  op, k + 1, describe(st));
+    EVALSVC_CHECK(st.numel() >= llm_int8_outlier_state_numel(k), InputError,
+                  "cuda::{}: outlier_state needs at least {} elements for in = {}, got {}", op,
+                  llm_int8_outlier_state_numel(k), k, describe(st));
   } else {
-    st = torch::zeros({k + 1}, x16.options().dtype(torch::kInt32));
+    st = torch::zeros({llm_int8_outlier_state_numel(k)}, x16.options().dtype(torch::kInt32));
   }
   Int8Activations out;
   out.q = torch::empty({t, k}, x16.options().dtype(torch::kInt8));

@@ -80,8 +80,9 @@ int launch_quantize_rows_int8(const void* x, DType dtype, int64_t t, int64_t k, 
 
 /// LLM.int8's quantizer and compaction without a flag clearing: launch_quantize_rows_int8 with threshold > 0, then
 /// the outlier columns in ascending order in idx [k] and their number in *count (device side). state: int32
-/// [k + 1], the flags and a block counter, all zero on entry and left zero (allocate it zeroed once; one stream at
-/// a time). Usually one launch: the quantizer's last block compacts and clears.
+/// [ceil(k / 32) + 1], a bit mask of the columns and a block counter, all zero on entry and left zero (allocate it
+/// zeroed once; one stream at a time).
+/// Usually one launch: the quantizer's last block compacts and clears.
 int launch_quantize_rows_int8_outliers(const void* x, DType dtype, int64_t t, int64_t k, float threshold,
                                        int32_t* state, int8_t* q, float* scale, int32_t* idx, int32_t* count,
                                        cudaStream_t stream);

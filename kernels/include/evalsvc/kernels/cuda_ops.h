@@ -130,12 +130,16 @@ torch::Tensor int8_w8a8_linear(const torch::Tensor& x, const torch::Tensor& wq, 
 /// columns are found in the quantizer's one pass over x and compacted into a device-side index list that the GEMM
 /// epilogue walks; their codes stay in the product and the epilogue subtracts them (exact, in int32).
 /// x: fp16/bf16/fp32 [..., in]; CB int8 [out, in]; SCB fp32 [out]; returns x's dtype. threshold <= 0: no
-/// outlier decomposition. outlier_state: int32 [>= in + 1] on x's device, zero (torch::zeros) when first handed
-/// over; the call leaves it zero, so a caller that keeps one (a layer) saves a clearing launch per call. Use it
-/// from one stream at a time. Undefined: the call zeroes one of its own.
+/// outlier decomposition. outlier_state: int32 [>= llm_int8_outlier_state_numel(in)] on x's device, zero
+/// (torch::zeros) when first handed over; the call leaves it zero, so a caller that keeps one (a layer) saves a
+/// clearing launch per call. Use it from one stream at a time. Undefined: the call zeroes one of its own.
 torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, const torch::Tensor& SCB,
                               const torch::Tensor& bias, double threshold, Int8Gemm gemm = Int8Gemm::kAuto,
                               bool gelu_tanh = false, const torch::Tensor& outlier_state = {});
+
+/// Elements of llm_int8_linear's outlier state for inputs of `in` columns: a bit mask of the columns (int32
+/// words) and a block counter.
+inline constexpr int64_t llm_int8_outlier_state_numel(int64_t in) { return (in + 31) / 32 + 1; }
 
 /// Weight-only int8: q int8 [out, in] times scale (fp32 [1] per tensor or [out] per channel) in `dtype`
 /// (fp16, bf16 or fp32).
