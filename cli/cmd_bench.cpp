@@ -30,6 +30,7 @@ struct BenchArgs {
   bool no_graph = false;
   bool no_prefetch = false;
   int prefetch_blocks = worker::GPT2ClassifierImpl::kDefaultPrefetchBlocks;
+  bool no_fused_quant = false;
   bool test_set = false;
   std::string data;    // data folder (ag_news/, gpt2/); empty: the default search
   std::string cache = "var/cache";
@@ -57,6 +58,9 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
   sub.add_option("--prefetch-blocks", a->prefetch_blocks,
                  "thread blocks (1024 threads) the prefetch's dequantization may use at once; 0: as many as it needs")
       ->capture_default_str();
+  sub.add_flag("--no-fused-quant", a->no_fused_quant,
+               "projections that quantize their input per token (int8-w8a8, fp8-e4m3, llm-int8) quantize it in a "
+               "pass of their own instead of taking codes from the residual add + LayerNorm (for comparing the two)");
   sub.add_flag("--test-set", a->test_set,
                "also time the test-set rate: the AG News test rows, length-bucketed, each batch padded to its longest row");
   sub.add_option("--data", a->data, "data folder holding ag_news/ and gpt2/ (default: $QBENCH_DATA_DIR or ../shared/data)");
@@ -86,6 +90,7 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       model->quantize(kernels::parse_method(v.method), worker::dtype_of(base), worker::quant_options(v));
       model->to_device(dev);
       model->set_weight_prefetch(!a->no_prefetch, a->prefetch_blocks);
+      model->set_fused_input_quantization(!a->no_fused_quant);
       worker::BenchOptions o;
       o.batch_sizes = a->batch_sizes;
       o.seq_len = a->seq_len;
@@ -100,6 +105,7 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       j["seq_len"] = a->seq_len;
       j["device"] = worker::describe_device(dev);
       if (r.weight_prefetch) j["prefetch_blocks"] = a->prefetch_blocks;
+      j["fused_input_quantization"] = !a->no_fused_quant;
       std::string test_note;
       if (a->test_set) {
         const auto tr = worker::run_test_set_rate(model, test, a->eval_batch_size, dev);

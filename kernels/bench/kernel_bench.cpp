@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <functional>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -482,6 +483,59 @@ int main(int argc, char** argv) {
       }
       std::printf("%s\n", row.dump().c_str());
       std::fflush(stdout);
+    }
+    // Residual add + LayerNorm feeding c_attn (768 -> 2304) as the model runs a quantizing projection: the
+    // LayerNorm writing the codes (and for LLM.int8 the rows and outlier columns) against the LayerNorm and
+    // then the projection's own quantizer. Same outputs bit for bit (checked here before timing).
+    {
+      const Layer& L = layers[0];
+      for (const int64_t m : ms) {
+        const auto h = randn({m, 768}, 15 + m).to(torch::kFloat16).to(gpu());
+        const auto d = randn({m, 768}, 16 + m).to(torch::kFloat16).to(gpu());
+        const auto g = (randn({768}, 17, 0.2) + 1.0).to(torch::kFloat16).to(gpu());
+        const auto b = randn({768}, 18, 0.1).to(torch::kFloat16).to(gpu());
+        const int iters = m >= 4096 ? 50 : 200;
+        struct Path {
+          std::string op;
+          std::function<torch::Tensor()> separate, fused;
+        };
+        const std::vector<Path> paths = {
+            {"add_layer_norm+int8_w8a8_linear",
+             [&] {
+               const auto a = cuda::add_layer_norm(h, d, g, b, 1e-5).second;
+               return cuda::int8_w8a8_linear(a, L.i8_q, L.i8_s, L.bias_gpu);
+             },
+             [&] {
+               const auto qa = cuda::add_layer_norm_quantized(h, d, g, b, 1e-5, ActivationCode::kInt8).second;
+               return cuda::int8_linear(qa.q, qa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16);
+             }},
+            {"add_layer_norm+llm_int8_linear",
+             [&] {
+               const auto a = cuda::add_layer_norm(h, d, g, b, 1e-5).second;
+               return cuda::llm_int8_linear(a, L.cb, L.scb, L.bias_gpu, 6.0, cuda::Int8Gemm::kAuto, false, L.llm_state);
+             },
+             [&] {
+               const auto qa = cuda::add_layer_norm_quantized(h, d, g, b, 1e-5, ActivationCode::kLlmInt8, 6.0,
+                                                              L.llm_state)
+                                   .second;
+               return cuda::llm_int8_linear_quantized(qa, L.cb, L.scb, L.bias_gpu, torch::kFloat16);
+             }}};
+        for (const auto& p : paths) {
+          if (!torch::equal(p.separate(), p.fused())) {
+            std::fprintf(stderr, "kernel_bench: %s M=%lld: fused and separate quantization differ\n", p.op.c_str(),
+                         static_cast<long long>(m));
+            return 1;
+          }
+          json row{{"op", p.op}, {"m", m}, {"k", 768}, {"n", L.n}, {"fused_quant_ms", time_ms(p.fused, 10, iters)},
+                   {"separate_quant_ms", time_ms(p.separate, 10, iters)}};
+          if (m <= 128) {
+            row["fused_quant_graph_ms"] = graph_ms(p.fused, 20, 20);
+            row["separate_quant_graph_ms"] = graph_ms(p.separate, 20, 20);
+          }
+          std::printf("%s\n", row.dump().c_str());
+          std::fflush(stdout);
+        }
+      }
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kernel_bench: %s\n", e.what());

@@ -147,6 +147,69 @@ __global__ void __launch_bounds__(128) k_add_layer_norm_quant_warp(const T* h, c
   }
 }
 
+/// The same add + LayerNorm for LLM.int8's input (fp16): writes the normalized rows `a` (the outlier columns'
+/// fp16 product reads them) and their per-token codes, the absmax skipping |x| >= threshold and those columns
+/// set in the outlier bit mask; the block that finishes last compacts the mask into idx / *count and clears it
+/// and the counter (detail::k_quantize_rows_warp's contract with an OutlierList, same arithmetic on the same
+/// values, so the codes, scales and columns equal add_layer_norm followed by that quantizer). Saves the
+/// quantizer's launch and its read of `a`.
+template <int kChunks>
+__global__ void __launch_bounds__(128) k_add_layer_norm_llm_int8_warp(
+    const __half* h, const __half* __restrict__ delta, const __half* __restrict__ gamma,
+    const __half* __restrict__ beta, float eps, int64_t rows, float threshold, __half* h_out, __half* __restrict__ a,
+    int8_t* __restrict__ q, float* __restrict__ scale, uint32_t* mask, detail::OutlierList list) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
+  bool flagged = false;
+  if (row < rows) {  // no early return: the block meets a barrier below
+    const int64_t base = row * 256 * kChunks;
+    float v[kChunks][8];
+    add_normalize_row<__half, kChunks>(h, delta, gamma, beta, eps, base, lane, h_out, v);
+    float amax = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+      uint4 av;
+      __half* ap = reinterpret_cast<__half*>(&av);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        ap[e] = __float2half_rn(v[j][e]);  // exact: v holds fp16 values
+        const float x = fabsf(v[j][e]);
+        if (x < threshold) {
+          amax = fmaxf(amax, x);
+        } else if (x >= threshold) {  // (NaN neither, as in the quantizer)
+          detail::flag_outlier_bit(mask, (j * 32 + lane) * 8 + e);
+          flagged = true;
+        }
+      }
+      *reinterpret_cast<uint4*>(a + base + (j * 32 + lane) * 8) = av;
+    }
+    amax = detail::warp_max(amax);
+    const float s = amax / detail::Int8Encoder::kMax;
+    if (lane == 0) scale[row] = s;
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+      uint32_t lo = 0, hi = 0;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const uint32_t c = s > 0.0f ? detail::Int8Encoder::encode(v[j][e], s) : 0u;
+        if (e < 4) lo |= c << (8 * e);
+        else hi |= c << (8 * (e - 4));
+      }
+      *reinterpret_cast<uint2*>(q + base + (j * 32 + lane) * 8) = make_uint2(lo, hi);
+    }
+  }
+  __shared__ bool last;
+  if (flagged) __threadfence();  // this lane's mask bits before the block counts itself done
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(list.done, 1) == static_cast<int>(gridDim.x) - 1;
+  __syncthreads();
+  if (!last || warp != 0) return;
+  __threadfence();
+  detail::compact_mask_warp(mask, 256 * kChunks, list.idx, list.count);
+  if (lane == 0) *list.done = 0;
+}
+
 /// Runs launch(std::integral_constant<int, C>{}) for the warp kernels' row width C = cols / 256 chunks (1-4), and
 /// returns the launch's status; kLaunchBadShape for other widths.
 template <typename F>
@@ -230,6 +293,27 @@ int launch_add_layer_norm_quant(const void* h, const void* delta, const void* ga
   }
   return f16 ? launch_quant_rows<__half, detail::Fp8Encoder>(h, delta, gamma, beta, eps, rows, cols, h_out, q, scale, stream)
              : launch_quant_rows<__nv_bfloat16, detail::Fp8Encoder>(h, delta, gamma, beta, eps, rows, cols, h_out, q, scale, stream);
+}
+
+int launch_add_layer_norm_llm_int8(const void* h, const void* delta, const void* gamma, const void* beta, float eps,
+                                   int64_t rows, int64_t cols, float threshold, void* h_out, void* a, int8_t* q,
+                                   float* scale, int32_t* state, int32_t* idx, int32_t* count, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0 || rows > INT32_MAX || !(threshold > 0.0f)) return kLaunchBadShape;
+  if (h == nullptr || delta == nullptr || gamma == nullptr || beta == nullptr || h_out == nullptr || a == nullptr ||
+      q == nullptr || scale == nullptr || state == nullptr || idx == nullptr || count == nullptr) {
+    return kLaunchBadPointer;
+  }
+  const bool vec = cols % 256 == 0 && cols <= 1024 && aligned16(h) && aligned16(delta) && aligned16(gamma) &&
+                   aligned16(beta) && aligned16(h_out) && aligned16(a) && (reinterpret_cast<uintptr_t>(q) & 7u) == 0;
+  if (!vec) return kLaunchUnsupported;
+  uint32_t* mask = reinterpret_cast<uint32_t*>(state);
+  const detail::OutlierList list{state + (cols + 31) / 32, idx, count};  // the counter follows the mask
+  return launch_by_chunks(cols, [&](auto chunks) {
+    k_add_layer_norm_llm_int8_warp<decltype(chunks)::value><<<warp_rows_grid(rows), 32 * kWarpRowsPerBlock, 0, stream>>>(
+        static_cast<const __half*>(h), static_cast<const __half*>(delta), static_cast<const __half*>(gamma),
+        static_cast<const __half*>(beta), eps, rows, threshold, static_cast<__half*>(h_out), static_cast<__half*>(a), q,
+        scale, mask, list);
+  });
 }
 
 }  // namespace evalsvc::kernels::cuda

@@ -92,10 +92,10 @@ class LayerBase : public QuantizedLinear {
   bool dequantizes_at(int64_t) const override { return false; }
 
   torch::Tensor forward_quantized(const torch::Tensor& q, const torch::Tensor& scale, torch::ScalarType out_dtype,
-                                  Activation act) const final {
+                                  Activation act, const OutlierColumnsInput& outliers) const final {
     EVALSVC_CHECK(activation_code() != ActivationCode::kNone, UnsupportedError,
                   "{} linear [{}, {}]: forward_quantized needs a method that quantizes its input per token "
-                  "(int8-w8a8, fp8-e4m3)", method_name(method_), out_, in_);
+                  "(int8-w8a8, fp8-e4m3, llm-int8 on fp16)", method_name(method_), out_, in_);
     EVALSVC_CHECK(q.defined() && q.dim() >= 1 && q.size(-1) == in_, InputError,
                   "{} linear [{}, {}]: q must be [..., {}], got {}", method_name(method_), out_, in_, in_,
                   q.defined() ? shape_str(q.sizes()) : std::string("undefined"));
@@ -105,7 +105,14 @@ class LayerBase : public QuantizedLinear {
     if (device().is_cuda()) {
       std::vector<int64_t> shape(q.sizes().begin(), q.sizes().end());
       shape.back() = out_;
-      return forward_quantized_cuda(q.reshape({-1, in_}), scale, out_dtype, act).view(shape);
+      if (activation_code() == ActivationCode::kLlmInt8) {
+        EVALSVC_CHECK(outliers.rows.defined() && outliers.idx.defined() && outliers.count.defined(), InputError,
+                      "{} linear [{}, {}]: forward_quantized needs the rows and outlier columns the codes came with "
+                      "(cuda::add_layer_norm_quantized with kLlmInt8)", method_name(method_), out_, in_);
+      }
+      OutlierColumnsInput o = outliers;
+      if (o.rows.defined()) o.rows = o.rows.reshape({-1, in_});
+      return forward_quantized_cuda(q.reshape({-1, in_}), scale, out_dtype, act, o).view(shape);
     }
 #endif
     throw UnsupportedError(fmt::format("{} linear [{}, {}]: forward_quantized runs on CUDA only; the weights are on {}",
@@ -189,7 +196,8 @@ class LayerBase : public QuantizedLinear {
   virtual torch::Tensor forward_cuda(const torch::Tensor& xb, Activation act) const = 0;
   /// forward_quantized on a GPU: q2 [tokens, in]. Only methods whose activation_code() is not kNone get here.
   virtual torch::Tensor forward_quantized_cuda(const torch::Tensor& /*q2*/, const torch::Tensor& /*scale*/,
-                                               torch::ScalarType /*out_dtype*/, Activation /*act*/) const {
+                                               torch::ScalarType /*out_dtype*/, Activation /*act*/,
+                                               const OutlierColumnsInput& /*outliers*/) const {
     throw UnsupportedError(fmt::format("{} linear: no forward_quantized", method_name(method_)));
   }
   /// The dense copy by a CUDA kernel; the generic fallback copies the CPU reference's values over.
@@ -283,7 +291,7 @@ class Int8Linear final : public LayerBase {
     return cuda::int8_weight_only_linear(xb, w_.q, w_.scale, bias_, gelu);
   }
   torch::Tensor forward_quantized_cuda(const torch::Tensor& q2, const torch::Tensor& scale, torch::ScalarType out_dtype,
-                                       Activation act) const override {
+                                       Activation act, const OutlierColumnsInput& /*outliers*/) const override {
     return cuda::int8_linear(q2, scale, w_.q, w_.scale, bias_f32_, out_dtype, 1.0, cuda::Int8Gemm::kAuto,
                              act == Activation::kGeluTanh);
   }
@@ -325,14 +333,33 @@ class LlmInt8Linear final : public LayerBase {
     return cuda::llm_int8_linear(xb, w_.CB, w_.SCB, bias_f32_, options_.outlier_threshold, cuda::Int8Gemm::kAuto,
                                  act == Activation::kGeluTanh, outlier_state());
   }
+  torch::Tensor forward_quantized_cuda(const torch::Tensor& q2, const torch::Tensor& scale, torch::ScalarType out_dtype,
+                                       Activation act, const OutlierColumnsInput& outliers) const override {
+    cuda::QuantizedActivations a;
+    a.code = ActivationCode::kLlmInt8;
+    a.q = q2;
+    a.scale = scale;
+    a.outliers = outliers;
+    return cuda::llm_int8_linear_quantized(a, w_.CB, w_.SCB, bias_f32_, out_dtype, cuda::Int8Gemm::kAuto,
+                                           act == Activation::kGeluTanh);
+  }
+#endif
 
+ public:
+  /// On fp16 (bitsandbytes' compute dtype) with outliers split off, the kernel that produces the input (the
+  /// residual add + LayerNorm) can write the codes, rows and outlier columns at once.
+  ActivationCode activation_code() const override {
+    return options_.outlier_threshold > 0 && base_ == torch::kFloat16 ? ActivationCode::kLlmInt8
+                                                                        : ActivationCode::kNone;
+  }
+  double outlier_threshold() const override { return options_.outlier_threshold; }
+#ifdef EVALSVC_WITH_CUDA
   /// The zeroed outlier state llm_int8_linear leaves zero (a column bit mask + a block counter), one per CUDA
-  /// stream: two
-  /// streams running this layer at once (an eager forward and the warm-up of a graph's capture stream) must
-  /// not share flags. Made outside any capture; a capture that meets a stream without one lets the op zero its
+  /// stream: two streams running this layer at once (an eager forward and the warm-up of a graph's capture
+  /// stream) must not share flags. Made outside any capture; a capture that meets a stream without one lets the op zero its
   /// own inside the graph rather than keep memory that only the graph's replay would clear.
-  torch::Tensor outlier_state() const {
-    if (!(options_.outlier_threshold > 0)) return {};
+  torch::Tensor outlier_state() const override {
+    if (!(options_.outlier_threshold > 0) || !w_.CB.is_cuda()) return {};
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(w_.CB.device().index()).stream();
     const std::lock_guard<std::mutex> lock(state_mutex_);
     if (auto it = outlier_states_.find(stream); it != outlier_states_.end()) return it->second;
@@ -343,6 +370,8 @@ class LlmInt8Linear final : public LayerBase {
     return st;
   }
 #endif
+
+ protected:
   TensorMap own_state() const override { return {{"weight", w_.CB}, {"SCB", w_.SCB}}; }
   void move_storage(const torch::Device& d) override {
     w_.CB = w_.CB.to(d);
@@ -478,7 +507,7 @@ class Fp8Linear final : public LayerBase {
     return cuda::fp8_linear(xb, w_.q, w_.scale, bias_, act == Activation::kGeluTanh);
   }
   torch::Tensor forward_quantized_cuda(const torch::Tensor& q2, const torch::Tensor& scale, torch::ScalarType out_dtype,
-                                       Activation act) const override {
+                                       Activation act, const OutlierColumnsInput& /*outliers*/) const override {
     return cuda::fp8_linear_quantized({q2, scale}, w_.q, w_.scale, bias_, out_dtype, act == Activation::kGeluTanh);
   }
 #endif

@@ -959,12 +959,45 @@ TEST(CudaBlock, ForwardQuantizedOnFusedCodesEqualsForward) {
       const auto beta = randn({768}, 1615, 0.1).to(dtype).to(gpu());
       const auto a = cuda::add_layer_norm(h, delta, gamma, beta, 1e-5).second;
       const auto qa = cuda::add_layer_norm_quantized(h, delta, gamma, beta, 1e-5, layer->activation_code()).second;
+      EXPECT_FALSE(qa.outliers.rows.defined()) << what;
       for (const auto act : {Activation::kNone, Activation::kGeluTanh}) {
         const auto got = layer->forward_quantized(qa.q, qa.scale, dtype, act);
         EXPECT_EQ(got.sizes(), (std::vector<int64_t>{2, 64, 300})) << what;
         EXPECT_TRUE(torch::equal(got, layer->forward(a, act))) << what << (act == Activation::kGeluTanh ? " with GELU" : "");
       }
     }
+  }
+  // LLM.int8 on fp16: the kernel also writes the rows and finds the outlier columns (here the LayerNorm's gamma
+  // makes two columns exceed the threshold 6 in most rows). Rows of 768 take the fused kernel, rows of 200 the
+  // two ops; both on the layer's own kept state, which must stay zero.
+  for (const int64_t cols : {768, 200}) {
+    const auto wl = randn({300, cols}, 1620, 0.05);
+    auto layer = quantize_linear(Method::kLlmInt8, wl, b, {});
+    layer->to(gpu());
+    const auto what = fmt::format("llm-int8, rows of {}", cols);
+    ASSERT_EQ(layer->activation_code(), ActivationCode::kLlmInt8) << what;
+    const auto h = (randn({2, 64, cols}, 1621, 2.0) + 0.5).to(torch::kFloat16).to(gpu());
+    const auto delta = randn({2, 64, cols}, 1622, 0.7).to(torch::kFloat16).to(gpu());
+    auto gamma_cpu = randn({cols}, 1623, 0.2) + 1.0;
+    gamma_cpu.index_put_({7}, 20.0);
+    gamma_cpu.index_put_({cols - 9}, -15.0);
+    const auto gamma = gamma_cpu.to(torch::kFloat16).to(gpu());
+    const auto beta = randn({cols}, 1624, 0.1).to(torch::kFloat16).to(gpu());
+    const auto a = cuda::add_layer_norm(h, delta, gamma, beta, 1e-5).second;
+    const auto state = layer->outlier_state();
+    ASSERT_TRUE(state.defined()) << what;
+    const auto qa = cuda::add_layer_norm_quantized(h, delta, gamma, beta, 1e-5, ActivationCode::kLlmInt8,
+                                                   layer->outlier_threshold(), state)
+                        .second;
+    EXPECT_TRUE(torch::equal(qa.outliers.rows, a)) << what << ": the rows";
+    EXPECT_EQ(qa.outliers.count.item<int32_t>(), 2) << what;
+    EXPECT_EQ(state.abs().sum().item<int64_t>(), 0) << what << ": the state is not left zero";
+    for (const auto act : {Activation::kNone, Activation::kGeluTanh}) {
+      const auto got = layer->forward_quantized(qa.q, qa.scale, torch::kFloat16, act, qa.outliers);
+      EXPECT_TRUE(torch::equal(got, layer->forward(a, act))) << what << (act == Activation::kGeluTanh ? " with GELU" : "");
+    }
+    // Without the rows and columns the layer cannot run.
+    EXPECT_THROW(layer->forward_quantized(qa.q, qa.scale, torch::kFloat16), InputError) << what;
   }
   // A layer that does not quantize its input refuses.
   auto plain = quantize_linear(Method::kInt8SymChannel, w, b, {});

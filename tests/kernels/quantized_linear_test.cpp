@@ -168,10 +168,15 @@ TEST(QuantizedLinear, ActivationCodeNamesWhatForwardQuantizesToAndForwardQuantiz
   const auto d = seeded(40, 64, 9);
   for (const auto& c : cases()) {
     auto layer = quantize_linear(c.method, d.w, d.b, options_for(c));
+    // LLM.int8 splits off outliers on its fp16 compute dtype only (bitsandbytes casts to fp16).
+    const bool llm_fp16 = c.method == Method::kLlmInt8 && layer->base_dtype() == torch::kFloat16;
     const auto want = c.method == Method::kInt8W8A8  ? ActivationCode::kInt8
                       : c.method == Method::kFp8E4M3 ? ActivationCode::kFp8E4M3
+                      : llm_fp16                     ? ActivationCode::kLlmInt8
                                                      : ActivationCode::kNone;
-    EXPECT_EQ(layer->activation_code(), want) << method_name(c.method);
+    EXPECT_EQ(layer->activation_code(), want) << label(c);
+    EXPECT_EQ(layer->outlier_threshold(), c.method == Method::kLlmInt8 ? 6.0 : 0.0) << label(c);
+    EXPECT_FALSE(layer->outlier_state().defined()) << label(c) << ": no device state on the CPU";
     // On the CPU (or for a method without codes) there is no pre-quantized path: a clear error, not a result.
     EXPECT_THROW(layer->forward_quantized(torch::zeros({3, 64}, torch::kInt8), torch::ones({3}), torch::kFloat32),
                  UnsupportedError)

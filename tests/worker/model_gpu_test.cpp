@@ -61,6 +61,37 @@ TEST(ModelGpu, EveryVariantsGpuForwardMatchesItsCpuForward) {
 #endif
 }
 
+// The residual add + LayerNorm writes the input codes of W8A8, FP8 and LLM.int8 projections (rows of 256 to 1,024
+// take that kernel, hence a width of 256 here); with it off each projection quantizes in a pass of its own. The
+// logits must be the same bit for bit.
+TEST(ModelGpu, FusedInputQuantizationGivesTheLogitsOfTheSeparateQuantizers) {
+#if !EVALSVC_WITH_CUDA
+  GTEST_SKIP() << "built without EVALSVC_WITH_CUDA (no CUDA libtorch)";
+#else
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU";
+  const torch::Device dev(torch::kCUDA, 0);
+  torch::NoGradGuard no_grad;
+  auto cfg = ModelConfig::preset("tiny");
+  cfg.n_embd = 256;
+  std::vector<std::pair<kernels::Method, torch::ScalarType>> cases = {{kernels::Method::kInt8W8A8, torch::kFloat16},
+                                                                      {kernels::Method::kLlmInt8, torch::kFloat16}};
+  if (kernels::cuda::fp8_supported(dev)) cases.emplace_back(kernels::Method::kFp8E4M3, torch::kBFloat16);
+  auto gen = at::detail::createCPUGenerator(13);
+  const auto ids = torch::randint(0, cfg.vocab_size, {4, 40}, gen, torch::kLong).to(dev);
+  const auto lengths = torch::tensor({40, 21, 1, 33}, torch::kLong).to(dev);
+  for (const auto& [method, base] : cases) {
+    GPT2Classifier model(cfg, 5);
+    model->quantize(method, base, kernels::QuantOptions{});
+    model->to_device(dev);
+    const auto fused = model->forward(ids, lengths);
+    model->set_fused_input_quantization(false);
+    const auto separate = model->forward(ids, lengths);
+    EXPECT_TRUE(torch::equal(fused, separate))
+        << kernels::method_name(method) << ": max diff " << (fused - separate).abs().max().item<double>();
+  }
+#endif
+}
+
 // Weight prefetch (GPT2ClassifierImpl::set_weight_prefetch) dequantizes block i+1 on a side stream while block i
 // runs: the logits must be those of the plain path bit for bit, and the forward must stay capturable as a CUDA
 // graph (the side stream forks from and joins the capturing stream) whose replays recompute from new inputs.

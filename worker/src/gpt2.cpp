@@ -86,9 +86,9 @@ torch::Tensor GPT2ClassifierImpl::layer_norm(const torch::Tensor& x, const torch
 }
 
 torch::Tensor GPT2ClassifierImpl::linear(const Block& blk, int p, const torch::Tensor& x, kernels::Activation act,
-                                         const torch::Tensor* dense, const torch::Tensor& codes,
-                                         const torch::Tensor& scale, torch::ScalarType act_dtype) const {
-  if (codes.defined()) return blk.q[p]->forward_quantized(codes, scale, act_dtype, act);
+                                         const torch::Tensor* dense, const InputCodes& codes,
+                                         torch::ScalarType act_dtype) const {
+  if (codes.q.defined()) return blk.q[p]->forward_quantized(codes.q, codes.scale, act_dtype, act, codes.outliers);
   if (blk.q[p]) return dense ? blk.q[p]->forward_dense(x, *dense, act) : blk.q[p]->forward(x, act);
   torch::Tensor y = autocast_ != torch::kFloat32
                         ? torch::linear(x.to(autocast_), blk.w[p].to(autocast_), blk.b[p].to(autocast_))
@@ -101,25 +101,28 @@ std::pair<torch::Tensor, torch::Tensor> GPT2ClassifierImpl::add_layer_norm(const
                                                                            const torch::Tensor& w,
                                                                            const torch::Tensor& b,
                                                                            const kernels::QuantizedLinear* consumer,
-                                                                           torch::Tensor* codes,
-                                                                           torch::Tensor* scale) const {
-  if (codes != nullptr) *codes = torch::Tensor();  // set again below only where the kernel writes codes
+                                                                           InputCodes* codes) const {
+  if (codes != nullptr) *codes = InputCodes();  // set again below only where the kernel writes codes
 #ifdef EVALSVC_WITH_CUDA
   // On a GPU without autograd: one kernel instead of the add and the LayerNorm (backward needs the two ops).
   const bool needs_grad = torch::GradMode::is_enabled() &&
                           (h.requires_grad() || delta.requires_grad() || w.requires_grad() || b.requires_grad());
   if (h.is_cuda() && !needs_grad) {
     const auto dt = h.scalar_type();
-    // The consumer (W8A8, FP8) would quantize the normalized rows first thing: the same kernel writes those
-    // codes instead of the rows, which saves the quantizer's launch and a write and a read of the rows. Only
-    // where the consumer works in this dtype (its forward would otherwise convert first).
-    if (consumer != nullptr && codes != nullptr && scale != nullptr && consumer->base_dtype() == dt &&
-        (dt == torch::kFloat16 || dt == torch::kBFloat16) &&
-        consumer->activation_code() != kernels::ActivationCode::kNone) {
+    // The consumer (W8A8, FP8, LLM.int8) would quantize the normalized rows first thing: the same kernel writes
+    // those codes instead of the rows (W8A8, FP8) or beside them (LLM.int8, whose outlier columns' product reads
+    // the rows), which saves the quantizer's launch and a read of the rows. Only where the consumer works in
+    // this dtype (its forward would otherwise convert first).
+    const auto code = consumer != nullptr && fused_input_quantization_ ? consumer->activation_code()
+                                                                        : kernels::ActivationCode::kNone;
+    if (code != kernels::ActivationCode::kNone && codes != nullptr && consumer->base_dtype() == dt &&
+        (dt == torch::kFloat16 || dt == torch::kBFloat16)) {
       auto [sum, qa] = kernels::cuda::add_layer_norm_quantized(h, delta.to(dt), w.to(dt), b.to(dt),
-                                                               config_.layer_norm_epsilon, consumer->activation_code());
-      *codes = qa.q;
-      *scale = qa.scale;
+                                                               config_.layer_norm_epsilon, code,
+                                                               consumer->outlier_threshold(), consumer->outlier_state());
+      codes->q = qa.q;
+      codes->scale = qa.scale;
+      codes->outliers = qa.outliers;
       return {sum, torch::Tensor()};
     }
     return kernels::cuda::add_layer_norm(h, delta.to(dt), w.to(dt), b.to(dt), config_.layer_norm_epsilon);
@@ -224,7 +227,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   }
 #endif
   const torch::Tensor* dense = nullptr;  // this block's four prefetched weights, or null
-  torch::Tensor a_codes, a_scale;        // a as per-token codes (add_layer_norm with a consumer), or undefined
+  InputCodes a_codes;                    // a as per-token codes (add_layer_norm with a consumer), or undefined
   for (size_t i = 0; i < blocks_.size(); ++i) {
     const auto& blk = blocks_[i];
 #ifdef EVALSVC_WITH_CUDA
@@ -234,7 +237,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     }
 #endif
     auto dense_of = [&](int p) { return dense ? dense + p : nullptr; };
-    auto qkv = linear(blk, 0, a, kernels::Activation::kNone, dense_of(0), a_codes, a_scale, act)
+    auto qkv = linear(blk, 0, a, kernels::Activation::kNone, dense_of(0), a_codes, act)
                    .view({B, T, 3, H, D})
                    .permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
     auto attn = compat::attention(qkv[0], qkv[1], qkv[2], torch::Tensor(), /*causal=*/true,
@@ -242,9 +245,10 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     attn = attn.transpose(1, 2).reshape({B, T, E});
     auto o = linear(blk, 1, attn, kernels::Activation::kNone, dense_of(1));
     if (train && config_.resid_pdrop > 0) o = torch::dropout(o, config_.resid_pdrop, true);
-    torch::Tensor m, m_codes, m_scale;
-    std::tie(h, m) = add_layer_norm(h, o, blk.ln2_w, blk.ln2_b, blk.q[2].get(), &m_codes, &m_scale);
-    m = linear(blk, 2, m, kernels::Activation::kGeluTanh, dense_of(2), m_codes, m_scale, act);
+    torch::Tensor m;
+    InputCodes m_codes;
+    std::tie(h, m) = add_layer_norm(h, o, blk.ln2_w, blk.ln2_b, blk.q[2].get(), &m_codes);
+    m = linear(blk, 2, m, kernels::Activation::kGeluTanh, dense_of(2), m_codes, act);
     m = linear(blk, 3, m, kernels::Activation::kNone, dense_of(3));
 #ifdef EVALSVC_WITH_CUDA
     if (pf && i + 2 < blocks_.size()) {
@@ -256,7 +260,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     if (train && config_.resid_pdrop > 0) m = torch::dropout(m, config_.resid_pdrop, true);
     if (i + 1 < blocks_.size()) {
       std::tie(h, a) =
-          add_layer_norm(h, m, blocks_[i + 1].ln1_w, blocks_[i + 1].ln1_b, blocks_[i + 1].q[0].get(), &a_codes, &a_scale);
+          add_layer_norm(h, m, blocks_[i + 1].ln1_w, blocks_[i + 1].ln1_b, blocks_[i + 1].q[0].get(), &a_codes);
     } else {
       h = h + m;
     }

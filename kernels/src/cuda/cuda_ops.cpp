@@ -371,6 +371,18 @@ Int8Activations quantize_rows_int8(const char* op, const torch::Tensor& x, doubl
   return out;
 }
 
+/// `state` checked as llm_int8_linear's outlier_state for rows of k columns, or (undefined) a zeroed one.
+torch::Tensor outlier_state_or_zeros(const char* op, const torch::Tensor& state, const torch::Tensor& like, int64_t k) {
+  if (!state.defined()) return torch::zeros({llm_int8_outlier_state_numel(k)}, like.options().dtype(torch::kInt32));
+  check_cuda(op, "outlier_state", state, like);
+  check_dtype(op, "outlier_state", state, {torch::kInt32});
+  check_contiguous(op, "outlier_state", state);
+  EVALSVC_CHECK(state.numel() >= llm_int8_outlier_state_numel(k), InputError,
+                "cuda::{}: outlier_state needs at least {} elements for in = {}, got {}", op,
+                llm_int8_outlier_state_numel(k), k, describe(state));
+  return state;
+}
+
 /// LLM.int8's quantization of x16 [t, k] (fp16, t, k > 0, threshold > 0): codes, row scales and the compacted
 /// outlier columns from launch_quantize_rows_int8_outliers, with `state` (int32, zero, left zero) or,
 /// when undefined, a zeroed one of this call's own.
@@ -378,17 +390,7 @@ Int8Activations quantize_rows_int8_outliers(const char* op, const torch::Tensor&
                                             const torch::Tensor& state, OutlierColumns* cols) {
   const int64_t t = x16.size(0);
   const int64_t k = x16.size(1);
-  torch::Tensor st = state;
-  if (st.defined()) {
-    check_cuda(op, "outlier_state", st, x16);
-    check_dtype(op, "outlier_state", st, {torch::kInt32});
-    check_contiguous(op, "outlier_state", st);
-    EVALSVC_CHECK(st.numel() >= llm_int8_outlier_state_numel(k), InputError,
-                  "cuda::{}: outlier_state needs at least {} elements for in = {}, got {}", op,
-                  llm_int8_outlier_state_numel(k), k, describe(st));
-  } else {
-    st = torch::zeros({llm_int8_outlier_state_numel(k)}, x16.options().dtype(torch::kInt32));
-  }
+  const torch::Tensor st = outlier_state_or_zeros(op, state, x16, k);
   Int8Activations out;
   out.q = torch::empty({t, k}, x16.options().dtype(torch::kInt8));
   out.scale = torch::empty({t}, x16.options().dtype(torch::kFloat32));
@@ -437,6 +439,32 @@ torch::Tensor int8_w8a8_linear(const torch::Tensor& x, const torch::Tensor& wq, 
   return y.view(output_shape(x, wq.size(0)));
 }
 
+namespace {
+/// The int8 product of LLM.int8 codes q [T, in] with the outlier part in the epilogue: rows are the fp16 (or
+/// x-dtype) rows the codes came from, cols the outlier columns (undefined idx: none).
+torch::Tensor llm_int8_product(const char* op, const torch::Tensor& q, const torch::Tensor& scale,
+                               const torch::Tensor& rows, const OutlierColumns& cols, const torch::Tensor& CB,
+                               const torch::Tensor& SCB, const torch::Tensor& bias, torch::ScalarType out_dtype,
+                               Int8Gemm gemm, bool gelu_tanh) {
+  Int8Epilogue ep;
+  ep.gelu_tanh = gelu_tanh;
+  if (cols.idx.defined()) {
+    check_cuda(op, "CB", CB, q);
+    check_dtype(op, "CB", CB, {torch::kInt8});
+    check_contiguous(op, "CB", CB);
+    check_param(op, "SCB", SCB, q, torch::kFloat32, CB.size(0));
+    ep.outlier_x = rows.data_ptr();
+    ep.outlier_cb = CB.data_ptr<int8_t>();
+    ep.outlier_scb = SCB.data_ptr<float>();
+    ep.outlier_idx = cols.idx.data_ptr<int32_t>();
+    ep.outlier_count = cols.count.data_ptr<int32_t>();
+    ep.outlier_q = q.data_ptr<int8_t>();
+  }
+  // C * (absmax_x / 127) * SCB / 127 = C * rowstat * SCB / (127 * 127)
+  return int8_product(op, q, scale, CB, SCB, bias, out_dtype, 1.0 / 127.0, gemm, ep);
+}
+}  // namespace
+
 torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, const torch::Tensor& SCB,
                               const torch::Tensor& bias, double threshold, Int8Gemm gemm, bool gelu_tanh,
                               const torch::Tensor& outlier_state) {
@@ -457,22 +485,32 @@ torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, c
   const bool outliers = threshold > 0 && x16.size(0) > 0 && k > 0;
   const Int8Activations a = outliers ? quantize_rows_int8_outliers(op, x16.contiguous(), threshold, outlier_state, &cols)
                                      : quantize_rows_int8(op, x16, threshold, &cols);
-  Int8Epilogue ep;
-  ep.gelu_tanh = gelu_tanh;
-  if (cols.idx.defined()) {
-    check_cuda(op, "CB", CB, x);
-    check_dtype(op, "CB", CB, {torch::kInt8});
-    check_contiguous(op, "CB", CB);
-    ep.outlier_x = x2.data_ptr();
-    ep.outlier_cb = CB.data_ptr<int8_t>();
-    ep.outlier_scb = SCB.data_ptr<float>();
-    ep.outlier_idx = cols.idx.data_ptr<int32_t>();
-    ep.outlier_count = cols.count.data_ptr<int32_t>();
-    ep.outlier_q = a.q.data_ptr<int8_t>();
-  }
-  // C * (absmax_x / 127) * SCB / 127 = C * rowstat * SCB / (127 * 127)
-  const torch::Tensor y = int8_product(op, a.q, a.scale, CB, SCB, bias, x.scalar_type(), 1.0 / 127.0, gemm, ep);
+  const torch::Tensor y = llm_int8_product(op, a.q, a.scale, x2, cols, CB, SCB, bias, x.scalar_type(), gemm, gelu_tanh);
   return y.view(output_shape(x, n));
+}
+
+torch::Tensor llm_int8_linear_quantized(const QuantizedActivations& a, const torch::Tensor& CB, const torch::Tensor& SCB,
+                                        const torch::Tensor& bias, torch::ScalarType out_dtype, Int8Gemm gemm,
+                                        bool gelu_tanh) {
+  const char* op = "llm_int8_linear_quantized";
+  EVALSVC_CHECK(a.code == ActivationCode::kLlmInt8, InputError, "cuda::{}: the activations' code must be kLlmInt8", op);
+  check_cuda(op, "a.q", a.q);
+  EVALSVC_CHECK(a.q.dim() == 2, InputError, "cuda::{}: a.q must be [T, in], got {}", op, describe(a.q));
+  const OutlierColumnsInput& o = a.outliers;
+  check_cuda(op, "a.outliers.rows", o.rows, a.q);
+  check_dtype(op, "a.outliers.rows", o.rows, {torch::kFloat16});
+  check_contiguous(op, "a.outliers.rows", o.rows);
+  EVALSVC_CHECK(o.rows.numel() == a.q.numel() && o.rows.size(-1) == a.q.size(1), InputError,
+                "cuda::{}: a.outliers.rows must hold the {} rows the codes came from, got {}", op, describe(a.q),
+                describe(o.rows));
+  check_param(op, "a.outliers.idx", o.idx, a.q, torch::kInt32, a.q.size(1));
+  check_param(op, "a.outliers.count", o.count, a.q, torch::kInt32, 1);
+  // The epilogue reads the outlier columns' rows in the output dtype; fp16 -> fp32 is exact, -> bf16 is not.
+  EVALSVC_CHECK(out_dtype == torch::kFloat16 || out_dtype == torch::kFloat32, InputError,
+                "cuda::{}: out_dtype must be Half or Float (the rows are fp16), got {}", op, c10::toString(out_dtype));
+  const torch::Tensor rows = out_dtype == torch::kFloat16 ? o.rows : o.rows.to(out_dtype);
+  OutlierColumns cols{o.idx, o.count};
+  return llm_int8_product(op, a.q, a.scale, rows, cols, CB, SCB, bias, out_dtype, gemm, gelu_tanh);
 }
 
 void dequantize_int8_weight_into(const torch::Tensor& q, const torch::Tensor& scale, torch::Tensor& out,
@@ -933,6 +971,49 @@ int64_t check_add_layer_norm(const char* op, const torch::Tensor& h, const torch
   EVALSVC_CHECK(std::isfinite(eps) && eps > 0, InputError, "cuda::{}: eps must be finite and > 0, got {}", op, eps);
   return cols;
 }
+
+/// add_layer_norm_quantized for kLlmInt8 (hc, dc contiguous and checked).
+std::pair<torch::Tensor, QuantizedActivations> add_layer_norm_llm_int8(const char* op, const torch::Tensor& hc,
+                                                                       const torch::Tensor& dc,
+                                                                       const torch::Tensor& gamma,
+                                                                       const torch::Tensor& beta, double eps,
+                                                                       double threshold, const torch::Tensor& state) {
+  EVALSVC_CHECK(hc.scalar_type() == torch::kFloat16, InputError,
+                "cuda::{}: kLlmInt8 quantizes fp16 rows (as bitsandbytes casts them), got {}", op, describe(hc));
+  EVALSVC_CHECK(std::isfinite(threshold) && threshold > 0, InputError,
+                "cuda::{}: kLlmInt8 needs a finite outlier threshold > 0, got {}", op, threshold);
+  const int64_t cols = hc.size(-1);
+  const int64_t rows = hc.numel() / cols;
+  QuantizedActivations out;
+  out.code = ActivationCode::kLlmInt8;
+  auto h_out = torch::empty_like(hc);
+  out.outliers.rows = torch::empty_like(hc);
+  out.q = torch::empty(hc.sizes(), hc.options().dtype(torch::kInt8));
+  out.scale = torch::zeros({rows}, hc.options().dtype(torch::kFloat32));
+  out.outliers.idx = torch::empty({cols}, hc.options().dtype(torch::kInt32));
+  out.outliers.count = torch::zeros({1}, hc.options().dtype(torch::kInt32));
+  if (rows == 0) return {h_out, out};
+  const torch::Tensor st = outlier_state_or_zeros(op, state, hc, cols);
+  const c10::cuda::CUDAGuard guard(hc.device());
+  const int s = launch_add_layer_norm_llm_int8(hc.data_ptr(), dc.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
+                                               static_cast<float>(eps), rows, cols, static_cast<float>(threshold),
+                                               h_out.data_ptr(), out.outliers.rows.data_ptr(),
+                                               out.q.data_ptr<int8_t>(), out.scale.data_ptr<float>(),
+                                               st.data_ptr<int32_t>(), out.outliers.idx.data_ptr<int32_t>(),
+                                               out.outliers.count.data_ptr<int32_t>(), stream_of(hc));
+  if (s != kLaunchUnsupported) {
+    EVALSVC_LAUNCH(s);
+    return {h_out, out};
+  }
+  // Another width: the two ops, same codes.
+  auto [h2, a] = add_layer_norm(hc, dc, gamma, beta, eps);
+  OutlierColumns oc;
+  const Int8Activations qa = quantize_rows_int8_outliers(op, a.view({rows, cols}), threshold, st, &oc);
+  out.q = qa.q.view(hc.sizes());
+  out.scale = qa.scale;
+  out.outliers = {a, oc.idx, oc.count};
+  return {h2, out};
+}
 }  // namespace
 
 std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, const torch::Tensor& delta,
@@ -957,16 +1038,18 @@ std::pair<torch::Tensor, QuantizedActivations> add_layer_norm_quantized(const to
                                                                         const torch::Tensor& delta,
                                                                         const torch::Tensor& gamma,
                                                                         const torch::Tensor& beta, double eps,
-                                                                        ActivationCode code) {
+                                                                        ActivationCode code, double threshold,
+                                                                        const torch::Tensor& outlier_state) {
   const char* op = "add_layer_norm_quantized";
-  EVALSVC_CHECK(code == ActivationCode::kInt8 || code == ActivationCode::kFp8E4M3, InputError,
-                "cuda::{}: code must be kInt8 or kFp8E4M3", op);
+  EVALSVC_CHECK(code == ActivationCode::kInt8 || code == ActivationCode::kFp8E4M3 || code == ActivationCode::kLlmInt8,
+                InputError, "cuda::{}: code must be kInt8, kFp8E4M3 or kLlmInt8", op);
   const int64_t cols = check_add_layer_norm(op, h, delta, gamma, beta, eps);
   const torch::Tensor hc = h.contiguous();
   const torch::Tensor dc = delta.contiguous();
   const int64_t rows = hc.numel() / cols;
   QuantizedActivations out;
   out.code = code;
+  if (code == ActivationCode::kLlmInt8) return add_layer_norm_llm_int8(op, hc, dc, gamma, beta, eps, threshold, outlier_state);
   auto h_out = torch::empty_like(hc);
   out.q = torch::empty(hc.sizes(), hc.options().dtype(code == ActivationCode::kInt8 ? torch::kInt8 : torch::kUInt8));
   out.scale = torch::zeros({rows}, hc.options().dtype(torch::kFloat32));

@@ -166,4 +166,11 @@ int launch_add_layer_norm_quant(const void* h, const void* delta, const void* ga
                                 int64_t rows, int64_t cols, void* h_out, uint8_t* q, float* scale, DType dtype,
                                 ActCode code, cudaStream_t stream);
 
+/// launch_add_layer_norm (fp16) for an LLM.int8 input: writes h_out and a, and a's per-token codes and outlier
+/// columns as launch_quantize_rows_int8_outliers would make them from a (state, idx, count as there). Rows of
+/// cols % 256 == 0 and <= 1024 with 16-byte aligned pointers (q 8-byte) only; kLaunchUnsupported otherwise.
+int launch_add_layer_norm_llm_int8(const void* h, const void* delta, const void* gamma, const void* beta, float eps,
+                                   int64_t rows, int64_t cols, float threshold, void* h_out, void* a, int8_t* q,
+                                   float* scale, int32_t* state, int32_t* idx, int32_t* count, cudaStream_t stream);
+
 }  // namespace evalsvc::kernels::cuda

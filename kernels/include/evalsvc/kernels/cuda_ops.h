@@ -237,21 +237,32 @@ std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, c
                                                        double eps);
 
 /// Activations quantized per token by the kernel that produced them: q in the activations' shape (int8 codes
-/// for kInt8, E4M3 bits in uint8 for kFp8E4M3), scale fp32 [rows].
+/// for kInt8 and kLlmInt8, E4M3 bits in uint8 for kFp8E4M3), scale fp32 [rows]; for kLlmInt8 also the rows and
+/// their outlier columns.
 struct QuantizedActivations {
   ActivationCode code = ActivationCode::kNone;
   torch::Tensor q;
   torch::Tensor scale;
+  OutlierColumnsInput outliers;
 };
 
-/// add_layer_norm with LayerNorm(h + delta) quantized per token to `code` (kInt8 or kFp8E4M3) instead of
+/// add_layer_norm with LayerNorm(h + delta) quantized per token to `code` (kInt8, kFp8E4M3, or kLlmInt8 with
+/// `threshold` > 0 and an optional zeroed `outlier_state` as llm_int8_linear takes, fp16 only) instead of
 /// returned: {h + delta, codes}. The codes are those of add_layer_norm followed by quantize_per_token_int8
-/// (threshold 0) or quantize_per_token_fp8, bit for bit; one kernel for fp16/bf16 rows of 256, 512, 768 or 1,024,
-/// those two ops otherwise.
+/// (threshold 0), quantize_per_token_fp8 or llm_int8_linear's quantizer, bit for bit; one kernel for fp16/bf16
+/// rows of 256, 512, 768 or 1,024, those two ops otherwise. kLlmInt8 returns the rows too (outliers.rows).
 std::pair<torch::Tensor, QuantizedActivations> add_layer_norm_quantized(const torch::Tensor& h,
                                                                         const torch::Tensor& delta,
                                                                         const torch::Tensor& gamma,
                                                                         const torch::Tensor& beta, double eps,
-                                                                        ActivationCode code);
+                                                                        ActivationCode code, double threshold = 0.0,
+                                                                        const torch::Tensor& outlier_state = {});
+
+/// llm_int8_linear on input quantized beforehand (add_layer_norm_quantized with kLlmInt8): a.q int8 [T, in],
+/// a.scale fp32 [T], a.outliers (fp16 rows [T, in], the outlier columns); returns [T, out] in out_dtype (fp16,
+/// bf16 or fp32), the values llm_int8_linear gives on those rows.
+torch::Tensor llm_int8_linear_quantized(const QuantizedActivations& a, const torch::Tensor& CB, const torch::Tensor& SCB,
+                                        const torch::Tensor& bias, torch::ScalarType out_dtype,
+                                        Int8Gemm gemm = Int8Gemm::kAuto, bool gelu_tanh = false);
 
 }  // namespace evalsvc::kernels::cuda

@@ -53,9 +53,19 @@ struct LayerBytes {
 enum class Activation { kNone, kGeluTanh };
 
 /// The per-token code a layer's forward quantizes its input to on a GPU: int8 (int8-w8a8) or E4M3 (fp8-e4m3);
-/// kNone for the others. A model can then have the kernel that produces the input write those codes directly
-/// (cuda::add_layer_norm_quantized) and call forward_quantized.
-enum class ActivationCode { kNone, kInt8, kFp8E4M3 };
+/// kLlmInt8 (llm-int8 on fp16): int8 codes whose row absmax skips |x| >= the layer's outlier_threshold(), with
+/// those columns found in the same pass; kNone for the others. A model can then have the kernel that produces
+/// the input write those codes directly (cuda::add_layer_norm_quantized) and call forward_quantized.
+enum class ActivationCode { kNone, kInt8, kFp8E4M3, kLlmInt8 };
+
+/// What forward_quantized needs besides the codes for ActivationCode::kLlmInt8: the fp16 rows [..., in] the codes
+/// were made from (the outlier columns' fp16 product reads them) and the outlier columns as ascending int32
+/// indices [in] and their number [1], on the device. Undefined for the other codes.
+struct OutlierColumnsInput {
+  torch::Tensor rows;
+  torch::Tensor idx;
+  torch::Tensor count;
+};
 
 class QuantizedLinear {
  public:
@@ -93,11 +103,17 @@ class QuantizedLinear {
   /// See ActivationCode.
   virtual ActivationCode activation_code() const { return ActivationCode::kNone; }
   /// forward() on input already quantized per token to activation_code(): q [..., in] (int8 codes or E4M3
-  /// bits in uint8), scale fp32 [rows]; returns act([..., out]) in `out_dtype` (the base dtype, or fp32). The
-  /// same values forward(x, act) gives on the x the codes were made from. CUDA only; UnsupportedError for a
-  /// layer whose activation_code() is kNone, on a CPU, or in a build without CUDA kernels.
+  /// bits in uint8), scale fp32 [rows], and for kLlmInt8 `outliers`; returns act([..., out]) in `out_dtype` (the
+  /// base dtype, or fp32). The same values forward(x, act) gives on the x the codes were made from. CUDA only;
+  /// UnsupportedError for a layer whose activation_code() is kNone, on a CPU, or in a build without CUDA kernels.
   virtual torch::Tensor forward_quantized(const torch::Tensor& q, const torch::Tensor& scale,
-                                          torch::ScalarType out_dtype, Activation act = Activation::kNone) const = 0;
+                                          torch::ScalarType out_dtype, Activation act = Activation::kNone,
+                                          const OutlierColumnsInput& outliers = {}) const = 0;
+  /// kLlmInt8: the threshold the producing kernel flags columns by, and the zeroed state it uses
+  /// (cuda::llm_int8_linear's outlier_state, the one of the current CUDA stream; left zero). 0 and undefined
+  /// for the other codes.
+  virtual double outlier_threshold() const { return 0.0; }
+  virtual torch::Tensor outlier_state() const { return {}; }
 
   /// Tensors to serialize, keyed relative to the layer ("weight", "bias", "SCB", "weight.absmax", ...).
   virtual std::map<std::string, torch::Tensor> state() const = 0;

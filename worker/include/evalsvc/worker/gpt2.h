@@ -105,6 +105,10 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// delays the kernels of the block being computed).
   static constexpr int kDefaultPrefetchBlocks = 64;
   void set_weight_prefetch(bool on, int blocks = kDefaultPrefetchBlocks);
+  /// Whether the residual add + LayerNorm writes the per-token codes of projections that quantize their input
+  /// (W8A8, FP8, LLM.int8 on fp16) instead of those projections quantizing in a pass of their own (default on;
+  /// the same values either way, tests/worker/model_gpu_test.cpp). Off only to compare the two.
+  void set_fused_input_quantization(bool on) { fused_input_quantization_ = on; }
   /// Whether the last forward() dequantized ahead on the side stream.
   bool prefetched_last_forward() const { return prefetched_last_forward_; }
 
@@ -124,13 +128,19 @@ class GPT2ClassifierImpl : public torch::nn::Module {
     std::array<torch::Tensor, 4> b;  // [out]
     std::array<std::unique_ptr<kernels::QuantizedLinear>, 4> q;
   };
+  /// A projection's input as per-token codes written by the kernel that produced it (add_layer_norm with a
+  /// consumer): the arguments of QuantizedLinear::forward_quantized. q undefined: none.
+  struct InputCodes {
+    torch::Tensor q, scale;
+    kernels::OutlierColumnsInput outliers;  // LLM.int8 only
+  };
   /// Projection p of blk on x; `dense`: its weight dequantized ahead (QuantizedLinear::forward_dense).
-  /// With `codes` defined, x is undefined and the projection runs on those per-token codes and `scale`
-  /// (add_layer_norm with a consumer), giving the activation dtype `act_dtype`.
+  /// With `codes` defined, x is undefined and the projection runs on those codes (add_layer_norm with a
+  /// consumer), giving the activation dtype `act_dtype`.
   torch::Tensor linear(const Block& blk, int p, const torch::Tensor& x,
                        kernels::Activation act = kernels::Activation::kNone,
-                       const torch::Tensor* dense = nullptr, const torch::Tensor& codes = {},
-                       const torch::Tensor& scale = {}, torch::ScalarType act_dtype = torch::kFloat32) const;
+                       const torch::Tensor* dense = nullptr, const InputCodes& codes = {},
+                       torch::ScalarType act_dtype = torch::kFloat32) const;
   /// The side stream and slots of set_weight_prefetch (gpt2.cpp); null where a forward of `tokens` rows
   /// cannot use them.
   struct WeightPrefetch;
@@ -138,14 +148,13 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// Queues the dense copies of block `layer` into slot layer % 2 on the side stream.
   void stage_block(WeightPrefetch& pf, size_t layer) const;
   /// {h + delta, LayerNorm(h + delta)}: one CUDA kernel in inference on a GPU, the two ops otherwise.
-  /// With a `consumer` that quantizes its input per token (activation_code: W8A8, FP8) and where that kernel
-  /// runs, the LayerNorm output is not returned (undefined) but quantized by the same kernel into *codes and
-  /// *scale, for consumer->forward_quantized; otherwise *codes is left undefined.
+  /// With a `consumer` that quantizes its input per token (activation_code: W8A8, FP8, LLM.int8 on fp16) and
+  /// where that kernel runs, the LayerNorm output is not returned (undefined) but quantized by the same kernel
+  /// into *codes, for consumer->forward_quantized; otherwise codes->q is left undefined.
   std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, const torch::Tensor& delta,
                                                          const torch::Tensor& w, const torch::Tensor& b,
                                                          const kernels::QuantizedLinear* consumer = nullptr,
-                                                         torch::Tensor* codes = nullptr,
-                                                         torch::Tensor* scale = nullptr) const;
+                                                         InputCodes* codes = nullptr) const;
   /// Every tensor that is not a projection (embeddings, LayerNorms, head) with its Hugging Face name: the
   /// one list that state dicts, loading, dtype conversion and device moves all walk.
   std::vector<std::pair<std::string, torch::Tensor*>> plain_tensors();
@@ -158,6 +167,7 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   kernels::Method method_ = kernels::Method::kFp32;
   torch::ScalarType base_dtype_ = torch::kFloat32;
   bool weight_prefetch_ = true;
+  bool fused_input_quantization_ = true;
   int prefetch_blocks_ = kDefaultPrefetchBlocks;
   bool prefetched_last_forward_ = false;
   std::shared_ptr<WeightPrefetch> prefetch_;  // made by the first forward that uses it; reset by moves
