@@ -106,9 +106,12 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   static constexpr int kDefaultPrefetchBlocks = 64;
   void set_weight_prefetch(bool on, int blocks = kDefaultPrefetchBlocks);
   /// Whether the residual add + LayerNorm writes the per-token codes of projections that quantize their input
-  /// (W8A8, FP8, LLM.int8 on fp16) instead of those projections quantizing in a pass of their own (default on;
-  /// the same values either way, tests/worker/model_gpu_test.cpp). Off only to compare the two.
+  /// (W8A8, FP8, LLM.int8 on fp16) instead of those projections quantizing in a pass of their own (default on,
+  /// for forwards of 2,048 tokens or more: below, the separate quantizer is faster; the same values either way,
+  /// tests/worker/model_gpu_test.cpp). Off only to compare the two.
   void set_fused_input_quantization(bool on) { fused_input_quantization_ = on; }
+  /// Whether the last forward() had a residual add + LayerNorm write a projection's input codes.
+  bool fused_input_quantization_last_forward() const { return fused_quant_last_forward_; }
   /// Whether the last forward() dequantized ahead on the side stream.
   bool prefetched_last_forward() const { return prefetched_last_forward_; }
 
@@ -168,6 +171,7 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   torch::ScalarType base_dtype_ = torch::kFloat32;
   bool weight_prefetch_ = true;
   bool fused_input_quantization_ = true;
+  mutable bool fused_quant_last_forward_ = false;  // set by add_layer_norm, which forward() calls as const
   int prefetch_blocks_ = kDefaultPrefetchBlocks;
   bool prefetched_last_forward_ = false;
   std::shared_ptr<WeightPrefetch> prefetch_;  // made by the first forward that uses it; reset by moves
