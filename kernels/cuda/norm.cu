@@ -109,6 +109,28 @@ __global__ void __launch_bounds__(128) k_add_layer_norm_warp(const T* h, const T
   }
 }
 
+/// Row scale and codes of the row values v this lane holds (element e of chunk j is column (j * 32 + lane) * 8 + e),
+/// given the lane's part of the absmax: warp max, scale = absmax / Enc::kMax (stored by lane 0), Enc's code of
+/// each value (0 for a row of zeros), 8 codes a store. Shared by the quantizing LayerNorm kernels.
+template <typename Enc, int kChunks>
+__device__ __forceinline__ void store_row_codes(const float (&v)[kChunks][8], float amax, int64_t row, int64_t base,
+                                                int lane, uint8_t* __restrict__ q, float* __restrict__ scale) {
+  amax = detail::warp_max(amax);
+  const float s = amax / Enc::kMax;
+  if (lane == 0) scale[row] = s;
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    uint32_t lo = 0, hi = 0;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const uint32_t c = s > 0.0f ? Enc::encode(v[j][e], s) : 0u;
+      if (e < 4) lo |= c << (8 * e);
+      else hi |= c << (8 * (e - 4));
+    }
+    *reinterpret_cast<uint2*>(q + base + (j * 32 + lane) * 8) = make_uint2(lo, hi);
+  }
+}
+
 /// The same add + LayerNorm with the normalized row quantized per token instead of written: absmax over the
 /// rounded values, scale = absmax / Enc::kMax, Enc's code of each value (0 for a row of zeros) - the
 /// quantizers' arithmetic on the values add_layer_norm would write, so the codes equal add_layer_norm followed
@@ -131,20 +153,7 @@ __global__ void __launch_bounds__(128) k_add_layer_norm_quant_warp(const T* h, c
   for (int j = 0; j < kChunks; ++j)
 #pragma unroll
     for (int e = 0; e < 8; ++e) amax = fmaxf(amax, fabsf(v[j][e]));
-  amax = detail::warp_max(amax);
-  const float s = amax / Enc::kMax;
-  if (lane == 0) scale[row] = s;
-#pragma unroll
-  for (int j = 0; j < kChunks; ++j) {
-    uint32_t lo = 0, hi = 0;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const uint32_t c = s > 0.0f ? Enc::encode(v[j][e], s) : 0u;
-      if (e < 4) lo |= c << (8 * e);
-      else hi |= c << (8 * (e - 4));
-    }
-    *reinterpret_cast<uint2*>(q + base + (j * 32 + lane) * 8) = make_uint2(lo, hi);
-  }
+  store_row_codes<Enc, kChunks>(v, amax, row, base, lane, q, scale);
 }
 
 /// The same add + LayerNorm for LLM.int8's input (fp16): writes the normalized rows `a` (the outlier columns'
@@ -184,20 +193,7 @@ __global__ void __launch_bounds__(128) k_add_layer_norm_llm_int8_warp(
       }
       *reinterpret_cast<uint4*>(a + base + (j * 32 + lane) * 8) = av;
     }
-    amax = detail::warp_max(amax);
-    const float s = amax / detail::Int8Encoder::kMax;
-    if (lane == 0) scale[row] = s;
-#pragma unroll
-    for (int j = 0; j < kChunks; ++j) {
-      uint32_t lo = 0, hi = 0;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const uint32_t c = s > 0.0f ? detail::Int8Encoder::encode(v[j][e], s) : 0u;
-        if (e < 4) lo |= c << (8 * e);
-        else hi |= c << (8 * (e - 4));
-      }
-      *reinterpret_cast<uint2*>(q + base + (j * 32 + lane) * 8) = make_uint2(lo, hi);
-    }
+    store_row_codes<detail::Int8Encoder, kChunks>(v, amax, row, base, lane, reinterpret_cast<uint8_t*>(q), scale);
   }
   __shared__ bool last;
   if (flagged) __threadfence();  // this lane's mask bits before the block counts itself done
