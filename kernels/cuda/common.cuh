@@ -138,38 +138,6 @@ __device__ __forceinline__ void flag_outlier_column(int32_t* flags, int64_t c) {
   if (*reinterpret_cast<volatile int32_t*>(f) == 0) atomicOr(f, 1);
 }
 
-/// Turns the outlier flags [k] into ascending column indices idx[0..*count) with the whole block (blockDim.x a
-/// multiple of 32, at most 1024): a ballot and popc within each warp, a running base across blockDim.x-column
-/// chunks. Deterministic order, so the outlier sum is reproducible run to run. The flags stay set.
-__device__ __forceinline__ void compact_columns_block(const int32_t* flags, int64_t k, int32_t* idx, int32_t* count) {
-  __shared__ int warp_counts[32];
-  __shared__ int base;
-  const int tid = threadIdx.x;
-  const int lane = tid & 31;
-  const int warp = tid >> 5;
-  const int nwarps = blockDim.x >> 5;
-  if (tid == 0) base = 0;
-  __syncthreads();
-  for (int64_t c0 = 0; c0 < k; c0 += blockDim.x) {
-    const int64_t c = c0 + tid;
-    const bool flagged = c < k && flags[c] != 0;
-    const unsigned ballot = __ballot_sync(0xffffffffu, flagged);
-    if (lane == 0) warp_counts[warp] = __popc(ballot);
-    __syncthreads();
-    int offset = base;
-    for (int w = 0; w < warp; ++w) offset += warp_counts[w];
-    if (flagged) idx[offset + __popc(ballot & ((1u << lane) - 1u))] = static_cast<int32_t>(c);
-    __syncthreads();
-    if (tid == 0) {
-      int s = 0;
-      for (int w = 0; w < nwarps; ++w) s += warp_counts[w];
-      base += s;
-    }
-    __syncthreads();
-  }
-  if (tid == 0) *count = base;
-}
-
 /// Marks column c in an outlier bit mask (bit c % 32 of word c / 32), reading the word first so that a column
 /// full of outliers does not serialise on one atomic.
 __device__ __forceinline__ void flag_outlier_bit(uint32_t* mask, int64_t c) {

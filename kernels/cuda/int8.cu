@@ -16,10 +16,35 @@ using detail::to_float;
 
 // ---- outlier columns ---------------------------------------------------------------------------------------
 
-/// One block of 1024 threads turns flags [k] into ascending indices (detail::compact_columns_block).
-__global__ void __launch_bounds__(1024) k_compact_columns(const int32_t* __restrict__ flags, int64_t k, int32_t* idx,
-                                                          int32_t* count) {
-  detail::compact_columns_block(flags, k, idx, count);
+/// One block of 1024 threads turns flags [k] into ascending indices: ballot + popc within a warp, a running
+/// base across 1024-column chunks. Deterministic order, so the outlier sum is reproducible run to run.
+__global__ void __launch_bounds__(1024) k_compact_columns(const int32_t* __restrict__ flags, int64_t k,
+                                                          int32_t* idx, int32_t* count) {
+  __shared__ int warp_counts[32];
+  __shared__ int base;
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  if (tid == 0) base = 0;
+  __syncthreads();
+  for (int64_t c0 = 0; c0 < k; c0 += 1024) {
+    const int64_t c = c0 + tid;
+    const bool flagged = c < k && flags[c] != 0;
+    const unsigned ballot = __ballot_sync(0xffffffffu, flagged);
+    if (lane == 0) warp_counts[warp] = __popc(ballot);
+    __syncthreads();
+    int offset = base;
+    for (int w = 0; w < warp; ++w) offset += warp_counts[w];
+    if (flagged) idx[offset + __popc(ballot & ((1u << lane) - 1u))] = static_cast<int32_t>(c);
+    __syncthreads();
+    if (tid == 0) {
+      int s = 0;
+      for (int w = 0; w < 32; ++w) s += warp_counts[w];
+      base += s;
+    }
+    __syncthreads();
+  }
+  if (tid == 0) *count = base;
 }
 
 /// One warp compacts and clears an outlier bit mask (detail::compact_mask_warp) and resets the block counter
