@@ -356,8 +356,8 @@ class LlmInt8Linear final : public LayerBase {
 #ifdef EVALSVC_WITH_CUDA
   /// The zeroed outlier state llm_int8_linear leaves zero (a column bit mask + a block counter), one per CUDA
   /// stream: two streams running this layer at once (an eager forward and the warm-up of a graph's capture
-  /// stream) must not share flags. Made outside any capture; a capture that meets a stream without one lets the op zero its
-  /// own inside the graph rather than keep memory that only the graph's replay would clear.
+  /// stream) must not share flags. Made outside any capture; a capture that meets a stream without one lets the
+  /// op zero its own inside the graph rather than keep memory that only the graph's replay would clear.
   torch::Tensor outlier_state() const override {
     if (!(options_.outlier_threshold > 0) || !w_.CB.is_cuda()) return {};
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(w_.CB.device().index()).stream();

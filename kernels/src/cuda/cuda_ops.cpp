@@ -483,15 +483,16 @@ torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, c
   // The flags need no clearing and the compaction no launch of its own: the quantizer's last block does both.
   OutlierColumns cols;
   const bool outliers = threshold > 0 && x16.size(0) > 0 && k > 0;
-  const Int8Activations a = outliers ? quantize_rows_int8_outliers(op, x16.contiguous(), threshold, outlier_state, &cols)
-                                     : quantize_rows_int8(op, x16, threshold, &cols);
+  const Int8Activations a =
+      outliers ? quantize_rows_int8_outliers(op, x16.contiguous(), threshold, outlier_state, &cols)
+               : quantize_rows_int8(op, x16, threshold, &cols);
   const torch::Tensor y = llm_int8_product(op, a.q, a.scale, x2, cols, CB, SCB, bias, x.scalar_type(), gemm, gelu_tanh);
   return y.view(output_shape(x, n));
 }
 
-torch::Tensor llm_int8_linear_quantized(const QuantizedActivations& a, const torch::Tensor& CB, const torch::Tensor& SCB,
-                                        const torch::Tensor& bias, torch::ScalarType out_dtype, Int8Gemm gemm,
-                                        bool gelu_tanh) {
+torch::Tensor llm_int8_linear_quantized(const QuantizedActivations& a, const torch::Tensor& CB,
+                                        const torch::Tensor& SCB, const torch::Tensor& bias,
+                                        torch::ScalarType out_dtype, Int8Gemm gemm, bool gelu_tanh) {
   const char* op = "llm_int8_linear_quantized";
   EVALSVC_CHECK(a.code == ActivationCode::kLlmInt8, InputError, "cuda::{}: the activations' code must be kLlmInt8", op);
   check_cuda(op, "a.q", a.q);
@@ -1046,10 +1047,12 @@ std::pair<torch::Tensor, QuantizedActivations> add_layer_norm_quantized(const to
   const int64_t cols = check_add_layer_norm(op, h, delta, gamma, beta, eps);
   const torch::Tensor hc = h.contiguous();
   const torch::Tensor dc = delta.contiguous();
+  if (code == ActivationCode::kLlmInt8) {
+    return add_layer_norm_llm_int8(op, hc, dc, gamma, beta, eps, threshold, outlier_state);
+  }
   const int64_t rows = hc.numel() / cols;
   QuantizedActivations out;
   out.code = code;
-  if (code == ActivationCode::kLlmInt8) return add_layer_norm_llm_int8(op, hc, dc, gamma, beta, eps, threshold, outlier_state);
   auto h_out = torch::empty_like(hc);
   out.q = torch::empty(hc.sizes(), hc.options().dtype(code == ActivationCode::kInt8 ? torch::kInt8 : torch::kUInt8));
   out.scale = torch::zeros({rows}, hc.options().dtype(torch::kFloat32));
