@@ -191,6 +191,23 @@ struct OutlierList {
   int32_t* count = nullptr;
 };
 
+/// The end of a kernel that flags outlier columns into the bit mask of `list` (every thread of the block calls
+/// it, as the kernel's last step): the block counts itself done and the last block to finish (as CUDA's
+/// threadfence reduction sample does) compacts the mask of k columns with one warp into list.idx / *list.count
+/// and clears the mask and the counter. flagged: whether this thread set mask bits; only those threads fence,
+/// so without outliers no store waits.
+__device__ __forceinline__ void finish_outlier_list(bool flagged, uint32_t* mask, int64_t k, const OutlierList& list) {
+  __shared__ bool last;
+  if (flagged) __threadfence();  // this thread's mask bits (atomics, at L2) before the block's count
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(list.done, 1) == static_cast<int>(gridDim.x) - 1;
+  __syncthreads();
+  if (!last || threadIdx.x >= 32) return;
+  __threadfence();  // every other block's bits, fenced before its count, are visible from here on
+  compact_mask_warp(mask, k, list.idx, list.count);
+  if (threadIdx.x == 0) *list.done = 0;
+}
+
 /// Per-token quantization with WPR warps per row, for fp16/bf16 rows of k % 8 == 0 and k <= 256 * VPL * WPR: the
 /// row is read once, with 16-byte loads, into registers (VPL vectors of 8 per lane, consecutive lanes on
 /// consecutive vectors); absmax by warp shuffles (and, with WPR > 1, through shared memory); then each 8 codes
@@ -290,17 +307,7 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
       qr[j] = make_uint2(lo, hi);
     });
   }
-  if (list.done == nullptr) return;
-  // This block's flags (atomics, at L2) are ordered before its count by the fences of the lanes that set them.
-  __shared__ bool last;
-  if (flagged) __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(list.done, 1) == static_cast<int>(gridDim.x) - 1;
-  __syncthreads();
-  if (!last || warp != 0) return;
-  __threadfence();  // every other block's flags, fenced before its count, are visible from here on
-  compact_mask_warp(reinterpret_cast<uint32_t*>(outlier_flags), k, list.idx, list.count);
-  if (lane == 0) *list.done = 0;
+  if (list.done != nullptr) finish_outlier_list(flagged, reinterpret_cast<uint32_t*>(outlier_flags), k, list);
 }
 
 /// Launches k_quantize_rows_warp with WPR warps per row (grid and template for rows up to 1,024 * WPR wide).

@@ -195,15 +195,7 @@ __global__ void __launch_bounds__(128) k_add_layer_norm_llm_int8_warp(
     }
     store_row_codes<detail::Int8Encoder, kChunks>(v, amax, row, base, lane, reinterpret_cast<uint8_t*>(q), scale);
   }
-  __shared__ bool last;
-  if (flagged) __threadfence();  // this lane's mask bits before the block counts itself done
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(list.done, 1) == static_cast<int>(gridDim.x) - 1;
-  __syncthreads();
-  if (!last || warp != 0) return;
-  __threadfence();
-  detail::compact_mask_warp(mask, 256 * kChunks, list.idx, list.count);
-  if (lane == 0) *list.done = 0;
+  detail::finish_outlier_list(flagged, mask, 256 * kChunks, list);
 }
 
 /// Runs launch(std::integral_constant<int, C>{}) for the warp kernels' row width C = cols / 256 chunks (1-4), and
