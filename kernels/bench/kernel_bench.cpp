@@ -192,7 +192,7 @@ struct Layer {
     llm = ref::quantize_llm_int8(w);
     cb = llm.CB.to(gpu());
     scb = llm.SCB.to(gpu());
-    llm_state = torch::zeros({cuda::llm_int8_outlier_state_numel(k)}, torch::TensorOptions().dtype(torch::kInt32).device(gpu()));
+    llm_state = cuda::llm_int8_outlier_state(k, gpu());
     f8 = ref::quantize_fp8_e4m3_channel(w);
     f8_q = f8.q.to(gpu());
     f8_s = f8.scale.to(gpu());

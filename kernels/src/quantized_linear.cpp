@@ -365,7 +365,7 @@ class LlmInt8Linear final : public LayerBase {
     if (auto it = outlier_states_.find(stream); it != outlier_states_.end()) return it->second;
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) return {};
-    torch::Tensor st = torch::zeros({cuda::llm_int8_outlier_state_numel(in_)}, w_.CB.options().dtype(torch::kInt32));
+    torch::Tensor st = cuda::llm_int8_outlier_state(in_, w_.CB.device());
     outlier_states_.emplace(stream, st);
     return st;
   }

@@ -559,7 +559,7 @@ TEST(CudaLlmInt8, AKeptOutlierStateGivesTheReferenceProductsAndIsLeftZero) {
     const auto lw = ref::quantize_llm_int8(w);
     const auto cb = lw.CB.to(gpu());
     const auto scb = lw.SCB.to(gpu());
-    const auto state = torch::zeros({cuda::llm_int8_outlier_state_numel(c.k)}, torch::TensorOptions().dtype(torch::kInt32).device(gpu()));
+    const auto state = cuda::llm_int8_outlier_state(c.k, gpu());
     for (int call = 0; call < 2; ++call) {
       auto x = randn({c.m, c.k}, 1802 + call).clamp(-3.0, 3.0);
       x.index_put_({c.m - 1, call == 0 ? 5 : c.k - 3}, call == 0 ? 25.0 : -8.0);
@@ -589,7 +589,7 @@ TEST(CudaLlmInt8, AKeptOutlierStateWorksInACudaGraph) {
   const auto lw = ref::quantize_llm_int8(w);
   const auto cb = lw.CB.to(gpu());
   const auto scb = lw.SCB.to(gpu());
-  const auto state = torch::zeros({cuda::llm_int8_outlier_state_numel(k)}, torch::TensorOptions().dtype(torch::kInt32).device(gpu()));
+  const auto state = cuda::llm_int8_outlier_state(k, gpu());
   auto input = [&](int i) {
     auto x = randn({m, k}, 1901 + i).clamp(-3.0, 3.0);
     x.index_put_({i, 100 + 50 * i}, 12.0);

@@ -373,7 +373,7 @@ Int8Activations quantize_rows_int8(const char* op, const torch::Tensor& x, doubl
 
 /// `state` checked as llm_int8_linear's outlier_state for rows of k columns, or (undefined) a zeroed one.
 torch::Tensor outlier_state_or_zeros(const char* op, const torch::Tensor& state, const torch::Tensor& like, int64_t k) {
-  if (!state.defined()) return torch::zeros({llm_int8_outlier_state_numel(k)}, like.options().dtype(torch::kInt32));
+  if (!state.defined()) return llm_int8_outlier_state(k, like.device());
   check_cuda(op, "outlier_state", state, like);
   check_dtype(op, "outlier_state", state, {torch::kInt32});
   check_contiguous(op, "outlier_state", state);
@@ -488,6 +488,10 @@ torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, c
                : quantize_rows_int8(op, x16, threshold, &cols);
   const torch::Tensor y = llm_int8_product(op, a.q, a.scale, x2, cols, CB, SCB, bias, x.scalar_type(), gemm, gelu_tanh);
   return y.view(output_shape(x, n));
+}
+
+torch::Tensor llm_int8_outlier_state(int64_t in, const torch::Device& device) {
+  return torch::zeros({llm_int8_outlier_state_numel(in)}, torch::TensorOptions().dtype(torch::kInt32).device(device));
 }
 
 torch::Tensor llm_int8_linear_quantized(const QuantizedActivations& a, const torch::Tensor& CB,

@@ -141,6 +141,9 @@ torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, c
 /// words) and a block counter.
 inline constexpr int64_t llm_int8_outlier_state_numel(int64_t in) { return (in + 31) / 32 + 1; }
 
+/// A zeroed outlier state for inputs of `in` columns on `device` (int32 [llm_int8_outlier_state_numel(in)]).
+torch::Tensor llm_int8_outlier_state(int64_t in, const torch::Device& device);
+
 /// Weight-only int8: q int8 [out, in] times scale (fp32 [1] per tensor or [out] per channel) in `dtype`
 /// (fp16, bf16 or fp32).
 torch::Tensor dequantize_int8_weight(const torch::Tensor& q, const torch::Tensor& scale, torch::ScalarType dtype);
