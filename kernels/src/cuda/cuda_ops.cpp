@@ -328,11 +328,9 @@ torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w, const torch
 
 namespace {
 
-/// Outlier columns as the GEMM epilogue walks them: ascending indices idx [k] and their number (device scalar).
-struct OutlierColumns {
-  torch::Tensor idx;
-  torch::Tensor count;
-};
+/// Outlier columns as the GEMM epilogue walks them: ascending indices idx [k] and their number (device scalar),
+/// beside the rows their fp16 product reads.
+using OutlierColumns = OutlierColumnsInput;
 
 /// Per-token int8 codes of x [t, k] in one pass; threshold > 0 also flags the outlier columns (into
 /// a.outlier_cols) and compacts them. The codes of those columns are left in a.q (see
@@ -440,10 +438,10 @@ torch::Tensor int8_w8a8_linear(const torch::Tensor& x, const torch::Tensor& wq, 
 }
 
 namespace {
-/// The int8 product of LLM.int8 codes q [T, in] with the outlier part in the epilogue: rows are the fp16 (or
-/// x-dtype) rows the codes came from, cols the outlier columns (undefined idx: none).
+/// The int8 product of LLM.int8 codes q [T, in] with the outlier part in the epilogue: cols.rows are the rows the
+/// codes came from, in the output dtype, cols.idx / count the outlier columns (undefined idx: none).
 torch::Tensor llm_int8_product(const char* op, const torch::Tensor& q, const torch::Tensor& scale,
-                               const torch::Tensor& rows, const OutlierColumns& cols, const torch::Tensor& CB,
+                               const OutlierColumns& cols, const torch::Tensor& CB,
                                const torch::Tensor& SCB, const torch::Tensor& bias, torch::ScalarType out_dtype,
                                Int8Gemm gemm, bool gelu_tanh) {
   Int8Epilogue ep;
@@ -453,7 +451,7 @@ torch::Tensor llm_int8_product(const char* op, const torch::Tensor& q, const tor
     check_dtype(op, "CB", CB, {torch::kInt8});
     check_contiguous(op, "CB", CB);
     check_param(op, "SCB", SCB, q, torch::kFloat32, CB.size(0));
-    ep.outlier_x = rows.data_ptr();
+    ep.outlier_x = cols.rows.data_ptr();
     ep.outlier_cb = CB.data_ptr<int8_t>();
     ep.outlier_scb = SCB.data_ptr<float>();
     ep.outlier_idx = cols.idx.data_ptr<int32_t>();
@@ -482,11 +480,12 @@ torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, c
   // subtracts their integer products (outlier_q) instead of a second pass zeroing them.
   // The flags need no clearing and the compaction no launch of its own: the quantizer's last block does both.
   OutlierColumns cols;
+  cols.rows = x2;
   const bool outliers = threshold > 0 && x16.size(0) > 0 && k > 0;
   const Int8Activations a =
       outliers ? quantize_rows_int8_outliers(op, x16.contiguous(), threshold, outlier_state, &cols)
                : quantize_rows_int8(op, x16, threshold, &cols);
-  const torch::Tensor y = llm_int8_product(op, a.q, a.scale, x2, cols, CB, SCB, bias, x.scalar_type(), gemm, gelu_tanh);
+  const torch::Tensor y = llm_int8_product(op, a.q, a.scale, cols, CB, SCB, bias, x.scalar_type(), gemm, gelu_tanh);
   return y.view(output_shape(x, n));
 }
 
@@ -513,9 +512,9 @@ torch::Tensor llm_int8_linear_quantized(const QuantizedActivations& a, const tor
   // The epilogue reads the outlier columns' rows in the output dtype; fp16 -> fp32 is exact, -> bf16 is not.
   EVALSVC_CHECK(out_dtype == torch::kFloat16 || out_dtype == torch::kFloat32, InputError,
                 "cuda::{}: out_dtype must be Half or Float (the rows are fp16), got {}", op, c10::toString(out_dtype));
-  const torch::Tensor rows = out_dtype == torch::kFloat16 ? o.rows : o.rows.to(out_dtype);
-  OutlierColumns cols{o.idx, o.count};
-  return llm_int8_product(op, a.q, a.scale, rows, cols, CB, SCB, bias, out_dtype, gemm, gelu_tanh);
+  OutlierColumns cols = o;
+  if (out_dtype != torch::kFloat16) cols.rows = o.rows.to(out_dtype);
+  return llm_int8_product(op, a.q, a.scale, cols, CB, SCB, bias, out_dtype, gemm, gelu_tanh);
 }
 
 void dequantize_int8_weight_into(const torch::Tensor& q, const torch::Tensor& scale, torch::Tensor& out,
@@ -1012,11 +1011,10 @@ std::pair<torch::Tensor, QuantizedActivations> add_layer_norm_llm_int8(const cha
   }
   // Another width: the two ops, same codes.
   auto [h2, a] = add_layer_norm(hc, dc, gamma, beta, eps);
-  OutlierColumns oc;
-  const Int8Activations qa = quantize_rows_int8_outliers(op, a.view({rows, cols}), threshold, st, &oc);
+  out.outliers.rows = a;
+  const Int8Activations qa = quantize_rows_int8_outliers(op, a.view({rows, cols}), threshold, st, &out.outliers);
   out.q = qa.q.view(hc.sizes());
   out.scale = qa.scale;
-  out.outliers = {a, oc.idx, oc.count};
   return {h2, out};
 }
 }  // namespace
