@@ -219,6 +219,14 @@ std::vector<std::pair<std::string, cuda::Int8Gemm>> int8_kernels(int64_t m) {
   return g;
 }
 
+/// The fp8 products timed beside kAuto's choice: qbench's wgmma kernel (Hopper) and cuBLASLt's outer-vector one.
+std::vector<std::pair<std::string, cuda::Fp8Gemm>> fp8_kernels() {
+  std::vector<std::pair<std::string, cuda::Fp8Gemm>> g;
+  if (cuda::int8_wgmma_available()) g.emplace_back("/wgmma", cuda::Fp8Gemm::kWgmma);
+  g.emplace_back("/cublaslt", cuda::Fp8Gemm::kCublasLt);
+  return g;
+}
+
 /// Each op against its CPU reference at 1 and 77 tokens (77: partial tiles, more than cuBLASLt's 16).
 bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
   bool ok = true;
@@ -253,6 +261,10 @@ bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
       add("fp8_linear/scaled_mm", 2e-2,
           rel_err(cuda::fp8_linear(xg, L.f8_q, L.f8_s, L.bias_gpu, false, cuda::Fp8Gemm::kScaledMm),
                   ref::fp8_w8a8_linear(x16, L.f8, L.bias)));
+      for (const auto& [name, gemm] : fp8_kernels()) {
+        add("fp8_linear" + name, 2e-2, rel_err(cuda::fp8_linear(xg, L.f8_q, L.f8_s, L.bias_gpu, false, gemm),
+                                               ref::fp8_w8a8_linear(x16, L.f8, L.bias)));
+      }
     }
     const auto gelu = [](const torch::Tensor& t) { return torch::gelu(t.to(torch::kFloat32), "tanh"); };
     add("linear+gelu", 3e-3, rel_err(cuda::linear(xg, L.w16, L.bias16, true),
@@ -372,6 +384,10 @@ int main(int argc, char** argv) {
           report_graph("fp8_linear/scaled_mm (bf16 in and out)", [&] {
             (void)cuda::fp8_linear(xb16, L.f8_q, L.f8_s, bias_bf16, false, cuda::Fp8Gemm::kScaledMm);
           });
+          for (const auto& [name, gemm] : fp8_kernels()) {
+            report_graph("fp8_linear" + name + " (bf16 in and out)",
+                         [&, gemm = gemm] { (void)cuda::fp8_linear(xb16, L.f8_q, L.f8_s, bias_bf16, false, gemm); });
+          }
         }
         auto report = [&](const std::string& op, double weight_bytes, double t) {
           // Bytes that must cross memory at least once: the weight as stored, x in and y out (fp16).
@@ -418,6 +434,16 @@ int main(int argc, char** argv) {
           report("fp8_linear/scaled_mm", L.n * L.k + 4.0 * L.n, time_ms([&] {
                    (void)cuda::fp8_linear(x16, L.f8_q, L.f8_s, L.bias_gpu, false, cuda::Fp8Gemm::kScaledMm);
                  }, warmup, iters));
+          // The products alone on pre-quantized codes, bf16 out as in the model: qbench's wgmma kernel against
+          // cuBLASLt's, which kAuto takes from where the 128 x 128 tiles fill the card.
+          const auto xb16 = x16.to(torch::kBFloat16);
+          const auto bias_bf16 = L.bias.to(torch::kBFloat16).to(gpu());
+          const auto xf = cuda::quantize_per_token_fp8(xb16);
+          for (const auto& [name, gemm] : fp8_kernels()) {
+            report("fp8_linear" + name + " (pre-quantized x)", L.n * L.k + 4.0 * L.n, time_ms([&, gemm = gemm] {
+                     (void)cuda::fp8_linear_quantized(xf, L.f8_q, L.f8_s, bias_bf16, torch::kBFloat16, false, gemm);
+                   }, warmup, iters));
+          }
         }
         // The products alone, on activations quantized beforehand: the GEMM's own rate, without the
         // quantization pass.

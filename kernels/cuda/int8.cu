@@ -1,7 +1,8 @@
 // INT8 kernels of SPEC section 2: per-token activation quantization that flags LLM.int8's outlier columns in the
 // same pass (no host synchronisation), int8 tensor-core GEMMs with the dequantizing epilogue fused (a pipelined
 // mma.sync kernel for sm_80+, a TMA-fed wgmma kernel for Hopper), the same epilogue over an int32 product from
-// cuBLASLt, and weight-only int8 dequantization.
+// cuBLASLt, and weight-only int8 dequantization. The wgmma kernel also multiplies E4M3 codes (launch_fp8_gemm):
+// its pipeline and epilogue do not depend on what the 8-bit codes encode.
 #include <cuda.h>  // CUtensorMap and its enums (the encoder is looked up at run time: no libcuda link)
 
 #include "common.cuh"
@@ -99,27 +100,30 @@ __global__ void k_zero_columns(int8_t* __restrict__ q, int64_t t, int64_t k, con
 /// The dequantized output element (see Int8Epilogue) of the int32 product acc; T = type of the output and of
 /// the LLM.int8 input x. With outlier_q the codes of the outlier columns are still in the product: their integer
 /// products are subtracted from acc first, exactly, which leaves the product of the zeroed codes.
-template <typename T>
-__device__ __forceinline__ float epilogue_value(Int8Epilogue ep, int acc, int64_t r, int64_t c, int64_t k) {
+template <typename T, typename Acc = int>
+__device__ __forceinline__ float epilogue_value(Int8Epilogue ep, Acc acc, int64_t r, int64_t c, int64_t k) {
   float o = 0.0f;
-  if (ep.outlier_count != nullptr) {
-    const int cnt = *ep.outlier_count;
-    const T* xr = static_cast<const T*>(ep.outlier_x) + r * k;
-    const int8_t* qr = ep.outlier_q != nullptr ? ep.outlier_q + r * k : nullptr;
-    const int8_t* cb = ep.outlier_cb + c * k;
-    const float scb = ep.outlier_scb[c];
-    for (int j = 0; j < cnt; ++j) {
-      const int col = ep.outlier_idx[j];
-      if (qr != nullptr) acc -= static_cast<int>(qr[col]) * static_cast<int>(cb[col]);
-      // fp16 operands, fp32 accumulation: what an fp16 matmul of the outlier columns computes.
-      const float xv = __half2float(__float2half_rn(to_float(xr[col])));
-      const float wv = __half2float(__float2half_rn(static_cast<float>(cb[col]) * scb / 127.0f));
-      o = fmaf(xv, wv, o);
+  if constexpr (std::is_same_v<Acc, int>) {  // LLM.int8's outlier part exists for int8 products only
+    if (ep.outlier_count != nullptr) {
+      const int cnt = *ep.outlier_count;
+      const T* xr = static_cast<const T*>(ep.outlier_x) + r * k;
+      const int8_t* qr = ep.outlier_q != nullptr ? ep.outlier_q + r * k : nullptr;
+      const int8_t* cb = ep.outlier_cb + c * k;
+      const float scb = ep.outlier_scb[c];
+      for (int j = 0; j < cnt; ++j) {
+        const int col = ep.outlier_idx[j];
+        if (qr != nullptr) acc -= static_cast<int>(qr[col]) * static_cast<int>(cb[col]);
+        // fp16 operands, fp32 accumulation: what an fp16 matmul of the outlier columns computes.
+        const float xv = __half2float(__float2half_rn(to_float(xr[col])));
+        const float wv = __half2float(__float2half_rn(static_cast<float>(cb[col]) * scb / 127.0f));
+        o = fmaf(xv, wv, o);
+      }
     }
   }
   float v = static_cast<float>(acc) * ep.row_scale[r] * ep.col_scale[ep.col_scale_per_channel ? c : 0] * ep.alpha;
   if (ep.outlier_count != nullptr) v += o;
   if (ep.bias != nullptr) v += ep.bias[c];
+  if (ep.bias_out_dtype != nullptr) v += to_float(static_cast<const T*>(ep.bias_out_dtype)[c]);
   if (ep.gelu_tanh) v = detail::gelu_tanh(to_float(from_float<T>(v)));
   return v;
 }
@@ -466,6 +470,11 @@ __device__ __forceinline__ void fence_operands(int (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+r"(d[i])::"memory");
 }
+template <int N>
+__device__ __forceinline__ void fence_operands(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
 /// d (64 x 128 s32, this warpgroup's) += A (64 x 32 s8 at da) . B (128 x 32 s8 at db)^T.
 __device__ __forceinline__ void wgmma_s8_m64n128k32(int (&d)[64], uint64_t da, uint64_t db) {
 #ifdef EVALSVC_INT8_WGMMA
@@ -492,6 +501,18 @@ __device__ __forceinline__ void wgmma_s8_m64n64k32(int (&d)[32], uint64_t da, ui
 __device__ __forceinline__ void wgmma_s8(int (&d)[64], uint64_t da, uint64_t db) { wgmma_s8_m64n128k32(d, da, db); }
 __device__ __forceinline__ void wgmma_s8(int (&d)[32], uint64_t da, uint64_t db) { wgmma_s8_m64n64k32(d, da, db); }
 
+/// d (64 x 64 f32) = (accumulate ? d : 0) + A (64 x 32 E4M3 at da) . B (64 x 32 E4M3 at db)^T.
+__device__ __forceinline__ void wgmma_e4m3_m64n64k32(float (&d)[32], uint64_t da, uint64_t db, int accumulate) {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(accumulate));
+#endif
+}
+
 // The epilogue goes through shared memory (free by then: every stage has been consumed). Straight from the
 // registers it needs every accumulator index at compile time, so it unrolls into one copy of the epilogue per
 // accumulator, ~100 KB of code the instruction cache re-fetches for every block: that cost ~25 us a block,
@@ -501,16 +522,17 @@ __device__ __forceinline__ void wgmma_s8(int (&d)[32], uint64_t da, uint64_t db)
 /// Writes warpgroup (tid / 128)'s accumulators into the int32 tile cs [kBm][kCStride]. Accumulator layout of
 /// m64nN: warp w of the warpgroup holds rows 16w..16w+15, and within the warp each n8 slice is laid out as
 /// mma.sync's m16n8 (registers 4j, 4j+1: row lane / 4, columns 8j + 2 (lane % 4) + {0, 1}; 4j + 2, 4j + 3: row + 8).
-template <typename Cfg>
-__device__ __forceinline__ void wg_stage_accumulators(const int (&acc)[Cfg::kAcc], int* cs, int tid) {
+template <typename Cfg, typename Acc>
+__device__ __forceinline__ void wg_stage_accumulators(const Acc (&acc)[Cfg::kAcc], Acc* cs, int tid) {
   const int lane = tid & 31;
   const int row = (tid >> 7) * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2);
   const int col = (lane & 3) * 2;
 #pragma unroll
   for (int jj = 0; jj < Cfg::kBn / 8; ++jj) {
     const int c = jj * 8 + col;
-    *reinterpret_cast<int2*>(cs + row * Cfg::kCStride + c) = make_int2(acc[jj * 4], acc[jj * 4 + 1]);
-    *reinterpret_cast<int2*>(cs + (row + 8) * Cfg::kCStride + c) = make_int2(acc[jj * 4 + 2], acc[jj * 4 + 3]);
+    using Acc2 = std::conditional_t<std::is_same_v<Acc, int>, int2, float2>;
+    *reinterpret_cast<Acc2*>(cs + row * Cfg::kCStride + c) = Acc2{acc[jj * 4], acc[jj * 4 + 1]};
+    *reinterpret_cast<Acc2*>(cs + (row + 8) * Cfg::kCStride + c) = Acc2{acc[jj * 4 + 2], acc[jj * 4 + 3]};
   }
 }
 
@@ -532,19 +554,28 @@ struct WgTileParams {
   float bias[Cfg::kBn];
 };
 
-template <typename Cfg, int NTHREADS, typename T>
-__device__ __forceinline__ void wg_store_tile(const int* cs, const WgTileParams<Cfg>& tp, int tid, int64_t m0,
+/// The staged accumulator whose bits are `bits` (an int32 sum of int8 codes, or an fp32 sum of E4M3 ones).
+template <typename Acc>
+__device__ __forceinline__ Acc staged_acc(int bits) {
+  if constexpr (std::is_same_v<Acc, int>) return bits;
+  else return __int_as_float(bits);
+}
+
+template <typename Cfg, int NTHREADS, typename T, typename Acc>
+__device__ __forceinline__ void wg_store_tile(const Acc* staged, const WgTileParams<Cfg>& tp, int tid, int64_t m0,
                                               int64_t n0, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
                                               T* __restrict__ y) {
   constexpr int kGroups = Cfg::kBn / 8;
   static_assert(NTHREADS % kGroups == 0, "every thread keeps one column group");
+  constexpr bool kInt = std::is_same_v<Acc, int>;
+  const int* cs = reinterpret_cast<const int*>(staged);  // read as raw 32-bit words, converted by staged_acc
   const bool vec_out = n % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0;
   if (vec_out) {
     const int lc = (tid % kGroups) * 8;
     const int64_t c = n0 + lc;
     if (c >= n) return;  // n % 8 == 0: a group is wholly inside or wholly outside
-    const bool has_bias = ep.bias != nullptr;
-    const bool has_outliers = ep.outlier_count != nullptr;
+    const bool has_bias = ep.bias != nullptr || ep.bias_out_dtype != nullptr;  // both staged in tp.bias
+    const bool has_outliers = kInt && ep.outlier_count != nullptr;
     const int outliers = has_outliers ? *ep.outlier_count : 0;
     float col[8], bias[8] = {}, scb[8] = {};
 #pragma unroll
@@ -569,7 +600,7 @@ __device__ __forceinline__ void wg_store_tile(const int* cs, const WgTileParams<
       const int4 a1 = sel ? first : second;
       int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
       float o[8] = {};
-      if (has_outliers) {
+      if (kInt && has_outliers) {
         const T* xr = static_cast<const T*>(ep.outlier_x) + r * k;
         const int8_t* qr = ep.outlier_q != nullptr ? ep.outlier_q + r * k : nullptr;
 #pragma unroll 1
@@ -589,7 +620,7 @@ __device__ __forceinline__ void wg_store_tile(const int* cs, const WgTileParams<
       float v[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        v[e] = static_cast<float>(a[e]) * rs * col[e] * ep.alpha;
+        v[e] = static_cast<float>(staged_acc<Acc>(a[e])) * rs * col[e] * ep.alpha;
         if (has_outliers) v[e] += o[e];
       }
 #pragma unroll
@@ -614,7 +645,9 @@ __device__ __forceinline__ void wg_store_tile(const int* cs, const WgTileParams<
     const int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-      if (c + e < n) y[r * n + c + e] = from_float<T>(epilogue_value<T>(ep, a[e], r, c + e, k));
+      if (c + e < n) {
+        y[r * n + c + e] = from_float<T>(epilogue_value<T, Acc>(ep, staged_acc<Acc>(a[e]), r, c + e, k));
+      }
     }
   }
 }
@@ -669,10 +702,15 @@ __device__ __forceinline__ void consumers_sync() {
   asm volatile("bar.sync 1, %0;\n" ::"n"(THREADS) : "memory");
 }
 
-template <typename Cfg, typename T>
+/// The product of 8-bit codes: int8 (s32 accumulators) or E4M3 (fp32 accumulators, 64 x 64 tiles only: their
+/// promotion below needs three accumulator sets, which the 128-column tiles' registers cannot hold).
+template <typename Cfg, typename T, ActCode kCode = ActCode::kInt8>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
-    k_int8_gemm_wgmma(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
-                      int64_t m, int64_t n, int64_t k, Int8Epilogue ep, T* __restrict__ y) {
+    k_gemm8_wgmma(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
+                  int64_t m, int64_t n, int64_t k, Int8Epilogue ep, T* __restrict__ y) {
+  constexpr bool kFp8 = kCode == ActCode::kFp8E4M3;
+  static_assert(!kFp8 || Cfg::kBn == 64, "E4M3 products take the 64 x 64 tiles");
+  using Acc = std::conditional_t<kFp8, float, int>;
 #ifdef EVALSVC_INT8_WGMMA
   extern __shared__ int8_t wg_smem[];
   __shared__ uint64_t full[Cfg::kStages], empty[Cfg::kStages];
@@ -717,34 +755,60 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const float my_row_scale = tid < Cfg::kBm && m0 + tid < m ? ep.row_scale[m0 + tid] : 0.0f;
   const bool my_col = tid < Cfg::kBn && n0 + tid < n;
   const float my_col_scale = my_col ? ep.col_scale[ep.col_scale_per_channel ? n0 + tid : 0] : 0.0f;
-  const float my_bias = my_col && ep.bias != nullptr ? ep.bias[n0 + tid] : 0.0f;
+  float my_bias = 0.0f;
+  if (my_col && ep.bias != nullptr) my_bias = ep.bias[n0 + tid];
+  if (my_col && ep.bias_out_dtype != nullptr) my_bias = to_float(static_cast<const T*>(ep.bias_out_dtype)[n0 + tid]);
 
   const int wg = threadIdx.x >> 7;
-  int acc[Cfg::kAcc];
+  Acc acc[Cfg::kAcc];
 #pragma unroll
   for (int e = 0; e < Cfg::kAcc; ++e) acc[e] = 0;
   fence_operands(acc);
-  for (int kt = 0; kt < ktiles; ++kt) {
-    const int s = kt % Cfg::kStages;
-    mbar_wait(full_bar(s), static_cast<uint32_t>((kt / Cfg::kStages) & 1));
-    const uint32_t a = stage_a(s) + static_cast<uint32_t>(wg * 64 * Cfg::kBk);
-    const uint32_t b = stage_b(s);
-    wgmma_fence();
+  if constexpr (kFp8) {
+    // Each 128-deep k tile's sum goes to a partial set of its own (scale-d 0 on its first instruction), added
+    // into acc in fp32 once the tile has retired: the tensor cores keep fewer mantissa bits than fp32 in their
+    // own accumulation, so summing all of k there would round more than cuBLASLt's default (and the CPU
+    // reference's) fp32. The wait is for the tile just issued (wait 0, not 1 as below): with a second partial
+    // set alternating, ptxas cannot tell the sets apart and serializes every wgmma of the loop instead (C7514).
+    float part[Cfg::kAcc];
+    for (int kt = 0; kt < ktiles; ++kt) {
+      const int s = kt % Cfg::kStages;
+      mbar_wait(full_bar(s), static_cast<uint32_t>((kt / Cfg::kStages) & 1));
+      const uint32_t a = stage_a(s) + static_cast<uint32_t>(wg * 64 * Cfg::kBk);
+      const uint32_t b = stage_b(s);
+      wgmma_fence();
 #pragma unroll
-    for (int ks = 0; ks < Cfg::kBk / 32; ++ks) {
-      // Within a swizzle line, stepping k by 32 bytes moves the start address; the hardware applies the XOR.
-      wgmma_s8(acc, wg_desc(a + ks * 32), wg_desc(b + ks * 32));
+      for (int ks = 0; ks < Cfg::kBk / 32; ++ks) wgmma_e4m3_m64n64k32(part, wg_desc(a + ks * 32), wg_desc(b + ks * 32), ks);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_operands(part);
+      if ((threadIdx.x & 31) == 0) mbar_arrive(empty_bar(s));
+#pragma unroll
+      for (int e = 0; e < Cfg::kAcc; ++e) acc[e] += part[e];
     }
-    wgmma_commit();
-    wgmma_wait<1>();  // tile kt - 1 retired (tile kt may still run): its stage goes back to the producer
-    if (kt > 0 && (threadIdx.x & 31) == 0) mbar_arrive(empty_bar((kt - 1) % Cfg::kStages));
+  } else {
+    for (int kt = 0; kt < ktiles; ++kt) {
+      const int s = kt % Cfg::kStages;
+      mbar_wait(full_bar(s), static_cast<uint32_t>((kt / Cfg::kStages) & 1));
+      const uint32_t a = stage_a(s) + static_cast<uint32_t>(wg * 64 * Cfg::kBk);
+      const uint32_t b = stage_b(s);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < Cfg::kBk / 32; ++ks) {
+        // Within a swizzle line, stepping k by 32 bytes moves the start address; the hardware applies the XOR.
+        wgmma_s8(acc, wg_desc(a + ks * 32), wg_desc(b + ks * 32));
+      }
+      wgmma_commit();
+      wgmma_wait<1>();  // tile kt - 1 retired (tile kt may still run): its stage goes back to the producer
+      if (kt > 0 && (threadIdx.x & 31) == 0) mbar_arrive(empty_bar((kt - 1) % Cfg::kStages));
+    }
+    wgmma_wait<0>();
+    fence_operands(acc);
   }
-  wgmma_wait<0>();
-  fence_operands(acc);
 
   // Every copy has landed (each full phase was waited for) and both warpgroups are past their last wgmma.
   consumers_sync<Cfg::kConsumers>();
-  int* cs = reinterpret_cast<int*>(wg_smem + (base - smem_addr(wg_smem)));
+  Acc* cs = reinterpret_cast<Acc*>(wg_smem + (base - smem_addr(wg_smem)));
   wg_stage_accumulators<Cfg>(acc, cs, threadIdx.x);
   if (tid < Cfg::kBm) tile.row_scale[tid] = my_row_scale;
   if (tid < Cfg::kBn) {
@@ -777,35 +841,35 @@ EncodeTiledFn encode_tiled() {
   return fn;
 }
 
-/// Tensor map of the row-major int8 matrix g [rows, k] read in boxes of box_rows x 128 bytes, in wgmma's 128-byte
-/// swizzle; reads past the edges give zeros. Needs k % 16 == 0 and g 16-byte aligned.
-bool int8_tensor_map(CUtensorMap* map, const int8_t* g, int64_t rows, int64_t k, int box_rows) {
+/// Tensor map of the row-major matrix g [rows, k] of 8-bit codes read in boxes of box_rows x 128 bytes, in wgmma's
+/// 128-byte swizzle; reads past the edges give zeros. Needs k % 16 == 0 and g 16-byte aligned.
+bool code_tensor_map(CUtensorMap* map, const void* g, int64_t rows, int64_t k, int box_rows) {
   const EncodeTiledFn encode = encode_tiled();
   if (encode == nullptr) return false;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k)};  // bytes from one row to the next
   const cuuint32_t box[2] = {128, static_cast<cuuint32_t>(box_rows)};
   const cuuint32_t steps[2] = {1, 1};
-  return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<int8_t*>(g), dims, strides, box, steps,
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(g), dims, strides, box, steps,
                 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <typename Cfg, typename T>
-int launch_int8_gemm_wgmma_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k,
-                               const Int8Epilogue& ep, T* y, cudaStream_t stream) {
+template <typename Cfg, typename T, ActCode kCode = ActCode::kInt8>
+int launch_gemm8_wgmma_cfg(const void* xq, const void* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
+                           T* y, cudaStream_t stream) {
   // TMA coordinates are 32-bit: rows and k must fit (GPT-2's are far inside).
   if ((m + Cfg::kBm - 1) / Cfg::kBm > 65535 || n > INT32_MAX || k > INT32_MAX || m > INT32_MAX) return kLaunchBadShape;
   CUtensorMap map_a{}, map_b{};
   static_assert(Cfg::kBk == 128, "the tensor maps' boxes are 128-byte swizzle lines");
-  if (!int8_tensor_map(&map_a, xq, m, k, Cfg::kBm) || !int8_tensor_map(&map_b, wq, n, k, Cfg::kBn)) {
+  if (!code_tensor_map(&map_a, xq, m, k, Cfg::kBm) || !code_tensor_map(&map_b, wq, n, k, Cfg::kBn)) {
     return kLaunchUnsupported;
   }
   static bool opted_in[64] = {};
-  const int st = opt_in_smem(reinterpret_cast<const void*>(k_int8_gemm_wgmma<Cfg, T>), Cfg::kSmemBytes, opted_in);
+  const int st = opt_in_smem(reinterpret_cast<const void*>(k_gemm8_wgmma<Cfg, T, kCode>), Cfg::kSmemBytes, opted_in);
   if (st != kLaunchOk) return st;
   const dim3 grid(static_cast<unsigned>((n + Cfg::kBn - 1) / Cfg::kBn), static_cast<unsigned>((m + Cfg::kBm - 1) / Cfg::kBm));
-  k_int8_gemm_wgmma<Cfg, T><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(map_a, map_b, m, n, k, ep, y);
+  k_gemm8_wgmma<Cfg, T, kCode><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(map_a, map_b, m, n, k, ep, y);
   return detail::launch_result();
 }
 
@@ -879,7 +943,7 @@ bool epilogue_ok(const Int8Epilogue& ep) {
   if (ep.outlier_count != nullptr &&
       (ep.outlier_x == nullptr || ep.outlier_cb == nullptr || ep.outlier_scb == nullptr || ep.outlier_idx == nullptr))
     return false;
-  return true;
+  return ep.bias == nullptr || ep.bias_out_dtype == nullptr;  // one bias at most
 }
 
 }  // namespace
@@ -957,7 +1021,7 @@ bool int8_wgmma_available() {
     int major = 0;
     cudaFuncAttributes attr{};
     const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major == 9 &&
-                    cudaFuncGetAttributes(&attr, k_int8_gemm_wgmma<WgLarge, __half>) == cudaSuccess &&
+                    cudaFuncGetAttributes(&attr, k_gemm8_wgmma<WgLarge, __half>) == cudaSuccess &&
                     attr.binaryVersion == 90 && encode_tiled() != nullptr;
     cached[dev] = ok ? 1 : -1;
   }
@@ -974,11 +1038,10 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
   if (wgmma && !int8_wgmma_available()) return kLaunchUnsupported;
   if (wgmma && !vec) return kLaunchBadShape;
   if (wgmma || (kernel == Int8Kernel::kBest && vec && int8_wgmma_available())) {
-    const int64_t large_tiles = ((m + WgLarge::kBm - 1) / WgLarge::kBm) * ((n + WgLarge::kBn - 1) / WgLarge::kBn);
-    const bool large = large_tiles >= sms;
+    const bool large = !wgmma_small_tiles(m, n);
     EVALSVC_DISPATCH_FLOAT(dtype, T, {
-      return large ? launch_int8_gemm_wgmma_cfg<WgLarge, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream)
-                   : launch_int8_gemm_wgmma_cfg<WgSmall, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
+      return large ? launch_gemm8_wgmma_cfg<WgLarge, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream)
+                   : launch_gemm8_wgmma_cfg<WgSmall, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
     });
     return kLaunchOk;
   }
@@ -989,6 +1052,26 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
   EVALSVC_DISPATCH_FLOAT(dtype, T, {
     return large ? launch_int8_gemm_cfg<I8Large, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), vec, stream)
                  : launch_int8_gemm_cfg<I8Small, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), vec, stream);
+  });
+  return kLaunchOk;
+}
+
+bool wgmma_small_tiles(int64_t m, int64_t n) {
+  const int64_t large_tiles = ((m + WgLarge::kBm - 1) / WgLarge::kBm) * ((n + WgLarge::kBn - 1) / WgLarge::kBn);
+  return large_tiles < sm_count();
+}
+
+int launch_fp8_gemm(const uint8_t* xq, const uint8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
+                    void* y, DType dtype, cudaStream_t stream) {
+  if (m <= 0 || n <= 0 || k <= 0) return kLaunchBadShape;
+  if (xq == nullptr || wq == nullptr || y == nullptr || !epilogue_ok(ep)) return kLaunchBadPointer;
+  if (ep.outlier_count != nullptr) return kLaunchBadPointer;  // no outlier part for E4M3 products
+  if (!int8_wgmma_available()) return kLaunchUnsupported;
+  if (k % 16 != 0 || reinterpret_cast<uintptr_t>(xq) % 16 != 0 || reinterpret_cast<uintptr_t>(wq) % 16 != 0) {
+    return kLaunchBadShape;
+  }
+  EVALSVC_DISPATCH_FLOAT(dtype, T, {
+    return launch_gemm8_wgmma_cfg<WgSmall, T, ActCode::kFp8E4M3>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
   });
   return kLaunchOk;
 }

@@ -716,11 +716,13 @@ TEST(CudaFp8, LinearMatchesReferenceOrIsUnsupported) {
       for (const auto dtype : {torch::kBFloat16, torch::kFloat16, torch::kFloat32}) {
         const auto xd = randn({m, s.k}, 1700 + m).to(dtype);
         const auto want = ref::fp8_w8a8_linear(xd, wf, bias);
-        for (const auto g : {cuda::Fp8Gemm::kAuto, cuda::Fp8Gemm::kScaledMm}) {
+        std::vector<cuda::Fp8Gemm> gemms = {cuda::Fp8Gemm::kAuto, cuda::Fp8Gemm::kScaledMm};
+        if (cuda::int8_wgmma_available() && s.k % 16 == 0) gemms.push_back(cuda::Fp8Gemm::kWgmma);
+        for (const auto g : gemms) {
           const auto got = cuda::fp8_linear(xd.to(gpu()), wf.q.to(gpu()), wf.scale.to(gpu()), bias.to(gpu()), false, g);
           const auto what = fmt::format("fp8_linear gemm={} M={} in={} out={} dtype={}",
-                                        g == cuda::Fp8Gemm::kAuto ? "auto" : "scaled_mm", m, s.k, s.n,
-                                        c10::toString(dtype));
+                                        g == cuda::Fp8Gemm::kAuto ? "auto" : g == cuda::Fp8Gemm::kWgmma ? "wgmma" : "scaled_mm",
+                                        m, s.k, s.n, c10::toString(dtype));
           EXPECT_EQ(got.scalar_type(), dtype) << what;
           EXPECT_TRUE(close(got, want, kFp8Tol, what));
         }
@@ -729,11 +731,10 @@ TEST(CudaFp8, LinearMatchesReferenceOrIsUnsupported) {
   }
 }
 
-TEST(CudaFp8, CublasLtOuterVectorProductMatchesReference) {
-  REQUIRE_GPU();
-  if (!cuda::fp8_supported(gpu())) GTEST_SKIP() << "FP8 needs compute capability 8.9+";
-  // GPT-2's shapes (in and out multiples of 16, which cuBLASLt's fp8 kernels need), with and without the
-  // bias and the GELU epilogue, in both output dtypes.
+// GPT-2's shapes (in and out multiples of 16, which cuBLASLt's fp8 kernels need), with and without the bias and
+// the GELU epilogue, in both output dtypes, through `gemm` (kCublasLt or kWgmma).
+void expect_fp8_epilogues_match_reference(cuda::Fp8Gemm gemm) {
+  const char* name = gemm == cuda::Fp8Gemm::kWgmma ? "wgmma" : "cublaslt";
   for (const auto& [k, n] : std::vector<std::pair<int64_t, int64_t>>{{768, 2304}, {3072, 768}}) {
     const auto wf = ref::quantize_fp8_e4m3_channel(randn({n, k}, 1800 + k, 0.05));
     const auto bias = randn({n}, 1801, 0.1);
@@ -745,12 +746,12 @@ TEST(CudaFp8, CublasLtOuterVectorProductMatchesReference) {
             const torch::Tensor b = with_bias ? bias : torch::Tensor();
             auto want = ref::fp8_w8a8_linear(xd, wf, b).to(torch::kFloat32);
             if (gelu) want = torch::gelu(want, "tanh");
-            const auto what = fmt::format("fp8_linear cublaslt M={} in={} out={} dtype={} bias={} gelu={}", m, k, n,
-                                          c10::toString(dtype), with_bias, gelu);
+            const auto what = fmt::format("fp8_linear {} M={} in={} out={} dtype={} bias={} gelu={}", name, m, k,
+                                          n, c10::toString(dtype), with_bias, gelu);
             torch::Tensor got;
             try {
               got = cuda::fp8_linear(xd.to(gpu()), wf.q.to(gpu()), wf.scale.to(gpu()),
-                                     with_bias ? bias.to(gpu()) : torch::Tensor(), gelu, cuda::Fp8Gemm::kCublasLt);
+                                     with_bias ? bias.to(gpu()).to(dtype) : torch::Tensor(), gelu, gemm);
             } catch (const UnsupportedError& e) {
               GTEST_SKIP() << "this cuBLASLt has no outer-vector fp8 product: " << e.what();
             }
@@ -761,6 +762,44 @@ TEST(CudaFp8, CublasLtOuterVectorProductMatchesReference) {
       }
     }
   }
+}
+
+TEST(CudaFp8, CublasLtOuterVectorProductMatchesReference) {
+  REQUIRE_GPU();
+  if (!cuda::fp8_supported(gpu())) GTEST_SKIP() << "FP8 needs compute capability 8.9+";
+  expect_fp8_epilogues_match_reference(cuda::Fp8Gemm::kCublasLt);
+}
+
+TEST(CudaFp8, WgmmaProductMatchesReferenceOnHopper) {
+  REQUIRE_GPU();
+  if (!cuda::int8_wgmma_available()) {
+    const auto x = randn({4, 64}, 1).to(torch::kBFloat16).to(gpu());
+    if (cuda::fp8_supported(gpu())) {
+      EXPECT_THROW(cuda::fp8_linear(x, torch::zeros({8, 64}, torch::kUInt8).to(gpu()), torch::ones({8}).to(gpu()), {},
+                                    false, cuda::Fp8Gemm::kWgmma),
+                   UnsupportedError);
+    }
+    GTEST_SKIP() << "the wgmma fp8 GEMM needs compute capability 9.0 and an sm_90a build";
+  }
+  expect_fp8_epilogues_match_reference(cuda::Fp8Gemm::kWgmma);
+  // The same codes through cuBLASLt: both sum in fp32, so only the order of the sums differs.
+  const auto wf = ref::quantize_fp8_e4m3_channel(randn({768, 3072}, 1850, 0.05));
+  const auto x = randn({128, 3072}, 1851).to(torch::kBFloat16).to(gpu());
+  const auto w = wf.q.to(gpu());
+  const auto ws = wf.scale.to(gpu());
+  const auto via_wgmma = cuda::fp8_linear(x, w, ws, {}, false, cuda::Fp8Gemm::kWgmma).to(torch::kFloat32);
+  torch::Tensor via_lib;
+  try {
+    via_lib = cuda::fp8_linear(x, w, ws, {}, false, cuda::Fp8Gemm::kCublasLt);
+  } catch (const UnsupportedError&) {  // a cuBLASLt before 12.9
+    via_lib = cuda::fp8_linear(x, w, ws, {}, false, cuda::Fp8Gemm::kScaledMm);
+  }
+  EXPECT_TRUE(close(via_wgmma.cpu(), via_lib.to(torch::kFloat32).cpu(), kBF16Tol, "fp8 wgmma against cuBLASLt, 128 tokens"));
+  // in % 16 != 0 is refused by name rather than read wrongly.
+  const auto x200 = randn({4, 200}, 2).to(torch::kBFloat16).to(gpu());
+  EXPECT_THROW(cuda::fp8_linear(x200, torch::zeros({8, 200}, torch::kUInt8).to(gpu()), torch::ones({8}).to(gpu()), {},
+                                false, cuda::Fp8Gemm::kWgmma),
+               InputError);
 }
 
 TEST(CudaFp8, BadInputThrowsInputError) {

@@ -828,6 +828,26 @@ torch::Tensor fp8_linear_quantized(const Fp8Activations& a, const torch::Tensor&
   const auto out_options = wq.options().dtype(out_dtype);
   if (m == 0) return torch::empty({0, n}, out_options);
   const c10::cuda::CUDAGuard guard(device);
+  const auto aligned16 = [](const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+  const bool wgmma_shape = k % 16 == 0 && aligned16(a.q) && aligned16(wq);
+  EVALSVC_CHECK(gemm != Fp8Gemm::kWgmma || int8_wgmma_available(), UnsupportedError,
+                "cuda::{}: the wgmma fp8 GEMM needs a compute capability 9.0 GPU and an sm_90a build", op);
+  EVALSVC_CHECK(gemm != Fp8Gemm::kWgmma || wgmma_shape, InputError,
+                "cuda::{}: the wgmma fp8 GEMM needs in % 16 == 0 and 16-byte aligned codes, got in={}", op, k);
+  if (gemm == Fp8Gemm::kWgmma ||
+      (gemm == Fp8Gemm::kAuto && wgmma_shape && int8_wgmma_available() && wgmma_small_tiles(m, n))) {
+    auto y = torch::empty({m, n}, out_options);
+    // The bias in the output dtype, as cuBLASLt takes it; the layers keep theirs so, so this converts nothing.
+    const torch::Tensor b = bias_in(op, bias, wq, n, out_dtype);
+    Int8Epilogue ep;
+    ep.row_scale = a.scale.data_ptr<float>();
+    ep.col_scale = wscale.data_ptr<float>();
+    ep.bias_out_dtype = b.defined() ? b.data_ptr() : nullptr;
+    ep.gelu_tanh = gelu_tanh;
+    EVALSVC_LAUNCH(launch_fp8_gemm(a.q.data_ptr<uint8_t>(), wq.data_ptr<uint8_t>(), m, n, k, ep, y.data_ptr(),
+                                   launcher_dtype(out_dtype), stream_of(a.q)));
+    return y;
+  }
   const bool half_out = out_dtype != torch::kFloat32;
   // cuBLASLt's fp8 kernels want in and out as multiples of 16 (GPT-2's shapes are).
   const bool lt_shape = k % 16 == 0 && n % 16 == 0;

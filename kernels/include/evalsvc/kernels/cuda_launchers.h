@@ -100,6 +100,9 @@ struct Int8Epilogue {
   bool col_scale_per_channel = true;
   float alpha = 1.0f;
   const float* bias = nullptr;        ///< [n] or null
+  /// [n] in the output dtype, added like bias (set at most one of the two): the fp8 layers keep their bias in
+  /// their base dtype, and a conversion to fp32 per call would be a launch of its own.
+  const void* bias_out_dtype = nullptr;
   const void* outlier_x = nullptr;    ///< [m, k] in the output dtype (LLM.int8 input)
   const int8_t* outlier_cb = nullptr; ///< [n, k]
   const float* outlier_scb = nullptr; ///< [n]
@@ -122,6 +125,10 @@ enum class Int8Kernel { kBest, kMmaSync, kWgmma };
 /// Whether the current device runs the wgmma int8 GEMM: compute capability 9.0 and sm_90a code in this binary.
 bool int8_wgmma_available();
 
+/// Whether the wgmma GEMMs take their 64 x 64 tiles for an m x n product: when 128 x 128 tiles would leave
+/// SMs of the current device idle (at 128 tokens, every GPT-2 projection).
+bool wgmma_small_tiles(int64_t m, int64_t n);
+
 /// y [m, n] (dtype) = epilogue(xq [m, k] int8 . wq [n, k]^T int32) on int8 tensor cores, the epilogue applied to
 /// the accumulators (the int32 product never reaches memory).
 int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
@@ -141,6 +148,14 @@ int launch_int8_dequantize(const int8_t* q, const float* scale, bool per_channel
 /// Per-token E4M3: scale[r] = absmax / 448; q = e4m3_rne_satfinite(x / scale) bits; all-zero rows: scale 0, q 0.
 int launch_quantize_rows_fp8(const void* x, DType dtype, int64_t t, int64_t k, uint8_t* q, float* scale,
                              cudaStream_t stream);
+
+/// y [m, n] (dtype) = epilogue(xq [m, k] . wq [n, k]^T), both E4M3 bits, on Hopper's fp8 tensor cores: int8.cu's
+/// wgmma kernel (64 x 64 tiles) on E4M3 operands. The tensor cores' fp32 sums are added into separate fp32
+/// accumulators every 128 of k, as cuBLASLt does without its fast-accumulation mode (their own accumulation is
+/// narrower than fp32). The epilogue is Int8Epilogue's scale, bias and GELU part; its outlier fields must be
+/// null. Needs int8_wgmma_available(), k % 16 == 0 and 16-byte aligned operands; kLaunchUnsupported elsewhere.
+int launch_fp8_gemm(const uint8_t* xq, const uint8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
+                    void* y, DType dtype, cudaStream_t stream);
 
 /// out [n, k] (dtype) = e4m3_decode(q) * scale[row].
 int launch_fp8_dequantize(const uint8_t* q, const float* scale, int64_t n, int64_t k, void* out, DType dtype,

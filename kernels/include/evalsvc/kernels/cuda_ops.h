@@ -180,8 +180,12 @@ Fp8Activations quantize_per_token_fp8(const torch::Tensor& x);
 /// Which fp8 matrix product fp8_linear uses. kCublasLt: cublasLtMatmul with outer-vector scales (cuBLAS 12.9+),
 /// output in x's dtype with the bias and GELU in its epilogue (fp16/bf16 x, in and out multiples of 16);
 /// kScaledMm: at::_scaled_mm's rowwise kernel (bf16 output, converted to x's dtype; GELU a separate pass);
-/// kAuto: kCublasLt where it applies and cuBLASLt has an algorithm, else kScaledMm.
-enum class Fp8Gemm { kAuto, kCublasLt, kScaledMm };
+/// kWgmma: qbench's wgmma kernel (the int8 one on E4M3 codes, 64 x 64 tiles, fp32 sums promoted every 128 of k;
+/// bias and GELU in its epilogue; compute capability 9.0 with an sm_90a build, in % 16 == 0);
+/// kAuto: kWgmma where it runs and its 64 x 64 tiles are the ones the int8 product would take (few tokens:
+/// cuBLASLt's fp8 tiles leave most SMs idle there), else kCublasLt where it applies and cuBLASLt has an
+/// algorithm, else kScaledMm.
+enum class Fp8Gemm { kAuto, kCublasLt, kScaledMm, kWgmma };
 
 /// fp8 W8A8: x quantized per token to E4M3, product with per-token x per-channel scales, + bias, then GELU
 /// (tanh) when gelu_tanh; returns x's dtype. wq uint8 [out, in] E4M3 bits; wscale fp32 [out].
