@@ -17,6 +17,10 @@
 #include "evalsvc/worker/preset.h"
 #include "evalsvc/worker/tokenizer.h"
 
+#if EVALSVC_WITH_CUDA
+#include "evalsvc/kernels/cuda_ops.h"
+#endif
+
 namespace evalsvc::cli {
 namespace {
 
@@ -31,6 +35,7 @@ struct BenchArgs {
   bool no_prefetch = false;
   int prefetch_blocks = worker::GPT2ClassifierImpl::kDefaultPrefetchBlocks;
   bool no_fused_quant = false;
+  std::string fp8_gemm = "auto";
   bool test_set = false;
   std::string data;    // data folder (ag_news/, gpt2/); empty: the default search
   std::string cache = "var/cache";
@@ -61,6 +66,11 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
   sub.add_flag("--no-fused-quant", a->no_fused_quant,
                "projections that quantize their input per token (int8-w8a8, fp8-e4m3, llm-int8) quantize it in a "
                "pass of their own instead of taking codes from the residual add + LayerNorm (for comparing the two)");
+  sub.add_option("--fp8-gemm", a->fp8_gemm,
+                 "the fp8-e4m3 products: auto (qbench's wgmma kernel for few tokens on Hopper, cuBLASLt otherwise) | "
+                 "cublaslt | wgmma | scaled_mm (for comparing them on the whole model)")
+      ->check(CLI::IsMember({"auto", "cublaslt", "wgmma", "scaled_mm"}))
+      ->capture_default_str();
   sub.add_flag("--test-set", a->test_set,
                "also time the test-set rate: the AG News test rows, length-bucketed, each batch padded to its longest row");
   sub.add_option("--data", a->data, "data folder holding ag_news/ and gpt2/ (default: $QBENCH_DATA_DIR or ../shared/data)");
@@ -70,6 +80,16 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
   sub.add_option("--max-len", a->max_len, "tokens kept a row for --test-set")->capture_default_str();
   return [a] {
     const torch::Device dev = worker::pick_device(a->device);
+#if EVALSVC_WITH_CUDA
+    using kernels::cuda::Fp8Gemm;
+    const Fp8Gemm fp8_gemm = a->fp8_gemm == "cublaslt"    ? Fp8Gemm::kCublasLt
+                             : a->fp8_gemm == "wgmma"     ? Fp8Gemm::kWgmma
+                             : a->fp8_gemm == "scaled_mm" ? Fp8Gemm::kScaledMm
+                                                          : Fp8Gemm::kAuto;
+    kernels::cuda::set_fp8_auto_gemm(fp8_gemm);
+#else
+    EVALSVC_CHECK(a->fp8_gemm == "auto", InputError, "--fp8-gemm {}: this build has no CUDA kernels", a->fp8_gemm);
+#endif
     const auto cfg = worker::ModelConfig::preset(a->config);
     worker::TokenizedDataset test;
     if (a->test_set) {
@@ -106,6 +126,7 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       j["device"] = worker::describe_device(dev);
       if (r.weight_prefetch) j["prefetch_blocks"] = a->prefetch_blocks;
       j["fused_input_quantization"] = !a->no_fused_quant;
+      if (v.method == "fp8-e4m3") j["fp8_gemm"] = a->fp8_gemm;
       std::string test_note;
       if (a->test_set) {
         const auto tr = worker::run_test_set_rate(model, test, a->eval_batch_size, dev);

@@ -388,6 +388,14 @@ int main(int argc, char** argv) {
             report_graph("fp8_linear" + name + " (bf16 in and out)",
                          [&, gemm = gemm] { (void)cuda::fp8_linear(xb16, L.f8_q, L.f8_s, bias_bf16, false, gemm); });
           }
+          // Its two kernels apart, the peers of the int8 rows: the quantizer, and the product on its codes.
+          report_graph("quantize_per_token_fp8 (bf16)", [&] { (void)cuda::quantize_per_token_fp8(xb16); });
+          const auto xfb = cuda::quantize_per_token_fp8(xb16);
+          for (const auto& [name, gemm] : fp8_kernels()) {
+            report_graph("fp8_linear" + name + " (pre-quantized x, bf16 out)", [&, gemm = gemm] {
+              (void)cuda::fp8_linear_quantized(xfb, L.f8_q, L.f8_s, bias_bf16, torch::kBFloat16, false, gemm);
+            });
+          }
         }
         auto report = [&](const std::string& op, double weight_bytes, double t) {
           // Bytes that must cross memory at least once: the weight as stored, x in and y out (fp16).

@@ -78,4 +78,16 @@ TEST(CliBench, UnknownMethodIsAnErrorNamingIt) {
   EXPECT_NE(out.find("int4-magic"), std::string::npos) << out;
 }
 
+TEST(CliBench, Fp8GemmTakesOnlyTheProductsThereAre) {
+  auto [rc, out] = run("bench --config tiny --device cpu --methods fp16 --iters 1 --fp8-gemm fastest");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("--fp8-gemm"), std::string::npos) << out;
+#if !EVALSVC_WITH_CUDA
+  // A CPU build has none of the fp8 products to choose from, and says so rather than ignoring the flag.
+  auto [rc2, out2] = run("bench --config tiny --device cpu --methods fp16 --iters 1 --fp8-gemm wgmma");
+  EXPECT_NE(rc2, 0);
+  EXPECT_NE(out2.find("no CUDA kernels"), std::string::npos) << out2;
+#endif
+}
+
 }  // namespace

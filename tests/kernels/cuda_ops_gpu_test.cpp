@@ -795,6 +795,13 @@ TEST(CudaFp8, WgmmaProductMatchesReferenceOnHopper) {
     via_lib = cuda::fp8_linear(x, w, ws, {}, false, cuda::Fp8Gemm::kScaledMm);
   }
   EXPECT_TRUE(close(via_wgmma.cpu(), via_lib.to(torch::kFloat32).cpu(), kBF16Tol, "fp8 wgmma against cuBLASLt, 128 tokens"));
+  // kAuto takes the wgmma kernel at 128 tokens, and set_fp8_auto_gemm (qbench bench --fp8-gemm) overrides it.
+  EXPECT_TRUE(torch::equal(cuda::fp8_linear(x, w, ws, {}).to(torch::kFloat32), via_wgmma));
+  cuda::set_fp8_auto_gemm(cuda::Fp8Gemm::kScaledMm);
+  const auto overridden = cuda::fp8_linear(x, w, ws, {});
+  cuda::set_fp8_auto_gemm(cuda::Fp8Gemm::kAuto);
+  EXPECT_TRUE(torch::equal(overridden, cuda::fp8_linear(x, w, ws, {}, false, cuda::Fp8Gemm::kScaledMm)));
+  EXPECT_TRUE(torch::equal(cuda::fp8_linear(x, w, ws, {}).to(torch::kFloat32), via_wgmma));
   // in % 16 != 0 is refused by name rather than read wrongly.
   const auto x200 = randn({4, 200}, 2).to(torch::kBFloat16).to(gpu());
   EXPECT_THROW(cuda::fp8_linear(x200, torch::zeros({8, 200}, torch::kUInt8).to(gpu()), torch::ones({8}).to(gpu()), {},

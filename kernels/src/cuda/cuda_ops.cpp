@@ -5,6 +5,7 @@
 // Compiled only with a CUDA-enabled libtorch (PyTorch 2.x), see kernels/CMakeLists.txt.
 #include "evalsvc/kernels/cuda_ops.h"
 
+#include <atomic>
 #include <cmath>
 #include <map>
 #include <mutex>
@@ -590,6 +591,14 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
 
 // ---- FP8 ----------------------------------------------------------------------------------------------------
 
+namespace {
+std::atomic<int> fp8_auto_gemm{static_cast<int>(Fp8Gemm::kAuto)};
+}  // namespace
+
+void set_fp8_auto_gemm(Fp8Gemm gemm) { fp8_auto_gemm.store(static_cast<int>(gemm), std::memory_order_relaxed); }
+
+Fp8Gemm fp8_auto_gemm_setting() { return static_cast<Fp8Gemm>(fp8_auto_gemm.load(std::memory_order_relaxed)); }
+
 bool fp8_supported(const torch::Device& device) {
   if (!device.is_cuda()) return false;
   const auto* prop = at::cuda::getDeviceProperties(device.has_index() ? device.index() : at::cuda::current_device());
@@ -828,6 +837,7 @@ torch::Tensor fp8_linear_quantized(const Fp8Activations& a, const torch::Tensor&
   const auto out_options = wq.options().dtype(out_dtype);
   if (m == 0) return torch::empty({0, n}, out_options);
   const c10::cuda::CUDAGuard guard(device);
+  if (gemm == Fp8Gemm::kAuto) gemm = fp8_auto_gemm_setting();
   const auto aligned16 = [](const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
   const bool wgmma_shape = k % 16 == 0 && aligned16(a.q) && aligned16(wq);
   EVALSVC_CHECK(gemm != Fp8Gemm::kWgmma || int8_wgmma_available(), UnsupportedError,

@@ -187,6 +187,11 @@ Fp8Activations quantize_per_token_fp8(const torch::Tensor& x);
 /// algorithm, else kScaledMm.
 enum class Fp8Gemm { kAuto, kCublasLt, kScaledMm, kWgmma };
 
+/// What an fp8 product asked for with kAuto runs, process-wide: kAuto (the default) keeps the rule above; another
+/// value makes every kAuto product that one (`qbench bench --fp8-gemm`, to time a whole model on each in one run).
+void set_fp8_auto_gemm(Fp8Gemm gemm);
+Fp8Gemm fp8_auto_gemm_setting();
+
 /// fp8 W8A8: x quantized per token to E4M3, product with per-token x per-channel scales, + bias, then GELU
 /// (tanh) when gelu_tanh; returns x's dtype. wq uint8 [out, in] E4M3 bits; wscale fp32 [out].
 /// UnsupportedError below compute capability 8.9, or for kCublasLt where cuBLASLt cannot run it.
