@@ -198,6 +198,179 @@ __global__ void __launch_bounds__(128) k_add_layer_norm_llm_int8_warp(
   detail::finish_outlier_list(flagged, mask, 256 * kChunks, list);
 }
 
+// ---- a row over several warps (few rows) ---------------------------------------------------------------------
+//
+// With one warp a row, a few rows leave most SMs idle and make each row's work one long serial chain (loads,
+// two sums, the normalization, the absmax and 8 * kChunks code divisions in one warp): at 128 rows the fused
+// LayerNorm + quantization took longer than the LayerNorm and the quantizer's four-warp kernel one after the
+// other (docs/perf.md). Below kSplitMaxRows rows a row gets a group of kSplitWarps warps instead, warp w < kChunks
+// of the group holding the row's chunk w (element e of its lane L is column (w * 32 + L) * 8 + e, the one-warp
+// kernels' chunk w). The running fp32 sums pass from warp to warp in chunk order through shared memory, so every
+// lane adds the same numbers in the same order as in the one-warp kernels: mean, rstd, the normalized values and
+// the codes are theirs bit for bit, whichever kernel a row count takes.
+
+constexpr int kSplitWarps = 4;                      // a row's warp group (chunks 1-4 of 256 columns)
+constexpr int kSplitRowsPerBlock = 8 / kSplitWarps;  // 256-thread blocks
+constexpr int64_t kSplitMaxRows = 2048;             // the per-token quantizer's own switch to four warps a row
+
+/// Shared memory of one row group: the lanes' running sums after each chunk.
+struct SplitChains {
+  float sum[kSplitWarps][32];
+  float sq[kSplitWarps][32];
+};
+
+/// add_normalize_row for the warp group of a row: this thread's 8 normalized values (rounded to T) in a, for
+/// chunk w; active = the row exists and w < kChunks. Every thread of the block must call it (block barriers).
+template <typename T, int kChunks>
+__device__ __forceinline__ void add_normalize_row_split(const T* h, const T* __restrict__ delta,
+                                                        const T* __restrict__ gamma, const T* __restrict__ beta,
+                                                        float eps, int64_t base, bool active, int w, int lane,
+                                                        SplitChains& chains, T* h_out, float (&a)[8]) {
+  constexpr int kCols = 256 * kChunks;
+  const int c0 = (w * 32 + lane) * 8;
+  if (active) {
+    const uint4 hv = *reinterpret_cast<const uint4*>(h + base + c0);
+    const uint4 dv = *reinterpret_cast<const uint4*>(delta + base + c0);
+    const T* hp = reinterpret_cast<const T*>(&hv);
+    const T* dp = reinterpret_cast<const T*>(&dv);
+    uint4 ov;
+    T* op = reinterpret_cast<T*>(&ov);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const T r = from_float<T>(to_float(hp[e]) + to_float(dp[e]));
+      op[e] = r;
+      a[e] = to_float(r);
+    }
+    *reinterpret_cast<uint4*>(h_out + base + c0) = ov;
+  }
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    if (active && w == j) {
+      float sum = j == 0 ? 0.0f : chains.sum[j - 1][lane];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) sum += a[e];
+      chains.sum[j][lane] = sum;
+    }
+    __syncthreads();
+  }
+  const float mean = detail::warp_sum(chains.sum[kChunks - 1][lane]) / static_cast<float>(kCols);
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    if (active && w == j) {
+      float sq = j == 0 ? 0.0f : chains.sq[j - 1][lane];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float d = a[e] - mean;
+        sq += d * d;
+      }
+      chains.sq[j][lane] = sq;
+    }
+    __syncthreads();
+  }
+  const float rstd = rsqrtf(detail::warp_sum(chains.sq[kChunks - 1][lane]) / static_cast<float>(kCols) + eps);
+  if (active) {
+    const uint4 gv = *reinterpret_cast<const uint4*>(gamma + c0);
+    const uint4 bv = *reinterpret_cast<const uint4*>(beta + c0);
+    const T* gp = reinterpret_cast<const T*>(&gv);
+    const T* bp = reinterpret_cast<const T*>(&bv);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) a[e] = to_float(from_float<T>((a[e] - mean) * rstd * to_float(gp[e]) + to_float(bp[e])));
+  }
+}
+
+/// The row group's absmax of the lanes' parts amax (every thread of the block calls it).
+__device__ __forceinline__ float split_row_max(float amax, int w, int lane, float (&parts)[kSplitWarps]) {
+  amax = detail::warp_max(amax);
+  if (lane == 0) parts[w] = amax;
+  __syncthreads();
+#pragma unroll
+  for (int p = 0; p < kSplitWarps; ++p) amax = fmaxf(amax, parts[p]);
+  return amax;
+}
+
+/// Scale (stored by the group's first thread) and the codes of this thread's 8 values, one 8-byte store.
+template <typename Enc>
+__device__ __forceinline__ void store_codes8(const float (&v)[8], float amax, int64_t row, int64_t base, int c0,
+                                             bool first, uint8_t* __restrict__ q, float* __restrict__ scale) {
+  const float s = amax / Enc::kMax;
+  if (first) scale[row] = s;
+  uint32_t lo = 0, hi = 0;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const uint32_t c = s > 0.0f ? Enc::encode(v[e], s) : 0u;
+    if (e < 4) lo |= c << (8 * e);
+    else hi |= c << (8 * (e - 4));
+  }
+  *reinterpret_cast<uint2*>(q + base + c0) = make_uint2(lo, hi);
+}
+
+/// k_add_layer_norm_quant_warp with a row over a warp group.
+template <typename T, int kChunks, typename Enc>
+__global__ void __launch_bounds__(256) k_add_layer_norm_quant_split(const T* h, const T* __restrict__ delta,
+                                                                    const T* __restrict__ gamma,
+                                                                    const T* __restrict__ beta, float eps,
+                                                                    int64_t rows, T* h_out, uint8_t* __restrict__ q,
+                                                                    float* __restrict__ scale) {
+  __shared__ SplitChains chains[kSplitRowsPerBlock];
+  __shared__ float parts[kSplitRowsPerBlock][kSplitWarps];
+  const int lane = threadIdx.x & 31;
+  const int w = (threadIdx.x >> 5) % kSplitWarps;
+  const int g = (threadIdx.x >> 5) / kSplitWarps;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kSplitRowsPerBlock + g;
+  const bool active = row < rows && w < kChunks;  // no early return: every thread meets the barriers
+  const int64_t base = row * 256 * kChunks;
+  float v[8] = {};
+  add_normalize_row_split<T, kChunks>(h, delta, gamma, beta, eps, base, active, w, lane, chains[g], h_out, v);
+  float amax = 0.0f;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) amax = fmaxf(amax, fabsf(v[e]));
+  amax = split_row_max(amax, w, lane, parts[g]);
+  if (active) store_codes8<Enc>(v, amax, row, base, (w * 32 + lane) * 8, w == 0 && lane == 0, q, scale);
+}
+
+/// k_add_layer_norm_llm_int8_warp with a row over a warp group.
+template <int kChunks>
+__global__ void __launch_bounds__(256) k_add_layer_norm_llm_int8_split(
+    const __half* h, const __half* __restrict__ delta, const __half* __restrict__ gamma,
+    const __half* __restrict__ beta, float eps, int64_t rows, float threshold, __half* h_out, __half* __restrict__ a,
+    int8_t* __restrict__ q, float* __restrict__ scale, uint32_t* mask, detail::OutlierList list) {
+  __shared__ SplitChains chains[kSplitRowsPerBlock];
+  __shared__ float parts[kSplitRowsPerBlock][kSplitWarps];
+  const int lane = threadIdx.x & 31;
+  const int w = (threadIdx.x >> 5) % kSplitWarps;
+  const int g = (threadIdx.x >> 5) / kSplitWarps;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kSplitRowsPerBlock + g;
+  const bool active = row < rows && w < kChunks;
+  const int64_t base = row * 256 * kChunks;
+  const int c0 = (w * 32 + lane) * 8;
+  float v[8] = {};
+  add_normalize_row_split<__half, kChunks>(h, delta, gamma, beta, eps, base, active, w, lane, chains[g], h_out, v);
+  float amax = 0.0f;
+  bool flagged = false;
+  if (active) {
+    uint4 av;
+    __half* ap = reinterpret_cast<__half*>(&av);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      ap[e] = __float2half_rn(v[e]);  // exact: v holds fp16 values
+      const float x = fabsf(v[e]);
+      if (x < threshold) {
+        amax = fmaxf(amax, x);
+      } else if (x >= threshold) {  // (NaN neither, as in the quantizer)
+        detail::flag_outlier_bit(mask, c0 + e);
+        flagged = true;
+      }
+    }
+    *reinterpret_cast<uint4*>(a + base + c0) = av;
+  }
+  amax = split_row_max(amax, w, lane, parts[g]);
+  if (active) {
+    store_codes8<detail::Int8Encoder>(v, amax, row, base, c0, w == 0 && lane == 0, reinterpret_cast<uint8_t*>(q),
+                                      scale);
+  }
+  detail::finish_outlier_list(flagged, mask, 256 * kChunks, list);
+}
+
 /// Runs launch(std::integral_constant<int, C>{}) for the warp kernels' row width C = cols / 256 chunks (1-4), and
 /// returns the launch's status; kLaunchBadShape for other widths.
 template <typename F>
@@ -228,11 +401,22 @@ int launch_warp_rows(const void* h, const void* delta, const void* gamma, const 
   });
 }
 
+unsigned split_rows_grid(int64_t rows) {
+  return static_cast<unsigned>((rows + kSplitRowsPerBlock - 1) / kSplitRowsPerBlock);
+}
+
 template <typename T, typename Enc>
 int launch_quant_rows(const void* h, const void* delta, const void* gamma, const void* beta, float eps, int64_t rows,
                       int64_t cols, void* h_out, uint8_t* q, float* scale, cudaStream_t stream) {
   return launch_by_chunks(cols, [&](auto chunks) {
-    k_add_layer_norm_quant_warp<T, decltype(chunks)::value, Enc><<<warp_rows_grid(rows), 32 * kWarpRowsPerBlock, 0, stream>>>(
+    constexpr int kChunks = decltype(chunks)::value;
+    if (rows < kSplitMaxRows) {
+      k_add_layer_norm_quant_split<T, kChunks, Enc><<<split_rows_grid(rows), 256, 0, stream>>>(
+          static_cast<const T*>(h), static_cast<const T*>(delta), static_cast<const T*>(gamma),
+          static_cast<const T*>(beta), eps, rows, static_cast<T*>(h_out), q, scale);
+      return;
+    }
+    k_add_layer_norm_quant_warp<T, kChunks, Enc><<<warp_rows_grid(rows), 32 * kWarpRowsPerBlock, 0, stream>>>(
         static_cast<const T*>(h), static_cast<const T*>(delta), static_cast<const T*>(gamma),
         static_cast<const T*>(beta), eps, rows, static_cast<T*>(h_out), q, scale);
   });
@@ -297,7 +481,15 @@ int launch_add_layer_norm_llm_int8(const void* h, const void* delta, const void*
   uint32_t* mask = reinterpret_cast<uint32_t*>(state);
   const detail::OutlierList list{state + (cols + 31) / 32, idx, count};  // the counter follows the mask
   return launch_by_chunks(cols, [&](auto chunks) {
-    k_add_layer_norm_llm_int8_warp<decltype(chunks)::value><<<warp_rows_grid(rows), 32 * kWarpRowsPerBlock, 0, stream>>>(
+    constexpr int kChunks = decltype(chunks)::value;
+    if (rows < kSplitMaxRows) {
+      k_add_layer_norm_llm_int8_split<kChunks><<<split_rows_grid(rows), 256, 0, stream>>>(
+          static_cast<const __half*>(h), static_cast<const __half*>(delta), static_cast<const __half*>(gamma),
+          static_cast<const __half*>(beta), eps, rows, threshold, static_cast<__half*>(h_out), static_cast<__half*>(a),
+          q, scale, mask, list);
+      return;
+    }
+    k_add_layer_norm_llm_int8_warp<kChunks><<<warp_rows_grid(rows), 32 * kWarpRowsPerBlock, 0, stream>>>(
         static_cast<const __half*>(h), static_cast<const __half*>(delta), static_cast<const __half*>(gamma),
         static_cast<const __half*>(beta), eps, rows, threshold, static_cast<__half*>(h_out), static_cast<__half*>(a), q,
         scale, mask, list);

@@ -62,8 +62,8 @@ TEST(ModelGpu, EveryVariantsGpuForwardMatchesItsCpuForward) {
 }
 
 // The residual add + LayerNorm writes the input codes of W8A8, FP8 and LLM.int8 projections (rows of 256 to 1,024
-// take that kernel, hence a width of 256 here; forwards of 2,048 tokens or more); with it off each projection
-// quantizes in a pass of its own. The logits must be the same bit for bit.
+// take that kernel, hence a width of 256 here); with it off each projection quantizes in a pass of its own. The
+// logits must be the same bit for bit, from 2,048 tokens (a warp a row) and below (a warp group a row).
 TEST(ModelGpu, FusedInputQuantizationGivesTheLogitsOfTheSeparateQuantizers) {
 #if !EVALSVC_WITH_CUDA
   GTEST_SKIP() << "built without EVALSVC_WITH_CUDA (no CUDA libtorch)";
@@ -77,22 +77,24 @@ TEST(ModelGpu, FusedInputQuantizationGivesTheLogitsOfTheSeparateQuantizers) {
                                                                       {kernels::Method::kLlmInt8, torch::kFloat16}};
   if (kernels::cuda::fp8_supported(dev)) cases.emplace_back(kernels::Method::kFp8E4M3, torch::kBFloat16);
   auto gen = at::detail::createCPUGenerator(13);
-  // 16 x 128 = 2,048 tokens: the model fuses from 2,048 rows on (fewer go through the separate quantizers).
+  // 16 x 128 = 2,048 tokens take the one-warp kernels, 15 x 128 = 1,920 and 1 x 128 the warp-group ones.
   const auto ids = torch::randint(0, cfg.vocab_size, {16, 128}, gen, torch::kLong).to(dev);
   const auto lengths = torch::randint(1, 129, {16}, gen, torch::kLong).to(dev);
   for (const auto& [method, base] : cases) {
-    GPT2Classifier model(cfg, 5);
-    model->quantize(method, base, kernels::QuantOptions{});
-    model->to_device(dev);
-    const auto fused = model->forward(ids, lengths);
-    EXPECT_TRUE(model->fused_input_quantization_last_forward()) << kernels::method_name(method);
-    model->forward(ids.slice(0, 0, 15), lengths.slice(0, 0, 15));
-    EXPECT_FALSE(model->fused_input_quantization_last_forward()) << kernels::method_name(method) << ": 1,920 tokens";
-    model->set_fused_input_quantization(false);
-    const auto separate = model->forward(ids, lengths);
-    EXPECT_FALSE(model->fused_input_quantization_last_forward()) << kernels::method_name(method);
-    EXPECT_TRUE(torch::equal(fused, separate))
-        << kernels::method_name(method) << ": max diff " << (fused - separate).abs().max().item<double>();
+    for (const int64_t batch : {16, 15, 1}) {
+      const auto what = fmt::format("{}, {} tokens", kernels::method_name(method), batch * 128);
+      GPT2Classifier model(cfg, 5);
+      model->quantize(method, base, kernels::QuantOptions{});
+      model->to_device(dev);
+      const auto rows = ids.slice(0, 0, batch);
+      const auto lens = lengths.slice(0, 0, batch);
+      const auto fused = model->forward(rows, lens);
+      EXPECT_TRUE(model->fused_input_quantization_last_forward()) << what;
+      model->set_fused_input_quantization(false);
+      const auto separate = model->forward(rows, lens);
+      EXPECT_FALSE(model->fused_input_quantization_last_forward()) << what;
+      EXPECT_TRUE(torch::equal(fused, separate)) << what << ": max diff " << (fused - separate).abs().max().item<double>();
+    }
   }
 #endif
 }

@@ -112,14 +112,10 @@ std::pair<torch::Tensor, torch::Tensor> GPT2ClassifierImpl::add_layer_norm(const
     // The consumer (W8A8, FP8, LLM.int8) would quantize the normalized rows first thing: the same kernel writes
     // those codes instead of the rows (W8A8, FP8) or beside them (LLM.int8, whose outlier columns' product reads
     // the rows), which saves the quantizer's launch and a read of the rows. Only where the consumer works in
-    // this dtype (its forward would otherwise convert first), and from kFusedQuantMinRows rows: the fused
-    // kernel gives each row one warp, which at a few rows leaves the row's LayerNorm and code divisions as one
-    // long serial chain, where the separate quantizer spreads a row over four warps below 2,048 rows. Same
-    // call, one H200: at 128 rows LayerNorm + c_attn in a graph took 12.06 us fused against 10.33 separate
-    // (LLM.int8; W8A8 8.94 against 8.79), while at 65,536 rows (batch 512) the fused kernel made LLM.int8 3%
-    // and W8A8 5% faster. The threshold is the quantizer's own switch; no size in between was timed.
-    constexpr int64_t kFusedQuantMinRows = 2048;
-    const bool fuse = fused_input_quantization_ && h.dim() >= 1 && h.numel() / h.size(-1) >= kFusedQuantMinRows;
+    // this dtype (its forward would otherwise convert first). At every row count: below 2,048 rows the kernel
+    // spreads a row over a warp group (norm.cu), where one warp a row had made it slower than the separate
+    // quantizer at 128 rows (docs/perf.md).
+    const bool fuse = fused_input_quantization_;
     const auto code = consumer != nullptr && fuse ? consumer->activation_code() : kernels::ActivationCode::kNone;
     if (code != kernels::ActivationCode::kNone && codes != nullptr && consumer->base_dtype() == dt &&
         (dt == torch::kFloat16 || dt == torch::kBFloat16)) {

@@ -106,9 +106,8 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   static constexpr int kDefaultPrefetchBlocks = 64;
   void set_weight_prefetch(bool on, int blocks = kDefaultPrefetchBlocks);
   /// Whether the residual add + LayerNorm writes the per-token codes of projections that quantize their input
-  /// (W8A8, FP8, LLM.int8 on fp16) instead of those projections quantizing in a pass of their own (default on,
-  /// for forwards of 2,048 tokens or more: below, the separate quantizer is faster; the same values either way,
-  /// tests/worker/model_gpu_test.cpp). Off only to compare the two.
+  /// (W8A8, FP8, LLM.int8 on fp16) instead of those projections quantizing in a pass of their own (default on;
+  /// the same values either way, tests/worker/model_gpu_test.cpp). Off only to compare the two.
   void set_fused_input_quantization(bool on) { fused_input_quantization_ = on; }
   /// Whether the last forward() had a residual add + LayerNorm write a projection's input codes.
   bool fused_input_quantization_last_forward() const { return fused_quant_last_forward_; }
