@@ -615,8 +615,13 @@ Fp8Activations quantize_per_token_fp8(const torch::Tensor& x) {
   const int64_t k = xc.size(1);
   Fp8Activations out;
   out.q = torch::empty({t, k}, xc.options().dtype(torch::kUInt8));
-  out.scale = torch::zeros({t}, xc.options().dtype(torch::kFloat32));
-  if (t == 0 || k == 0) return out;
+  // The kernel writes every row's scale: zeros would be a fill launch of its own (~0.8 us a call in a CUDA graph
+  // at 128 tokens, more than a third of the quantizer's time; docs/perf.md).
+  out.scale = torch::empty({t}, xc.options().dtype(torch::kFloat32));
+  if (t == 0 || k == 0) {
+    out.scale.zero_();
+    return out;
+  }
   const c10::cuda::CUDAGuard guard(x.device());
   EVALSVC_LAUNCH(launch_quantize_rows_fp8(xc.data_ptr(), launcher_dtype(xc.scalar_type()), t, k,
                                           out.q.data_ptr<uint8_t>(), out.scale.data_ptr<float>(), stream_of(x)));
@@ -1023,10 +1028,14 @@ std::pair<torch::Tensor, QuantizedActivations> add_layer_norm_llm_int8(const cha
   auto h_out = torch::empty_like(hc);
   out.outliers.rows = torch::empty_like(hc);
   out.q = torch::empty(hc.sizes(), hc.options().dtype(torch::kInt8));
-  out.scale = torch::zeros({rows}, hc.options().dtype(torch::kFloat32));
+  // Scales and count are all written by the kernel (no fill launches; see quantize_per_token_fp8).
+  out.scale = torch::empty({rows}, hc.options().dtype(torch::kFloat32));
   out.outliers.idx = torch::empty({cols}, hc.options().dtype(torch::kInt32));
-  out.outliers.count = torch::zeros({1}, hc.options().dtype(torch::kInt32));
-  if (rows == 0) return {h_out, out};
+  out.outliers.count = torch::empty({1}, hc.options().dtype(torch::kInt32));
+  if (rows == 0) {
+    out.outliers.count.zero_();
+    return {h_out, out};
+  }
   const torch::Tensor st = outlier_state_or_zeros(op, state, hc, cols);
   const c10::cuda::CUDAGuard guard(hc.device());
   const int s = launch_add_layer_norm_llm_int8(hc.data_ptr(), dc.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
@@ -1087,7 +1096,7 @@ std::pair<torch::Tensor, QuantizedActivations> add_layer_norm_quantized(const to
   out.code = code;
   auto h_out = torch::empty_like(hc);
   out.q = torch::empty(hc.sizes(), hc.options().dtype(code == ActivationCode::kInt8 ? torch::kInt8 : torch::kUInt8));
-  out.scale = torch::zeros({rows}, hc.options().dtype(torch::kFloat32));
+  out.scale = torch::empty({rows}, hc.options().dtype(torch::kFloat32));  // every row's written: no fill launch
   if (rows == 0) return {h_out, out};
   const c10::cuda::CUDAGuard guard(h.device());
   const int st = launch_add_layer_norm_quant(hc.data_ptr(), dc.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
