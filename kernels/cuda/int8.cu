@@ -764,19 +764,20 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #pragma unroll
   for (int e = 0; e < Cfg::kAcc; ++e) acc[e] = 0;
   fence_operands(acc);
-  if constexpr (kFp8) {
-    // Each 128-deep k tile's sum goes to a partial set of its own (scale-d 0 on its first instruction), added
-    // into acc in fp32 once the tile has retired: the tensor cores keep fewer mantissa bits than fp32 in their
-    // own accumulation, so summing all of k there would round more than cuBLASLt's default (and the CPU
-    // reference's) fp32. The wait is for the tile just issued (wait 0, not 1 as below): with a second partial
-    // set alternating, ptxas cannot tell the sets apart and serializes every wgmma of the loop instead (C7514).
-    float part[Cfg::kAcc];
-    for (int kt = 0; kt < ktiles; ++kt) {
-      const int s = kt % Cfg::kStages;
-      mbar_wait(full_bar(s), static_cast<uint32_t>((kt / Cfg::kStages) & 1));
-      const uint32_t a = stage_a(s) + static_cast<uint32_t>(wg * 64 * Cfg::kBk);
-      const uint32_t b = stage_b(s);
-      wgmma_fence();
+  for (int kt = 0; kt < ktiles; ++kt) {
+    const int s = kt % Cfg::kStages;
+    mbar_wait(full_bar(s), static_cast<uint32_t>((kt / Cfg::kStages) & 1));
+    const uint32_t a = stage_a(s) + static_cast<uint32_t>(wg * 64 * Cfg::kBk);
+    const uint32_t b = stage_b(s);
+    wgmma_fence();
+    // Within a swizzle line, stepping k by 32 bytes moves the start address; the hardware applies the XOR.
+    if constexpr (kFp8) {
+      // Each 128-deep k tile's sum goes to a partial set of its own (scale-d 0 on its first instruction), added
+      // into acc in fp32 once the tile has retired: the tensor cores keep fewer mantissa bits than fp32 in their
+      // own accumulation, so summing all of k there would round more than cuBLASLt's default (and the CPU
+      // reference's) fp32. The wait is for the tile just issued (wait 0, not 1 as below): with a second partial
+      // set alternating, ptxas cannot tell the sets apart and serializes every wgmma of the loop instead (C7514).
+      float part[Cfg::kAcc];
 #pragma unroll
       for (int ks = 0; ks < Cfg::kBk / 32; ++ks) wgmma_e4m3_m64n64k32(part, wg_desc(a + ks * 32), wg_desc(b + ks * 32), ks);
       wgmma_commit();
@@ -785,26 +786,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       if ((threadIdx.x & 31) == 0) mbar_arrive(empty_bar(s));
 #pragma unroll
       for (int e = 0; e < Cfg::kAcc; ++e) acc[e] += part[e];
-    }
-  } else {
-    for (int kt = 0; kt < ktiles; ++kt) {
-      const int s = kt % Cfg::kStages;
-      mbar_wait(full_bar(s), static_cast<uint32_t>((kt / Cfg::kStages) & 1));
-      const uint32_t a = stage_a(s) + static_cast<uint32_t>(wg * 64 * Cfg::kBk);
-      const uint32_t b = stage_b(s);
-      wgmma_fence();
+    } else {
 #pragma unroll
-      for (int ks = 0; ks < Cfg::kBk / 32; ++ks) {
-        // Within a swizzle line, stepping k by 32 bytes moves the start address; the hardware applies the XOR.
-        wgmma_s8(acc, wg_desc(a + ks * 32), wg_desc(b + ks * 32));
-      }
+      for (int ks = 0; ks < Cfg::kBk / 32; ++ks) wgmma_s8(acc, wg_desc(a + ks * 32), wg_desc(b + ks * 32));
       wgmma_commit();
       wgmma_wait<1>();  // tile kt - 1 retired (tile kt may still run): its stage goes back to the producer
       if (kt > 0 && (threadIdx.x & 31) == 0) mbar_arrive(empty_bar((kt - 1) % Cfg::kStages));
     }
-    wgmma_wait<0>();
-    fence_operands(acc);
   }
+  wgmma_wait<0>();
+  fence_operands(acc);
 
   // Every copy has landed (each full phase was waited for) and both warpgroups are past their last wgmma.
   consumers_sync<Cfg::kConsumers>();
