@@ -97,7 +97,8 @@ __global__ void k_zero_columns(int8_t* __restrict__ q, int64_t t, int64_t k, con
 
 // ---- epilogue ----------------------------------------------------------------------------------------------
 
-/// The dequantized output element (see Int8Epilogue) of the int32 product acc; T = type of the output and of
+/// The dequantized output element (see Int8Epilogue) of the product acc (int32; fp32 for E4M3 codes, which have
+/// no outlier part); T = type of the output and of
 /// the LLM.int8 input x. With outlier_q the codes of the outlier columns are still in the product: their integer
 /// products are subtracted from acc first, exactly, which leaves the product of the zeroed codes.
 template <typename T, typename Acc = int>
@@ -519,7 +520,7 @@ __device__ __forceinline__ void wgmma_e4m3_m64n64k32(float (&d)[32], uint64_t da
 // whatever k (first measurement, docs/perf.md). Staged, it is one short loop, and each thread writes 16
 // consecutive bytes of a row instead of 4.
 
-/// Writes warpgroup (tid / 128)'s accumulators into the int32 tile cs [kBm][kCStride]. Accumulator layout of
+/// Writes warpgroup (tid / 128)'s accumulators (int32, or fp32 for E4M3) into the tile cs [kBm][kCStride]. Accumulator layout of
 /// m64nN: warp w of the warpgroup holds rows 16w..16w+15, and within the warp each n8 slice is laid out as
 /// mma.sync's m16n8 (registers 4j, 4j+1: row lane / 4, columns 8j + 2 (lane % 4) + {0, 1}; 4j + 2, 4j + 3: row + 8).
 template <typename Cfg, typename Acc>
