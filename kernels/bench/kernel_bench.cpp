@@ -219,11 +219,27 @@ std::vector<std::pair<std::string, cuda::Int8Gemm>> int8_kernels(int64_t m) {
   return g;
 }
 
-/// The fp8 products timed beside kAuto's choice: qbench's wgmma kernel (Hopper) and cuBLASLt's outer-vector one.
+/// Whether this cuBLASLt has the outer-vector-scaled fp8 product (cuBLAS 12.9+): tried once on a small product.
+bool fp8_cublaslt_runs() {
+  static const bool runs = [] {
+    try {
+      (void)cuda::fp8_linear(torch::zeros({16, 64}, torch::kBFloat16).to(gpu()),
+                             torch::zeros({16, 64}, torch::kUInt8).to(gpu()), torch::ones({16}).to(gpu()), {}, false,
+                             cuda::Fp8Gemm::kCublasLt);
+    } catch (const UnsupportedError&) {
+      return false;
+    }
+    return true;
+  }();
+  return runs;
+}
+
+/// The fp8 products timed beside kAuto's choice: qbench's wgmma kernel (Hopper) and cuBLASLt's outer-vector one,
+/// each where it runs.
 std::vector<std::pair<std::string, cuda::Fp8Gemm>> fp8_kernels() {
   std::vector<std::pair<std::string, cuda::Fp8Gemm>> g;
   if (cuda::int8_wgmma_available()) g.emplace_back("/wgmma", cuda::Fp8Gemm::kWgmma);
-  g.emplace_back("/cublaslt", cuda::Fp8Gemm::kCublasLt);
+  if (fp8_cublaslt_runs()) g.emplace_back("/cublaslt", cuda::Fp8Gemm::kCublasLt);
   return g;
 }
 
