@@ -36,6 +36,38 @@ __global__ void k_add_layer_norm(const T* h, const T* __restrict__ delta, const 
   }
 }
 
+/// One 8-element chunk of the residual add: h_out[off, off + 8) = T(h + delta) (one rounding, as the separate
+/// add; 16-byte loads and store), and those rounded values into a.
+template <typename T>
+__device__ __forceinline__ void add_chunk(const T* h, const T* __restrict__ delta, int64_t off, T* h_out,
+                                          float (&a)[8]) {
+  const uint4 hv = *reinterpret_cast<const uint4*>(h + off);
+  const uint4 dv = *reinterpret_cast<const uint4*>(delta + off);
+  const T* hp = reinterpret_cast<const T*>(&hv);
+  const T* dp = reinterpret_cast<const T*>(&dv);
+  uint4 ov;
+  T* op = reinterpret_cast<T*>(&ov);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const T r = from_float<T>(to_float(hp[e]) + to_float(dp[e]));
+    op[e] = r;
+    a[e] = to_float(r);
+  }
+  *reinterpret_cast<uint4*>(h_out + off) = ov;
+}
+
+/// The LayerNorm of one chunk at column c0: a[e] = T((a[e] - mean) * rstd * gamma + beta), kept as a float.
+template <typename T>
+__device__ __forceinline__ void normalize_chunk(const T* __restrict__ gamma, const T* __restrict__ beta, int c0,
+                                                float mean, float rstd, float (&a)[8]) {
+  const uint4 gv = *reinterpret_cast<const uint4*>(gamma + c0);
+  const uint4 bv = *reinterpret_cast<const uint4*>(beta + c0);
+  const T* gp = reinterpret_cast<const T*>(&gv);
+  const T* bp = reinterpret_cast<const T*>(&bv);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) a[e] = to_float(from_float<T>((a[e] - mean) * rstd * to_float(gp[e]) + to_float(bp[e])));
+}
+
 /// The warp kernels' shared part, for 16-bit types and rows of 256 * kChunks elements (GPT-2: 768 = 3 chunks):
 /// one warp per row, each lane holding its 8 * kChunks elements in registers (16-byte loads and stores),
 /// warp-shuffle reductions only, so every element is read and written exactly once and nothing waits on a block
@@ -50,21 +82,9 @@ __device__ __forceinline__ void add_normalize_row(const T* h, const T* __restric
   float sum = 0.0f;
 #pragma unroll
   for (int j = 0; j < kChunks; ++j) {
-    const int64_t off = base + (j * 32 + lane) * 8;
-    const uint4 hv = *reinterpret_cast<const uint4*>(h + off);
-    const uint4 dv = *reinterpret_cast<const uint4*>(delta + off);
-    const T* hp = reinterpret_cast<const T*>(&hv);
-    const T* dp = reinterpret_cast<const T*>(&dv);
-    uint4 ov;
-    T* op = reinterpret_cast<T*>(&ov);
+    add_chunk<T>(h, delta, base + (j * 32 + lane) * 8, h_out, a[j]);
 #pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const T r = from_float<T>(to_float(hp[e]) + to_float(dp[e]));
-      op[e] = r;
-      a[j][e] = to_float(r);
-      sum += a[j][e];
-    }
-    *reinterpret_cast<uint4*>(h_out + off) = ov;
+    for (int e = 0; e < 8; ++e) sum += a[j][e];
   }
   const float mean = detail::warp_sum(sum) / static_cast<float>(kCols);
   float sq = 0.0f;
@@ -77,15 +97,7 @@ __device__ __forceinline__ void add_normalize_row(const T* h, const T* __restric
     }
   const float rstd = rsqrtf(detail::warp_sum(sq) / static_cast<float>(kCols) + eps);
 #pragma unroll
-  for (int j = 0; j < kChunks; ++j) {
-    const int c0 = (j * 32 + lane) * 8;
-    const uint4 gv = *reinterpret_cast<const uint4*>(gamma + c0);
-    const uint4 bv = *reinterpret_cast<const uint4*>(beta + c0);
-    const T* gp = reinterpret_cast<const T*>(&gv);
-    const T* bp = reinterpret_cast<const T*>(&bv);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) a[j][e] = to_float(from_float<T>((a[j][e] - mean) * rstd * to_float(gp[e]) + to_float(bp[e])));
-  }
+  for (int j = 0; j < kChunks; ++j) normalize_chunk<T>(gamma, beta, (j * 32 + lane) * 8, mean, rstd, a[j]);
 }
 
 template <typename T, int kChunks>
@@ -232,21 +244,7 @@ __device__ __forceinline__ void add_normalize_row_split(const T* h, const T* __r
                                                         SplitChains& chains, T* h_out, float (&a)[8]) {
   constexpr int kCols = 256 * kChunks;
   const int c0 = (w * 32 + lane) * 8;
-  if (active) {
-    const uint4 hv = *reinterpret_cast<const uint4*>(h + base + c0);
-    const uint4 dv = *reinterpret_cast<const uint4*>(delta + base + c0);
-    const T* hp = reinterpret_cast<const T*>(&hv);
-    const T* dp = reinterpret_cast<const T*>(&dv);
-    uint4 ov;
-    T* op = reinterpret_cast<T*>(&ov);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const T r = from_float<T>(to_float(hp[e]) + to_float(dp[e]));
-      op[e] = r;
-      a[e] = to_float(r);
-    }
-    *reinterpret_cast<uint4*>(h_out + base + c0) = ov;
-  }
+  if (active) add_chunk<T>(h, delta, base + c0, h_out, a);
 #pragma unroll
   for (int j = 0; j < kChunks; ++j) {
     if (active && w == j) {
@@ -272,14 +270,7 @@ __device__ __forceinline__ void add_normalize_row_split(const T* h, const T* __r
     __syncthreads();
   }
   const float rstd = rsqrtf(detail::warp_sum(chains.sq[kChunks - 1][lane]) / static_cast<float>(kCols) + eps);
-  if (active) {
-    const uint4 gv = *reinterpret_cast<const uint4*>(gamma + c0);
-    const uint4 bv = *reinterpret_cast<const uint4*>(beta + c0);
-    const T* gp = reinterpret_cast<const T*>(&gv);
-    const T* bp = reinterpret_cast<const T*>(&bv);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) a[e] = to_float(from_float<T>((a[e] - mean) * rstd * to_float(gp[e]) + to_float(bp[e])));
-  }
+  if (active) normalize_chunk<T>(gamma, beta, c0, mean, rstd, a);
 }
 
 /// The row group's absmax of the lanes' parts amax (every thread of the block calls it).
