@@ -208,6 +208,20 @@ __device__ __forceinline__ void finish_outlier_list(bool flagged, uint32_t* mask
   if (threadIdx.x == 0) *list.done = 0;
 }
 
+/// Enc's codes of 8 values at scale s (all 0 for s = 0, a row of zeros), packed for one 8-byte store: what every
+/// kernel that writes per-token codes stores (the quantizers here, the quantizing LayerNorms in norm.cu).
+template <typename Enc>
+__device__ __forceinline__ uint2 encode8(const float (&v)[8], float s) {
+  uint32_t lo = 0, hi = 0;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const uint32_t c = s > 0.0f ? Enc::encode(v[e], s) : 0u;
+    if (e < 4) lo |= c << (8 * e);
+    else hi |= c << (8 * (e - 4));
+  }
+  return make_uint2(lo, hi);
+}
+
 /// Per-token quantization with WPR warps per row, for fp16/bf16 rows of k % 8 == 0 and k <= 256 * VPL * WPR: the
 /// row is read once, with 16-byte loads, into registers (VPL vectors of 8 per lane, consecutive lanes on
 /// consecutive vectors); absmax by warp shuffles (and, with WPR > 1, through shared memory); then each 8 codes
@@ -296,16 +310,7 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
     const float s = amax / Enc::kMax;
     if (w == 0 && lane == 0) scale[row] = s;
     uint2* qr = reinterpret_cast<uint2*>(q + row * k);
-    each_vector([&](int j, const float (&f)[8]) {
-      uint32_t lo = 0, hi = 0;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const uint32_t c = s > 0.0f ? Enc::encode(f[e], s) : 0u;
-        if (e < 4) lo |= c << (8 * e);
-        else hi |= c << (8 * (e - 4));
-      }
-      qr[j] = make_uint2(lo, hi);
-    });
+    each_vector([&](int j, const float (&f)[8]) { qr[j] = encode8<Enc>(f, s); });
   }
   if (list.done != nullptr) finish_outlier_list(flagged, reinterpret_cast<uint32_t*>(outlier_flags), k, list);
 }

@@ -121,19 +121,6 @@ __global__ void __launch_bounds__(128) k_add_layer_norm_warp(const T* h, const T
   }
 }
 
-/// Enc's codes of 8 values at scale s (all 0 for s = 0, a row of zeros), packed for one 8-byte store.
-template <typename Enc>
-__device__ __forceinline__ uint2 encode8(const float (&v)[8], float s) {
-  uint32_t lo = 0, hi = 0;
-#pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    const uint32_t c = s > 0.0f ? Enc::encode(v[e], s) : 0u;
-    if (e < 4) lo |= c << (8 * e);
-    else hi |= c << (8 * (e - 4));
-  }
-  return make_uint2(lo, hi);
-}
-
 /// Row scale and codes of the row values v this lane holds (element e of chunk j is column (j * 32 + lane) * 8 + e),
 /// given the lane's part of the absmax: warp max, scale = absmax / Enc::kMax (stored by lane 0), Enc's code of
 /// each value (0 for a row of zeros), 8 codes a store. Shared by the quantizing LayerNorm kernels.
@@ -144,7 +131,9 @@ __device__ __forceinline__ void store_row_codes(const float (&v)[kChunks][8], fl
   const float s = amax / Enc::kMax;
   if (lane == 0) scale[row] = s;
 #pragma unroll
-  for (int j = 0; j < kChunks; ++j) *reinterpret_cast<uint2*>(q + base + (j * 32 + lane) * 8) = encode8<Enc>(v[j], s);
+  for (int j = 0; j < kChunks; ++j) {
+    *reinterpret_cast<uint2*>(q + base + (j * 32 + lane) * 8) = detail::encode8<Enc>(v[j], s);
+  }
 }
 
 /// The same add + LayerNorm with the normalized row quantized per token instead of written: absmax over the
@@ -289,7 +278,7 @@ __device__ __forceinline__ void store_codes8(const float (&v)[8], float amax, in
                                              bool first, uint8_t* __restrict__ q, float* __restrict__ scale) {
   const float s = amax / Enc::kMax;
   if (first) scale[row] = s;
-  *reinterpret_cast<uint2*>(q + base + c0) = encode8<Enc>(v, s);
+  *reinterpret_cast<uint2*>(q + base + c0) = detail::encode8<Enc>(v, s);
 }
 
 /// k_add_layer_norm_quant_warp with a row over a warp group.
