@@ -115,8 +115,8 @@ std::pair<torch::Tensor, torch::Tensor> GPT2ClassifierImpl::add_layer_norm(const
     // this dtype (its forward would otherwise convert first). At every row count: below 2,048 rows the kernel
     // spreads a row over a warp group (norm.cu), where one warp a row had made it slower than the separate
     // quantizer at 128 rows (docs/perf.md).
-    const bool fuse = fused_input_quantization_;
-    const auto code = consumer != nullptr && fuse ? consumer->activation_code() : kernels::ActivationCode::kNone;
+    const auto code = consumer != nullptr && fused_input_quantization_ ? consumer->activation_code()
+                                                                        : kernels::ActivationCode::kNone;
     if (code != kernels::ActivationCode::kNone && codes != nullptr && consumer->base_dtype() == dt &&
         (dt == torch::kFloat16 || dt == torch::kBFloat16)) {
       auto [sum, qa] = kernels::cuda::add_layer_norm_quantized(h, delta.to(dt), w.to(dt), b.to(dt),

@@ -329,14 +329,11 @@ torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w, const torch
 
 namespace {
 
-/// Outlier columns as the GEMM epilogue walks them: ascending indices idx [k] and their number (device scalar),
-/// beside the rows their fp16 product reads.
-using OutlierColumns = OutlierColumnsInput;
-
 /// Per-token int8 codes of x [t, k] in one pass; threshold > 0 also flags the outlier columns (into
 /// a.outlier_cols) and compacts them. The codes of those columns are left in a.q (see
 /// launch_quantize_rows_int8): the caller zeroes them or has the epilogue subtract them.
-Int8Activations quantize_rows_int8(const char* op, const torch::Tensor& x, double threshold, OutlierColumns* cols) {
+Int8Activations quantize_rows_int8(const char* op, const torch::Tensor& x, double threshold,
+                                   OutlierColumnsInput* cols) {
   check_cuda(op, "x", x);
   check_dtype(op, "x", x, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
   EVALSVC_CHECK(x.dim() == 2, InputError, "cuda::{}: x must be [T, in], got {}", op, describe(x));
@@ -386,7 +383,7 @@ torch::Tensor outlier_state_or_zeros(const char* op, const torch::Tensor& state,
 /// outlier columns from launch_quantize_rows_int8_outliers, with `state` (int32, zero, left zero) or,
 /// when undefined, a zeroed one of this call's own.
 Int8Activations quantize_rows_int8_outliers(const char* op, const torch::Tensor& x16, double threshold,
-                                            const torch::Tensor& state, OutlierColumns* cols) {
+                                            const torch::Tensor& state, OutlierColumnsInput* cols) {
   const int64_t t = x16.size(0);
   const int64_t k = x16.size(1);
   const torch::Tensor st = outlier_state_or_zeros(op, state, x16, k);
@@ -407,7 +404,7 @@ Int8Activations quantize_rows_int8_outliers(const char* op, const torch::Tensor&
 
 Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold) {
   const char* op = "quantize_per_token_int8";
-  OutlierColumns cols;
+  OutlierColumnsInput cols;
   Int8Activations a = quantize_rows_int8(op, x, threshold, &cols);
   if (cols.idx.defined()) {  // the reference's codes: outlier columns zeroed
     const c10::cuda::CUDAGuard guard(x.device());
@@ -442,7 +439,7 @@ namespace {
 /// The int8 product of LLM.int8 codes q [T, in] with the outlier part in the epilogue: cols.rows are the rows the
 /// codes came from, in the output dtype, cols.idx / count the outlier columns (undefined idx: none).
 torch::Tensor llm_int8_product(const char* op, const torch::Tensor& q, const torch::Tensor& scale,
-                               const OutlierColumns& cols, const torch::Tensor& CB,
+                               const OutlierColumnsInput& cols, const torch::Tensor& CB,
                                const torch::Tensor& SCB, const torch::Tensor& bias, torch::ScalarType out_dtype,
                                Int8Gemm gemm, bool gelu_tanh) {
   Int8Epilogue ep;
@@ -480,7 +477,7 @@ torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, c
   // One pass over x16 makes the codes and flags the outlier columns; their codes stay in a.q and the epilogue
   // subtracts their integer products (outlier_q) instead of a second pass zeroing them.
   // The flags need no clearing and the compaction no launch of its own: the quantizer's last block does both.
-  OutlierColumns cols;
+  OutlierColumnsInput cols;
   cols.rows = x2;
   const bool outliers = threshold > 0 && x16.size(0) > 0 && k > 0;
   const Int8Activations a =
@@ -513,7 +510,7 @@ torch::Tensor llm_int8_linear_quantized(const QuantizedActivations& a, const tor
   // The epilogue reads the outlier columns' rows in the output dtype; fp16 -> fp32 is exact, -> bf16 is not.
   EVALSVC_CHECK(out_dtype == torch::kFloat16 || out_dtype == torch::kFloat32, InputError,
                 "cuda::{}: out_dtype must be Half or Float (the rows are fp16), got {}", op, c10::toString(out_dtype));
-  OutlierColumns cols = o;
+  OutlierColumnsInput cols = o;
   if (out_dtype != torch::kFloat16) cols.rows = o.rows.to(out_dtype);
   return llm_int8_product(op, a.q, a.scale, cols, CB, SCB, bias, out_dtype, gemm, gelu_tanh);
 }
