@@ -168,5 +168,71 @@ TEST(ModelGpu, WeightPrefetchGivesIdenticalLogitsEagerAndInACudaGraph) {
 #endif
 }
 
+// The last block at the read positions only (set_last_block) against the full last block, on the GPU's
+// kernels: the same logits up to the rounding of another attention kernel, at 4 right-padded rows and at one
+// full row of 128 tokens (the bench's batch-1 shape, where the last block's products see a single row).
+TEST(ModelGpu, LastBlockAtTheReadPositionsGivesTheFullBlocksLogits) {
+#if !EVALSVC_WITH_CUDA
+  GTEST_SKIP() << "built without EVALSVC_WITH_CUDA (no CUDA libtorch)";
+#else
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU";
+  const torch::Device dev(torch::kCUDA, 0);
+  struct Case {
+    kernels::Method method;
+    torch::ScalarType base;
+    double tol;  // max |pruned - full| / max |full| over the logits
+  };
+  // LLM.int8 chooses its outlier columns over all rows of a product, fewer rows may choose fewer (model_test.cpp).
+  std::vector<Case> cases = {{kernels::Method::kFp16, torch::kFloat16, 1e-2},
+                             {kernels::Method::kBf16, torch::kBFloat16, 2e-2},
+                             {kernels::Method::kInt8SymChannel, torch::kFloat16, 1e-2},
+                             {kernels::Method::kInt8W8A8, torch::kFloat16, 1e-2},
+                             {kernels::Method::kNf4, torch::kFloat16, 1e-2},
+                             {kernels::Method::kLlmInt8, torch::kFloat16, 3e-2}};
+  if (kernels::cuda::fp8_supported(dev)) cases.push_back({kernels::Method::kFp8E4M3, torch::kBFloat16, 2e-2});
+  torch::NoGradGuard no_grad;
+  const auto cfg = ModelConfig::preset("tiny");
+  auto gen = at::detail::createCPUGenerator(14);
+  const std::vector<std::pair<torch::Tensor, torch::Tensor>> batches = {
+      {torch::randint(0, cfg.vocab_size, {4, 48}, gen, torch::kLong), torch::tensor({48, 30, 1, 17}, torch::kLong)},
+      {torch::randint(0, cfg.vocab_size, {1, 128}, gen, torch::kLong), torch::tensor({128}, torch::kLong)}};
+  for (const auto& c : cases) {
+    GPT2Classifier model(cfg, 6);
+    model->quantize(c.method, c.base, kernels::QuantOptions{});
+    model->to_device(dev);
+    for (const auto& [ids, lengths] : batches) {
+      const auto what = fmt::format("{}, batch {}", kernels::method_name(c.method), ids.size(0));
+      model->set_last_block(GPT2ClassifierImpl::LastBlock::kPruned);
+      const auto pruned = model->forward(ids.to(dev), lengths.to(dev)).cpu();
+      EXPECT_TRUE(model->pruned_last_block_last_forward()) << what;
+      model->set_last_block(GPT2ClassifierImpl::LastBlock::kFull);
+      const auto full = model->forward(ids.to(dev), lengths.to(dev)).cpu();
+      const double scale = full.abs().max().item<double>();
+      const double err = (pruned - full).abs().max().item<double>();
+      EXPECT_LE(err, c.tol * scale) << fmt::format("{}: max |pruned - full| {} against max |logit| {}", what, err, scale);
+    }
+    // The pruned forward captured as a CUDA graph (the gathers and the masked attention included) and replayed.
+    model->set_last_block(GPT2ClassifierImpl::LastBlock::kPruned);
+    const auto static_ids = batches[0].first.to(dev);
+    const auto lengths = batches[0].second.to(dev);
+    const auto eager = model->forward(static_ids, lengths).cpu();
+    at::cuda::CUDAGraph graph;
+    torch::Tensor out;
+    {
+      const c10::cuda::CUDAStreamGuard guard(c10::cuda::getStreamFromPool(false, 0));
+      model->forward(static_ids, lengths);
+      c10::cuda::getCurrentCUDAStream(0).synchronize();
+      graph.capture_begin();
+      out = model->forward(static_ids, lengths);
+      graph.capture_end();
+    }
+    graph.replay();
+    torch::cuda::synchronize();
+    const double diff = (out.cpu() - eager).abs().max().item<double>();
+    EXPECT_LE(diff, 1e-3 * eager.abs().max().item<double>()) << kernels::method_name(c.method) << ": graph replay";
+  }
+#endif
+}
+
 }  // namespace
 }  // namespace evalsvc::worker

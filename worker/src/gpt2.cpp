@@ -183,16 +183,21 @@ GPT2ClassifierImpl::WeightPrefetch* GPT2ClassifierImpl::prefetch_for(int64_t tok
 #endif
 }
 
-void GPT2ClassifierImpl::stage_block(WeightPrefetch& pf, size_t layer) const {
+void GPT2ClassifierImpl::stage_block(WeightPrefetch& pf, size_t layer, int64_t all_tokens, int64_t tail_tokens) const {
 #ifdef EVALSVC_WITH_CUDA
   const size_t s = layer % 2;
   pf.side.run_on_side([&] {
-    for (size_t p = 0; p < 4; ++p) blocks_[layer].q[p]->dense_weight_into(pf.slot[s][p], prefetch_blocks_);
+    for (size_t p = 0; p < 4; ++p) {
+      const auto& q = blocks_[layer].q[p];
+      if (q->dequantizes_at(p == 0 ? all_tokens : tail_tokens)) q->dense_weight_into(pf.slot[s][p], prefetch_blocks_);
+    }
   });
   pf.side.record_side(WeightPrefetch::ready(s));
 #else
   (void)pf;
   (void)layer;
+  (void)all_tokens;
+  (void)tail_tokens;
 #endif
 }
 
@@ -220,6 +225,15 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   // forward's last blocks may still read the slots), copies blocks 0 and 1 at once, and block i + 2 as soon as
   // block i has run. The main stream waits for a block's copies only right before it; its wait for the last
   // block's copies also joins the side stream back (which CUDA graph capture requires).
+  // The position each row's logits are read at (the last real token), and whether the last block runs there only
+  // (set_last_block); then the rows that block's c_proj, c_fc and mlp.c_proj see.
+  const auto last = (lengths - 1).clamp_min(0);
+  const auto rows = torch::arange(B, last.options());
+  const bool prune = !train && (last_block_ == LastBlock::kPruned ||
+                                (last_block_ == LastBlock::kAuto && B * T >= kPruneMinTokens));
+  pruned_last_forward_ = prune;
+  auto tail_tokens = [&](size_t layer) { return prune && layer + 1 == blocks_.size() ? B : B * T; };
+
   WeightPrefetch* pf = prefetch_for(B * T);
   prefetched_last_forward_ = pf != nullptr;
   fused_quant_last_forward_ = false;
@@ -227,7 +241,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   if (pf) {
     pf->side.record_current(WeightPrefetch::kStart);
     pf->side.side_waits(WeightPrefetch::kStart);
-    for (size_t l = 0; l < std::min<size_t>(2, blocks_.size()); ++l) stage_block(*pf, l);
+    for (size_t l = 0; l < std::min<size_t>(2, blocks_.size()); ++l) stage_block(*pf, l, B * T, tail_tokens(l));
   }
 #endif
   const torch::Tensor* dense = nullptr;  // this block's four prefetched weights, or null
@@ -240,13 +254,27 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
       dense = pf->slot[i % 2].data();
     }
 #endif
-    auto dense_of = [&](int p) { return dense ? dense + p : nullptr; };
+    // A pruned last block's products may see too few rows to multiply by a dense weight (nf4's fused kernels).
+    auto dense_of = [&](int p) {
+      return dense && blk.q[p]->dequantizes_at(p == 0 ? B * T : tail_tokens(i)) ? dense + p : nullptr;
+    };
     auto qkv = linear(blk, 0, a, kernels::Activation::kNone, dense_of(0), a_codes, act)
                    .view({B, T, 3, H, D})
                    .permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
-    auto attn = compat::attention(qkv[0], qkv[1], qkv[2], torch::Tensor(), /*causal=*/true,
-                                  train ? config_.attn_pdrop : 0.0);
-    attn = attn.transpose(1, 2).reshape({B, T, E});
+    torch::Tensor attn;
+    if (prune && i + 1 == blocks_.size()) {
+      // Keys and values at every position, the query at the read position only: causal attention for that one
+      // query is attention over the keys up to it. From here on the block's rows are those positions, [B, 1, E].
+      using torch::indexing::Slice;
+      const auto q = qkv[0].index({rows, Slice(), last}).unsqueeze(2);                   // [B, H, 1, D]
+      const auto keep = (pos.unsqueeze(0) <= last.unsqueeze(1)).view({B, 1, 1, T});  // key t <= last[b]
+      attn = compat::attention(q, qkv[1], qkv[2], keep, /*causal=*/false, 0.0);
+      h = h.index({rows, last}).unsqueeze(1);
+    } else {
+      attn = compat::attention(qkv[0], qkv[1], qkv[2], torch::Tensor(), /*causal=*/true,
+                               train ? config_.attn_pdrop : 0.0);
+    }
+    attn = attn.transpose(1, 2).reshape({B, attn.size(2), E});
     auto o = linear(blk, 1, attn, kernels::Activation::kNone, dense_of(1));
     if (train && config_.resid_pdrop > 0) o = torch::dropout(o, config_.resid_pdrop, true);
     torch::Tensor m;
@@ -258,7 +286,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     if (pf && i + 2 < blocks_.size()) {
       pf->side.record_current(WeightPrefetch::freed(i % 2));
       pf->side.side_waits(WeightPrefetch::freed(i % 2));
-      stage_block(*pf, i + 2);
+      stage_block(*pf, i + 2, B * T, tail_tokens(i + 2));
     }
 #endif
     if (train && config_.resid_pdrop > 0) m = torch::dropout(m, config_.resid_pdrop, true);
@@ -270,9 +298,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     }
   }
   // The final LayerNorm and the head act per position: apply them only at the last real token.
-  auto last = (lengths - 1).clamp_min(0);
-  auto rows = torch::arange(B, last.options());
-  auto pooled = h.index({rows, last});
+  auto pooled = prune ? h.select(1, 0) : h.index({rows, last});
   pooled = layer_norm(pooled, lnf_w_, lnf_b_);
   const auto head_dt = autocast_ != torch::kFloat32 ? autocast_ : pooled.scalar_type();
   return torch::linear(pooled.to(head_dt), score_w_.to(head_dt)).to(torch::kFloat32);

@@ -28,20 +28,21 @@ namespace evalsvc::compat {
 /// True when this libtorch was built with CUDA and a device is visible.
 inline bool cuda_available() { return torch::cuda::is_available(); }
 
-/// Scaled dot-product attention with an additive float mask (or causal-only when mask is undefined).
-/// q,k,v: [B, H, T, D]. On libtorch >= 2.0 this is the fused kernel; on 1.13 the plain math path.
+/// Scaled dot-product attention, causal-only when `mask` is undefined. `mask` broadcasts to [B, H, Tq, Tk]: an
+/// additive float mask, or a boolean one (true: the key takes part). q [B, H, Tq, D], k and v [B, H, Tk, D].
+/// On libtorch >= 2.0 this is the fused kernel; on 1.13 the plain math path.
 inline torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                               const torch::Tensor& additive_mask, bool causal, double dropout_p) {
+                               const torch::Tensor& mask, bool causal, double dropout_p) {
 #if EVALSVC_HAS_SDPA
-  if (additive_mask.defined()) {
-    return at::scaled_dot_product_attention(q, k, v, additive_mask, dropout_p, /*is_causal=*/false);
-  }
+  if (mask.defined()) return at::scaled_dot_product_attention(q, k, v, mask, dropout_p, /*is_causal=*/false);
   return at::scaled_dot_product_attention(q, k, v, {}, dropout_p, /*is_causal=*/causal);
 #else
   const auto T = q.size(-2);
   auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(q.size(-1)));
-  if (additive_mask.defined()) {
-    scores = scores + additive_mask;
+  if (mask.defined() && mask.scalar_type() == torch::kBool) {
+    scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
+  } else if (mask.defined()) {
+    scores = scores + mask;
   } else if (causal) {
     auto m = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(q.device())).triu(1);
     scores = scores.masked_fill(m, -std::numeric_limits<float>::infinity());

@@ -109,6 +109,21 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// (W8A8, FP8, LLM.int8 on fp16) instead of those projections quantizing in a pass of their own (default on;
   /// the same values either way, tests/worker/model_gpu_test.cpp). Off only to compare the two.
   void set_fused_input_quantization(bool on) { fused_input_quantization_ = on; }
+  /// In inference (eval mode) the head reads one position a row, lengths[b] - 1, so the last block can run past
+  /// its c_attn only there: that one query's attention over the row's keys, then attn.c_proj, ln_2 and the MLP
+  /// on B rows instead of B x T (about 0.8 of a block's work less: 1/15 of GPT-2 small's). The logits are the
+  /// full block's up to the rounding of another attention kernel (tests/worker/model_test.cpp); LLM.int8, which
+  /// picks its outlier columns over all rows of a product, may pick fewer. kAuto prunes from
+  /// kPruneMinTokens tokens a forward: below that the products cost about the same at B rows as at B x T
+  /// (latency-bound) and the gather and the masked attention are launches more (batch 1 at 128 tokens in a
+  /// CUDA graph: 0.510 ms pruned against 0.501 full, fp16, one H200; docs/perf.md). kFull runs the last block at
+  /// every position as Hugging Face does (qbench bench --last-block, for comparing). Training always runs the
+  /// full block: dropout draws its masks per position.
+  enum class LastBlock { kAuto, kPruned, kFull };
+  static constexpr int64_t kPruneMinTokens = 4096;
+  void set_last_block(LastBlock mode) { last_block_ = mode; }
+  /// Whether the last forward() ran the last block at the read positions only.
+  bool pruned_last_block_last_forward() const { return pruned_last_forward_; }
   /// Whether the last forward() had a residual add + LayerNorm write a projection's input codes.
   bool fused_input_quantization_last_forward() const { return fused_quant_last_forward_; }
   /// Whether the last forward() dequantized ahead on the side stream.
@@ -147,8 +162,9 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// cannot use them.
   struct WeightPrefetch;
   WeightPrefetch* prefetch_for(int64_t tokens);
-  /// Queues the dense copies of block `layer` into slot layer % 2 on the side stream.
-  void stage_block(WeightPrefetch& pf, size_t layer) const;
+  /// Queues the dense copies of block `layer` into slot layer % 2 on the side stream, of the projections that
+  /// multiply by a dense weight at their row counts: B x T for c_attn, `tail_tokens` for the other three.
+  void stage_block(WeightPrefetch& pf, size_t layer, int64_t all_tokens, int64_t tail_tokens) const;
   /// {h + delta, LayerNorm(h + delta)}: one CUDA kernel in inference on a GPU, the two ops otherwise.
   /// With a `consumer` that quantizes its input per token (activation_code: W8A8, FP8, LLM.int8 on fp16) and
   /// where that kernel runs, the LayerNorm output is not returned (undefined) but quantized by the same kernel
@@ -170,6 +186,8 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   torch::ScalarType base_dtype_ = torch::kFloat32;
   bool weight_prefetch_ = true;
   bool fused_input_quantization_ = true;
+  LastBlock last_block_ = LastBlock::kAuto;
+  bool pruned_last_forward_ = false;
   mutable bool fused_quant_last_forward_ = false;  // set by add_layer_norm, which forward() calls as const
   int prefetch_blocks_ = kDefaultPrefetchBlocks;
   bool prefetched_last_forward_ = false;
