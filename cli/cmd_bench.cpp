@@ -35,6 +35,7 @@ struct BenchArgs {
   bool no_prefetch = false;
   int prefetch_blocks = worker::GPT2ClassifierImpl::kDefaultPrefetchBlocks;
   bool no_fused_quant = false;
+  std::string last_block = "auto";
   std::string fp8_gemm = "auto";
   bool test_set = false;
   std::string data;    // data folder (ag_news/, gpt2/); empty: the default search
@@ -66,6 +67,13 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
   sub.add_flag("--no-fused-quant", a->no_fused_quant,
                "projections that quantize their input per token (int8-w8a8, fp8-e4m3, llm-int8) quantize it in a "
                "pass of their own instead of taking codes from the residual add + LayerNorm (for comparing the two)");
+  sub.add_option("--last-block", a->last_block,
+                 fmt::format("where the last block runs past its c_attn: auto (only at the position the head reads, "
+                             "from {} tokens a forward) | pruned (there at every size) | full (at every position, as "
+                             "Hugging Face does); the logits are the same (for comparing them)",
+                             worker::GPT2ClassifierImpl::kPruneMinTokens))
+      ->check(CLI::IsMember({"auto", "pruned", "full"}))
+      ->capture_default_str();
   sub.add_option("--fp8-gemm", a->fp8_gemm,
                  "the fp8-e4m3 products: auto (qbench's wgmma kernel for few tokens on Hopper, cuBLASLt otherwise) | "
                  "cublaslt | wgmma | scaled_mm (for comparing them on the whole model)")
@@ -111,6 +119,10 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       model->to_device(dev);
       model->set_weight_prefetch(!a->no_prefetch, a->prefetch_blocks);
       model->set_fused_input_quantization(!a->no_fused_quant);
+      using LastBlock = worker::GPT2ClassifierImpl::LastBlock;
+      model->set_last_block(a->last_block == "pruned" ? LastBlock::kPruned
+                            : a->last_block == "full" ? LastBlock::kFull
+                                                      : LastBlock::kAuto);
       worker::BenchOptions o;
       o.batch_sizes = a->batch_sizes;
       o.seq_len = a->seq_len;
@@ -126,6 +138,7 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       j["device"] = worker::describe_device(dev);
       if (r.weight_prefetch) j["prefetch_blocks"] = a->prefetch_blocks;
       j["fused_input_quantization"] = !a->no_fused_quant;
+      j["last_block"] = a->last_block;
       if (v.method == "fp8-e4m3") j["fp8_gemm"] = a->fp8_gemm;
       std::string test_note;
       if (a->test_set) {

@@ -21,9 +21,14 @@ def best_at_least(sweep, min_batch):
 def main():
     # A method timed again at another base dtype (`qbench bench --methods int8-sym --base fp16`) is keyed
     # "method@base", so the fp32-based reference variant and its fp16-based twin both get their row.
+    # A method timed with `--last-block full` (the last block at every position, as Hugging Face runs it) or
+    # `pruned` is keyed "method/last-block-full" or "method/last-block-pruned"; with `full` its ratios to the
+    # peer are the like-for-like ones.
     q = {}
     for r in load(sys.argv[1]):
         key = r["method"] if r["method"] not in q else f'{r["method"]}@{r["base_dtype"]}'
+        if r.get("last_block", "auto") != "auto":
+            key = f'{r["method"]}/last-block-{r["last_block"]}'
         q[key] = r
     p = {r["peer"]: r for r in load(sys.argv[2])}
     devices = {r["device"]["device"] if isinstance(r["device"], dict) else r["device"] for r in q.values()}
@@ -40,11 +45,11 @@ def main():
         rows.append((name, value, target, better, ok))
 
     for m, r in q.items():
-        if m == "fp32" or not compile16:
+        if m.startswith("fp32") or not compile16:
             continue
         ratio(f"{m}: batch-1 p50 / peer fp16 compile", r["latency"]["p50_ms"] / compile16["latency"]["p50_ms"], 0.8, "lower")
     if compile16:
-        for m in ("fp16", "bf16"):
+        for m in ("fp16", "bf16", "fp16/last-block-full", "bf16/last-block-full"):
             if m in q:
                 ratio(f"{m}: throughput b>=128 / peer fp16 compile",
                       best_at_least(q[m]["sweep"], 128) / best_at_least(compile16["sweep"], 128), 1.2, "higher")

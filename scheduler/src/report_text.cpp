@@ -344,8 +344,10 @@ std::string render_text(const ReportData& d) {
                          "the weight the variant stores, dequantized; higher is closer. \"Exact\" projections have no "
                          "error (no finite SQNR). Activation quantization (W8A8, LLM.int8) is not part of it: it shows "
                          "in accuracy and agreement.", 4);
+  // 4,096: worker::GPT2ClassifierImpl::kPruneMinTokens (the scheduler does not link the model).
   o += wrap("  \u2022 ", "Latency: batch 1, padded sequence, model forward only, after warm-up runs; p50/p90/p99. "
-                         "Throughput: samples/s of the forward pass per batch size. Speed figures are compared only "
+                         "Throughput: samples/s of the forward pass per batch size; from 4,096 tokens a forward the "
+                         "last block runs only at the token the classifier reads. Speed figures are compared only "
                          "between variants measured on the same device.", 4);
   o += wrap("  \u2022 ", "Accuracy 95% interval: Wilson. Macro F1 95% interval: bootstrap, 1,000 resamples, seed 1234. "
                          "Differences: McNemar exact test on the paired predictions; called a difference only when "

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <map>
 #include <sstream>
 #include <string>
 
@@ -88,6 +89,24 @@ TEST(CliBench, Fp8GemmTakesOnlyTheProductsThereAre) {
   EXPECT_NE(rc2, 0);
   EXPECT_NE(out2.find("no CUDA kernels"), std::string::npos) << out2;
 #endif
+}
+
+// --last-block sets where the last block runs; the JSON line says which it took for each timed shape.
+TEST(CliBench, LastBlockSettingReachesTheModelAndTheJson) {
+  const std::map<std::string, bool> pruned = {{"pruned", true}, {"full", false}, {"auto", false}};
+  for (const auto& [mode, want] : pruned) {
+    auto [rc, out] = run("bench --config tiny --device cpu --methods fp16 --iters 1 --warmup 0 --batch-sizes 2 --last-block " + mode);
+    ASSERT_EQ(rc, 0) << out;
+    const auto pos = out.find("{\"");
+    ASSERT_NE(pos, std::string::npos) << out;
+    const auto row = nlohmann::json::parse(out.substr(pos, out.find('\n', pos) - pos));
+    EXPECT_EQ(row["last_block"], mode);
+    EXPECT_EQ(row["latency"]["last_block_pruned"], want) << mode;  // auto: 128 tokens, below the threshold
+    EXPECT_EQ(row["sweep"][0]["last_block_pruned"], want) << mode;
+  }
+  auto [rc, out] = run("bench --config tiny --device cpu --methods fp16 --iters 1 --last-block sideways");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("--last-block"), std::string::npos) << out;
 }
 
 }  // namespace

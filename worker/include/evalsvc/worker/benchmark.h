@@ -26,6 +26,7 @@ struct LatencyStats {
   double p50_ms = 0, p90_ms = 0, p99_ms = 0, mean_ms = 0;
   int64_t runs = 0;
   bool cuda_graph = false;        ///< timed as CUDA graph replays
+  bool last_block_pruned = false; ///< the last block ran at the read positions only (GPT2Classifier::set_last_block)
   std::string cuda_graph_error;   ///< why capture was not used, when it was tried and failed
 };
 
@@ -34,6 +35,7 @@ struct ThroughputPoint {
   double samples_per_s = 0;
   double ms_per_batch = 0;
   int64_t peak_memory_bytes = -1;  ///< CUDA only; -1 where not measured (CPU)
+  bool last_block_pruned = false;  ///< as in LatencyStats
 };
 
 struct BenchResult {
