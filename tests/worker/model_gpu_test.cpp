@@ -16,6 +16,21 @@
 namespace evalsvc::worker {
 namespace {
 
+#if EVALSVC_WITH_CUDA
+// The forward on (ids, lengths) captured into `graph` on a pool stream, after one forward there; returns the
+// logits tensor that each replay rewrites.
+torch::Tensor capture_forward(GPT2Classifier& model, const torch::Tensor& ids, const torch::Tensor& lengths,
+                              at::cuda::CUDAGraph& graph) {
+  const c10::cuda::CUDAStreamGuard guard(c10::cuda::getStreamFromPool(false, 0));
+  model->forward(ids, lengths);
+  c10::cuda::getCurrentCUDAStream(0).synchronize();
+  graph.capture_begin();
+  auto out = model->forward(ids, lengths);
+  graph.capture_end();
+  return out;
+}
+#endif
+
 TEST(ModelGpu, EveryVariantsGpuForwardMatchesItsCpuForward) {
 #if !EVALSVC_WITH_CUDA
   GTEST_SKIP() << "built without EVALSVC_WITH_CUDA (no CUDA libtorch)";
@@ -143,15 +158,7 @@ TEST(ModelGpu, WeightPrefetchGivesIdenticalLogitsEagerAndInACudaGraph) {
 
     auto static_ids = ids.clone();
     at::cuda::CUDAGraph graph;
-    torch::Tensor out;
-    {
-      const c10::cuda::CUDAStreamGuard guard(c10::cuda::getStreamFromPool(false, 0));
-      on->forward(static_ids, lengths);
-      c10::cuda::getCurrentCUDAStream(0).synchronize();
-      graph.capture_begin();
-      out = on->forward(static_ids, lengths);
-      graph.capture_end();
-    }
+    const auto out = capture_forward(on, static_ids, lengths, graph);
     static_ids.copy_(ids2);
     graph.replay();
     torch::cuda::synchronize();
@@ -217,15 +224,7 @@ TEST(ModelGpu, LastBlockAtTheReadPositionsGivesTheFullBlocksLogits) {
     const auto lengths = batches[0].second.to(dev);
     const auto eager = model->forward(static_ids, lengths).cpu();
     at::cuda::CUDAGraph graph;
-    torch::Tensor out;
-    {
-      const c10::cuda::CUDAStreamGuard guard(c10::cuda::getStreamFromPool(false, 0));
-      model->forward(static_ids, lengths);
-      c10::cuda::getCurrentCUDAStream(0).synchronize();
-      graph.capture_begin();
-      out = model->forward(static_ids, lengths);
-      graph.capture_end();
-    }
+    const auto out = capture_forward(model, static_ids, lengths, graph);
     graph.replay();
     torch::cuda::synchronize();
     const double diff = (out.cpu() - eager).abs().max().item<double>();
