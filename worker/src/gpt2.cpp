@@ -221,10 +221,6 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   // is a plain add (ln_f acts on the pooled rows only).
   auto a = layer_norm(h, blocks_.front().ln1_w, blocks_.front().ln1_b);
 
-  // Weight prefetch (set_weight_prefetch): the side stream starts after everything queued so far (the previous
-  // forward's last blocks may still read the slots), copies blocks 0 and 1 at once, and block i + 2 as soon as
-  // block i has run. The main stream waits for a block's copies only right before it; its wait for the last
-  // block's copies also joins the side stream back (which CUDA graph capture requires).
   // The position each row's logits are read at (the last real token), and whether the last block runs there only
   // (set_last_block); then the rows that block's c_proj, c_fc and mlp.c_proj see.
   const auto last = (lengths - 1).clamp_min(0);
@@ -234,6 +230,10 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   pruned_last_forward_ = prune;
   auto tail_tokens = [&](size_t layer) { return prune && layer + 1 == blocks_.size() ? B : B * T; };
 
+  // Weight prefetch (set_weight_prefetch): the side stream starts after everything queued so far (the previous
+  // forward's last blocks may still read the slots), copies blocks 0 and 1 at once, and block i + 2 as soon as
+  // block i has run. The main stream waits for a block's copies only right before it; its wait for the last
+  // block's copies also joins the side stream back (which CUDA graph capture requires).
   WeightPrefetch* pf = prefetch_for(B * T);
   prefetched_last_forward_ = pf != nullptr;
   fused_quant_last_forward_ = false;
