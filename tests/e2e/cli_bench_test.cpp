@@ -95,7 +95,8 @@ TEST(CliBench, Fp8GemmTakesOnlyTheProductsThereAre) {
 TEST(CliBench, LastBlockSettingReachesTheModelAndTheJson) {
   const std::map<std::string, bool> pruned = {{"pruned", true}, {"full", false}, {"auto", false}};
   for (const auto& [mode, want] : pruned) {
-    auto [rc, out] = run("bench --config tiny --device cpu --methods fp16 --iters 1 --warmup 0 --batch-sizes 2 --last-block " + mode);
+    auto [rc, out] =
+        run("bench --config tiny --device cpu --methods fp16 --iters 1 --warmup 0 --batch-sizes 2 --last-block " + mode);
     ASSERT_EQ(rc, 0) << out;
     const auto pos = out.find("{\"");
     ASSERT_NE(pos, std::string::npos) << out;

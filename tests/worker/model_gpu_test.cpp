@@ -216,7 +216,8 @@ TEST(ModelGpu, LastBlockAtTheReadPositionsGivesTheFullBlocksLogits) {
       const auto full = model->forward(ids.to(dev), lengths.to(dev)).cpu();
       const double scale = full.abs().max().item<double>();
       const double err = (pruned - full).abs().max().item<double>();
-      EXPECT_LE(err, c.tol * scale) << fmt::format("{}: max |pruned - full| {} against max |logit| {}", what, err, scale);
+      EXPECT_LE(err, c.tol * scale) << fmt::format("{}: max |pruned - full| {} against max |logit| {}", what, err,
+                                                   scale);
     }
     // The pruned forward captured as a CUDA graph (the gathers and the masked attention included) and replayed.
     model->set_last_block(GPT2ClassifierImpl::LastBlock::kPruned);

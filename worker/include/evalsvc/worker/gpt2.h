@@ -113,10 +113,10 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// its c_attn only there: that one query's attention over the row's keys, then attn.c_proj, ln_2 and the MLP
   /// on B rows instead of B x T (about 0.8 of a block's work less: 1/15 of GPT-2 small's). The logits are the
   /// full block's up to the rounding of another attention kernel (tests/worker/model_test.cpp); LLM.int8, which
-  /// picks its outlier columns over all rows of a product, may pick fewer. kAuto prunes from
-  /// kPruneMinTokens tokens a forward: below that the products cost about the same at B rows as at B x T
-  /// (latency-bound) and the gathers and the masked attention are launches more, so pruning gained nothing
-  /// (batch 1 at 128 tokens in a CUDA graph, fp16, one H200: 0.510 ms pruned, 0.501 full; docs/perf.md). kFull runs the last block at
+  /// picks its outlier columns over all rows of a product, may pick fewer. kAuto prunes from kPruneMinTokens
+  /// tokens a forward: below that the products cost about the same at B rows as at B x T (latency-bound) and
+  /// the gathers and the masked attention are launches more, so pruning gained nothing (batch 1 at 128 tokens
+  /// in a CUDA graph, fp16, one H200: 0.510 ms pruned, 0.501 full; docs/perf.md). kFull runs the last block at
   /// every position as Hugging Face does (qbench bench --last-block, for comparing). Training always runs the
   /// full block: dropout draws its masks per position.
   enum class LastBlock { kAuto, kPruned, kFull };
