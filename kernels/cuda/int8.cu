@@ -1025,7 +1025,6 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
   if (m <= 0 || n <= 0 || k <= 0) return kLaunchBadShape;
   if (xq == nullptr || wq == nullptr || y == nullptr || !epilogue_ok(ep)) return kLaunchBadPointer;
   const bool vec = k % 16 == 0 && reinterpret_cast<uintptr_t>(xq) % 16 == 0 && reinterpret_cast<uintptr_t>(wq) % 16 == 0;
-  const int sms = sm_count();
   const bool wgmma = kernel == Int8Kernel::kWgmma;
   if (wgmma && !int8_wgmma_available()) return kLaunchUnsupported;
   if (wgmma && !vec) return kLaunchBadShape;
@@ -1040,7 +1039,7 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
   // The largest tile whose blocks alone fill every SM; below that the 64 x 64 tiles' four times as many blocks
   // finish sooner (at 128 tokens x 768 outputs: 6 blocks against 24).
   const int64_t large_tiles = ((m + I8Large::kBm - 1) / I8Large::kBm) * ((n + I8Large::kBn - 1) / I8Large::kBn);
-  const bool large = large_tiles >= sms;
+  const bool large = large_tiles >= sm_count();
   EVALSVC_DISPATCH_FLOAT(dtype, T, {
     return large ? launch_int8_gemm_cfg<I8Large, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), vec, stream)
                  : launch_int8_gemm_cfg<I8Small, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), vec, stream);

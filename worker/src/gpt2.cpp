@@ -183,13 +183,18 @@ GPT2ClassifierImpl::WeightPrefetch* GPT2ClassifierImpl::prefetch_for(int64_t tok
 #endif
 }
 
+bool GPT2ClassifierImpl::takes_dense(size_t layer, int p, int64_t all_tokens, int64_t tail_tokens) const {
+  return blocks_[layer].q[p]->dequantizes_at(p == 0 ? all_tokens : tail_tokens);
+}
+
 void GPT2ClassifierImpl::stage_block(WeightPrefetch& pf, size_t layer, int64_t all_tokens, int64_t tail_tokens) const {
 #ifdef EVALSVC_WITH_CUDA
   const size_t s = layer % 2;
   pf.side.run_on_side([&] {
-    for (size_t p = 0; p < 4; ++p) {
-      const auto& q = blocks_[layer].q[p];
-      if (q->dequantizes_at(p == 0 ? all_tokens : tail_tokens)) q->dense_weight_into(pf.slot[s][p], prefetch_blocks_);
+    for (int p = 0; p < 4; ++p) {
+      if (takes_dense(layer, p, all_tokens, tail_tokens)) {
+        blocks_[layer].q[p]->dense_weight_into(pf.slot[s][p], prefetch_blocks_);
+      }
     }
   });
   pf.side.record_side(WeightPrefetch::ready(s));
@@ -255,9 +260,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     }
 #endif
     // A pruned last block's products may see too few rows to multiply by a dense weight (nf4's fused kernels).
-    auto dense_of = [&](int p) {
-      return dense && blk.q[p]->dequantizes_at(p == 0 ? B * T : tail_tokens(i)) ? dense + p : nullptr;
-    };
+    auto dense_of = [&](int p) { return dense && takes_dense(i, p, B * T, tail_tokens(i)) ? dense + p : nullptr; };
     auto qkv = linear(blk, 0, a, kernels::Activation::kNone, dense_of(0), a_codes, act)
                    .view({B, T, 3, H, D})
                    .permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]

@@ -162,8 +162,12 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// cannot use them.
   struct WeightPrefetch;
   WeightPrefetch* prefetch_for(int64_t tokens);
+  /// Whether projection p of block `layer` multiplies by a dense weight at its row count: `all_tokens` (B x T)
+  /// for c_attn, `tail_tokens` for the other three (B in a pruned last block). The one test both the prefetch's
+  /// copies and the products' use of them go by.
+  bool takes_dense(size_t layer, int p, int64_t all_tokens, int64_t tail_tokens) const;
   /// Queues the dense copies of block `layer` into slot layer % 2 on the side stream, of the projections that
-  /// multiply by a dense weight at their row counts: B x T for c_attn, `tail_tokens` for the other three.
+  /// takes_dense names.
   void stage_block(WeightPrefetch& pf, size_t layer, int64_t all_tokens, int64_t tail_tokens) const;
   /// {h + delta, LayerNorm(h + delta)}: one CUDA kernel in inference on a GPU, the two ops otherwise.
   /// With a `consumer` that quantizes its input per token (activation_code: W8A8, FP8, LLM.int8 on fp16) and
