@@ -2,6 +2,7 @@
 // Device helpers shared by the qbench kernels (kernels/cuda/*.cu): dtype conversion, reductions, launch checks.
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -11,6 +12,48 @@
 #include "evalsvc/kernels/cuda_launchers.h"
 
 namespace evalsvc::kernels::cuda::detail {
+
+// ---- programmatic dependent launch (sm_90+) ------------------------------------------------------------------
+// At batch 1 a forward is ~100 short kernels in a chain, and each waits for the one before it to finish and
+// flush before the GPU even starts scheduling it: a fixed gap per launch. Launched through launch_pdl, a
+// kernel may be scheduled once every block of the kernel before it has called pdl_launch_dependents (or
+// exited); it sets itself up (barriers, tensor maps, weight tiles: nothing another kernel writes) and then
+// waits in pdl_wait for that kernel's completion and writes. Only kernels that call pdl_wait before their
+// first read of another kernel's output and before their first global write may go through launch_pdl.
+
+/// Blocks until the grid this one was launched behind has completed and its writes are visible
+/// (griddepcontrol.wait); returns at once for a kernel launched normally.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+/// Lets the next kernel in the stream, when launched through launch_pdl, be scheduled now (it still waits for
+/// this one in its pdl_wait). Called right after pdl_wait, so at most one kernel is scheduled ahead.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+/// kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization when
+/// programmatic_launch() says so (cuda_launchers.h). The launch's status is left for launch_result().
+template <typename... Params, typename... Args>
+inline void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                       Args&&... args) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = &attr;
+  cfg.numAttrs = programmatic_launch() ? 1 : 0;
+  cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
 
 /// Loads one element of a floating-point tensor as fp32.
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
@@ -244,6 +287,8 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
                                                             uint8_t* __restrict__ q, float* __restrict__ scale,
                                                             OutlierList list) {
   static_assert(8 % WPR == 0, "a block of 8 warps holds whole rows");
+  pdl_wait();  // x comes from the kernel before
+  pdl_launch_dependents();
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int w = warp % WPR;  // this warp's part of its row
@@ -322,11 +367,11 @@ inline void launch_quantize_rows_wpr(const void* x, bool f16, int64_t t, int64_t
   constexpr int kRowsPerBlock = 8 / WPR;
   const unsigned grid = static_cast<unsigned>((t + kRowsPerBlock - 1) / kRowsPerBlock);
   if (f16) {
-    k_quantize_rows_warp<__half, 4, WPR, Enc>
-        <<<grid, 256, 0, stream>>>(static_cast<const __half*>(x), t, k, threshold, flags, q, scale, list);
+    launch_pdl(k_quantize_rows_warp<__half, 4, WPR, Enc>, grid, 256, 0, stream, static_cast<const __half*>(x), t, k,
+               threshold, flags, q, scale, list);
   } else {
-    k_quantize_rows_warp<__nv_bfloat16, 4, WPR, Enc>
-        <<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), t, k, threshold, flags, q, scale, list);
+    launch_pdl(k_quantize_rows_warp<__nv_bfloat16, 4, WPR, Enc>, grid, 256, 0, stream,
+               static_cast<const __nv_bfloat16*>(x), t, k, threshold, flags, q, scale, list);
   }
 }
 

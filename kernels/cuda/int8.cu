@@ -3,6 +3,7 @@
 // mma.sync kernel for sm_80+, a TMA-fed wgmma kernel for Hopper), the same epilogue over an int32 product from
 // cuBLASLt, and weight-only int8 dequantization. The wgmma kernel also multiplies E4M3 codes (launch_fp8_gemm):
 // its pipeline and epilogue do not depend on what the 8-bit codes encode.
+#include <atomic>
 #include <cuda.h>  // CUtensorMap and its enums (the encoder is looked up at run time: no libcuda link)
 
 #include "common.cuh"
@@ -739,11 +740,21 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       // Fetch both tensor maps into the TMA unit's cache now rather than at the first copy.
       asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_a)) : "memory");
       asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_b)) : "memory");
-      for (int kt = 0; kt < ktiles; ++kt) {
+      // The first stages' weight tiles are no other kernel's output: under a programmatic launch they load
+      // while the kernel before (the quantizer of A) is still finishing; A's tiles only after pdl_wait.
+      const int first = ktiles < Cfg::kStages ? ktiles : Cfg::kStages;
+      for (int kt = 0; kt < first; ++kt) {
+        mbar_arrive_expect_tx(full_bar(kt), Cfg::kStageBytes);  // zero-filled bytes past the edges count too
+        tma_load_2d(stage_b(kt), &map_b, kt * Cfg::kBk, n0, full_bar(kt));
+      }
+      detail::pdl_wait();
+      detail::pdl_launch_dependents();
+      for (int kt = 0; kt < first; ++kt) tma_load_2d(stage_a(kt), &map_a, kt * Cfg::kBk, m0, full_bar(kt));
+      for (int kt = first; kt < ktiles; ++kt) {
         const int s = kt % Cfg::kStages;
         // Stage s last held tile kt - kStages: its release is phase (kt / kStages - 1) of empty[s].
-        if (kt >= Cfg::kStages) mbar_wait(empty_bar(s), static_cast<uint32_t>((kt / Cfg::kStages - 1) & 1));
-        mbar_arrive_expect_tx(full_bar(s), Cfg::kStageBytes);  // zero-filled bytes past the edges count too
+        mbar_wait(empty_bar(s), static_cast<uint32_t>((kt / Cfg::kStages - 1) & 1));
+        mbar_arrive_expect_tx(full_bar(s), Cfg::kStageBytes);
         tma_load_2d(stage_a(s), &map_a, kt * Cfg::kBk, m0, full_bar(s));
         tma_load_2d(stage_b(s), &map_b, kt * Cfg::kBk, n0, full_bar(s));
       }
@@ -751,14 +762,17 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     return;
   }
 
-  // This thread's share of the epilogue's parameters (WgTileParams), loaded now and used after the main loop.
+  // This thread's share of the epilogue's parameters (WgTileParams), loaded now and used after the main loop:
+  // the weight's scales and bias before pdl_wait, the row scales (the quantizer's output) after it.
   const int tid = threadIdx.x;
-  const float my_row_scale = tid < Cfg::kBm && m0 + tid < m ? ep.row_scale[m0 + tid] : 0.0f;
   const bool my_col = tid < Cfg::kBn && n0 + tid < n;
   const float my_col_scale = my_col ? ep.col_scale[ep.col_scale_per_channel ? n0 + tid : 0] : 0.0f;
   float my_bias = 0.0f;
   if (my_col && ep.bias != nullptr) my_bias = ep.bias[n0 + tid];
   if (my_col && ep.bias_out_dtype != nullptr) my_bias = to_float(static_cast<const T*>(ep.bias_out_dtype)[n0 + tid]);
+  detail::pdl_wait();
+  detail::pdl_launch_dependents();
+  const float my_row_scale = tid < Cfg::kBm && m0 + tid < m ? ep.row_scale[m0 + tid] : 0.0f;
 
   const int wg = threadIdx.x >> 7;
   Acc acc[Cfg::kAcc];
@@ -861,7 +875,8 @@ int launch_gemm8_wgmma_cfg(const void* xq, const void* wq, int64_t m, int64_t n,
   const int st = opt_in_smem(reinterpret_cast<const void*>(k_gemm8_wgmma<Cfg, T, kCode>), Cfg::kSmemBytes, opted_in);
   if (st != kLaunchOk) return st;
   const dim3 grid(static_cast<unsigned>((n + Cfg::kBn - 1) / Cfg::kBn), static_cast<unsigned>((m + Cfg::kBm - 1) / Cfg::kBm));
-  k_gemm8_wgmma<Cfg, T, kCode><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(map_a, map_b, m, n, k, ep, y);
+  detail::launch_pdl(k_gemm8_wgmma<Cfg, T, kCode>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, map_a, map_b, m, n, k,
+                     ep, y);
   return detail::launch_result();
 }
 
@@ -1003,6 +1018,24 @@ int launch_zero_columns(int8_t* q, int64_t t, int64_t k, const int32_t* idx, con
   if (q == nullptr || idx == nullptr || count == nullptr) return kLaunchBadPointer;
   k_zero_columns<<<detail::grid_for(t, 256, INT32_MAX), 256, 0, stream>>>(q, t, k, idx, count);
   return detail::launch_result();
+}
+
+namespace {
+std::atomic<bool> g_programmatic_launch{true};
+}  // namespace
+
+void set_programmatic_launch(bool on) { g_programmatic_launch.store(on, std::memory_order_relaxed); }
+
+bool programmatic_launch() {
+  if (!g_programmatic_launch.load(std::memory_order_relaxed)) return false;
+  static int cached[64] = {};  // 0 unknown, 1 yes (compute capability 9.0 or later), -1 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  if (cached[dev] == 0) {
+    int major = 0;
+    cached[dev] = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 ? 1 : -1;
+  }
+  return cached[dev] > 0;
 }
 
 bool int8_wgmma_available() {

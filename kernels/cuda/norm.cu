@@ -105,6 +105,8 @@ __global__ void __launch_bounds__(128) k_add_layer_norm_warp(const T* h, const T
                                                              const T* __restrict__ gamma,
                                                              const T* __restrict__ beta, float eps, int64_t rows,
                                                              T* h_out, T* __restrict__ a) {
+  detail::pdl_wait();  // h and delta come from the kernels before
+  detail::pdl_launch_dependents();
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= rows) return;
@@ -147,6 +149,8 @@ __global__ void __launch_bounds__(128) k_add_layer_norm_quant_warp(const T* h, c
                                                                    const T* __restrict__ beta, float eps,
                                                                    int64_t rows, T* h_out, uint8_t* __restrict__ q,
                                                                    float* __restrict__ scale) {
+  detail::pdl_wait();  // h and delta come from the kernels before
+  detail::pdl_launch_dependents();
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= rows) return;
@@ -172,6 +176,8 @@ __global__ void __launch_bounds__(128) k_add_layer_norm_llm_int8_warp(
     const __half* h, const __half* __restrict__ delta, const __half* __restrict__ gamma,
     const __half* __restrict__ beta, float eps, int64_t rows, float threshold, __half* h_out, __half* __restrict__ a,
     int8_t* __restrict__ q, float* __restrict__ scale, uint32_t* mask, detail::OutlierList list) {
+  detail::pdl_wait();  // h and delta come from the kernels before
+  detail::pdl_launch_dependents();
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
@@ -288,6 +294,8 @@ __global__ void __launch_bounds__(256) k_add_layer_norm_quant_split(const T* h, 
                                                                     const T* __restrict__ beta, float eps,
                                                                     int64_t rows, T* h_out, uint8_t* __restrict__ q,
                                                                     float* __restrict__ scale) {
+  detail::pdl_wait();  // h and delta come from the kernels before
+  detail::pdl_launch_dependents();
   __shared__ SplitChains chains[kSplitRowsPerBlock];
   __shared__ float parts[kSplitRowsPerBlock][kSplitWarps];
   const int lane = threadIdx.x & 31;
@@ -311,6 +319,8 @@ __global__ void __launch_bounds__(256) k_add_layer_norm_llm_int8_split(
     const __half* h, const __half* __restrict__ delta, const __half* __restrict__ gamma,
     const __half* __restrict__ beta, float eps, int64_t rows, float threshold, __half* h_out, __half* __restrict__ a,
     int8_t* __restrict__ q, float* __restrict__ scale, uint32_t* mask, detail::OutlierList list) {
+  detail::pdl_wait();  // h and delta come from the kernels before
+  detail::pdl_launch_dependents();
   __shared__ SplitChains chains[kSplitRowsPerBlock];
   __shared__ float parts[kSplitRowsPerBlock][kSplitWarps];
   const int lane = threadIdx.x & 31;
@@ -372,8 +382,8 @@ template <typename T>
 int launch_warp_rows(const void* h, const void* delta, const void* gamma, const void* beta, float eps, int64_t rows,
                      int64_t cols, void* h_out, void* a, cudaStream_t stream) {
   return launch_by_chunks(cols, [&](auto chunks) {
-    k_add_layer_norm_warp<T, decltype(chunks)::value><<<warp_rows_grid(rows), 32 * kWarpRowsPerBlock, 0, stream>>>(
-        static_cast<const T*>(h), static_cast<const T*>(delta), static_cast<const T*>(gamma),
+    detail::launch_pdl(k_add_layer_norm_warp<T, decltype(chunks)::value>, warp_rows_grid(rows), 32 * kWarpRowsPerBlock,
+        0, stream, static_cast<const T*>(h), static_cast<const T*>(delta), static_cast<const T*>(gamma),
         static_cast<const T*>(beta), eps, rows, static_cast<T*>(h_out), static_cast<T*>(a));
   });
 }
@@ -388,13 +398,13 @@ int launch_quant_rows(const void* h, const void* delta, const void* gamma, const
   return launch_by_chunks(cols, [&](auto chunks) {
     constexpr int kChunks = decltype(chunks)::value;
     if (rows < kSplitMaxRows) {
-      k_add_layer_norm_quant_split<T, kChunks, Enc><<<split_rows_grid(rows), 256, 0, stream>>>(
+      detail::launch_pdl(k_add_layer_norm_quant_split<T, kChunks, Enc>, split_rows_grid(rows), 256, 0, stream,
           static_cast<const T*>(h), static_cast<const T*>(delta), static_cast<const T*>(gamma),
           static_cast<const T*>(beta), eps, rows, static_cast<T*>(h_out), q, scale);
       return;
     }
-    k_add_layer_norm_quant_warp<T, kChunks, Enc><<<warp_rows_grid(rows), 32 * kWarpRowsPerBlock, 0, stream>>>(
-        static_cast<const T*>(h), static_cast<const T*>(delta), static_cast<const T*>(gamma),
+    detail::launch_pdl(k_add_layer_norm_quant_warp<T, kChunks, Enc>, warp_rows_grid(rows), 32 * kWarpRowsPerBlock, 0,
+        stream, static_cast<const T*>(h), static_cast<const T*>(delta), static_cast<const T*>(gamma),
         static_cast<const T*>(beta), eps, rows, static_cast<T*>(h_out), q, scale);
   });
 }
@@ -460,14 +470,14 @@ int launch_add_layer_norm_llm_int8(const void* h, const void* delta, const void*
   return launch_by_chunks(cols, [&](auto chunks) {
     constexpr int kChunks = decltype(chunks)::value;
     if (rows < kSplitMaxRows) {
-      k_add_layer_norm_llm_int8_split<kChunks><<<split_rows_grid(rows), 256, 0, stream>>>(
+      detail::launch_pdl(k_add_layer_norm_llm_int8_split<kChunks>, split_rows_grid(rows), 256, 0, stream,
           static_cast<const __half*>(h), static_cast<const __half*>(delta), static_cast<const __half*>(gamma),
           static_cast<const __half*>(beta), eps, rows, threshold, static_cast<__half*>(h_out), static_cast<__half*>(a),
           q, scale, mask, list);
       return;
     }
-    k_add_layer_norm_llm_int8_warp<kChunks><<<warp_rows_grid(rows), 32 * kWarpRowsPerBlock, 0, stream>>>(
-        static_cast<const __half*>(h), static_cast<const __half*>(delta), static_cast<const __half*>(gamma),
+    detail::launch_pdl(k_add_layer_norm_llm_int8_warp<kChunks>, warp_rows_grid(rows), 32 * kWarpRowsPerBlock, 0,
+        stream, static_cast<const __half*>(h), static_cast<const __half*>(delta), static_cast<const __half*>(gamma),
         static_cast<const __half*>(beta), eps, rows, threshold, static_cast<__half*>(h_out), static_cast<__half*>(a), q,
         scale, mask, list);
   });

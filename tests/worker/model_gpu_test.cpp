@@ -175,6 +175,73 @@ TEST(ModelGpu, WeightPrefetchGivesIdenticalLogitsEagerAndInACudaGraph) {
 #endif
 }
 
+// Programmatic dependent launch (kernels::cuda::set_programmatic_launch): the add + LayerNorms, the quantizers and
+// the 8-bit products may be scheduled before the kernel ahead of them finishes and wait for it on the device. The
+// logits must be those of plain launches bit for bit, eager and as replays of a CUDA graph (programmatic edges)
+// alternating between two inputs, so that a kernel reading before its wait would see the other input's values.
+// Width 256, where the warp LayerNorm kernels run; 1 x 128 tokens (the bench's batch-1 shape) and 16 x 128.
+TEST(ModelGpu, ProgrammaticLaunchGivesIdenticalLogitsEagerAndInACudaGraph) {
+#if !EVALSVC_WITH_CUDA
+  GTEST_SKIP() << "built without EVALSVC_WITH_CUDA (no CUDA libtorch)";
+#else
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU";
+  const torch::Device dev(torch::kCUDA, 0);
+  struct Restore {
+    ~Restore() { kernels::cuda::set_programmatic_launch(true); }
+  } restore;
+  kernels::cuda::set_programmatic_launch(true);
+  int major = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
+  EXPECT_EQ(kernels::cuda::programmatic_launch(), major >= 9);  // what the launches below use
+  std::vector<std::pair<kernels::Method, torch::ScalarType>> cases = {
+      {kernels::Method::kFp16, torch::kFloat16},     {kernels::Method::kInt8W8A8, torch::kFloat16},
+      {kernels::Method::kLlmInt8, torch::kFloat16},  {kernels::Method::kInt8SymChannel, torch::kFloat16},
+      {kernels::Method::kNf4, torch::kFloat16}};
+  if (kernels::cuda::fp8_supported(dev)) cases.emplace_back(kernels::Method::kFp8E4M3, torch::kBFloat16);
+  torch::NoGradGuard no_grad;
+  auto cfg = ModelConfig::preset("tiny");
+  cfg.n_embd = 256;
+  auto gen = at::detail::createCPUGenerator(15);
+  const auto ids = torch::randint(0, cfg.vocab_size, {16, 128}, gen, torch::kLong).to(dev);
+  const auto ids2 = torch::randint(0, cfg.vocab_size, {16, 128}, gen, torch::kLong).to(dev);
+  const auto lengths = torch::randint(1, 129, {16}, gen, torch::kLong).to(dev);
+  for (const auto& [method, base] : cases) {
+    GPT2Classifier model(cfg, 7);
+    model->quantize(method, base, kernels::QuantOptions{});
+    model->to_device(dev);
+    for (const int64_t batch : {1, 16}) {
+      const auto what = fmt::format("{}, {} tokens", kernels::method_name(method), batch * 128);
+      const auto rows = ids.slice(0, 0, batch), rows2 = ids2.slice(0, 0, batch);
+      const auto lens = batch == 1 ? torch::full({1}, 128, torch::kLong).to(dev) : lengths;
+      kernels::cuda::set_programmatic_launch(false);
+      const auto want = model->forward(rows, lens), want2 = model->forward(rows2, lens);
+      auto static_off = rows.clone();
+      at::cuda::CUDAGraph graph_off;
+      const auto out_off = capture_forward(model, static_off, lens, graph_off);
+      kernels::cuda::set_programmatic_launch(true);
+      const auto got = model->forward(rows, lens);
+      EXPECT_TRUE(torch::equal(got, want)) << what << ": max diff " << (got - want).abs().max().item<double>();
+      auto static_on = rows.clone();
+      at::cuda::CUDAGraph graph_on;
+      const auto out_on = capture_forward(model, static_on, lens, graph_on);
+      for (int i = 0; i < 8; ++i) {
+        const auto& in = i % 2 == 0 ? rows2 : rows;
+        static_on.copy_(in);
+        static_off.copy_(in);
+        graph_on.replay();
+        graph_off.replay();
+        torch::cuda::synchronize();
+        EXPECT_TRUE(torch::equal(out_on, out_off)) << what << ", replay " << i << ": max diff "
+                                                   << (out_on - out_off).abs().max().item<double>();
+        const auto& eager = i % 2 == 0 ? want2 : want;
+        const double diff = (out_on - eager).abs().max().item<double>();
+        EXPECT_LE(diff, 1e-3 * eager.abs().max().item<double>()) << what << ", replay " << i << " against eager";
+      }
+    }
+  }
+#endif
+}
+
 // The last block at the read positions only (set_last_block) against the full last block, on the GPU's
 // kernels: the same logits up to the rounding of another attention kernel, at 4 right-padded rows and at one
 // full row of 128 tokens (the bench's batch-1 shape, where the last block's products see a single row).

@@ -29,6 +29,15 @@ enum class DType : int { kF16 = 0, kBF16 = 1, kF32 = 2 };
 /// Text for a launcher status ("bad shape", or cudaGetErrorString for positive values).
 const char* launch_status_string(int status);
 
+/// Programmatic dependent launch (compute capability 9.0+): the add + LayerNorm kernels, the row quantizers and
+/// the 8-bit wgmma product are launched so that each may be scheduled, and set itself up, while the kernel
+/// before it in the stream is still finishing; on the device it waits for that kernel before reading its
+/// output (griddepcontrol.wait), so results are the same either way. Inside a CUDA graph this becomes a
+/// programmatic edge. On by default; process-wide; read at each launch (a captured graph keeps what it had).
+void set_programmatic_launch(bool on);
+/// Whether launches made now use it: set on, and the current device has compute capability 9.0 or later.
+bool programmatic_launch();
+
 // --- NF4 (kernels/cuda/nf4.cu) -------------------------------------------------------------------------------
 
 /// NF4 weight pointers (layout of ref::Nf4Weight); either absmax (plain) or absmax_q + nested (double quant).

@@ -192,6 +192,11 @@ enum class Fp8Gemm { kAuto, kCublasLt, kScaledMm, kWgmma };
 void set_fp8_auto_gemm(Fp8Gemm gemm);
 Fp8Gemm fp8_auto_gemm_setting();
 
+/// Programmatic dependent launch of qbench's chained kernels, process-wide (defined with the launchers,
+/// cuda_launchers.h): on by default; `qbench bench --pdl off` turns it off to time both in one run.
+void set_programmatic_launch(bool on);
+bool programmatic_launch();
+
 /// fp8 W8A8: x quantized per token to E4M3, product with per-token x per-channel scales, + bias, then GELU
 /// (tanh) when gelu_tanh; returns x's dtype. wq uint8 [out, in] E4M3 bits; wscale fp32 [out].
 /// UnsupportedError below compute capability 8.9, or for kCublasLt where cuBLASLt cannot run it.
