@@ -37,6 +37,7 @@ struct BenchArgs {
   bool no_fused_quant = false;
   std::string last_block = "auto";
   std::string fp8_gemm = "auto";
+  std::string pdl = "on";
   bool test_set = false;
   std::string data;    // data folder (ag_news/, gpt2/); empty: the default search
   std::string cache = "var/cache";
@@ -79,6 +80,11 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
                  "cublaslt | wgmma | scaled_mm (for comparing them on the whole model)")
       ->check(CLI::IsMember({"auto", "cublaslt", "wgmma", "scaled_mm"}))
       ->capture_default_str();
+  sub.add_option("--pdl", a->pdl,
+                 "programmatic dependent launch of qbench's own chained kernels on Hopper (each is scheduled while the "
+                 "one before it finishes, then waits for it on the device): on | off (for comparing the two)")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
   sub.add_flag("--test-set", a->test_set,
                "also time the test-set rate: the AG News test rows, length-bucketed, each batch padded to its longest row");
   sub.add_option("--data", a->data, "data folder holding ag_news/ and gpt2/ (default: $QBENCH_DATA_DIR or ../shared/data)");
@@ -95,6 +101,7 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
                              : a->fp8_gemm == "scaled_mm" ? Fp8Gemm::kScaledMm
                                                           : Fp8Gemm::kAuto;
     kernels::cuda::set_fp8_auto_gemm(fp8_gemm);
+    kernels::cuda::set_programmatic_launch(a->pdl == "on");
 #else
     EVALSVC_CHECK(a->fp8_gemm == "auto", InputError, "--fp8-gemm {}: this build has no CUDA kernels", a->fp8_gemm);
 #endif
@@ -140,6 +147,13 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       j["fused_input_quantization"] = !a->no_fused_quant;
       j["last_block"] = a->last_block;
       if (v.method == "fp8-e4m3") j["fp8_gemm"] = a->fp8_gemm;
+      j["pdl"] = a->pdl;
+#if EVALSVC_WITH_CUDA
+      // Whether the launches used it: asked for, and a device of compute capability 9.0 or later.
+      j["pdl_used"] = dev.is_cuda() && kernels::cuda::programmatic_launch();
+#else
+      j["pdl_used"] = false;
+#endif
       std::string test_note;
       if (a->test_set) {
         const auto tr = worker::run_test_set_rate(model, test, a->eval_batch_size, dev);

@@ -23,12 +23,14 @@ def main():
     # "method@base", so the fp32-based reference variant and its fp16-based twin both get their row.
     # A method timed with `--last-block full` (the last block at every position, as Hugging Face runs it) or
     # `pruned` is keyed "method/last-block-full" or "method/last-block-pruned"; with `full` its ratios to the
-    # peer are the like-for-like ones.
+    # peer are the like-for-like ones. One timed with `--pdl off` (plain launches) is keyed "method/pdl-off".
     q = {}
     for r in load(sys.argv[1]):
         key = r["method"] if r["method"] not in q else f'{r["method"]}@{r["base_dtype"]}'
         if r.get("last_block", "auto") != "auto":
             key = f'{r["method"]}/last-block-{r["last_block"]}'
+        if r.get("pdl", "on") == "off":
+            key = f'{r["method"]}/pdl-off'
         q[key] = r
     p = {r["peer"]: r for r in load(sys.argv[2])}
     devices = {r["device"]["device"] if isinstance(r["device"], dict) else r["device"] for r in q.values()}
@@ -61,6 +63,17 @@ def main():
                 ratio(f"{m}: throughput b>=128 / qbench fp16", best_at_least(q[m]["sweep"], 128) / base, target, "higher")
         if "nf4" in q:
             ratio("nf4: batch-1 p50 / qbench fp16", q["nf4"]["latency"]["p50_ms"] / fp16["latency"]["p50_ms"], 1.0, "lower")
+    # What programmatic launch gives each variant timed both ways: batch-1 p50 on / off (< 1: faster with it).
+    for m in [k[: -len("/pdl-off")] for k in q if k.endswith("/pdl-off")]:
+        if m in q:
+            on, off = q[m], q[f"{m}/pdl-off"]
+            line = (f"{m}: batch-1 p50 with / without programmatic launch "
+                    f"{on['latency']['p50_ms']:.3f} / {off['latency']['p50_ms']:.3f} ms = "
+                    f"{on['latency']['p50_ms'] / off['latency']['p50_ms']:.3f}")
+            t_on, t_off = best_at_least(on["sweep"], 128), best_at_least(off["sweep"], 128)
+            if t_on and t_off:
+                line += f"; throughput b>=128 {t_on / t_off:.3f}x"
+            print(line)
     for m, peer in (("int8-w8a8", "hf-w8a8-int8-compile"), ("fp8-e4m3", "hf-fp8-rowwise-compile")):
         if m in q and peer in p:
             ratio(f"{m}: throughput b>=128 / like-for-like peer {peer}",
