@@ -110,4 +110,22 @@ TEST(CliBench, LastBlockSettingReachesTheModelAndTheJson) {
   EXPECT_NE(out.find("--last-block"), std::string::npos) << out;
 }
 
+// --pdl: the JSON line says what was asked and whether the launches used it (never on the CPU, whose forwards
+// run no CUDA kernel).
+TEST(CliBench, PdlSettingReachesTheJson) {
+  for (const std::string mode : {"on", "off"}) {
+    auto [rc, out] =
+        run("bench --config tiny --device cpu --methods fp16 --iters 1 --warmup 0 --batch-sizes 1 --pdl " + mode);
+    ASSERT_EQ(rc, 0) << out;
+    const auto pos = out.find("{\"");
+    ASSERT_NE(pos, std::string::npos) << out;
+    const auto row = nlohmann::json::parse(out.substr(pos, out.find('\n', pos) - pos));
+    EXPECT_EQ(row["pdl"], mode);
+    EXPECT_FALSE(row["pdl_used"].get<bool>()) << mode;
+  }
+  auto [rc, out] = run("bench --config tiny --device cpu --methods fp16 --iters 1 --pdl maybe");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("--pdl"), std::string::npos) << out;
+}
+
 }  // namespace
