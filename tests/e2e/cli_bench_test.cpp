@@ -29,6 +29,13 @@ std::pair<int, std::string> run(const std::string& args) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
+// The first JSON line of the command's output (the log lines around it are text); null when there is none.
+nlohmann::json first_json_line(const std::string& out) {
+  const auto pos = out.find("{\"");
+  if (pos == std::string::npos) return nullptr;
+  return nlohmann::json::parse(out.substr(pos, out.find('\n', pos) - pos));
+}
+
 TEST(CliBench, PrintsOneLinePerMethod) {
   auto [rc, out] = run("bench --config tiny --device cpu --methods fp32,int8-sym,nf4 --iters 3 --warmup 1 "
                        "--batch-sizes 1,2 --seq-len 32");
@@ -60,9 +67,8 @@ TEST(CliBench, TestSetRateOverRealRows) {
                        "--seq-len 16 --test-set --test-rows 40 --eval-batch-size 16 --cache " + cache);
   evalsvc::remove_tree(cache);
   ASSERT_EQ(rc, 0) << out;
-  const auto pos = out.find("{\"");
-  ASSERT_NE(pos, std::string::npos) << out;
-  const auto row = nlohmann::json::parse(out.substr(pos, out.find('\n', pos) - pos));
+  const auto row = first_json_line(out);
+  ASSERT_FALSE(row.is_null()) << out;
   ASSERT_TRUE(row.contains("test_set")) << out;
   EXPECT_EQ(row["test_set"]["rows"], 40);
   EXPECT_EQ(row["test_set"]["batch_size"], 16);
@@ -98,9 +104,8 @@ TEST(CliBench, LastBlockSettingReachesTheModelAndTheJson) {
     auto [rc, out] =
         run("bench --config tiny --device cpu --methods fp16 --iters 1 --warmup 0 --batch-sizes 2 --last-block " + mode);
     ASSERT_EQ(rc, 0) << out;
-    const auto pos = out.find("{\"");
-    ASSERT_NE(pos, std::string::npos) << out;
-    const auto row = nlohmann::json::parse(out.substr(pos, out.find('\n', pos) - pos));
+    const auto row = first_json_line(out);
+    ASSERT_FALSE(row.is_null()) << out;
     EXPECT_EQ(row["last_block"], mode);
     EXPECT_EQ(row["latency"]["last_block_pruned"], want) << mode;  // auto: 128 tokens, below the threshold
     EXPECT_EQ(row["sweep"][0]["last_block_pruned"], want) << mode;
@@ -117,9 +122,8 @@ TEST(CliBench, PdlSettingReachesTheJson) {
     auto [rc, out] =
         run("bench --config tiny --device cpu --methods fp16 --iters 1 --warmup 0 --batch-sizes 1 --pdl " + mode);
     ASSERT_EQ(rc, 0) << out;
-    const auto pos = out.find("{\"");
-    ASSERT_NE(pos, std::string::npos) << out;
-    const auto row = nlohmann::json::parse(out.substr(pos, out.find('\n', pos) - pos));
+    const auto row = first_json_line(out);
+    ASSERT_FALSE(row.is_null()) << out;
     EXPECT_EQ(row["pdl"], mode);
     EXPECT_FALSE(row["pdl_used"].get<bool>()) << mode;
   }
