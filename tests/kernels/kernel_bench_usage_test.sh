@@ -19,4 +19,10 @@ st=$?
 "$kb" --quik > /dev/null 2>&1
 st=$?
 [ "$st" -eq 2 ] || { echo "unknown flag: exit status $st, want 2"; fail=1; }
+# --no-pdl is a flag of its own: parsing goes on past it to the bad --m list (without running anything).
+err=$("$kb" --no-pdl --m 0 2>&1 >/dev/null)
+case "$err" in
+  *"--m wants a comma-separated list"*) ;;
+  *) echo "--no-pdl --m 0: message '$err' should be about --m (--no-pdl accepted)"; fail=1 ;;
+esac
 exit $fail
