@@ -147,13 +147,7 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       j["fused_input_quantization"] = !a->no_fused_quant;
       j["last_block"] = a->last_block;
       if (v.method == "fp8-e4m3") j["fp8_gemm"] = a->fp8_gemm;
-      j["pdl"] = a->pdl;
-#if EVALSVC_WITH_CUDA
-      // Whether the launches used it: asked for, and a device of compute capability 9.0 or later.
-      j["pdl_used"] = dev.is_cuda() && kernels::cuda::programmatic_launch();
-#else
-      j["pdl_used"] = false;
-#endif
+      j["pdl"] = a->pdl;  // asked; r.to_json()'s pdl_used says whether the launches used it
       std::string test_note;
       if (a->test_set) {
         const auto tr = worker::run_test_set_rate(model, test, a->eval_batch_size, dev);

@@ -16,6 +16,8 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include "evalsvc/kernels/cuda_ops.h"
 #endif
 
 #include "evalsvc/common/log.h"
@@ -154,6 +156,7 @@ nlohmann::json BenchResult::to_json() const {
                   {"last_block_pruned", latency.last_block_pruned}};
   if (!latency.cuda_graph_error.empty()) j["latency"]["cuda_graph_error"] = latency.cuda_graph_error;
   j["weight_prefetch"] = weight_prefetch;
+  j["pdl_used"] = pdl_used;
   j["sweep"] = nlohmann::json::array();
   for (const auto& p : sweep) {
     j["sweep"].push_back({{"batch_size", p.batch_size},
@@ -172,6 +175,9 @@ BenchResult run_benchmark(GPT2Classifier& model, const torch::Device& device, co
   model->eval();
   torch::NoGradGuard ng;
   BenchResult r;
+#if EVALSVC_WITH_CUDA
+  r.pdl_used = device.is_cuda() && kernels::cuda::programmatic_launch();  // process-wide, read at each launch
+#endif
 #if EVALSVC_WITH_CUDA && EVALSVC_TORCH_AT_LEAST(2, 0)
   if (device.is_cuda()) {
     // cuBLAS keeps a workspace (tens of MB) for every stream it has run on, for the life of the process: the
