@@ -4,7 +4,6 @@
 // cuBLASLt, and weight-only int8 dequantization. The wgmma kernel also multiplies E4M3 codes (launch_fp8_gemm):
 // its pipeline and epilogue do not depend on what the 8-bit codes encode.
 #include <atomic>
-#include <cstdlib>  // EXPERIMENT
 #include <cuda.h>  // CUtensorMap and its enums (the encoder is looked up at run time: no libcuda link)
 
 #include "common.cuh"
@@ -828,156 +827,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   __trap();  // not sm_90a code: int8_wgmma_available() keeps the launcher from getting here
 #endif
 }
-/// Stores v0, v1 rounded to T at p (two adjacent outputs; p aligned to two elements).
-template <typename T>
-__device__ __forceinline__ void store2(T* p, float v0, float v1) {
-  if constexpr (sizeof(T) == 4) {
-    *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
-  } else {
-    *reinterpret_cast<uint32_t*>(p) = detail::bits16(from_float<T>(v0)) | (detail::bits16(from_float<T>(v1)) << 16);
-  }
-}
-
-/// The int8 product of k_gemm8_wgmma as a persistent kernel, for many tiles and W8A8's epilogue (no LLM.int8
-/// outlier part; n % 8 == 0). At 65,536 tokens the per-tile kernel runs the k = 768 products at 650-790 TOP/s
-/// against 1,170 for k = 3,072: each tile pays a fixed ~1.9 us (its block's launch and set-up, the first
-/// stages' copy latency, the epilogue through shared memory) that six k steps cannot hide. Here each block
-/// (two per SM, as before) walks tiles blockIdx.x, + gridDim.x, ...; the producer warp streams the stages of
-/// one tile after another without stopping, so the next tile's first stages land while this one's epilogue
-/// runs, and the epilogue goes straight from the accumulators to global memory (no staging through the
-/// stages the producer is refilling). Same arithmetic as wg_store_tile's, operation for operation.
-template <typename Cfg, typename T>
-__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
-    k_gemm8_wgmma_persistent(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
-                             int64_t m, int64_t n, int64_t k, Int8Epilogue ep, T* __restrict__ y) {
-#ifdef EVALSVC_INT8_WGMMA
-  extern __shared__ int8_t wg_smem[];
-  __shared__ uint64_t full[Cfg::kStages], empty[Cfg::kStages];
-  // Two sets: a fast warp may store tile i + 1's parameters while a slow one still reads tile i's.
-  __shared__ float tile_row[2][Cfg::kBm], tile_col[2][Cfg::kBn], tile_bias[2][Cfg::kBn];
-  const uint32_t base = (smem_addr(wg_smem) + 1023u) & ~1023u;
-  const int n_tiles = static_cast<int>((n + Cfg::kBn - 1) / Cfg::kBn);
-  const int tiles = n_tiles * static_cast<int>((m + Cfg::kBm - 1) / Cfg::kBm);
-  const int ktiles = static_cast<int>((k + Cfg::kBk - 1) / Cfg::kBk);
-  auto stage_a = [&](int s) { return base + static_cast<uint32_t>(s * Cfg::kStageBytes); };
-  auto stage_b = [&](int s) { return stage_a(s) + static_cast<uint32_t>(Cfg::kBm * Cfg::kBk); };
-  auto full_bar = [&](int s) { return smem_addr(&full[s]); };
-  auto empty_bar = [&](int s) { return smem_addr(&empty[s]); };
-
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < Cfg::kStages; ++s) {
-      mbar_init(full_bar(s), 1);
-      mbar_init(empty_bar(s), Cfg::kConsumers / 32);
-    }
-    mbar_fence_init();
-  }
-  __syncthreads();
-
-  if (threadIdx.x >= Cfg::kConsumers) {
-    if (threadIdx.x == Cfg::kConsumers) {
-      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_a)) : "memory");
-      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_b)) : "memory");
-      detail::pdl_wait();
-      detail::pdl_launch_dependents();
-      int g = 0;  // stages issued so far, over all of this block's tiles
-      for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-        const int n0 = (t % n_tiles) * Cfg::kBn;
-        const int m0 = (t / n_tiles) * Cfg::kBm;
-        for (int kt = 0; kt < ktiles; ++kt, ++g) {
-          const int s = g % Cfg::kStages;
-          if (g >= Cfg::kStages) mbar_wait(empty_bar(s), static_cast<uint32_t>((g / Cfg::kStages - 1) & 1));
-          mbar_arrive_expect_tx(full_bar(s), Cfg::kStageBytes);
-          tma_load_2d(stage_a(s), &map_a, kt * Cfg::kBk, m0, full_bar(s));
-          tma_load_2d(stage_b(s), &map_b, kt * Cfg::kBk, n0, full_bar(s));
-        }
-      }
-    }
-    return;
-  }
-
-  detail::pdl_wait();
-  detail::pdl_launch_dependents();
-  const int tid = threadIdx.x;
-  const int wg = tid >> 7;
-  const int lane = tid & 31;
-  const int lrow = wg * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2);  // accumulator rows lrow and lrow + 8
-  const int lcol = (lane & 3) * 2;                                  // columns 8j + lcol, + 1
-  const bool has_bias = ep.bias != nullptr || ep.bias_out_dtype != nullptr;
-  int g = 0;
-  int it = 0;
-  for (int t = blockIdx.x; t < tiles; t += gridDim.x, ++it) {
-    const int n0 = (t % n_tiles) * Cfg::kBn;
-    const int m0 = (t / n_tiles) * Cfg::kBm;
-    const int buf = it & 1;
-    // This thread's share of the tile's parameters, loaded before the main loop hides their latency.
-    const bool my_col = tid < Cfg::kBn && n0 + tid < n;
-    const float my_col_scale = my_col ? ep.col_scale[ep.col_scale_per_channel ? n0 + tid : 0] : 0.0f;
-    float my_bias = 0.0f;
-    if (my_col && ep.bias != nullptr) my_bias = ep.bias[n0 + tid];
-    if (my_col && ep.bias_out_dtype != nullptr) my_bias = to_float(static_cast<const T*>(ep.bias_out_dtype)[n0 + tid]);
-    const float my_row_scale = tid < Cfg::kBm && m0 + tid < m ? ep.row_scale[m0 + tid] : 0.0f;
-
-    int acc[Cfg::kAcc];
-#pragma unroll
-    for (int e = 0; e < Cfg::kAcc; ++e) acc[e] = 0;
-    fence_operands(acc);
-    for (int kt = 0; kt < ktiles; ++kt, ++g) {
-      const int s = g % Cfg::kStages;
-      mbar_wait(full_bar(s), static_cast<uint32_t>((g / Cfg::kStages) & 1));
-      const uint32_t a = stage_a(s) + static_cast<uint32_t>(wg * 64 * Cfg::kBk);
-      const uint32_t b = stage_b(s);
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < Cfg::kBk / 32; ++ks) wgmma_s8(acc, wg_desc(a + ks * 32), wg_desc(b + ks * 32));
-      wgmma_commit();
-      wgmma_wait<1>();
-      if (kt > 0 && lane == 0) mbar_arrive(empty_bar((g - 1) % Cfg::kStages));
-    }
-    wgmma_wait<0>();
-    fence_operands(acc);
-    if (lane == 0) mbar_arrive(empty_bar((g - 1) % Cfg::kStages));  // the tile's last stage goes back too
-
-    if (tid < Cfg::kBm) tile_row[buf][tid] = my_row_scale;
-    if (tid < Cfg::kBn) {
-      tile_col[buf][tid] = my_col_scale;
-      tile_bias[buf][tid] = my_bias;
-    }
-    consumers_sync<Cfg::kConsumers>();
-    const int64_t r0 = m0 + lrow;
-    const int64_t r1 = r0 + 8;
-    const float rs0 = tile_row[buf][lrow];
-    const float rs1 = tile_row[buf][lrow + 8];
-#pragma unroll
-    for (int j = 0; j < Cfg::kBn / 8; ++j) {
-      const int lc = j * 8 + lcol;
-      const int64_t c = n0 + lc;
-      if (c >= n) continue;  // n % 8 == 0: c + 1 < n too
-      const float c0 = tile_col[buf][lc];
-      const float c1 = tile_col[buf][lc + 1];
-      float v[4] = {static_cast<float>(acc[4 * j]) * rs0 * c0 * ep.alpha,
-                    static_cast<float>(acc[4 * j + 1]) * rs0 * c1 * ep.alpha,
-                    static_cast<float>(acc[4 * j + 2]) * rs1 * c0 * ep.alpha,
-                    static_cast<float>(acc[4 * j + 3]) * rs1 * c1 * ep.alpha};
-      if (has_bias) {
-        const float b0 = tile_bias[buf][lc];
-        const float b1 = tile_bias[buf][lc + 1];
-        v[0] += b0;
-        v[1] += b1;
-        v[2] += b0;
-        v[3] += b1;
-      }
-      if (ep.gelu_tanh) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) v[e] = detail::gelu_tanh(to_float(from_float<T>(v[e])));
-      }
-      if (r0 < m) store2(y + r0 * n + c, v[0], v[1]);
-      if (r1 < m) store2(y + r1 * n + c, v[2], v[3]);
-    }
-  }
-#else
-  __trap();
-#endif
-}
 #pragma nv_diag_default 177
 
 /// cuTensorMapEncodeTiled, a driver API function, found through the runtime (qbench links only cudart).
@@ -1012,15 +861,6 @@ bool code_tensor_map(CUtensorMap* map, const void* g, int64_t rows, int64_t k, i
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-/// Streaming multiprocessors of the current device (cached per device).
-int sm_count() {
-  static int counts[64] = {};
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
-  if (counts[dev] == 0) cudaDeviceGetAttribute(&counts[dev], cudaDevAttrMultiProcessorCount, dev);
-  return counts[dev];
-}
-
 template <typename Cfg, typename T, ActCode kCode = ActCode::kInt8>
 int launch_gemm8_wgmma_cfg(const void* xq, const void* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
                            T* y, cudaStream_t stream) {
@@ -1040,27 +880,14 @@ int launch_gemm8_wgmma_cfg(const void* xq, const void* wq, int64_t m, int64_t n,
   return detail::launch_result();
 }
 
-/// Launches k_gemm8_wgmma_persistent: as many blocks as fit on the device at once (two per SM), or fewer tiles.
-template <typename Cfg, typename T>
-int launch_gemm8_wgmma_persistent(const void* xq, const void* wq, int64_t m, int64_t n, int64_t k,
-                                  const Int8Epilogue& ep, T* y, cudaStream_t stream) {
-  const int64_t tiles = ((m + Cfg::kBm - 1) / Cfg::kBm) * ((n + Cfg::kBn - 1) / Cfg::kBn);
-  if (tiles > INT32_MAX || n > INT32_MAX || k > INT32_MAX || m > INT32_MAX) return kLaunchBadShape;
-  CUtensorMap map_a{}, map_b{};
-  if (!code_tensor_map(&map_a, xq, m, k, Cfg::kBm) || !code_tensor_map(&map_b, wq, n, k, Cfg::kBn)) {
-    return kLaunchUnsupported;
-  }
-  static bool opted_in[64] = {};
-  const int st = opt_in_smem(reinterpret_cast<const void*>(k_gemm8_wgmma_persistent<Cfg, T>), Cfg::kSmemBytes, opted_in);
-  if (st != kLaunchOk) return st;
-  int64_t resident = static_cast<int64_t>(sm_count()) * Cfg::kMinBlocks;
-  if (std::getenv("QBENCH_EXPERIMENT_ONE_TILE_A_BLOCK") != nullptr) resident = tiles;  // EXPERIMENT
-  const dim3 grid(static_cast<unsigned>(tiles < resident ? tiles : resident));
-  detail::launch_pdl(k_gemm8_wgmma_persistent<Cfg, T>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, map_a, map_b, m,
-                     n, k, ep, y);
-  return detail::launch_result();
+/// Streaming multiprocessors of the current device (cached per device).
+int sm_count() {
+  static int counts[64] = {};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
+  if (counts[dev] == 0) cudaDeviceGetAttribute(&counts[dev], cudaDevAttrMultiProcessorCount, dev);
+  return counts[dev];
 }
-
 
 // ---- weight-only dequantization ----------------------------------------------------------------------------
 
@@ -1195,11 +1022,7 @@ int launch_zero_columns(int8_t* q, int64_t t, int64_t k, const int32_t* idx, con
 
 namespace {
 std::atomic<bool> g_programmatic_launch{true};
-std::atomic<bool> g_int8_persistent{true};
 }  // namespace
-
-void set_int8_gemm_persistent(bool on) { g_int8_persistent.store(on, std::memory_order_relaxed); }
-bool int8_gemm_persistent() { return g_int8_persistent.load(std::memory_order_relaxed); }
 
 void set_programmatic_launch(bool on) { g_programmatic_launch.store(on, std::memory_order_relaxed); }
 
@@ -1240,14 +1063,6 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
   if (wgmma && !vec) return kLaunchBadShape;
   if (wgmma || (kernel == Int8Kernel::kBest && vec && int8_wgmma_available())) {
     const bool large = !wgmma_small_tiles(m, n);
-    // The persistent kernel takes W8A8's epilogue (no outlier part) on whole 8-column groups.
-    const bool persistent = large && int8_gemm_persistent() && ep.outlier_count == nullptr && n % 8 == 0 &&
-                            reinterpret_cast<uintptr_t>(y) % 16 == 0;
-    if (persistent) {
-      EVALSVC_DISPATCH_FLOAT(dtype, T, {
-        return launch_gemm8_wgmma_persistent<WgLarge, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
-      });
-    }
     EVALSVC_DISPATCH_FLOAT(dtype, T, {
       return large ? launch_gemm8_wgmma_cfg<WgLarge, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream)
                    : launch_gemm8_wgmma_cfg<WgSmall, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);

@@ -38,12 +38,6 @@ void set_programmatic_launch(bool on);
 /// Whether launches made now use it: set on, and the current device has compute capability 9.0 or later.
 bool programmatic_launch();
 
-/// The wgmma int8 product's 128 x 128 tiles (W8A8's epilogue, no outlier part) through the persistent kernel
-/// (blocks that take tile after tile, their loads streaming across tiles): on by default; process-wide, read at
-/// each launch; `qbench bench --int8-tiles per-tile` turns it off to time both in one run.
-void set_int8_gemm_persistent(bool on);
-bool int8_gemm_persistent();
-
 // --- NF4 (kernels/cuda/nf4.cu) -------------------------------------------------------------------------------
 
 /// NF4 weight pointers (layout of ref::Nf4Weight); either absmax (plain) or absmax_q + nested (double quant).
