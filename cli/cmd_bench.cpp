@@ -38,7 +38,6 @@ struct BenchArgs {
   std::string last_block = "auto";
   std::string fp8_gemm = "auto";
   std::string pdl = "on";
-  std::string int8_store = "tma";
   bool test_set = false;
   std::string data;    // data folder (ag_news/, gpt2/); empty: the default search
   std::string cache = "var/cache";
@@ -86,12 +85,6 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
                  "one before it finishes, then waits for it on the device): on | off (for comparing the two)")
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
-  sub.add_option("--int8-store", a->int8_store,
-                 "how qbench's wgmma int8 product (W8A8 on Hopper) writes its fp16 / bf16 output tiles: tma (converted "
-                 "in registers, stored by the Tensor Memory Accelerator) | staged (int32 through shared memory, "
-                 "stored by every thread) (for comparing the two)")
-      ->check(CLI::IsMember({"tma", "staged"}))
-      ->capture_default_str();
   sub.add_flag("--test-set", a->test_set,
                "also time the test-set rate: the AG News test rows, length-bucketed, each batch padded to its longest row");
   sub.add_option("--data", a->data, "data folder holding ag_news/ and gpt2/ (default: $QBENCH_DATA_DIR or ../shared/data)");
@@ -109,7 +102,6 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
                                                           : Fp8Gemm::kAuto;
     kernels::cuda::set_fp8_auto_gemm(fp8_gemm);
     kernels::cuda::set_programmatic_launch(a->pdl == "on");
-    kernels::cuda::set_int8_gemm_tma_store(a->int8_store == "tma");
 #else
     EVALSVC_CHECK(a->fp8_gemm == "auto", InputError, "--fp8-gemm {}: this build has no CUDA kernels", a->fp8_gemm);
 #endif
@@ -155,7 +147,6 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       j["fused_input_quantization"] = !a->no_fused_quant;
       j["last_block"] = a->last_block;
       if (v.method == "fp8-e4m3") j["fp8_gemm"] = a->fp8_gemm;
-      if (v.method == "int8-w8a8") j["int8_store"] = a->int8_store;
       j["pdl"] = a->pdl;  // asked; r.to_json()'s pdl_used says whether the launches used it
       std::string test_note;
       if (a->test_set) {

@@ -8,7 +8,6 @@
 //   build-NAME/kernels/kernel_bench --quick    # M = 1 and 128 only
 //   build-NAME/kernels/kernel_bench --m 4096,32768   # those token counts only
 //   build-NAME/kernels/kernel_bench --no-pdl   # qbench's kernels launched normally (see the "device" line's pdl)
-//   build-NAME/kernels/kernel_bench --staged-store  # the wgmma int8 product stores int32-staged, not by TMA
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -24,19 +23,15 @@
 namespace {
 
 /// The token counts to time, from the command line (the same in builds with and without CUDA, so a bad command
-/// line is an error everywhere). False, with a message on stderr, on a usage error. pdl: false with --no-pdl;
-/// tma_store: false with --staged-store.
-bool parse_args(int argc, char** argv, std::vector<int64_t>& ms, bool& pdl, bool& tma_store) {
+/// line is an error everywhere). False, with a message on stderr, on a usage error. pdl: false with --no-pdl.
+bool parse_args(int argc, char** argv, std::vector<int64_t>& ms, bool& pdl) {
   ms = {1, 128, 1024, 4096, 32768};
   pdl = true;
-  tma_store = true;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       ms = {1, 128};
     } else if (std::strcmp(argv[i], "--no-pdl") == 0) {
       pdl = false;
-    } else if (std::strcmp(argv[i], "--staged-store") == 0) {
-      tma_store = false;
     } else if (std::strcmp(argv[i], "--m") == 0 && i + 1 < argc) {
       ms.clear();
       const std::string list = argv[++i];
@@ -54,7 +49,7 @@ bool parse_args(int argc, char** argv, std::vector<int64_t>& ms, bool& pdl, bool
         pos = comma + 1;
       }
     } else {
-      std::fprintf(stderr, "usage: kernel_bench [--quick | --m M1,M2,...] [--no-pdl] [--staged-store]\n");
+      std::fprintf(stderr, "usage: kernel_bench [--quick | --m M1,M2,...] [--no-pdl]\n");
       return false;
     }
   }
@@ -68,8 +63,7 @@ bool parse_args(int argc, char** argv, std::vector<int64_t>& ms, bool& pdl, bool
 int main(int argc, char** argv) {
   std::vector<int64_t> ms;
   bool pdl = true;
-  bool tma_store = true;
-  if (!parse_args(argc, argv, ms, pdl, tma_store)) return 2;
+  if (!parse_args(argc, argv, ms, pdl)) return 2;
   std::fprintf(stderr,
                "kernel_bench: built without the CUDA kernels (configure with -DEVALSVC_ENABLE_CUDA=ON against a "
                "CUDA libtorch); nothing to validate or time.\n");
@@ -318,8 +312,7 @@ bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
 int main(int argc, char** argv) {
   std::vector<int64_t> ms;
   bool pdl = true;
-  bool tma_store = true;
-  if (!parse_args(argc, argv, ms, pdl, tma_store)) return 2;
+  if (!parse_args(argc, argv, ms, pdl)) return 2;
   if (!torch::cuda::is_available()) {
     std::fprintf(stderr, "kernel_bench: no CUDA device visible; nothing to validate or time.\n");
     return 0;
@@ -332,10 +325,8 @@ int main(int argc, char** argv) {
     // with the tail of the one before), as consecutive kernels of a forward do; cuBLAS's peers never do. The
     // device line says which way the graph_ms rows were taken.
     cuda::set_programmatic_launch(pdl);
-    cuda::set_int8_gemm_tma_store(tma_store);
     std::printf("%s\n", json{{"device", prop->name},
                              {"pdl", cuda::programmatic_launch()},
-                             {"int8_store", tma_store ? "tma" : "staged"},
                              {"compute_capability", fmt::format("{}.{}", prop->major, prop->minor)},
                              {"sms", prop->multiProcessorCount},
                              {"libtorch", TORCH_VERSION},

@@ -11,9 +11,6 @@
 namespace evalsvc::kernels::cuda {
 namespace {
 
-std::atomic<bool> g_programmatic_launch{true};
-std::atomic<bool> g_int8_tma_store{true};
-
 using detail::from_float;
 using detail::Int8Encoder;
 using detail::launch_quantize_rows_warp;
@@ -707,78 +704,12 @@ __device__ __forceinline__ void consumers_sync() {
   asm volatile("bar.sync 1, %0;\n" ::"n"(THREADS) : "memory");
 }
 
-/// Box (x = element column, y = row) of shared memory at src into the 2-d tensor map's global matrix; rows and
-/// columns past the matrix edges are not written. Tracked as a bulk group (bulk_commit / bulk_wait_read).
-__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, int x, int y, uint32_t src) {
-#ifdef EVALSVC_INT8_WGMMA
-  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n" ::"l"(
-                   reinterpret_cast<uint64_t>(map)),
-               "r"(x), "r"(y), "r"(src)
-               : "memory");
-#endif
-}
-__device__ __forceinline__ void bulk_commit() {
-#ifdef EVALSVC_INT8_WGMMA
-  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-#endif
-}
-/// Waits until the committed bulk stores have read their shared memory (which may then be reused or released).
-__device__ __forceinline__ void bulk_wait_read() {
-#ifdef EVALSVC_INT8_WGMMA
-  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-#endif
-}
-/// Makes this thread's ordinary shared-memory writes visible to the async proxy (the TMA unit that stores them).
-__device__ __forceinline__ void fence_proxy_async_smem() {
-#ifdef EVALSVC_INT8_WGMMA
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
-
-/// The epilogue of a 16-bit output tile for the TMA store: this thread's accumulators (layout in
-/// wg_stage_accumulators) through wg_store_tile's arithmetic, operation for operation (no LLM.int8 outlier
-/// part), written as T into shared memory at out in the store's layout: kBn / 64 boxes of [kBm rows][64
-/// columns], each row one 128-byte line whose 16-byte chunk c sits at chunk c ^ (row % 8) (the 128-byte
-/// swizzle). A warp's stores (8 rows x 4 threads of 4 bytes) then hit 32 distinct banks.
-template <typename Cfg, typename T>
-__device__ __forceinline__ void wg_tile_to_smem(const int (&acc)[Cfg::kAcc], const WgTileParams<Cfg>& tp,
-                                                const Int8Epilogue& ep, int tid, uint32_t out) {
-  static_assert(sizeof(T) == 2, "16-bit outputs: 64 columns a 128-byte line");
-  const int lane = tid & 31;
-  const int row = (tid >> 7) * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2);
-  const int quad = lane & 3;
-  const bool has_bias = ep.bias != nullptr || ep.bias_out_dtype != nullptr;
-  const float rs[2] = {tp.row_scale[row], tp.row_scale[row + 8]};
-#pragma unroll
-  for (int j = 0; j < Cfg::kBn / 8; ++j) {
-    const int lc = j * 8 + quad * 2;
-    const float col[2] = {tp.col_scale[lc], tp.col_scale[lc + 1]};
-    const float bias[2] = {tp.bias[lc], tp.bias[lc + 1]};
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {  // rows row and row + 8
-      float v[2];
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        v[e] = static_cast<float>(acc[4 * j + 2 * h + e]) * rs[h] * col[e] * ep.alpha;
-        if (has_bias) v[e] += bias[e];
-        if (ep.gelu_tanh) v[e] = detail::gelu_tanh(to_float(from_float<T>(v[e])));
-      }
-      const int r = row + 8 * h;
-      const uint32_t addr = out + static_cast<uint32_t>((j / 8) * Cfg::kBm * 128 + r * 128 +
-                                                        (((j % 8) ^ (r % 8)) * 16) + quad * 4);
-      const uint32_t packed = detail::bits16(from_float<T>(v[0])) | (detail::bits16(from_float<T>(v[1])) << 16);
-      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(packed) : "memory");
-    }
-  }
-}
-
 /// The product of 8-bit codes: int8 (s32 accumulators) or E4M3 (fp32 accumulators, 64 x 64 tiles only: their
 /// promotion below needs three accumulator sets, which the 128-column tiles' registers cannot hold).
 template <typename Cfg, typename T, ActCode kCode = ActCode::kInt8>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     k_gemm8_wgmma(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
-                  const __grid_constant__ CUtensorMap map_y, bool tma_store, int64_t m, int64_t n, int64_t k,
-                  Int8Epilogue ep, T* __restrict__ y) {
+                  int64_t m, int64_t n, int64_t k, Int8Epilogue ep, T* __restrict__ y) {
   constexpr bool kFp8 = kCode == ActCode::kFp8E4M3;
   static_assert(!kFp8 || Cfg::kBn == 64, "E4M3 products take the 64 x 64 tiles");
   using Acc = std::conditional_t<kFp8, float, int>;
@@ -883,30 +814,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 
   // Every copy has landed (each full phase was waited for) and both warpgroups are past their last wgmma.
   consumers_sync<Cfg::kConsumers>();
-  if constexpr (!kFp8 && sizeof(T) == 2) {
-    if (tma_store) {
-      // The tile's outputs go through shared memory as T (half the bytes of the int32 staging below) and leave
-      // in kBn / 64 bulk tensor stores: no per-thread global stores, edges clipped by the TMA unit.
-      if (tid < Cfg::kBm) tile.row_scale[tid] = my_row_scale;
-      if (tid < Cfg::kBn) {
-        tile.col_scale[tid] = my_col_scale;
-        tile.bias[tid] = my_bias;
-      }
-      consumers_sync<Cfg::kConsumers>();
-      wg_tile_to_smem<Cfg, T>(acc, tile, ep, tid, base);
-      fence_proxy_async_smem();
-      consumers_sync<Cfg::kConsumers>();
-      if (tid == 0) {
-#pragma unroll
-        for (int b = 0; b < Cfg::kBn / 64; ++b) {
-          tma_store_2d(&map_y, n0 + 64 * b, m0, base + static_cast<uint32_t>(b * Cfg::kBm * 128));
-        }
-        bulk_commit();
-        bulk_wait_read();  // the block's shared memory must outlive the stores' reads of it
-      }
-      return;
-    }
-  }
   Acc* cs = reinterpret_cast<Acc*>(wg_smem + (base - smem_addr(wg_smem)));
   wg_stage_accumulators<Cfg>(acc, cs, threadIdx.x);
   if (tid < Cfg::kBm) tile.row_scale[tid] = my_row_scale;
@@ -954,22 +861,6 @@ bool code_tensor_map(CUtensorMap* map, const void* g, int64_t rows, int64_t k, i
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-/// Tensor map of the row-major output y [rows, n] (fp16 when half, else bf16) written in boxes of box_rows x 64
-/// elements (128 bytes, one swizzle line) from the 128-byte swizzled layout of wg_tile_to_smem. Needs n % 8 == 0
-/// and y 16-byte aligned.
-bool output_tensor_map(CUtensorMap* map, const void* y, int64_t rows, int64_t n, bool half, int box_rows) {
-  const EncodeTiledFn encode = encode_tiled();
-  if (encode == nullptr) return false;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(n), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(n) * 2};
-  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t steps[2] = {1, 1};
-  return encode(map, half ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
-                const_cast<void*>(y), dims, strides, box, steps, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
 template <typename Cfg, typename T, ActCode kCode = ActCode::kInt8>
 int launch_gemm8_wgmma_cfg(const void* xq, const void* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
                            T* y, cudaStream_t stream) {
@@ -980,18 +871,12 @@ int launch_gemm8_wgmma_cfg(const void* xq, const void* wq, int64_t m, int64_t n,
   if (!code_tensor_map(&map_a, xq, m, k, Cfg::kBm) || !code_tensor_map(&map_b, wq, n, k, Cfg::kBn)) {
     return kLaunchUnsupported;
   }
-  // 16-bit outputs of the int8 product without LLM.int8's outlier part leave through the TMA store
-  // (int8_gemm_tma_store()); the others, and rows the map cannot describe, through wg_store_tile.
-  CUtensorMap map_y{};
-  const bool tma_store = kCode == ActCode::kInt8 && sizeof(T) == 2 && int8_gemm_tma_store() &&
-                         ep.outlier_count == nullptr && n % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
-                         output_tensor_map(&map_y, y, m, n, sizeof(T) == 2 && std::is_same_v<T, __half>, Cfg::kBm);
   static bool opted_in[64] = {};
   const int st = opt_in_smem(reinterpret_cast<const void*>(k_gemm8_wgmma<Cfg, T, kCode>), Cfg::kSmemBytes, opted_in);
   if (st != kLaunchOk) return st;
   const dim3 grid(static_cast<unsigned>((n + Cfg::kBn - 1) / Cfg::kBn), static_cast<unsigned>((m + Cfg::kBm - 1) / Cfg::kBm));
-  detail::launch_pdl(k_gemm8_wgmma<Cfg, T, kCode>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, map_a, map_b, map_y,
-                     tma_store, m, n, k, ep, y);
+  detail::launch_pdl(k_gemm8_wgmma<Cfg, T, kCode>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, map_a, map_b, m, n, k,
+                     ep, y);
   return detail::launch_result();
 }
 
@@ -1135,11 +1020,11 @@ int launch_zero_columns(int8_t* q, int64_t t, int64_t k, const int32_t* idx, con
   return detail::launch_result();
 }
 
+namespace {
+std::atomic<bool> g_programmatic_launch{true};
+}  // namespace
 
 void set_programmatic_launch(bool on) { g_programmatic_launch.store(on, std::memory_order_relaxed); }
-
-void set_int8_gemm_tma_store(bool on) { g_int8_tma_store.store(on, std::memory_order_relaxed); }
-bool int8_gemm_tma_store() { return g_int8_tma_store.load(std::memory_order_relaxed); }
 
 bool programmatic_launch() {
   if (!g_programmatic_launch.load(std::memory_order_relaxed)) return false;

@@ -450,42 +450,6 @@ TEST(CudaInt8, FusedGemmLargeTilesEqualExactIntegerProduct) {
   }
 }
 
-TEST(CudaInt8, TmaStoredTilesEqualStagedOnes) {
-  REQUIRE_GPU();
-  if (!cuda::int8_wgmma_available()) GTEST_SKIP() << "no wgmma int8 product on this device";
-  // The wgmma product's epilogue in registers with its tile stored by TMA, against the int32-staged epilogue
-  // that the tests above check against the CPU reference: the same bits, with per-token x per-channel and
-  // per-tensor scales, alpha, bias and GELU, in every output dtype (fp32 takes the staged path both times).
-  // 4,100 rows: a partial last row tile; n = 520 a partial last column tile (64 x 64 tiles at 100 rows); k = 400
-  // ends in a partial stage.
-  struct Restore {
-    ~Restore() { cuda::set_int8_gemm_tma_store(true); }
-  } restore;
-  for (const auto& [m, k, n] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{4100, 768, 3072}, {4100, 400, 520}, {100, 768, 520}}) {
-    const auto xq = torch::randint(-127, 128, {m, k}, at::detail::createCPUGenerator(830 + k), torch::kInt8).to(gpu());
-    const auto wq = torch::randint(-127, 128, {n, k}, at::detail::createCPUGenerator(831 + n), torch::kInt8).to(gpu());
-    const auto xs = (torch::rand({m}, at::detail::createCPUGenerator(832)) * 0.02 + 1e-3).to(gpu());
-    const auto bias = randn({n}, 833, 0.1).to(gpu());
-    for (const bool per_channel : {true, false}) {
-      const auto ws = (torch::rand({per_channel ? n : 1}, at::detail::createCPUGenerator(834)) * 0.01 + 1e-4).to(gpu());
-      for (const auto dtype : {torch::kFloat16, torch::kBFloat16, torch::kFloat32}) {
-        for (const bool gelu : {false, true}) {
-          auto run = [&](bool tma) {
-            cuda::set_int8_gemm_tma_store(tma);
-            return cuda::int8_linear(xq, xs, wq, ws, bias, dtype, 0.5, cuda::Int8Gemm::kWgmma, gelu);
-          };
-          const auto staged = run(false);
-          const auto tma = run(true);
-          EXPECT_TRUE(torch::equal(staged, tma))
-              << fmt::format("M={} in={} out={} dtype={} per_channel={} gelu={}: max |diff| {}", m, k, n,
-                             c10::toString(dtype), per_channel, gelu,
-                             (staged.to(torch::kFloat32) - tma.to(torch::kFloat32)).abs().max().item<float>());
-        }
-      }
-    }
-  }
-}
-
 TEST(CudaLlmInt8, LinearWithPlantedOutlierMatchesReference) {
   REQUIRE_GPU();
   for (const auto& s : kShapes) {

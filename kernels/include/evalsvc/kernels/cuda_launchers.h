@@ -38,12 +38,6 @@ void set_programmatic_launch(bool on);
 /// Whether launches made now use it: set on, and the current device has compute capability 9.0 or later.
 bool programmatic_launch();
 
-/// The wgmma int8 product's fp16 / bf16 output tiles (no LLM.int8 outlier part) written by the Tensor Memory
-/// Accelerator from shared memory, instead of int32 staged through shared memory and stored by every thread: on
-/// by default; process-wide, read at each launch; `qbench bench --int8-store staged` turns it off to time both.
-void set_int8_gemm_tma_store(bool on);
-bool int8_gemm_tma_store();
-
 // --- NF4 (kernels/cuda/nf4.cu) -------------------------------------------------------------------------------
 
 /// NF4 weight pointers (layout of ref::Nf4Weight); either absmax (plain) or absmax_q + nested (double quant).

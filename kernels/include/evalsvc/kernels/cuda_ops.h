@@ -196,10 +196,6 @@ Fp8Gemm fp8_auto_gemm_setting();
 /// cuda_launchers.h): on by default; `qbench bench --pdl off` turns it off to time both in one run.
 void set_programmatic_launch(bool on);
 bool programmatic_launch();
-/// The wgmma int8 product's output tiles stored by TMA, process-wide (cuda_launchers.h): on by default;
-/// `qbench bench --int8-store staged` turns it off.
-void set_int8_gemm_tma_store(bool on);
-bool int8_gemm_tma_store();
 
 /// fp8 W8A8: x quantized per token to E4M3, product with per-token x per-channel scales, + bias, then GELU
 /// (tanh) when gelu_tanh; returns x's dtype. wq uint8 [out, in] E4M3 bits; wscale fp32 [out].
