@@ -3,15 +3,15 @@
 
 Profile a bench run with one metric, kernel duration, then hand the CSV to this script:
 
-  ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+  ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv --print-units base \
       --log-file fp16.csv qbench bench --device cuda --methods fp16 --batch-sizes 512 --warmup 1 --iters 1
   python3 scripts/kernel_breakdown.py fp16.csv [more.csv ...]
 
 The bench's last forwards are all the same batch shape, so the last forward is the last period of the kernel
 sequence: the script finds the shortest tail that repeats and sums it by kind (products, quantizers, ...).
-ncu runs each kernel on its own (serialised, caches flushed between kernels unless told otherwise), so the
-sum is the kernels' time without overlap or launch gaps; the bench's wall-clock figure, taken without ncu, is
-what a user gets. One JSON line per file goes to stdout after the table.
+ncu runs each kernel on its own (serialised; --cache-control none keeps the caches as the kernel before left
+them), so the sum is the kernels' time without overlap, launch gaps or the power cap a busy card runs into; the
+bench's wall-clock figure, taken without ncu, is what a user gets. One JSON line per file goes to stdout after the table.
 """
 import csv
 import json
