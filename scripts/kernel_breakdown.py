@@ -59,19 +59,19 @@ def read_kernels(path):
     return kernels
 
 
-def last_period(kernels, min_len=20):
+def last_period(path, kernels, min_len=20):
     """The last forward: the shortest tail of length L >= min_len whose launches equal the L before them."""
     sig = [(k[0], k[1], k[2]) for k in kernels]
     n = len(sig)
     for length in range(min_len, n // 2 + 1):
         if sig[n - length:] == sig[n - 2 * length:n - length]:
             return kernels[n - length:]
-    sys.exit(f"no repeating tail of >= {min_len} kernels among {n}: profile at least two identical forwards")
+    sys.exit(f"{path}: no repeating tail of >= {min_len} kernels among {n}: profile at least two identical forwards")
 
 
 def main(paths):
     for path in paths:
-        fwd = last_period(read_kernels(path))
+        fwd = last_period(path, read_kernels(path))
         total = sum(k[3] for k in fwd)
         by_kind = OrderedDict((kind, [0, 0.0]) for kind, _ in KINDS + [("other", "")])
         by_name = OrderedDict()
