@@ -11,7 +11,8 @@ The bench's last forwards are all the same batch shape, so the last forward is t
 sequence: the script finds the shortest tail that repeats and sums it by kind (products, quantizers, ...).
 ncu runs each kernel on its own (serialised; --cache-control none keeps the caches as the kernel before left
 them), so the sum is the kernels' time without overlap, launch gaps or the power cap a busy card runs into; the
-bench's wall-clock figure, taken without ncu, is what a user gets. One JSON line per file goes to stdout after the table.
+bench's wall-clock figure, taken without ncu, is what a user gets. One JSON line per file goes to stdout after
+the table. A file that is not ncu's CSV, or holds no repeated forward, is an error naming the file.
 """
 import csv
 import json
