@@ -53,7 +53,9 @@ def read_kernels(path):
             continue
         value = float(r["Metric Value"].replace(",", ""))
         unit = r.get("Metric Unit", "ns")
-        scale = {"ns": 1.0, "nsecond": 1.0, "usecond": 1e3, "us": 1e3, "msecond": 1e6, "ms": 1e6}.get(unit, 1.0)
+        scale = {"ns": 1.0, "nsecond": 1.0, "usecond": 1e3, "us": 1e3, "msecond": 1e6, "ms": 1e6}.get(unit)
+        if scale is None:
+            sys.exit(f"{path}: kernel {r.get('ID', '?')}: duration in unknown unit '{unit}' (want --print-units base)")
         kernels.append((r["Kernel Name"], r.get("Grid Size", ""), r.get("Block Size", ""), value * scale))
     if not kernels:
         sys.exit(f"{path}: no gpu__time_duration.sum rows")
@@ -77,11 +79,12 @@ def main(paths):
         by_kind = OrderedDict((kind, [0, 0.0]) for kind, _ in KINDS + [("other", "")])
         by_name = OrderedDict()
         by_launch = OrderedDict()  # kernel and grid: one product shape, one LayerNorm size, ...
-        for name, grid, block, ns in fwd:
-            kind = kind_of(name)
+        # Each launch's kind and name without its parameter list, once: the tables and the block listing use both.
+        named = [(kind_of(name), re.sub(r"\(.*", "", name), grid, ns) for name, grid, _, ns in fwd]
+        for kind, base, grid, ns in named:
             by_kind[kind][0] += 1
             by_kind[kind][1] += ns
-            short = re.sub(r"\(.*", "", name)[:90]
+            short = base[:90]
             entry = by_name.setdefault((kind, short), [0, 0.0])
             entry[0] += 1
             entry[1] += ns
@@ -101,11 +104,11 @@ def main(paths):
             print(f"  {kind:<16} {short:<60} {grid:<16} {count:>5} {ns / 1e6:>8.3f} {ns / 1e3 / count:>9.1f}")
         # One middle block's launches in order (from one add + LayerNorm to the one two after it): which
         # product is which shape, since persistent kernels launch the same grid for every shape.
-        ln = [i for i, k in enumerate(fwd) if kind_of(k[0]) == "add + layernorm"]
+        ln = [i for i, launch in enumerate(named) if launch[0] == "add + layernorm"]
         if len(ln) > 12:
             print("  one block, in launch order:")
-            for name, grid, block, ns in fwd[ln[10]:ln[12]]:
-                print(f"    {kind_of(name):<16} {re.sub(r'[(].*', '', name)[:70]:<70} {grid:<14} {ns / 1e3:>8.1f} us")
+            for kind, base, grid, ns in named[ln[10]:ln[12]]:
+                print(f"    {kind:<16} {base[:70]:<70} {grid:<14} {ns / 1e3:>8.1f} us")
         print(json.dumps({"file": path, "kernels": len(fwd), "total_ms": total / 1e6,
                           "by_kind_ms": {k: v[1] / 1e6 for k, v in by_kind.items() if v[0]},
                           "by_kernel_ms": {f"{k}: {s}": v[1] / 1e6 for (k, s), v in by_name.items()}}))

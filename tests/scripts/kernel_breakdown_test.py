@@ -38,15 +38,14 @@ def forward(scale):
     return [(name, grid, ns * scale) for name, grid, ns in rows]
 
 
-def write_csv(path, launches, header=True):
+def write_csv(path, launches, unit="nsecond"):
     out = io.StringIO()
     w = csv.writer(out, quoting=csv.QUOTE_ALL)
-    if header:
-        w.writerow(["ID", "Process ID", "Kernel Name", "Block Size", "Grid Size", "Section Name", "Metric Name",
-                    "Metric Unit", "Metric Value"])
+    w.writerow(["ID", "Process ID", "Kernel Name", "Block Size", "Grid Size", "Section Name", "Metric Name",
+                "Metric Unit", "Metric Value"])
     for i, (name, grid, ns) in enumerate(launches):
         w.writerow([i, 7, name, "(128, 1, 1)", grid, "Command line profiler metrics", "gpu__time_duration.sum",
-                    "nsecond", f"{ns * 1000:,}"])  # microseconds of the tables above, written in ns
+                    unit, f"{ns * 1000:,}"])  # microseconds of the tables above, written in ns
     with open(path, "w") as f:
         f.write("==PROF== Connected to process 7\n" + out.getvalue() + "==PROF== Disconnected from process 7\n")
 
@@ -92,6 +91,11 @@ def main():
             f.write("a,b\n1,2\n")
         r = run(script, bad)
         check(r.returncode != 0 and "not-ncu.csv" in r.stderr and "Kernel Name" in r.stderr, f"bad csv: {r.stderr}")
+
+        cycles = os.path.join(d, "cycles.csv")  # a unit the script cannot convert must not pass as nanoseconds
+        write_csv(cycles, forward(1) + forward(1), unit="cycle")
+        r = run(script, cycles)
+        check(r.returncode != 0 and "cycles.csv" in r.stderr and "cycle" in r.stderr, f"unknown unit: {r.stderr}")
 
         once = os.path.join(d, "once.csv")
         write_csv(once, forward(1))  # a single forward: blocks repeat, but no forward does
