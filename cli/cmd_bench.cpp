@@ -38,7 +38,6 @@ struct BenchArgs {
   std::string last_block = "auto";
   std::string fp8_gemm = "auto";
   std::string pdl = "on";
-  int64_t mlp_chunk = 0;
   bool test_set = false;
   std::string data;    // data folder (ag_news/, gpt2/); empty: the default search
   std::string cache = "var/cache";
@@ -86,11 +85,6 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
                  "one before it finishes, then waits for it on the device): on | off (for comparing the two)")
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
-  sub.add_option("--mlp-chunk", a->mlp_chunk,
-                 "run the MLP of int8-w8a8 and fp8-e4m3 in chunks of N rows, so that c_fc's output is quantized "
-                 "from L2 (0: one chunk; the logits are the same)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
   sub.add_flag("--test-set", a->test_set,
                "also time the test-set rate: the AG News test rows, length-bucketed, each batch padded to its longest row");
   sub.add_option("--data", a->data, "data folder holding ag_news/ and gpt2/ (default: $QBENCH_DATA_DIR or ../shared/data)");
@@ -132,7 +126,6 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       model->to_device(dev);
       model->set_weight_prefetch(!a->no_prefetch, a->prefetch_blocks);
       model->set_fused_input_quantization(!a->no_fused_quant);
-      model->set_mlp_chunk(a->mlp_chunk);
       using LastBlock = worker::GPT2ClassifierImpl::LastBlock;
       model->set_last_block(a->last_block == "pruned" ? LastBlock::kPruned
                             : a->last_block == "full" ? LastBlock::kFull
@@ -153,7 +146,6 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       if (r.weight_prefetch) j["prefetch_blocks"] = a->prefetch_blocks;
       j["fused_input_quantization"] = !a->no_fused_quant;
       j["last_block"] = a->last_block;
-      j["mlp_chunk"] = a->mlp_chunk;
       if (v.method == "fp8-e4m3") j["fp8_gemm"] = a->fp8_gemm;
       j["pdl"] = a->pdl;  // asked; r.to_json()'s pdl_used says whether the launches used it
       std::string test_note;

@@ -114,52 +114,6 @@ TEST(ModelGpu, FusedInputQuantizationGivesTheLogitsOfTheSeparateQuantizers) {
 #endif
 }
 
-// The MLP in row chunks (set_mlp_chunk): c_fc and the quantizer a chunk at a time, mlp.c_proj once on all codes.
-// The logits must be the unchunked ones bit for bit, with the chunks dividing the rows or not, with c_fc's input
-// as codes from the add + LayerNorm or as rows; LLM.int8 (outlier columns over all rows) is never chunked.
-TEST(ModelGpu, ChunkedMlpGivesTheLogitsOfOneChunk) {
-#if !EVALSVC_WITH_CUDA
-  GTEST_SKIP() << "built without EVALSVC_WITH_CUDA (no CUDA libtorch)";
-#else
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU";
-  const torch::Device dev(torch::kCUDA, 0);
-  torch::NoGradGuard no_grad;
-  auto cfg = ModelConfig::preset("tiny");
-  cfg.n_embd = 256;
-  std::vector<std::pair<kernels::Method, torch::ScalarType>> cases = {{kernels::Method::kInt8W8A8, torch::kFloat16},
-                                                                      {kernels::Method::kInt8W8A8, torch::kBFloat16},
-                                                                      {kernels::Method::kLlmInt8, torch::kFloat16}};
-  if (kernels::cuda::fp8_supported(dev)) cases.emplace_back(kernels::Method::kFp8E4M3, torch::kBFloat16);
-  auto gen = at::detail::createCPUGenerator(17);
-  const auto ids = torch::randint(0, cfg.vocab_size, {15, 128}, gen, torch::kLong).to(dev);
-  const auto lengths = torch::randint(1, 129, {15}, gen, torch::kLong).to(dev);
-  for (const auto& [method, base] : cases) {
-    const bool chunks = method != kernels::Method::kLlmInt8;
-    for (const bool fused : {true, false}) {
-      GPT2Classifier model(cfg, 9);
-      model->quantize(method, base, kernels::QuantOptions{});
-      model->to_device(dev);
-      model->eval();  // chunks in inference only
-      model->set_fused_input_quantization(fused);
-      const auto whole = model->forward(ids, lengths);
-      EXPECT_FALSE(model->chunked_mlp_last_forward());
-      for (const int64_t chunk : {128, 500, 1919}) {
-        const auto what = fmt::format("{} ({}), fused {}, chunks of {}", kernels::method_name(method),
-                                      c10::toString(base), fused, chunk);
-        model->set_mlp_chunk(chunk);
-        const auto chunked = model->forward(ids, lengths);
-        EXPECT_EQ(model->chunked_mlp_last_forward(), chunks) << what;
-        EXPECT_TRUE(torch::equal(whole, chunked))
-            << what << ": max diff " << (whole - chunked).abs().max().item<double>();
-      }
-      model->set_mlp_chunk(1920);  // one chunk holds every row: nothing to chunk
-      model->forward(ids, lengths);
-      EXPECT_FALSE(model->chunked_mlp_last_forward());
-    }
-  }
-#endif
-}
-
 // Weight prefetch (GPT2ClassifierImpl::set_weight_prefetch) dequantizes block i+1 on a side stream while block i
 // runs: the logits must be those of the plain path bit for bit, and the forward must stay capturable as a CUDA
 // graph (the side stream forks from and joins the capturing stream) whose replays recompute from new inputs.

@@ -4,7 +4,6 @@
 
 #include <fmt/format.h>
 
-#include "evalsvc/common/error.h"
 #include "evalsvc/worker/gpt2.h"
 
 namespace evalsvc::worker {
@@ -69,29 +68,6 @@ TEST(Model, LastBlockIsPrunedInInferenceFromTheThreshold) {
   model->train();
   model->forward(ids.slice(0, 0, 2), lengths.slice(0, 0, 2));
   EXPECT_FALSE(model->pruned_last_block_last_forward()) << "training";
-}
-
-// set_mlp_chunk rejects a negative size, naming it; on a CPU the MLP is never chunked (the chunks exist to keep c_fc's
-// output in a GPU's L2), so the setting changes nothing there.
-TEST(Model, MlpChunkIsCheckedAndLeavesACpuForwardAlone) {
-  const auto cfg = ModelConfig::preset("tiny");
-  GPT2Classifier model(cfg, 4);
-  model->quantize(kernels::Method::kInt8W8A8, torch::kFloat32, kernels::QuantOptions{});
-  model->eval();
-  torch::NoGradGuard no_grad;
-  try {
-    model->set_mlp_chunk(-1);
-    ADD_FAILURE() << "set_mlp_chunk(-1) was accepted";
-  } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("got -1"), std::string::npos) << e.what();
-  }
-  const auto ids = torch::randint(0, cfg.vocab_size, {3, 16}, torch::kLong);
-  const auto lengths = torch::full({3}, 16, torch::kLong);
-  const auto whole = model->forward(ids, lengths);
-  model->set_mlp_chunk(5);
-  const auto again = model->forward(ids, lengths);
-  EXPECT_FALSE(model->chunked_mlp_last_forward());
-  EXPECT_TRUE(torch::equal(whole, again));
 }
 
 }  // namespace

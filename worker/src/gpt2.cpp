@@ -1,7 +1,6 @@
 #include "evalsvc/worker/gpt2.h"
 
 #include <cmath>
-#include <cstdlib>
 
 #include <fmt/ranges.h>
 
@@ -136,79 +135,6 @@ std::pair<torch::Tensor, torch::Tensor> GPT2ClassifierImpl::add_layer_norm(const
   return {sum, layer_norm(sum, w, b)};
 }
 
-void GPT2ClassifierImpl::set_mlp_chunk(int64_t tokens) {
-  EVALSVC_CHECK(tokens >= 0, InputError, "MLP chunk must be >= 0 tokens (0: unchunked), got {}", tokens);
-  mlp_chunk_ = tokens;
-}
-
-torch::Tensor GPT2ClassifierImpl::mlp(const Block& blk, const torch::Tensor& x, const InputCodes& codes,
-                                      torch::ScalarType act_dtype, const torch::Tensor* dense_fc,
-                                      const torch::Tensor* dense_proj) const {
-#ifdef EVALSVC_WITH_CUDA
-  const kernels::QuantizedLinear* proj = blk.q[3].get();
-  const auto code = proj != nullptr ? proj->activation_code() : kernels::ActivationCode::kNone;
-  const torch::Tensor& src = codes.q.defined() ? codes.q : x;
-  const int64_t E = config_.n_embd;
-  const int64_t rows = src.numel() / E;
-  // Only where mlp.c_proj would quantize c_fc's output in a pass of its own, in its own dtype (so the codes are
-  // the ones its forward() makes), and never in training (autograd needs the unchunked graph).
-  if (mlp_chunk_ > 0 && rows > mlp_chunk_ && src.is_cuda() && !is_training() && dense_proj == nullptr &&
-      (code == kernels::ActivationCode::kInt8 || code == kernels::ActivationCode::kFp8E4M3) &&
-      proj->base_dtype() == act_dtype && (codes.q.defined() || x.scalar_type() == act_dtype)) {
-    const int64_t inner = proj->in_features();
-    const auto opts = src.options();
-    const torch::Tensor q = torch::empty(
-        {rows, inner}, opts.dtype(code == kernels::ActivationCode::kInt8 ? torch::kInt8 : torch::kUInt8));
-    const torch::Tensor scale = torch::empty({rows}, opts.dtype(torch::kFloat32));
-    const torch::Tensor in = src.reshape({rows, E});
-    const torch::Tensor in_scale = codes.q.defined() ? codes.scale.reshape({rows}) : torch::Tensor();
-    static const bool overlap = std::getenv("QBENCH_MLP_OVERLAP") != nullptr;
-    kernels::cuda::SideStream* side = nullptr;
-    if (overlap) {
-      const int dev = src.device().index();
-      if (!mlp_side_ || mlp_side_device_ != dev) {
-        mlp_side_ = std::make_shared<kernels::cuda::SideStream>(src.device(), 2);
-        mlp_side_device_ = dev;
-      }
-      side = mlp_side_.get();
-    }
-    std::vector<torch::Tensor> keep;  // chunks the side stream reads: alive until the main stream has joined it
-    for (int64_t r0 = 0; r0 < rows; r0 += mlp_chunk_) {
-      const int64_t n = std::min(mlp_chunk_, rows - r0);
-      InputCodes c;
-      if (codes.q.defined()) {
-        c.q = in.narrow(0, r0, n);
-        c.scale = in_scale.narrow(0, r0, n);
-      }
-      // The chunk's activations live until its quantizer has been queued; the next chunk's, of the same size, then
-      // reuse their memory (the caching allocator's stream order), so they stay in the same L2 lines.
-      const torch::Tensor hidden = linear(blk, 2, c.q.defined() ? torch::Tensor() : in.narrow(0, r0, n),
-                                          kernels::Activation::kGeluTanh, dense_fc, c, act_dtype);
-      if (side != nullptr) {
-        side->record_current(0);
-        side->side_waits(0);
-        const torch::Tensor h2 = hidden.reshape({n, inner}).contiguous();
-        keep.push_back(h2);
-        side->run_on_side([&] { kernels::cuda::quantize_per_token_into(h2, code, q.narrow(0, r0, n), scale.narrow(0, r0, n)); });
-      } else {
-        kernels::cuda::quantize_per_token_into(hidden.reshape({n, inner}).contiguous(), code, q.narrow(0, r0, n),
-                                               scale.narrow(0, r0, n));
-      }
-    }
-    if (side != nullptr) {
-      side->record_side(1);
-      side->current_waits(1);
-    }
-    chunked_mlp_last_forward_ = true;
-    auto out_sizes = src.sizes().vec();
-    out_sizes.back() = E;
-    return proj->forward_quantized(q, scale, act_dtype).view(out_sizes);
-  }
-#endif
-  const torch::Tensor hidden = linear(blk, 2, x, kernels::Activation::kGeluTanh, dense_fc, codes, act_dtype);
-  return linear(blk, 3, hidden, kernels::Activation::kNone, dense_proj);
-}
-
 #ifdef EVALSVC_WITH_CUDA
 struct GPT2ClassifierImpl::WeightPrefetch {
   // Events of `side`: the forward's start on the main stream, then per slot "copies ready" (side -> main) and
@@ -316,7 +242,6 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   WeightPrefetch* pf = prefetch_for(B * T);
   prefetched_last_forward_ = pf != nullptr;
   fused_quant_last_forward_ = false;
-  chunked_mlp_last_forward_ = false;
 #ifdef EVALSVC_WITH_CUDA
   if (pf) {
     pf->side.record_current(WeightPrefetch::kStart);
@@ -358,7 +283,8 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     torch::Tensor m;
     InputCodes m_codes;
     std::tie(h, m) = add_layer_norm(h, o, blk.ln2_w, blk.ln2_b, blk.q[2].get(), &m_codes);
-    m = mlp(blk, m, m_codes, act, dense_of(2), dense_of(3));
+    m = linear(blk, 2, m, kernels::Activation::kGeluTanh, dense_of(2), m_codes, act);
+    m = linear(blk, 3, m, kernels::Activation::kNone, dense_of(3));
 #ifdef EVALSVC_WITH_CUDA
     if (pf && i + 2 < blocks_.size()) {
       pf->side.record_current(WeightPrefetch::freed(i % 2));

@@ -625,42 +625,6 @@ Fp8Activations quantize_per_token_fp8(const torch::Tensor& x) {
   return out;
 }
 
-void quantize_per_token_into(const torch::Tensor& x, ActivationCode code, const torch::Tensor& q,
-                             const torch::Tensor& scale) {
-  const char* op = "quantize_per_token_into";
-  EVALSVC_CHECK(code == ActivationCode::kInt8 || code == ActivationCode::kFp8E4M3, InputError,
-                "cuda::{}: code must be int8 or fp8-e4m3 (per-token codes without outlier columns)", op);
-  check_cuda(op, "x", x);
-  check_dtype(op, "x", x, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
-  check_contiguous(op, "x", x);
-  EVALSVC_CHECK(x.dim() == 2, InputError, "cuda::{}: x must be [T, in], got {}", op, describe(x));
-  const int64_t t = x.size(0);
-  const int64_t k = x.size(1);
-  const bool int8 = code == ActivationCode::kInt8;
-  check_cuda(op, "q", q, x);
-  check_dtype(op, "q", q, {int8 ? torch::kInt8 : torch::kUInt8});
-  check_contiguous(op, "q", q);
-  EVALSVC_CHECK(q.dim() == 2 && q.size(0) == t && q.size(1) == k, InputError, "cuda::{}: q must be [{}, {}], got {}",
-                op, t, k, describe(q));
-  check_cuda(op, "scale", scale, x);
-  check_dtype(op, "scale", scale, {torch::kFloat32});
-  check_contiguous(op, "scale", scale);
-  check_numel(op, "scale", scale, t);
-  if (t == 0) return;
-  if (k == 0) {
-    scale.zero_();
-    return;
-  }
-  const c10::cuda::CUDAGuard guard(x.device());
-  if (int8) {
-    EVALSVC_LAUNCH(launch_quantize_rows_int8(x.data_ptr(), launcher_dtype(x.scalar_type()), t, k, 0.0f, nullptr,
-                                             q.data_ptr<int8_t>(), scale.data_ptr<float>(), stream_of(x)));
-  } else {
-    EVALSVC_LAUNCH(launch_quantize_rows_fp8(x.data_ptr(), launcher_dtype(x.scalar_type()), t, k,
-                                            q.data_ptr<uint8_t>(), scale.data_ptr<float>(), stream_of(x)));
-  }
-}
-
 torch::Tensor dequantize_fp8_weight(const torch::Tensor& q, const torch::Tensor& wscale, torch::ScalarType dtype) {
   const char* op = "dequantize_fp8_weight";
   check_cuda(op, "q", q);

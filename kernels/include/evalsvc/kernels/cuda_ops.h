@@ -177,13 +177,6 @@ bool fp8_supported(const torch::Device& device);
 /// Quantizes x (fp16, bf16 or fp32, [T, in]) per token to E4M3 (runs on any CUDA device).
 Fp8Activations quantize_per_token_fp8(const torch::Tensor& x);
 
-/// Per-token codes of x (fp16, bf16 or fp32, [T, in]) written into q ([T, in], int8 for kInt8, uint8 E4M3 bits for
-/// kFp8E4M3) and scale (fp32 [T]), both contiguous on x's device: quantize_per_token_int8 (threshold 0) or
-/// quantize_per_token_fp8, bit for bit, without allocating. So a caller that produces x in row chunks can
-/// quantize each chunk into its rows of one buffer for the whole product (GPT2ClassifierImpl::set_mlp_chunk).
-void quantize_per_token_into(const torch::Tensor& x, ActivationCode code, const torch::Tensor& q,
-                             const torch::Tensor& scale);
-
 /// Which fp8 matrix product fp8_linear uses. kCublasLt: cublasLtMatmul with outer-vector scales (cuBLAS 12.9+),
 /// output in x's dtype with the bias and GELU in its epilogue (fp16/bf16 x, in and out multiples of 16);
 /// kScaledMm: at::_scaled_mm's rowwise kernel (bf16 output, converted to x's dtype; GELU a separate pass);

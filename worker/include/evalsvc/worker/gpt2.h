@@ -14,10 +14,6 @@
 #include "evalsvc/kernels/quantized_linear.h"
 #include "evalsvc/kernels/torch_compat.h"
 
-namespace evalsvc::kernels::cuda {
-class SideStream;
-}
-
 namespace evalsvc::worker {
 
 /// The GPT2Config fields qbench uses (names as in Hugging Face config.json).
@@ -126,15 +122,6 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   enum class LastBlock { kAuto, kPruned, kFull };
   static constexpr int64_t kPruneMinTokens = 4096;
   void set_last_block(LastBlock mode) { last_block_ = mode; }
-  /// The MLP of a projection pair whose mlp.c_proj quantizes its input per token (W8A8, FP8) run over row chunks
-  /// of `tokens` rows in inference on a GPU: each chunk's c_fc output (GELU applied) is quantized into its rows of
-  /// one code buffer, then mlp.c_proj runs once on all rows. A chunk's [tokens, 3072] activations are written by
-  /// c_fc and read back by the quantizer while they are still in L2, instead of going out to and back from device
-  /// memory; the codes and the logits are the same as unchunked. 0 (the default) = one chunk. LLM.int8 is never
-  /// chunked: its outlier columns are a property of all rows of a product.
-  void set_mlp_chunk(int64_t tokens);
-  /// Whether the last forward() ran an MLP in chunks.
-  bool chunked_mlp_last_forward() const { return chunked_mlp_last_forward_; }
   /// Whether the last forward() ran the last block at the read positions only.
   bool pruned_last_block_last_forward() const { return pruned_last_forward_; }
   /// Whether the last forward() had a residual add + LayerNorm write a projection's input codes.
@@ -190,9 +177,6 @@ class GPT2ClassifierImpl : public torch::nn::Module {
                                                          const torch::Tensor& w, const torch::Tensor& b,
                                                          const kernels::QuantizedLinear* consumer = nullptr,
                                                          InputCodes* codes = nullptr) const;
-  /// gelu(x c_fc) c_proj of blk, as two linear() calls or in row chunks (set_mlp_chunk); x or codes as for linear().
-  torch::Tensor mlp(const Block& blk, const torch::Tensor& x, const InputCodes& codes, torch::ScalarType act_dtype,
-                    const torch::Tensor* dense_fc, const torch::Tensor* dense_proj) const;
   /// Every tensor that is not a projection (embeddings, LayerNorms, head) with its Hugging Face name: the
   /// one list that state dicts, loading, dtype conversion and device moves all walk.
   std::vector<std::pair<std::string, torch::Tensor*>> plain_tensors();
@@ -211,11 +195,6 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   mutable bool fused_quant_last_forward_ = false;  // set by add_layer_norm, which forward() calls as const
   int prefetch_blocks_ = kDefaultPrefetchBlocks;
   bool prefetched_last_forward_ = false;
-  int64_t mlp_chunk_ = 0;
-  // Experiment: the chunks' quantizers on a side stream beside the next chunk's c_fc (QBENCH_MLP_OVERLAP=1).
-  mutable std::shared_ptr<kernels::cuda::SideStream> mlp_side_;
-  mutable int mlp_side_device_ = -1;
-  mutable bool chunked_mlp_last_forward_ = false;  // set by mlp(), which forward() calls as const
   std::shared_ptr<WeightPrefetch> prefetch_;  // made by the first forward that uses it; reset by moves
 };
 TORCH_MODULE(GPT2Classifier);
