@@ -1,7 +1,6 @@
 #pragma once
 // Device helpers shared by the qbench kernels (kernels/cuda/*.cu): dtype conversion, reductions, launch checks.
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 #include <utility>
 
@@ -361,101 +360,6 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
   if (list.done != nullptr) finish_outlier_list(flagged, reinterpret_cast<uint32_t*>(outlier_flags), k, list);
 }
 
-/// k_quantize_rows_warp without outlier columns (W8A8's and FP8's quantizers) as a grid-stride loop: each block
-/// stays resident and takes 8 / WPR rows a trip, and issues the loads of its next rows before it reduces and
-/// stores the current ones, so an SM always has loads in flight. (Measured against the one-trip kernel, which
-/// reached 2.8 TB/s at 32,768 x 3,072 on an H200 where a copy of the same fp16 rows reached 4.2: docs/perf.md.)
-/// The arithmetic is k_quantize_rows_warp's, so the codes are identical.
-template <typename T, int VPL, int WPR, typename Enc>
-__global__ void __launch_bounds__(256) k_quantize_rows_stream(const T* __restrict__ x, int64_t t, int64_t k,
-                                                              uint8_t* __restrict__ q, float* __restrict__ scale) {
-  static_assert(8 % WPR == 0, "a block of 8 warps holds whole rows");
-  constexpr int kRows = 8 / WPR;
-  pdl_wait();  // x comes from the kernel before
-  pdl_launch_dependents();
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int w = warp % WPR;
-  const int nvec = static_cast<int>(k >> 3);
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kRows;
-  __shared__ float part[2][8];  // two sets: a trip's writes never meet the previous trip's reads
-  auto load = [&](int64_t row, uint4 (&v)[VPL]) {
-    const uint4* xr = reinterpret_cast<const uint4*>(x + row * k);
-#pragma unroll
-    for (int i = 0; i < VPL; ++i) {
-      const int j = lane + 32 * (w + WPR * i);
-      if (row < t && j < nvec) v[i] = xr[j];
-    }
-  };
-  uint4 cur[VPL], next[VPL];
-  int64_t row = static_cast<int64_t>(blockIdx.x) * kRows + warp / WPR;
-  load(row, cur);
-  // Every warp of the block makes the same number of trips (the loop test is on the block's first row), so all
-  // meet each barrier.
-  int trip = 0;
-  for (int64_t first = static_cast<int64_t>(blockIdx.x) * kRows; first < t; first += stride, row += stride, ++trip) {
-    load(row + stride, next);
-    float amax = 0.0f;
-#pragma unroll
-    for (int i = 0; i < VPL; ++i) {
-      const int j = lane + 32 * (w + WPR * i);
-      if (row < t && j < nvec) {
-        float f[8];
-        unpack8<T>(cur[i], f);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) amax = fmaxf(amax, fabsf(f[e]));
-      }
-    }
-    amax = warp_max(amax);
-    if constexpr (WPR > 1) {
-      if (lane == 0) part[trip & 1][warp] = amax;
-      __syncthreads();
-      const int first_warp = warp - w;
-#pragma unroll
-      for (int p = 0; p < WPR; ++p) amax = fmaxf(amax, part[trip & 1][first_warp + p]);
-    }
-    if (row < t) {
-      const float s = amax / Enc::kMax;
-      if (w == 0 && lane == 0) scale[row] = s;
-      uint2* qr = reinterpret_cast<uint2*>(q + row * k);
-#pragma unroll
-      for (int i = 0; i < VPL; ++i) {
-        const int j = lane + 32 * (w + WPR * i);
-        if (j < nvec) {
-          float f[8];
-          unpack8<T>(cur[i], f);
-          qr[j] = encode8<Enc>(f, s);
-        }
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < VPL; ++i) cur[i] = next[i];
-  }
-}
-
-/// Launches k_quantize_rows_stream with WPR warps a row: as many blocks as fit on the device at once (never more
-/// than there are rows for).
-template <typename Enc, int WPR>
-inline void launch_quantize_rows_stream(const void* x, bool f16, int64_t t, int64_t k, uint8_t* q, float* scale,
-                                        cudaStream_t stream) {
-  constexpr int kRows = 8 / WPR;
-  int dev = 0, sms = 0, per_sm = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  if (f16) cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_quantize_rows_stream<__half, 4, WPR, Enc>, 256, 0);
-  else cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_quantize_rows_stream<__nv_bfloat16, 4, WPR, Enc>, 256, 0);
-  const int64_t need = (t + kRows - 1) / kRows;
-  const int64_t fit = static_cast<int64_t>(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1);
-  const unsigned grid = static_cast<unsigned>(need < fit ? need : fit);
-  if (f16) {
-    launch_pdl(k_quantize_rows_stream<__half, 4, WPR, Enc>, grid, 256, 0, stream, static_cast<const __half*>(x), t, k,
-               q, scale);
-  } else {
-    launch_pdl(k_quantize_rows_stream<__nv_bfloat16, 4, WPR, Enc>, grid, 256, 0, stream,
-               static_cast<const __nv_bfloat16*>(x), t, k, q, scale);
-  }
-}
-
 /// Launches k_quantize_rows_warp with WPR warps per row (grid and template for rows up to 1,024 * WPR wide).
 template <typename Enc, int WPR>
 inline void launch_quantize_rows_wpr(const void* x, bool f16, int64_t t, int64_t k, float threshold, int32_t* flags,
@@ -471,15 +375,6 @@ inline void launch_quantize_rows_wpr(const void* x, bool f16, int64_t t, int64_t
   }
 }
 
-/// Experiment switch: the grid-stride quantizer unless QBENCH_QUANT_STREAM=0.
-inline bool quantize_stream_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("QBENCH_QUANT_STREAM");
-    return v == nullptr || v[0] != '0';
-  }();
-  return on;
-}
-
 /// Launches k_quantize_rows_warp when it applies (fp16/bf16, k % 8 == 0, k <= 4096, aligned pointers) and
 /// returns true; false leaves the row to the caller's general kernel. list: see OutlierList.
 template <typename Enc>
@@ -493,13 +388,6 @@ inline bool launch_quantize_rows_warp(const void* x, DType dtype, int64_t t, int
   // Below 2,048 rows (256 blocks, two per SM) a row is spread over four warps whatever its width, so that the
   // few rows still occupy many SMs (128 rows: 64 blocks).
   if (t < 2048) launch_quantize_rows_wpr<Enc, 4>(x, f16, t, k, threshold, flags, q, scale, list, stream);
-  // Without outlier columns: the grid-stride kernel (QBENCH_QUANT_STREAM=0 keeps the one-trip kernel, for the
-  // comparison).
-  else if (!(threshold > 0.0f) && quantize_stream_enabled()) {
-    if (k <= 1024) launch_quantize_rows_stream<Enc, 1>(x, f16, t, k, q, scale, stream);
-    else if (k <= 2048) launch_quantize_rows_stream<Enc, 2>(x, f16, t, k, q, scale, stream);
-    else launch_quantize_rows_stream<Enc, 4>(x, f16, t, k, q, scale, stream);
-  }
   // Four vectors a lane at most (40 registers): enough warps an SM to keep the loads of some in flight while
   // others compute.
   else if (k <= 1024) launch_quantize_rows_wpr<Enc, 1>(x, f16, t, k, threshold, flags, q, scale, list, stream);

@@ -676,30 +676,6 @@ TEST(CudaInt8, BadInputThrowsInputError) {
   EXPECT_THROW(cuda::dequantize_int8_weight(wq, ws, torch::kInt32), InputError);
 }
 
-// From 2,048 rows the W8A8 and FP8 quantizers loop over rows in resident blocks, loading each block's next rows while
-// they encode the current ones: row counts that take several trips a block, and a last trip with rows missing.
-TEST(CudaQuantizers, PerTokenQuantizationOfManyRowsMatchesReference) {
-  REQUIRE_GPU();
-  const bool fp8 = cuda::fp8_supported(gpu());
-  for (const auto& [m, k] : std::vector<std::pair<int64_t, int64_t>>{{20011, 768}, {9001, 3072}, {12001, 1536}}) {
-    for (const auto dtype : {torch::kFloat16, torch::kBFloat16}) {
-      auto x = randn({m, k}, 1700 + m + k).to(dtype);
-      x[m - 1].zero_();  // the last row all zero: scale 0, codes 0
-      const auto what = fmt::format("M={} in={} dtype={}", m, k, c10::toString(dtype));
-      const auto want = ref::quantize_per_token(x);
-      const auto got = cuda::quantize_per_token_int8(x.to(gpu()), 0.0);
-      EXPECT_TRUE(same(got.q, want.q, "quantize_per_token_int8 " + what + " q"));
-      EXPECT_TRUE(close(got.scale, want.scale, 0.0, "quantize_per_token_int8 " + what + " scale"));
-      if (fp8) {
-        const auto want8 = ref::quantize_fp8_per_token(x);
-        const auto got8 = cuda::quantize_per_token_fp8(x.to(gpu()));
-        EXPECT_TRUE(same(got8.q, want8.q, "quantize_per_token_fp8 " + what + " E4M3 bits"));
-        EXPECT_TRUE(close(got8.scale, want8.scale, 0.0, "quantize_per_token_fp8 " + what + " scale"));
-      }
-    }
-  }
-}
-
 // ---- FP8 -----------------------------------------------------------------------------------------------------
 
 TEST(CudaFp8, PerTokenQuantizationAndWeightDequantizationMatchReference) {
