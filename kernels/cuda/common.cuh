@@ -1,7 +1,6 @@
 #pragma once
 // Device helpers shared by the qbench kernels (kernels/cuda/*.cu): dtype conversion, reductions, launch checks.
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 #include <utility>
 
@@ -395,15 +394,6 @@ inline bool launch_quantize_rows_warp(const void* x, DType dtype, int64_t t, int
   else if (k <= 2048) launch_quantize_rows_wpr<Enc, 2>(x, f16, t, k, threshold, flags, q, scale, list, stream);
   else launch_quantize_rows_wpr<Enc, 4>(x, f16, t, k, threshold, flags, q, scale, list, stream);
   return true;
-}
-
-/// Experiment switch: the capped dequantization kernels take 4 groups a trip unless QBENCH_DEQUANT_UNROLL=0.
-inline bool dequant_unroll_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("QBENCH_DEQUANT_UNROLL");
-    return v == nullptr || v[0] != '0';
-  }();
-  return on;
 }
 
 /// Status of the launch just made: 0 or the cudaError_t (positive).

@@ -905,39 +905,23 @@ __global__ void k_int8_dequantize(const int8_t* __restrict__ q, const float* __r
 /// The same dequantization as a grid-stride loop over groups of 16 codes (one 16-byte load, two 8-value stores,
 /// 32-bit indices), for a capped grid (launch max_blocks > 0): its few blocks must each move many bytes per trip
 /// to keep up. For k % 16 == 0 (a group never straddles rows) and 16-byte aligned pointers.
-/// Experiment: U groups a trip, loads first (as k_nf4_dequantize32's U).
-template <typename T, int U = 1>
-__global__ void __launch_bounds__(1024, 1) k_int8_dequantize16(const int8_t* __restrict__ q,
-                                                               const float* __restrict__ scale, bool per_channel,
-                                                               uint32_t k16, uint32_t groups, T* __restrict__ out) {
+template <typename T>
+__global__ void k_int8_dequantize16(const int8_t* __restrict__ q, const float* __restrict__ scale, bool per_channel,
+                                    uint32_t k16, uint32_t groups, T* __restrict__ out) {
   const int4* q16 = reinterpret_cast<const int4*>(q);
-  const uint32_t stride = gridDim.x * blockDim.x;
-  for (uint32_t g0 = blockIdx.x * blockDim.x + threadIdx.x; g0 < groups; g0 += U * stride) {
-    int4 p[U];
-    float s[U];
+  for (uint32_t g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += gridDim.x * blockDim.x) {
+    const float s = scale[per_channel ? g / k16 : 0];
+    const int4 p = q16[g];
+    const int32_t pw[4] = {p.x, p.y, p.z, p.w};
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const uint32_t g = g0 + u * stride;
-      if (g < groups) {
-        s[u] = scale[per_channel ? g / k16 : 0];
-        p[u] = q16[g];
+    for (int h = 0; h < 2; ++h) {
+      float v[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int8_t code = static_cast<int8_t>((pw[2 * h + j / 4] >> (8 * (j % 4))) & 0xFF);
+        v[j] = static_cast<float>(code) * s;
       }
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const uint32_t g = g0 + u * stride;
-      if (g >= groups) break;
-      const int32_t pw[4] = {p[u].x, p[u].y, p[u].z, p[u].w};
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float v[8];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const int8_t code = static_cast<int8_t>((pw[2 * h + j / 4] >> (8 * (j % 4))) & 0xFF);
-          v[j] = static_cast<float>(code) * s[u];
-        }
-        detail::store8(out + 16 * static_cast<size_t>(g) + 8 * h, v);
-      }
+      detail::store8(out + 16 * static_cast<size_t>(g) + 8 * h, v);
     }
   }
 }
@@ -1143,11 +1127,7 @@ int launch_int8_dequantize(const int8_t* q, const float* scale, bool per_channel
   if (max_blocks > 0 && by16 && n * k / 16 <= INT32_MAX) {
     const unsigned g16 = detail::grid_for(n * k / 16, threads, max_blocks);
     const auto k16 = static_cast<uint32_t>(k / 16), groups = static_cast<uint32_t>(n * k / 16);
-    if (detail::dequant_unroll_enabled()) {
-      EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize16<T, 4><<<g16, threads, 0, stream>>>(q, scale, per_channel, k16, groups, static_cast<T*>(out)));
-    } else {
-      EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize16<T, 1><<<g16, threads, 0, stream>>>(q, scale, per_channel, k16, groups, static_cast<T*>(out)));
-    }
+    EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize16<T><<<g16, threads, 0, stream>>>(q, scale, per_channel, k16, groups, static_cast<T*>(out)));
     return detail::launch_result();
   }
   if (by4 && n <= INT32_MAX && max_blocks == 0) {

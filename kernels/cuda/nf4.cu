@@ -91,44 +91,28 @@ __global__ void k_nf4_dequantize8(Nf4View w, T* __restrict__ out) {
 /// The same values, 32 codes a thread (one 16-byte load, one absmax, four 8-value stores): for a capped grid
 /// (launch max_blocks > 0), whose few blocks must each move many bytes per trip to keep up. For n*k % 32 == 0,
 /// blocksize % 32 == 0 and 16-byte aligned pointers; 32-bit indices (n*k / 32 < 2^31).
-/// Experiment: U groups a trip, their loads (codes and absmax) issued before any is decoded, so that a block keeps
-/// U times the bytes in flight and fewer blocks keep up (QBENCH_DEQUANT_UNROLL=0: one group a trip).
-template <typename T, int U = 1>
-__global__ void __launch_bounds__(1024, 1) k_nf4_dequantize32(Nf4View w, T* __restrict__ out) {
+template <typename T>
+__global__ void k_nf4_dequantize32(Nf4View w, T* __restrict__ out) {
   __shared__ Nf4Tables t;
   load_tables(t, w.quant_map, w.nested_map);
   __syncthreads();
   const uint32_t groups = static_cast<uint32_t>(w.n * w.k / 32);
   const uint32_t per_block = static_cast<uint32_t>(w.blocksize / 32);
   const uint4* words = reinterpret_cast<const uint4*>(w.packed);
-  const uint32_t stride = gridDim.x * blockDim.x;
-  for (uint32_t g0 = blockIdx.x * blockDim.x + threadIdx.x; g0 < groups; g0 += U * stride) {
-    uint4 p[U];
-    float am[U];
+  for (uint32_t g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += gridDim.x * blockDim.x) {
+    const uint4 p = words[g];
+    const float am = block_absmax(w, t, g / per_block);
+    const uint32_t pw[4] = {p.x, p.y, p.z, p.w};
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const uint32_t g = g0 + u * stride;
-      if (g < groups) {
-        p[u] = words[g];
-        am[u] = block_absmax(w, t, g / per_block);
+    for (int q = 0; q < 4; ++q) {
+      float v[8];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const unsigned byte = (pw[q] >> (8 * j)) & 0xFFu;
+        v[2 * j] = __fmul_rn(t.level[byte >> 4], am);
+        v[2 * j + 1] = __fmul_rn(t.level[byte & 0xFu], am);
       }
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const uint32_t g = g0 + u * stride;
-      if (g >= groups) break;
-      const uint32_t pw[4] = {p[u].x, p[u].y, p[u].z, p[u].w};
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        float v[8];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const unsigned byte = (pw[q] >> (8 * j)) & 0xFFu;
-          v[2 * j] = __fmul_rn(t.level[byte >> 4], am[u]);
-          v[2 * j + 1] = __fmul_rn(t.level[byte & 0xFu], am[u]);
-        }
-        store8(out + 32 * static_cast<size_t>(g) + 8 * q, v);
-      }
+      store8(out + 32 * static_cast<size_t>(g) + 8 * q, v);
     }
   }
 }
@@ -364,11 +348,7 @@ int launch_nf4_dequantize(const Nf4View& w, void* out, DType dtype, cudaStream_t
   if (max_blocks > 0 && (w.n * w.k) % 32 == 0 && w.blocksize % 32 == 0 && w.n * w.k / 32 <= INT32_MAX &&
       aligned16(w.packed) && aligned16(out)) {
     const unsigned grid = detail::grid_for(w.n * w.k / 32, threads, cap);
-    if (detail::dequant_unroll_enabled()) {
-      EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32<T, 4><<<grid, threads, 0, stream>>>(w, static_cast<T*>(out)));
-    } else {
-      EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32<T, 1><<<grid, threads, 0, stream>>>(w, static_cast<T*>(out)));
-    }
+    EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32<T><<<grid, threads, 0, stream>>>(w, static_cast<T*>(out)));
     return detail::launch_result();
   }
   if ((w.n * w.k) % 8 == 0 && w.blocksize % 8 == 0 && reinterpret_cast<uintptr_t>(w.packed) % 4 == 0 &&
