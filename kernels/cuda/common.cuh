@@ -1,6 +1,7 @@
 #pragma once
 // Device helpers shared by the qbench kernels (kernels/cuda/*.cu): dtype conversion, reductions, launch checks.
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 #include <utility>
 
@@ -253,8 +254,9 @@ __device__ __forceinline__ void finish_outlier_list(bool flagged, uint32_t* mask
 
 /// Enc's codes of 8 values at scale s (all 0 for s = 0, a row of zeros), packed for one 8-byte store: what every
 /// kernel that writes per-token codes stores (the quantizers here, the quantizing LayerNorms in norm.cu).
+/// The shipped encoding, kept for the experiment's comparison (k_quantize_rows_warp with kOutliers).
 template <typename Enc>
-__device__ __forceinline__ uint2 encode8(const float (&v)[8], float s) {
+__device__ __forceinline__ uint2 encode8_plain(const float (&v)[8], float s) {
   uint32_t lo = 0, hi = 0;
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
@@ -263,6 +265,37 @@ __device__ __forceinline__ uint2 encode8(const float (&v)[8], float s) {
     else hi |= c << (8 * (e - 4));
   }
   return make_uint2(lo, hi);
+}
+/// (Experiment, QBENCH_QUANT_LEAN: one test of s for the 8, int8 codes packed by byte permutes, E4M3 codes
+/// converted two at a time; the same bits.)
+template <typename Enc>
+__device__ __forceinline__ uint2 encode8(const float (&v)[8], float s) {
+  if (!(s > 0.0f)) return make_uint2(0u, 0u);
+  if constexpr (std::is_same_v<Enc, Int8Encoder>) {
+    int r[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) r[e] = max(-127, min(127, __float2int_rn(v[e] / s)));
+    // Byte 0 of each code, in order: two codes a permute, then the two pairs into one word.
+    const uint32_t lo = __byte_perm(__byte_perm(r[0], r[1], 0x0040), __byte_perm(r[2], r[3], 0x0040), 0x5410);
+    const uint32_t hi = __byte_perm(__byte_perm(r[4], r[5], 0x0040), __byte_perm(r[6], r[7], 0x0040), 0x5410);
+    return make_uint2(lo, hi);
+  } else if constexpr (std::is_same_v<Enc, Fp8Encoder>) {
+    uint32_t w[4];
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      w[p] = __nv_cvt_float2_to_fp8x2(make_float2(v[2 * p] / s, v[2 * p + 1] / s), __NV_SATFINITE, __NV_E4M3);
+    }
+    return make_uint2(w[0] | (w[1] << 16), w[2] | (w[3] << 16));
+  } else {
+    uint32_t lo = 0, hi = 0;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const uint32_t c = Enc::encode(v[e], s);
+      if (e < 4) lo |= c << (8 * e);
+      else hi |= c << (8 * (e - 4));
+    }
+    return make_uint2(lo, hi);
+  }
 }
 
 /// Per-token quantization with WPR warps per row, for fp16/bf16 rows of k % 8 == 0 and k <= 256 * VPL * WPR: the
@@ -281,7 +314,7 @@ __device__ __forceinline__ uint2 encode8(const float (&v)[8], float s) {
 /// 8 / WPR rows. (The one-block-per-row kernels reached about 1 TB/s at
 /// 32,768 rows. One warp per 3,072-wide row held 12 vectors a lane, 74-80 registers: 24 warps an SM, and ncu
 /// had it latency-bound at 31% of DRAM bandwidth and 53% of issue slots, 133-169 us at 32,768 rows on an H200.)
-template <typename T, int VPL, int WPR, typename Enc>
+template <typename T, int VPL, int WPR, typename Enc, bool kOutliers = true>
 __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict__ x, int64_t t, int64_t k,
                                                             float threshold, int32_t* outlier_flags,
                                                             uint8_t* __restrict__ q, float* __restrict__ scale,
@@ -296,7 +329,7 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
   const bool valid = row < t;  // no early return: with WPR > 1 every warp meets the barrier below
   const int nvec = valid ? static_cast<int>(k >> 3) : 0;
   const uint4* xr = reinterpret_cast<const uint4*>(x + (valid ? row : 0) * k);
-  const bool skip_outliers = threshold > 0.0f;
+  const bool skip_outliers = kOutliers && threshold > 0.0f;
   uint4 v[VPL];
   float amax = 0.0f;     // over the elements below the threshold (all of them without one)
   float amax_all = 0.0f; // over all: a lane looks for its outliers only when this says it has some
@@ -310,8 +343,12 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         const float a = fabsf(f[e]);
-        amax_all = fmaxf(amax_all, a);
-        amax = !skip_outliers || a < threshold ? fmaxf(amax, a) : amax;  // a select, no branch
+        if constexpr (kOutliers) {
+          amax_all = fmaxf(amax_all, a);
+          amax = !skip_outliers || a < threshold ? fmaxf(amax, a) : amax;  // a select, no branch
+        } else {
+          amax = fmaxf(amax, a);
+        }
       }
     }
   }
@@ -329,7 +366,7 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
   };
   // Flagging in the loop above (a branch and an atomic per element) made the LLM.int8 quantizer 1.6x slower
   // than the plain one even with no outlier at all (218 against 133 us at 32,768 x 3072, H200).
-  const bool flagged = skip_outliers && amax_all >= threshold;
+  const bool flagged = kOutliers && skip_outliers && amax_all >= threshold;
   if (flagged) {
     uint32_t* mask = list.done != nullptr ? reinterpret_cast<uint32_t*>(outlier_flags) : nullptr;
     each_vector([&](int j, const float (&f)[8]) {
@@ -355,9 +392,21 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
     const float s = amax / Enc::kMax;
     if (w == 0 && lane == 0) scale[row] = s;
     uint2* qr = reinterpret_cast<uint2*>(q + row * k);
-    each_vector([&](int j, const float (&f)[8]) { qr[j] = encode8<Enc>(f, s); });
+    if constexpr (kOutliers) each_vector([&](int j, const float (&f)[8]) { qr[j] = encode8_plain<Enc>(f, s); });
+    else each_vector([&](int j, const float (&f)[8]) { qr[j] = encode8<Enc>(f, s); });
   }
-  if (list.done != nullptr) finish_outlier_list(flagged, reinterpret_cast<uint32_t*>(outlier_flags), k, list);
+  if (kOutliers && list.done != nullptr) {
+    finish_outlier_list(flagged, reinterpret_cast<uint32_t*>(outlier_flags), k, list);
+  }
+}
+
+/// Experiment switch: the lean quantizer (no outlier bookkeeping without a threshold) unless QBENCH_QUANT_LEAN=0.
+inline bool quant_lean_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("QBENCH_QUANT_LEAN");
+    return v == nullptr || v[0] != '0';
+  }();
+  return on;
 }
 
 /// Launches k_quantize_rows_warp with WPR warps per row (grid and template for rows up to 1,024 * WPR wide).
@@ -366,6 +415,17 @@ inline void launch_quantize_rows_wpr(const void* x, bool f16, int64_t t, int64_t
                                      uint8_t* q, float* scale, OutlierList list, cudaStream_t stream) {
   constexpr int kRowsPerBlock = 8 / WPR;
   const unsigned grid = static_cast<unsigned>((t + kRowsPerBlock - 1) / kRowsPerBlock);
+  // Without a threshold the kernel without the outlier bookkeeping (experiment: QBENCH_QUANT_LEAN=0 keeps it).
+  if (!(threshold > 0.0f) && quant_lean_enabled()) {
+    if (f16) {
+      launch_pdl(k_quantize_rows_warp<__half, 4, WPR, Enc, false>, grid, 256, 0, stream, static_cast<const __half*>(x),
+                 t, k, threshold, flags, q, scale, list);
+    } else {
+      launch_pdl(k_quantize_rows_warp<__nv_bfloat16, 4, WPR, Enc, false>, grid, 256, 0, stream,
+                 static_cast<const __nv_bfloat16*>(x), t, k, threshold, flags, q, scale, list);
+    }
+    return;
+  }
   if (f16) {
     launch_pdl(k_quantize_rows_warp<__half, 4, WPR, Enc>, grid, 256, 0, stream, static_cast<const __half*>(x), t, k,
                threshold, flags, q, scale, list);
