@@ -1,7 +1,6 @@
 #pragma once
 // Device helpers shared by the qbench kernels (kernels/cuda/*.cu): dtype conversion, reductions, launch checks.
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 #include <utility>
 
@@ -254,20 +253,8 @@ __device__ __forceinline__ void finish_outlier_list(bool flagged, uint32_t* mask
 
 /// Enc's codes of 8 values at scale s (all 0 for s = 0, a row of zeros), packed for one 8-byte store: what every
 /// kernel that writes per-token codes stores (the quantizers here, the quantizing LayerNorms in norm.cu).
-/// The shipped encoding, kept for the experiment's comparison (k_quantize_rows_warp with kOutliers).
-template <typename Enc>
-__device__ __forceinline__ uint2 encode8_plain(const float (&v)[8], float s) {
-  uint32_t lo = 0, hi = 0;
-#pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    const uint32_t c = s > 0.0f ? Enc::encode(v[e], s) : 0u;
-    if (e < 4) lo |= c << (8 * e);
-    else hi |= c << (8 * (e - 4));
-  }
-  return make_uint2(lo, hi);
-}
-/// (Experiment, QBENCH_QUANT_LEAN: one test of s for the 8, int8 codes packed by byte permutes, E4M3 codes
-/// converted two at a time; the same bits.)
+/// One test of s for the eight (a row has one scale), int8 codes packed by byte permutes (three for four codes,
+/// instead of a mask, a shift and an or each) and E4M3 codes converted two at a time (cvt.rn.satfinite.e4m3x2).
 template <typename Enc>
 __device__ __forceinline__ uint2 encode8(const float (&v)[8], float s) {
   if (!(s > 0.0f)) return make_uint2(0u, 0u);
@@ -298,6 +285,21 @@ __device__ __forceinline__ uint2 encode8(const float (&v)[8], float s) {
   }
 }
 
+/// encode8 value by value, with the scale tested for each: what LLM.int8's quantizer (k_quantize_rows_warp with
+/// kOutliers) still uses. The same bits as encode8 (the fused LLM.int8 LayerNorm, which takes encode8, is tested
+/// against it); only encode8's speed was measured, on the other kernels.
+template <typename Enc>
+__device__ __forceinline__ uint2 encode8_plain(const float (&v)[8], float s) {
+  uint32_t lo = 0, hi = 0;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const uint32_t c = s > 0.0f ? Enc::encode(v[e], s) : 0u;
+    if (e < 4) lo |= c << (8 * e);
+    else hi |= c << (8 * (e - 4));
+  }
+  return make_uint2(lo, hi);
+}
+
 /// Per-token quantization with WPR warps per row, for fp16/bf16 rows of k % 8 == 0 and k <= 256 * VPL * WPR: the
 /// row is read once, with 16-byte loads, into registers (VPL vectors of 8 per lane, consecutive lanes on
 /// consecutive vectors); absmax by warp shuffles (and, with WPR > 1, through shared memory); then each 8 codes
@@ -311,7 +313,9 @@ __device__ __forceinline__ uint2 encode8(const float (&v)[8], float s) {
 /// as CUDA's threadfence reduction sample does) compacts them with one warp into list.idx / list.count and
 /// clears them and the counter: the flag clearing and the compaction were two launches of their own. Only lanes
 /// that flagged something fence before the count, so without outliers no store waits. A block is 8 warps,
-/// 8 / WPR rows. (The one-block-per-row kernels reached about 1 TB/s at
+/// 8 / WPR rows. kOutliers = false (launched for threshold <= 0: W8A8, FP8) leaves out the second running max,
+/// the select and the outlier code, and packs with encode8: 1.20x (int8) and 1.23x (E4M3) as fast at
+/// 65,536 x 3,072 on an H200, at 3.4-3.8 TB/s (docs/perf.md). (The one-block-per-row kernels reached about 1 TB/s at
 /// 32,768 rows. One warp per 3,072-wide row held 12 vectors a lane, 74-80 registers: 24 warps an SM, and ncu
 /// had it latency-bound at 31% of DRAM bandwidth and 53% of issue slots, 133-169 us at 32,768 rows on an H200.)
 template <typename T, int VPL, int WPR, typename Enc, bool kOutliers = true>
@@ -400,23 +404,13 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
   }
 }
 
-/// Experiment switch: the lean quantizer (no outlier bookkeeping without a threshold) unless QBENCH_QUANT_LEAN=0.
-inline bool quant_lean_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("QBENCH_QUANT_LEAN");
-    return v == nullptr || v[0] != '0';
-  }();
-  return on;
-}
-
 /// Launches k_quantize_rows_warp with WPR warps per row (grid and template for rows up to 1,024 * WPR wide).
 template <typename Enc, int WPR>
 inline void launch_quantize_rows_wpr(const void* x, bool f16, int64_t t, int64_t k, float threshold, int32_t* flags,
                                      uint8_t* q, float* scale, OutlierList list, cudaStream_t stream) {
   constexpr int kRowsPerBlock = 8 / WPR;
   const unsigned grid = static_cast<unsigned>((t + kRowsPerBlock - 1) / kRowsPerBlock);
-  // Without a threshold the kernel without the outlier bookkeeping (experiment: QBENCH_QUANT_LEAN=0 keeps it).
-  if (!(threshold > 0.0f) && quant_lean_enabled()) {
+  if (!(threshold > 0.0f)) {  // W8A8, FP8: no outlier columns to look for
     if (f16) {
       launch_pdl(k_quantize_rows_warp<__half, 4, WPR, Enc, false>, grid, 256, 0, stream, static_cast<const __half*>(x),
                  t, k, threshold, flags, q, scale, list);
