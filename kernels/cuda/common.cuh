@@ -266,22 +266,14 @@ __device__ __forceinline__ uint2 encode8(const float (&v)[8], float s) {
     const uint32_t lo = __byte_perm(__byte_perm(r[0], r[1], 0x0040), __byte_perm(r[2], r[3], 0x0040), 0x5410);
     const uint32_t hi = __byte_perm(__byte_perm(r[4], r[5], 0x0040), __byte_perm(r[6], r[7], 0x0040), 0x5410);
     return make_uint2(lo, hi);
-  } else if constexpr (std::is_same_v<Enc, Fp8Encoder>) {
+  } else {
+    static_assert(std::is_same_v<Enc, Fp8Encoder>, "an encoder encode8 knows");
     uint32_t w[4];
 #pragma unroll
     for (int p = 0; p < 4; ++p) {
       w[p] = __nv_cvt_float2_to_fp8x2(make_float2(v[2 * p] / s, v[2 * p + 1] / s), __NV_SATFINITE, __NV_E4M3);
     }
     return make_uint2(w[0] | (w[1] << 16), w[2] | (w[3] << 16));
-  } else {
-    uint32_t lo = 0, hi = 0;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const uint32_t c = Enc::encode(v[e], s);
-      if (e < 4) lo |= c << (8 * e);
-      else hi |= c << (8 * (e - 4));
-    }
-    return make_uint2(lo, hi);
   }
 }
 
