@@ -6,6 +6,7 @@
 #include <mma.h>
 
 #include "common.cuh"
+#include "wgmma.cuh"
 #include "evalsvc/kernels/codebooks.h"
 
 namespace evalsvc::kernels::cuda {
@@ -15,6 +16,7 @@ using detail::bits16;
 using detail::from_float;
 using detail::store8;
 using detail::to_float;
+using namespace wg;
 
 /// Shared-memory copies of the codebooks: per-thread lookups with different indices serialise in constant
 /// memory, while 16 + 256 floats in shared memory answer a warp in one pass (or few bank conflicts).
@@ -327,6 +329,258 @@ __global__ void __launch_bounds__(kGemmThreads) k_nf4_gemm(const T* __restrict__
   }
 }
 
+// ---- GEMM on Hopper: wgmma on a weight decoded into shared memory ------------------------------------------
+//
+// For one sequence (128 tokens) the dequantize-then-cuBLAS path needs the dense weight before the product: as a
+// pass on the critical path, or made ahead on a side stream whose blocks share the SMs with the forward (the
+// weight prefetch: NF4's batch-1 forward 1.2x fp16's, docs/perf.md). Here the packed weight goes straight into
+// the product. A block computes a 64 x 64 tile of y. Its producer warp loads the activation tiles (64 rows x 64 k
+// in fp16/bf16: one 128-byte swizzle line a row) by TMA into a ring of stages. Two consumer warpgroups take the k
+// tiles in turn (even / odd), so two sets of threads decode weight tiles while the tensor cores work: each
+// thread decodes 32 codes of one output row a k tile (one 16-byte load, one absmax) into its warpgroup's ring of
+// decoded tiles, written in the same swizzle, and the warpgroup multiplies with wgmma m64n64k16 (fp32
+// accumulators) straight from shared memory. The decode runs kAhead tiles ahead of the products; the first
+// kAhead tiles are decoded before the programmatic wait, overlapping the kernel before (the weight is nobody's
+// output). At the end warpgroup 1 hands its partial tile to warpgroup 0 through shared memory, which adds the two
+// and writes y (+ bias, + GELU) from its registers. A previous fused kernel for this size, split-k over a cluster
+// on mma.sync, ran at 2.2-4.0x cuBLAS's time: its phases (decode, copy, cluster reductions) ran one after another.
+// Outside sm_90a the helpers below are declared and never used: not worth a warning per target.
+#pragma nv_diag_suppress 177
+namespace nf4wg {
+constexpr int kBm = 64;                    // tokens per tile (one m64 wgmma)
+constexpr int kBn = 64;                    // outputs per tile
+constexpr int kBk = 64;                    // k per stage: 128 bytes of fp16/bf16, one swizzle line
+constexpr int kStages = 4;                 // activation stages; even, so a stage always goes to one warpgroup
+constexpr int kGroups = 2;                 // consumer warpgroups, alternating k tiles
+constexpr int kAhead = 2;                  // decoded tiles ahead of the product
+constexpr int kBufs = kAhead + 2;          // decoded tiles a warpgroup keeps: kAhead ahead, one in flight, one retiring
+constexpr int kTileBytes = kBm * kBk * 2;  // 8 KB, an activation stage or a decoded weight tile (kBn == kBm)
+constexpr int kConsumers = 128 * kGroups;
+constexpr int kThreads = kConsumers + 32;
+constexpr int kSmemBytes = (kStages + kGroups * kBufs) * kTileBytes + 1024;  // + slack to align to a swizzle atom
+static_assert(kStages % kGroups == 0, "stage s always holds tiles of one warpgroup");
+static_assert(kBn == kBm, "activation stages and decoded tiles share a size");
+static_assert(32 * kBm * 4 <= kBufs * kTileBytes, "warpgroup 1's partial tile fits in its decoded tiles");
+
+/// One thread's share of a weight tile, fetched a tile before it is decoded: 32 codes and their absmax (raw: the
+/// double-quantized code and its nested scale, decoded through the shared table when used).
+struct Fetch {
+  uint4 codes;
+  float scale;      // absmax, or the nested absmax of its 256-block
+  uint32_t code;    // absmax_q (double quant)
+};
+
+__device__ __forceinline__ Fetch fetch(const Nf4View& w, bool valid, int64_t e) {
+  Fetch f{make_uint4(0, 0, 0, 0), 0.0f, 0};
+  if (!valid) return f;
+  f.codes = __ldg(reinterpret_cast<const uint4*>(w.packed + e / 2));
+  const int64_t b = e / w.blocksize;
+  if (w.absmax != nullptr) {
+    f.scale = __ldg(w.absmax + b);
+  } else {
+    f.code = __ldg(w.absmax_q + b);
+    f.scale = __ldg(w.nested + b / kNestedBlockSize);
+  }
+  return f;
+}
+
+/// Decodes f into row r, k half h (32 values, 16-byte chunks 4h..4h+3) of the decoded tile at smem address
+/// tile, in wgmma's 128-byte swizzle: chunk c of row r at chunk c ^ (r % 8). Values as weight_value<T> gives them:
+/// level * absmax in fp32, rounded once to T. A row past n decodes to zeros.
+template <typename T>
+__device__ __forceinline__ void decode(const Fetch& f, const Nf4View& w, const Nf4Tables& t, bool valid,
+                                       uint32_t tile, int r, int h) {
+  const float am = !valid ? 0.0f
+                   : w.absmax != nullptr
+                       ? f.scale
+                       : __fadd_rn(__fmul_rn(t.dmap[f.code], f.scale), w.offset);
+  const uint32_t words[4] = {f.codes.x, f.codes.y, f.codes.z, f.codes.w};
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    uint32_t pair[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      // Element 2j is the high nibble of byte j and goes to the lower address, the low half of the word.
+      const unsigned byte = (words[q] >> (8 * j)) & 0xFFu;
+      pair[j] = bits16(from_float<T>(__fmul_rn(t.level[byte >> 4], am))) |
+                (bits16(from_float<T>(__fmul_rn(t.level[byte & 0xFu], am))) << 16);
+    }
+    const uint32_t dst = tile + static_cast<uint32_t>(r * 128 + (((4 * h + q) ^ (r & 7)) * 16));
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(pair[0]), "r"(pair[1]), "r"(pair[2]),
+                 "r"(pair[3])
+                 : "memory");
+  }
+}
+
+/// d (64 x 64 f32) += A (64 x 16 at da) . B (64 x 16 at db)^T, both K-major in 16-bit T.
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t da, uint64_t db) {
+#ifdef EVALSVC_WGMMA
+#define EVALSVC_NF4_WGMMA(TYPE)                                                                                      \
+  asm volatile(                                                                                                    \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                                 \
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " "                                              \
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
+      "%23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"                                \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),           \
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),      \
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),    \
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])     \
+      : "l"(da), "l"(db), "r"(1))
+  if constexpr (std::is_same_v<T, __half>) EVALSVC_NF4_WGMMA("f16");
+  else EVALSVC_NF4_WGMMA("bf16");
+#undef EVALSVC_NF4_WGMMA
+#endif
+}
+}  // namespace nf4wg
+
+template <typename T>
+__global__ void __launch_bounds__(nf4wg::kThreads, 1)
+    k_nf4_wgmma(const __grid_constant__ CUtensorMap map_x, Nf4View w, const float* __restrict__ bias,
+                T* __restrict__ y, int64_t m, bool gelu) {
+  using namespace nf4wg;
+#ifdef EVALSVC_WGMMA
+  extern __shared__ int8_t nf4_smem[];
+  __shared__ uint64_t full[kStages], empty[kStages];
+  __shared__ Nf4Tables t;
+  const uint32_t base = (smem_addr(nf4_smem) + 1023u) & ~1023u;  // swizzle atoms are 1,024-byte aligned
+  const int64_t n = w.n, k = w.k;
+  const int n0 = static_cast<int>(blockIdx.x) * kBn;
+  const int m0 = static_cast<int>(blockIdx.y) * kBm;
+  const int ktiles = static_cast<int>(k / kBk);  // the launcher takes k % kBk == 0 only
+  auto stage = [&](int s) { return base + static_cast<uint32_t>(s * kTileBytes); };
+  auto decoded = [&](int g, int i) { return base + static_cast<uint32_t>((kStages + g * kBufs + i) * kTileBytes); };
+  auto full_bar = [&](int s) { return smem_addr(&full[s]); };
+  auto empty_bar = [&](int s) { return smem_addr(&empty[s]); };
+
+  load_tables(t, w.quant_map, w.nested_map);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(full_bar(s), 1);  // the producer's arrive.expect_tx; then the bytes
+      mbar_init(empty_bar(s), 4); // the four warps of the warpgroup that takes the stage
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+
+  if (threadIdx.x >= kConsumers) {  // the producer warp: one thread issues every activation copy
+    if (threadIdx.x == kConsumers) {
+      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_x)) : "memory");
+      detail::pdl_wait();  // x is the kernel before's output
+      detail::pdl_launch_dependents();
+      for (int kt = 0; kt < ktiles; ++kt) {
+        const int s = kt % kStages;
+        if (kt >= kStages) mbar_wait(empty_bar(s), static_cast<uint32_t>((kt / kStages - 1) & 1));
+        mbar_arrive_expect_tx(full_bar(s), kTileBytes);  // zero-filled rows past m count too
+        tma_load_2d(stage(s), &map_x, kt * kBk, m0, full_bar(s));
+      }
+    }
+    return;
+  }
+
+  const int g = threadIdx.x >> 7;    // this warpgroup takes k tiles g, g + 2, ...
+  const int tw = threadIdx.x & 127;  // thread within it
+  const int r = tw >> 1, h = tw & 1; // the weight row (output n0 + r) and k half it decodes
+  const bool valid = n0 + r < n;
+  const int64_t row_e = (static_cast<int64_t>(n0) + r) * k + 32 * h;  // flat element of its first code
+  const int mine = (ktiles - g + kGroups - 1) / kGroups;             // k tiles of this warpgroup
+  auto tile_e = [&](int j) { return row_e + static_cast<int64_t>(g + kGroups * j) * kBk; };
+  // The warpgroup's own barrier (named barriers 2 and 3): its decoded tiles are its business only.
+  auto group_sync = [&] {
+    if (g == 0) consumers_sync<128, 2>();
+    else consumers_sync<128, 3>();
+  };
+
+  // The output columns of this thread (accumulator layout of m64n64: register 4j + {0, 1} = row lane / 4,
+  // columns 8j + 2 (lane % 4) + {0, 1}; 4j + {2, 3}: 8 rows further) and their bias, read before the wait.
+  const int lane = tw & 31;
+  const int col0 = n0 + 2 * (lane & 3);
+  float bias_v[16];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int c = col0 + 8 * j + e;
+      bias_v[2 * j + e] = bias != nullptr && g == 0 && c < n ? bias[c] : 0.0f;
+    }
+  }
+
+  // The first kAhead weight tiles, decoded while the kernel before may still run.
+  for (int j = 0; j < kAhead && j < mine; ++j) decode<T>(fetch(w, valid, tile_e(j)), w, t, valid, decoded(g, j), r, h);
+  Fetch next = kAhead < mine ? fetch(w, valid, tile_e(kAhead)) : Fetch{};
+  fence_proxy_async();
+  group_sync();
+  detail::pdl_wait();
+  detail::pdl_launch_dependents();
+
+  float acc[32];
+#pragma unroll
+  for (int e = 0; e < 32; ++e) acc[e] = 0.0f;
+  fence_operands(acc);
+  for (int j = 0; j < mine; ++j) {
+    const int kt = g + kGroups * j;
+    const int s = kt % kStages;
+    mbar_wait(full_bar(s), static_cast<uint32_t>((kt / kStages) & 1));
+    const uint32_t a = stage(s), b = decoded(g, j % kBufs);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kBk / 16; ++ks) wgmma_m64n64k16<T>(acc, wg_desc(a + ks * 32), wg_desc(b + ks * 32));
+    wgmma_commit();
+    wgmma_wait<1>();  // this warpgroup's tile j - 1 retired (j may still run): its stage goes back to the producer
+    if (j > 0 && lane == 0) mbar_arrive(empty_bar((kt - kGroups) % kStages));
+    if (j + kAhead < mine) {
+      // Decoded tile j + kAhead goes where tile j - 2 was; every warp retired that one before the last barrier.
+      decode<T>(next, w, t, valid, decoded(g, (j + kAhead) % kBufs), r, h);
+      if (j + kAhead + 1 < mine) next = fetch(w, valid, tile_e(j + kAhead + 1));
+      fence_proxy_async();
+      group_sync();
+    }
+  }
+  wgmma_wait<0>();
+  fence_operands(acc);
+
+  // Warpgroup 1's partial tile into its own decoded tiles (its wgmmas have retired), then warpgroup 0 adds it.
+  float* part = reinterpret_cast<float*>(nf4_smem + (decoded(1, 0) - smem_addr(nf4_smem)));
+  if (g == 1) {
+#pragma unroll
+    for (int e = 0; e < 32; ++e) part[e * 128 + tw] = acc[e];
+  }
+  consumers_sync<kConsumers, 1>();
+  if (g == 1) return;
+#pragma unroll
+  for (int e = 0; e < 32; ++e) acc[e] += part[e * 128 + tw];
+
+  const int row0 = m0 + 16 * (tw >> 5) + (lane >> 2);
+  const bool pairs = n % 2 == 0;  // then every column pair is 4-byte aligned and wholly inside or outside
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t row = row0 + 8 * half;
+    if (row >= m) continue;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int c = col0 + 8 * j;
+      float v[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        v[e] = acc[4 * j + 2 * half + e] + bias_v[2 * j + e];
+        if (gelu) v[e] = detail::gelu_tanh(to_float(from_float<T>(v[e])));
+      }
+      if (pairs) {
+        if (c < n) {
+          *reinterpret_cast<uint32_t*>(y + row * n + c) = bits16(from_float<T>(v[0])) | (bits16(from_float<T>(v[1])) << 16);
+        }
+      } else {
+        if (c < n) y[row * n + c] = from_float<T>(v[0]);
+        if (c + 1 < n) y[row * n + c + 1] = from_float<T>(v[1]);
+      }
+    }
+  }
+#else
+  __trap();  // not sm_90a code: int8_wgmma_available() keeps the launcher from getting here
+#endif
+}
+#pragma nv_diag_default 177
+
 int check_view(const Nf4View& w) {
   if (w.n <= 0 || w.k <= 0) return kLaunchBadShape;
   if (w.blocksize < 2 || w.blocksize % 2 != 0) return kLaunchBadBlocksize;
@@ -401,6 +655,38 @@ int launch_nf4_gemm(const void* x, const Nf4View& w, const float* bias, void* y,
     return kLaunchBadDtype;
   }
   return detail::launch_result();
+}
+
+}  // namespace evalsvc::kernels::cuda
+
+namespace evalsvc::kernels::cuda {
+
+bool nf4_wgmma_takes(int64_t k, int64_t blocksize) {
+  return k % nf4wg::kBk == 0 && blocksize % 32 == 0 && int8_wgmma_available();
+}
+
+int launch_nf4_wgmma(const void* x, const Nf4View& w, const float* bias, void* y, int64_t m, DType dtype,
+                     bool gelu_tanh, cudaStream_t stream) {
+  if (const int s = check_view(w); s != kLaunchOk) return s;
+  if (m <= 0 || (m + nf4wg::kBm - 1) / nf4wg::kBm > 65535 || w.n > INT32_MAX || w.k > INT32_MAX) return kLaunchBadShape;
+  if (x == nullptr || y == nullptr) return kLaunchBadPointer;
+  if (dtype != DType::kF16 && dtype != DType::kBF16) return kLaunchBadDtype;
+  if (!nf4_wgmma_takes(w.k, w.blocksize) || !aligned16(x) || !aligned16(w.packed)) return kLaunchUnsupported;
+  CUtensorMap map{};
+  if (!tensor_map_2d(&map, x, m, w.k, 2, nf4wg::kBm)) return kLaunchUnsupported;
+  const dim3 grid(static_cast<unsigned>((w.n + nf4wg::kBn - 1) / nf4wg::kBn),
+                  static_cast<unsigned>((m + nf4wg::kBm - 1) / nf4wg::kBm));
+  const auto run = [&](auto* typed_y, bool (&opted)[64]) {
+    using T = std::remove_pointer_t<decltype(typed_y)>;
+    const int st = opt_in_smem(reinterpret_cast<const void*>(k_nf4_wgmma<T>), nf4wg::kSmemBytes, opted);
+    if (st != kLaunchOk) return st;
+    detail::launch_pdl(k_nf4_wgmma<T>, grid, nf4wg::kThreads, nf4wg::kSmemBytes, stream, map, w, bias, typed_y, m,
+                       gelu_tanh);
+    return detail::launch_result();
+  };
+  static bool opted_f16[64] = {}, opted_bf16[64] = {};
+  return dtype == DType::kF16 ? run(static_cast<__half*>(y), opted_f16)
+                              : run(static_cast<__nv_bfloat16*>(y), opted_bf16);
 }
 
 }  // namespace evalsvc::kernels::cuda
