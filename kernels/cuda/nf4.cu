@@ -334,67 +334,50 @@ __global__ void __launch_bounds__(kGemmThreads) k_nf4_gemm(const T* __restrict__
 // For one sequence (128 tokens) the dequantize-then-cuBLAS path needs the dense weight before the product: as a
 // pass on the critical path, or made ahead on a side stream whose blocks share the SMs with the forward (the
 // weight prefetch: NF4's batch-1 forward 1.2x fp16's, docs/perf.md). Here the packed weight goes straight into
-// the product. A block computes a 64 x 64 tile of y. Its producer warp loads the activation tiles (64 rows x 64 k
-// in fp16/bf16: one 128-byte swizzle line a row) by TMA into a ring of stages. Two consumer warpgroups take the k
-// tiles in turn (even / odd), so two sets of threads decode weight tiles while the tensor cores work: each
-// thread decodes 32 codes of one output row a k tile (one 16-byte load, one absmax) into its warpgroup's ring of
-// decoded tiles, written in the same swizzle, and the warpgroup multiplies with wgmma m64n64k16 (fp32
-// accumulators) straight from shared memory. The decode runs kAhead tiles ahead of the products; the first
-// kAhead tiles are decoded before the programmatic wait, overlapping the kernel before (the weight is nobody's
-// output). At the end warpgroup 1 hands its partial tile to warpgroup 0 through shared memory, which adds the two
-// and writes y (+ bias, + GELU) from its registers. A previous fused kernel for this size, split-k over a cluster
-// on mma.sync, ran at 2.2-4.0x cuBLAS's time: its phases (decode, copy, cluster reductions) ran one after another.
+// the product. A block computes a 64 x 64 tile of y. Its producer warp loads, by TMA into a ring of stages, each
+// k tile's activations (64 rows x 64 k in fp16/bf16: one 128-byte swizzle line a row) and packed codes (64
+// outputs x 64 k: 32 bytes a row), the codes on a barrier of their own so that their decoding need not wait for
+// the activations. Two consumer warpgroups take the k tiles in turn (even / odd), so two sets of threads decode
+// while the tensor cores work: a thread decodes 32 codes of one output row a k tile into its warpgroup's ring of
+// decoded tiles, written in the swizzle wgmma reads, and the warpgroup multiplies with wgmma m64n64k16 (fp32
+// accumulators) straight from shared memory, decoding tile j + 1 while tile j's products run. The block's absmax
+// values are decoded into shared memory once, at the start. Everything before the activations' first stage
+// (the tables, the absmax, the codes' first stages and their decoding) may run under the kernel before.
+// Warpgroup 1 hands its partial tile to warpgroup 0 through shared memory, which adds the two and writes y
+// (+ bias, + GELU) from its registers.
+// (A first version read each thread's codes with a 16-byte load one tile ahead: every tile then waited about a
+// memory latency, 1 us, and 3072 x 768 took 25 us at 128 tokens. A previous fused kernel for this size, split-k
+// over a cluster on mma.sync, ran at 2.2-4.0x cuBLAS's time. docs/perf.md.)
 // Outside sm_90a the helpers below are declared and never used: not worth a warning per target.
 #pragma nv_diag_suppress 177
 namespace nf4wg {
 constexpr int kBm = 64;                    // tokens per tile (one m64 wgmma)
 constexpr int kBn = 64;                    // outputs per tile
 constexpr int kBk = 64;                    // k per stage: 128 bytes of fp16/bf16, one swizzle line
-constexpr int kStages = 4;                 // activation stages; even, so a stage always goes to one warpgroup
+constexpr int kStages = 8;                 // stages in the ring; even, so a stage always goes to one warpgroup
 constexpr int kGroups = 2;                 // consumer warpgroups, alternating k tiles
-constexpr int kAhead = 2;                  // decoded tiles ahead of the product
-constexpr int kBufs = kAhead + 2;          // decoded tiles a warpgroup keeps: kAhead ahead, one in flight, one retiring
-constexpr int kTileBytes = kBm * kBk * 2;  // 8 KB, an activation stage or a decoded weight tile (kBn == kBm)
+constexpr int kBufs = 3;                   // decoded tiles a warpgroup keeps: in its products, next, retiring
+constexpr int kTileBytes = kBm * kBk * 2;  // 8 KB: an activation stage, or a decoded weight tile (kBn == kBm)
+constexpr int kCodeBytes = kBn * kBk / 2;  // 2 KB of packed codes a stage
+constexpr int kMaxAbsmax = 8192;           // absmax values a block holds: 64 rows x k / blocksize (+ 1)
 constexpr int kConsumers = 128 * kGroups;
 constexpr int kThreads = kConsumers + 32;
-constexpr int kSmemBytes = (kStages + kGroups * kBufs) * kTileBytes + 1024;  // + slack to align to a swizzle atom
+constexpr int kSmemBytes =
+    kStages * (kTileBytes + kCodeBytes) + kGroups * kBufs * kTileBytes + kMaxAbsmax * 4 + 1024;  // + atom alignment
 static_assert(kStages % kGroups == 0, "stage s always holds tiles of one warpgroup");
 static_assert(kBn == kBm, "activation stages and decoded tiles share a size");
 static_assert(32 * kBm * 4 <= kBufs * kTileBytes, "warpgroup 1's partial tile fits in its decoded tiles");
 
-/// One thread's share of a weight tile, fetched a tile before it is decoded: 32 codes and their absmax (raw: the
-/// double-quantized code and its nested scale, decoded through the shared table when used).
-struct Fetch {
-  uint4 codes;
-  float scale;      // absmax, or the nested absmax of its 256-block
-  uint32_t code;    // absmax_q (double quant)
-};
-
-__device__ __forceinline__ Fetch fetch(const Nf4View& w, bool valid, int64_t e) {
-  Fetch f{make_uint4(0, 0, 0, 0), 0.0f, 0};
-  if (!valid) return f;
-  f.codes = __ldg(reinterpret_cast<const uint4*>(w.packed + e / 2));
-  const int64_t b = e / w.blocksize;
-  if (w.absmax != nullptr) {
-    f.scale = __ldg(w.absmax + b);
-  } else {
-    f.code = __ldg(w.absmax_q + b);
-    f.scale = __ldg(w.nested + b / kNestedBlockSize);
-  }
-  return f;
-}
-
-/// Decodes f into row r, k half h (32 values, 16-byte chunks 4h..4h+3) of the decoded tile at smem address
-/// tile, in wgmma's 128-byte swizzle: chunk c of row r at chunk c ^ (r % 8). Values as weight_value<T> gives them:
-/// level * absmax in fp32, rounded once to T. A row past n decodes to zeros.
+/// Decodes the 32 codes at smem address codes (row r's k half h of a stage's packed tile) into row r, 16-byte
+/// chunks 4h..4h+3, of the decoded tile at smem address tile, in wgmma's 128-byte swizzle: chunk c of row r at
+/// chunk c ^ (r % 8). Values as weight_value<T> gives them: level * absmax in fp32, rounded once to T.
 template <typename T>
-__device__ __forceinline__ void decode(const Fetch& f, const Nf4View& w, const Nf4Tables& t, bool valid,
-                                       uint32_t tile, int r, int h) {
-  const float am = !valid ? 0.0f
-                   : w.absmax != nullptr
-                       ? f.scale
-                       : __fadd_rn(__fmul_rn(t.dmap[f.code], f.scale), w.offset);
-  const uint32_t words[4] = {f.codes.x, f.codes.y, f.codes.z, f.codes.w};
+__device__ __forceinline__ void decode(uint32_t codes, float am, const Nf4Tables& t, uint32_t tile, int r, int h) {
+  uint32_t words[4];
+  asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(words[0]), "=r"(words[1]), "=r"(words[2]), "=r"(words[3])
+               : "r"(codes)
+               : "memory");
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
     uint32_t pair[4];
@@ -432,67 +415,104 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t da, uin
 #undef EVALSVC_NF4_WGMMA
 #endif
 }
+
+/// First and one-past-last flat absmax block of the rows n0 .. n0 + kBn - 1 (clipped to n).
+__host__ __device__ inline int64_t first_block(int64_t n0, int64_t k, int64_t blocksize) { return n0 * k / blocksize; }
+__host__ __device__ inline int64_t end_block(int64_t n0, int64_t n, int64_t k, int64_t blocksize) {
+  const int64_t rows_end = n0 + kBn < n ? n0 + kBn : n;
+  return (rows_end * k + blocksize - 1) / blocksize;
+}
 }  // namespace nf4wg
 
 template <typename T>
 __global__ void __launch_bounds__(nf4wg::kThreads, 1)
-    k_nf4_wgmma(const __grid_constant__ CUtensorMap map_x, Nf4View w, const float* __restrict__ bias,
-                T* __restrict__ y, int64_t m, bool gelu) {
+    k_nf4_wgmma(const __grid_constant__ CUtensorMap map_x, const __grid_constant__ CUtensorMap map_codes, Nf4View w,
+                const float* __restrict__ bias, T* __restrict__ y, int64_t m, bool gelu) {
   using namespace nf4wg;
 #ifdef EVALSVC_WGMMA
   extern __shared__ int8_t nf4_smem[];
-  __shared__ uint64_t full[kStages], empty[kStages];
+  __shared__ uint64_t full_x[kStages], full_w[kStages], empty[kStages];
   __shared__ Nf4Tables t;
   const uint32_t base = (smem_addr(nf4_smem) + 1023u) & ~1023u;  // swizzle atoms are 1,024-byte aligned
+  int8_t* const base_ptr = nf4_smem + (base - smem_addr(nf4_smem));
   const int64_t n = w.n, k = w.k;
   const int n0 = static_cast<int>(blockIdx.x) * kBn;
   const int m0 = static_cast<int>(blockIdx.y) * kBm;
   const int ktiles = static_cast<int>(k / kBk);  // the launcher takes k % kBk == 0 only
-  auto stage = [&](int s) { return base + static_cast<uint32_t>(s * kTileBytes); };
-  auto decoded = [&](int g, int i) { return base + static_cast<uint32_t>((kStages + g * kBufs + i) * kTileBytes); };
-  auto full_bar = [&](int s) { return smem_addr(&full[s]); };
-  auto empty_bar = [&](int s) { return smem_addr(&empty[s]); };
+  auto stage_x = [&](int s) { return base + static_cast<uint32_t>(s * kTileBytes); };
+  auto stage_w = [&](int s) { return base + static_cast<uint32_t>(kStages * kTileBytes + s * kCodeBytes); };
+  constexpr int kDecodedOffset = kStages * (kTileBytes + kCodeBytes);
+  auto decoded = [&](int g, int i) {
+    return base + static_cast<uint32_t>(kDecodedOffset + (g * kBufs + i) * kTileBytes);
+  };
+  float* const absmax = reinterpret_cast<float*>(base_ptr + kDecodedOffset + kGroups * kBufs * kTileBytes);
+  auto bar = [](uint64_t& b) { return smem_addr(&b); };
 
   load_tables(t, w.quant_map, w.nested_map);
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
-      mbar_init(full_bar(s), 1);  // the producer's arrive.expect_tx; then the bytes
-      mbar_init(empty_bar(s), 4); // the four warps of the warpgroup that takes the stage
+      mbar_init(bar(full_x[s]), 1);  // the producer's arrive.expect_tx; then the bytes
+      mbar_init(bar(full_w[s]), 1);
+      mbar_init(bar(empty[s]), 4);   // the four warps of the warpgroup that takes the stage
     }
     mbar_fence_init();
   }
   __syncthreads();
 
-  if (threadIdx.x >= kConsumers) {  // the producer warp: one thread issues every activation copy
+  if (threadIdx.x >= kConsumers) {  // the producer warp: one thread issues every copy
     if (threadIdx.x == kConsumers) {
       asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_x)) : "memory");
-      detail::pdl_wait();  // x is the kernel before's output
+      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_codes)) : "memory");
+      // The first stages' codes are no kernel's output: they load before the programmatic wait, x after it.
+      const int first = ktiles < kStages ? ktiles : kStages;
+      for (int kt = 0; kt < first; ++kt) {
+        mbar_arrive_expect_tx(bar(full_w[kt]), kCodeBytes);  // zero-filled rows past n count too
+        tma_load_2d(stage_w(kt), &map_codes, kt * (kBk / 2), n0, bar(full_w[kt]));
+      }
+      detail::pdl_wait();
       detail::pdl_launch_dependents();
       for (int kt = 0; kt < ktiles; ++kt) {
         const int s = kt % kStages;
-        if (kt >= kStages) mbar_wait(empty_bar(s), static_cast<uint32_t>((kt / kStages - 1) & 1));
-        mbar_arrive_expect_tx(full_bar(s), kTileBytes);  // zero-filled rows past m count too
-        tma_load_2d(stage(s), &map_x, kt * kBk, m0, full_bar(s));
+        if (kt >= kStages) {
+          mbar_wait(bar(empty[s]), static_cast<uint32_t>((kt / kStages - 1) & 1));
+          mbar_arrive_expect_tx(bar(full_w[s]), kCodeBytes);
+          tma_load_2d(stage_w(s), &map_codes, kt * (kBk / 2), n0, bar(full_w[s]));
+        }
+        mbar_arrive_expect_tx(bar(full_x[s]), kTileBytes);  // zero-filled rows past m count too
+        tma_load_2d(stage_x(s), &map_x, kt * kBk, m0, bar(full_x[s]));
       }
     }
     return;
   }
 
-  const int g = threadIdx.x >> 7;    // this warpgroup takes k tiles g, g + 2, ...
-  const int tw = threadIdx.x & 127;  // thread within it
-  const int r = tw >> 1, h = tw & 1; // the weight row (output n0 + r) and k half it decodes
-  const bool valid = n0 + r < n;
+  // The block's absmax values, decoded once (plain, or double-quantized through the shared table).
+  const int64_t b0 = first_block(n0, k, w.blocksize);
+  const int nblocks = static_cast<int>(end_block(n0, n, k, w.blocksize) - b0);
+  for (int i = threadIdx.x; i < nblocks; i += kConsumers) absmax[i] = block_absmax(w, t, b0 + i);
+  consumers_sync<kConsumers, 1>();
+
+  const int g = threadIdx.x >> 7;     // this warpgroup takes k tiles g, g + 2, ...
+  const int tw = threadIdx.x & 127;   // thread within it
+  const int r = tw >> 1, h = tw & 1;  // the weight row (output n0 + r) and k half it decodes
+  const bool valid = n0 + r < n;      // a row past n decodes to zeros
   const int64_t row_e = (static_cast<int64_t>(n0) + r) * k + 32 * h;  // flat element of its first code
   const int mine = (ktiles - g + kGroups - 1) / kGroups;             // k tiles of this warpgroup
-  auto tile_e = [&](int j) { return row_e + static_cast<int64_t>(g + kGroups * j) * kBk; };
   // The warpgroup's own barrier (named barriers 2 and 3): its decoded tiles are its business only.
   auto group_sync = [&] {
     if (g == 0) consumers_sync<128, 2>();
     else consumers_sync<128, 3>();
   };
+  auto decode_tile = [&](int j) {  // waits for the codes of this warpgroup's tile j, decodes them into its ring
+    const int kt = g + kGroups * j;
+    const int s = kt % kStages;
+    mbar_wait(bar(full_w[s]), static_cast<uint32_t>((kt / kStages) & 1));
+    const float am = valid ? absmax[(row_e + static_cast<int64_t>(kt) * kBk) / w.blocksize - b0] : 0.0f;
+    decode<T>(stage_w(s) + static_cast<uint32_t>(r * 32 + h * 16), am, t, decoded(g, j % kBufs), r, h);
+    fence_proxy_async();
+  };
 
   // The output columns of this thread (accumulator layout of m64n64: register 4j + {0, 1} = row lane / 4,
-  // columns 8j + 2 (lane % 4) + {0, 1}; 4j + {2, 3}: 8 rows further) and their bias, read before the wait.
+  // columns 8j + 2 (lane % 4) + {0, 1}; 4j + {2, 3}: 8 rows further) and their bias.
   const int lane = tw & 31;
   const int col0 = n0 + 2 * (lane & 3);
   float bias_v[16];
@@ -505,14 +525,8 @@ __global__ void __launch_bounds__(nf4wg::kThreads, 1)
     }
   }
 
-  // The first kAhead weight tiles, decoded while the kernel before may still run.
-  for (int j = 0; j < kAhead && j < mine; ++j) decode<T>(fetch(w, valid, tile_e(j)), w, t, valid, decoded(g, j), r, h);
-  Fetch next = kAhead < mine ? fetch(w, valid, tile_e(kAhead)) : Fetch{};
-  fence_proxy_async();
+  if (mine > 0) decode_tile(0);
   group_sync();
-  detail::pdl_wait();
-  detail::pdl_launch_dependents();
-
   float acc[32];
 #pragma unroll
   for (int e = 0; e < 32; ++e) acc[e] = 0.0f;
@@ -520,27 +534,24 @@ __global__ void __launch_bounds__(nf4wg::kThreads, 1)
   for (int j = 0; j < mine; ++j) {
     const int kt = g + kGroups * j;
     const int s = kt % kStages;
-    mbar_wait(full_bar(s), static_cast<uint32_t>((kt / kStages) & 1));
-    const uint32_t a = stage(s), b = decoded(g, j % kBufs);
+    mbar_wait(bar(full_x[s]), static_cast<uint32_t>((kt / kStages) & 1));
+    const uint32_t a = stage_x(s), b = decoded(g, j % kBufs);
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < kBk / 16; ++ks) wgmma_m64n64k16<T>(acc, wg_desc(a + ks * 32), wg_desc(b + ks * 32));
     wgmma_commit();
+    // Tile j + 1 decodes into the slot tile j - 2 used: every warp retired that one before the last barrier.
+    if (j + 1 < mine) decode_tile(j + 1);
     wgmma_wait<1>();  // this warpgroup's tile j - 1 retired (j may still run): its stage goes back to the producer
-    if (j > 0 && lane == 0) mbar_arrive(empty_bar((kt - kGroups) % kStages));
-    if (j + kAhead < mine) {
-      // Decoded tile j + kAhead goes where tile j - 2 was; every warp retired that one before the last barrier.
-      decode<T>(next, w, t, valid, decoded(g, (j + kAhead) % kBufs), r, h);
-      if (j + kAhead + 1 < mine) next = fetch(w, valid, tile_e(j + kAhead + 1));
-      fence_proxy_async();
-      group_sync();
-    }
+    if (j > 0 && lane == 0) mbar_arrive(bar(empty[(kt - kGroups) % kStages]));
+    group_sync();
   }
   wgmma_wait<0>();
   fence_operands(acc);
+  detail::pdl_launch_dependents();  // (the producer has; a block may count only once all its threads have)
 
   // Warpgroup 1's partial tile into its own decoded tiles (its wgmmas have retired), then warpgroup 0 adds it.
-  float* part = reinterpret_cast<float*>(nf4_smem + (decoded(1, 0) - smem_addr(nf4_smem)));
+  float* part = reinterpret_cast<float*>(base_ptr + (decoded(1, 0) - base));
   if (g == 1) {
 #pragma unroll
     for (int e = 0; e < 32; ++e) part[e * 128 + tw] = acc[e];
@@ -550,6 +561,7 @@ __global__ void __launch_bounds__(nf4wg::kThreads, 1)
 #pragma unroll
   for (int e = 0; e < 32; ++e) acc[e] += part[e * 128 + tw];
 
+  detail::pdl_wait();  // (the producer waited already; before this thread's first global write, as launch_pdl asks)
   const int row0 = m0 + 16 * (tw >> 5) + (lane >> 2);
   const bool pairs = n % 2 == 0;  // then every column pair is 4-byte aligned and wholly inside or outside
 #pragma unroll
@@ -662,7 +674,8 @@ int launch_nf4_gemm(const void* x, const Nf4View& w, const float* bias, void* y,
 namespace evalsvc::kernels::cuda {
 
 bool nf4_wgmma_takes(int64_t k, int64_t blocksize) {
-  return k % nf4wg::kBk == 0 && blocksize % 32 == 0 && int8_wgmma_available();
+  return k % nf4wg::kBk == 0 && blocksize % 32 == 0 && (nf4wg::kBn * k + blocksize - 1) / blocksize + 1 <= nf4wg::kMaxAbsmax &&
+         int8_wgmma_available();
 }
 
 int launch_nf4_wgmma(const void* x, const Nf4View& w, const float* bias, void* y, int64_t m, DType dtype,
@@ -672,15 +685,19 @@ int launch_nf4_wgmma(const void* x, const Nf4View& w, const float* bias, void* y
   if (x == nullptr || y == nullptr) return kLaunchBadPointer;
   if (dtype != DType::kF16 && dtype != DType::kBF16) return kLaunchBadDtype;
   if (!nf4_wgmma_takes(w.k, w.blocksize) || !aligned16(x) || !aligned16(w.packed)) return kLaunchUnsupported;
-  CUtensorMap map{};
-  if (!tensor_map_2d(&map, x, m, w.k, 2, nf4wg::kBm)) return kLaunchUnsupported;
+  CUtensorMap map_x{}, map_codes{};
+  if (!tensor_map_2d(&map_x, x, m, w.k, 2, nf4wg::kBm) ||
+      !tensor_map_2d(&map_codes, w.packed, w.n, w.k / 2, 1, nf4wg::kBn, nf4wg::kBk / 2, false)) {
+    return kLaunchUnsupported;
+  }
   const dim3 grid(static_cast<unsigned>((w.n + nf4wg::kBn - 1) / nf4wg::kBn),
                   static_cast<unsigned>((m + nf4wg::kBm - 1) / nf4wg::kBm));
   const auto run = [&](auto* typed_y, bool (&opted)[64]) {
     using T = std::remove_pointer_t<decltype(typed_y)>;
     const int st = opt_in_smem(reinterpret_cast<const void*>(k_nf4_wgmma<T>), nf4wg::kSmemBytes, opted);
     if (st != kLaunchOk) return st;
-    detail::launch_pdl(k_nf4_wgmma<T>, grid, nf4wg::kThreads, nf4wg::kSmemBytes, stream, map, w, bias, typed_y, m,
+    detail::launch_pdl(k_nf4_wgmma<T>, grid, nf4wg::kThreads, nf4wg::kSmemBytes, stream, map_x, map_codes, w, bias, typed_y,
+                       m,
                        gelu_tanh);
     return detail::launch_result();
   };

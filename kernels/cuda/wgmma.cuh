@@ -149,18 +149,20 @@ inline EncodeTiledFn encode_tiled() {
 }
 
 /// Tensor map of the row-major matrix g [rows, cols] of `elem_bytes`-byte elements (1 or 2), read in boxes of
-/// box_rows x 128 bytes in wgmma's 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8)); reads past
-/// the edges give zeros. Needs cols * elem_bytes % 16 == 0 and g 16-byte aligned.
-inline bool tensor_map_2d(CUtensorMap* map, const void* g, int64_t rows, int64_t cols, int elem_bytes, int box_rows) {
+/// box_rows x box_bytes (a multiple of 16); swizzled: 128-byte boxes in wgmma's 128-byte swizzle (16-byte chunk c
+/// of row r at chunk c ^ (r % 8)), else rows packed one after another. Reads past the edges give zeros. Needs
+/// cols * elem_bytes % 16 == 0 and g 16-byte aligned.
+inline bool tensor_map_2d(CUtensorMap* map, const void* g, int64_t rows, int64_t cols, int elem_bytes, int box_rows,
+                          int box_bytes = 128, bool swizzled = true) {
   const EncodeTiledFn encode = encode_tiled();
-  if (encode == nullptr || (elem_bytes != 1 && elem_bytes != 2)) return false;
+  if (encode == nullptr || (elem_bytes != 1 && elem_bytes != 2) || (swizzled && box_bytes != 128)) return false;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols * elem_bytes)};  // bytes from one row to the next
-  const cuuint32_t box[2] = {static_cast<cuuint32_t>(128 / elem_bytes), static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(box_bytes / elem_bytes), static_cast<cuuint32_t>(box_rows)};
   const cuuint32_t steps[2] = {1, 1};
   return encode(map, elem_bytes == 1 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_UINT16, 2,
                 const_cast<void*>(g), dims, strides, box, steps, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                swizzled ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
