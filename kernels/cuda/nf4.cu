@@ -369,6 +369,20 @@ static_assert(kStages % kGroups == 0, "stage s always holds tiles of one warpgro
 static_assert(kBn == kBm, "activation stages and decoded tiles share a size");
 static_assert(32 * kBm * 4 <= kBufs * kTileBytes, "warpgroup 1's partial tile fits in its decoded tiles");
 
+/// Two values rounded to T in one packed conversion (cvt.rn.f16x2.f32 / .bf16x2), a first, as the low half. One
+/// conversion a value, as the dequantization does it, kept the decode at about 0.5 us a k tile (3072 x 768 took
+/// 23 us at 128 tokens): conversions issue at a quarter of the rate of the other arithmetic.
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float a, float b) {
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+}
+
 /// Decodes the 32 codes at smem address codes (row r's k half h of a stage's packed tile) into row r, 16-byte
 /// chunks 4h..4h+3, of the decoded tile at smem address tile, in wgmma's 128-byte swizzle: chunk c of row r at
 /// chunk c ^ (r % 8). Values as weight_value<T> gives them: level * absmax in fp32, rounded once to T.
@@ -386,8 +400,7 @@ __device__ __forceinline__ void decode(uint32_t codes, float am, const Nf4Tables
     for (int j = 0; j < 4; ++j) {
       // Element 2j is the high nibble of byte j and goes to the lower address, the low half of the word.
       const unsigned byte = (words[q] >> (8 * j)) & 0xFFu;
-      pair[j] = bits16(from_float<T>(__fmul_rn(t.level[byte >> 4], am))) |
-                (bits16(from_float<T>(__fmul_rn(t.level[byte & 0xFu], am))) << 16);
+      pair[j] = pack2<T>(__fmul_rn(t.level[byte >> 4], am), __fmul_rn(t.level[byte & 0xFu], am));
     }
     const uint32_t dst = tile + static_cast<uint32_t>(r * 128 + (((4 * h + q) ^ (r & 7)) * 16));
     asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(pair[0]), "r"(pair[1]), "r"(pair[2]),
