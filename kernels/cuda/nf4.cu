@@ -354,17 +354,18 @@ namespace nf4wg {
 constexpr int kBm = 64;                    // tokens per tile (one m64 wgmma)
 constexpr int kBn = 64;                    // outputs per tile
 constexpr int kBk = 64;                    // k per stage: 128 bytes of fp16/bf16, one swizzle line
-constexpr int kStages = 8;                 // stages in the ring; even, so a stage always goes to one warpgroup
+constexpr int kStages = 8;                 // activation stages in the ring; even: a stage goes to one warpgroup
 constexpr int kGroups = 2;                 // consumer warpgroups, alternating k tiles
-constexpr int kBufs = 3;                   // decoded tiles a warpgroup keeps: in its products, next, retiring
+constexpr int kBufs = 2;                   // decoded tiles a warpgroup keeps: in its products, next
 constexpr int kTileBytes = kBm * kBk * 2;  // 8 KB: an activation stage, or a decoded weight tile (kBn == kBm)
-constexpr int kCodeBytes = kBn * kBk / 2;  // 2 KB of packed codes a stage
-constexpr int kMaxAbsmax = 8192;           // absmax values a block holds: 64 rows x k / blocksize (+ 1)
+constexpr int kCodeBytes = kBn * kBk / 2;  // 2 KB of packed codes a k tile
+constexpr int kMaxTiles = 48;              // k tiles whose codes the block holds at once: k <= 3,072
+constexpr int kMaxAbsmax = 4096;           // absmax values a block holds: 64 rows x k / blocksize (+ 1)
 constexpr int kAbsmaxLoads = 16;           // absmax loads a consumer thread issues at once (4,096 a block)
 constexpr int kConsumers = 128 * kGroups;
 constexpr int kThreads = kConsumers + 32;
-constexpr int kSmemBytes =
-    kStages * (kTileBytes + kCodeBytes) + kGroups * kBufs * kTileBytes + kMaxAbsmax * 4 + 1024;  // + atom alignment
+constexpr int kSmemBytes = kStages * kTileBytes + kMaxTiles * kCodeBytes + kGroups * kBufs * kTileBytes +
+                           kMaxAbsmax * 4 + 1024;  // + slack to align to a swizzle atom
 static_assert(kStages % kGroups == 0, "stage s always holds tiles of one warpgroup");
 static_assert(kBn == kBm, "activation stages and decoded tiles share a size");
 static_assert(32 * kBm * 4 <= kBufs * kTileBytes, "warpgroup 1's partial tile fits in its decoded tiles");
@@ -445,7 +446,7 @@ __global__ void __launch_bounds__(nf4wg::kThreads, 1)
   using namespace nf4wg;
 #ifdef EVALSVC_WGMMA
   extern __shared__ int8_t nf4_smem[];
-  __shared__ uint64_t full_x[kStages], full_w[kStages], empty[kStages];
+  __shared__ uint64_t full_x[kStages], empty[kStages], full_w[kMaxTiles];
   __shared__ Nf4Tables t;
   const uint32_t base = (smem_addr(nf4_smem) + 1023u) & ~1023u;  // swizzle atoms are 1,024-byte aligned
   int8_t* const base_ptr = nf4_smem + (base - smem_addr(nf4_smem));
@@ -454,8 +455,8 @@ __global__ void __launch_bounds__(nf4wg::kThreads, 1)
   const int m0 = static_cast<int>(blockIdx.y) * kBm;
   const int ktiles = static_cast<int>(k / kBk);  // the launcher takes k % kBk == 0 only
   auto stage_x = [&](int s) { return base + static_cast<uint32_t>(s * kTileBytes); };
-  auto stage_w = [&](int s) { return base + static_cast<uint32_t>(kStages * kTileBytes + s * kCodeBytes); };
-  constexpr int kDecodedOffset = kStages * (kTileBytes + kCodeBytes);
+  auto codes_of = [&](int kt) { return base + static_cast<uint32_t>(kStages * kTileBytes + kt * kCodeBytes); };
+  constexpr int kDecodedOffset = kStages * kTileBytes + kMaxTiles * kCodeBytes;
   auto decoded = [&](int g, int i) {
     return base + static_cast<uint32_t>(kDecodedOffset + (g * kBufs + i) * kTileBytes);
   };
@@ -495,9 +496,9 @@ __global__ void __launch_bounds__(nf4wg::kThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(bar(full_x[s]), 1);  // the producer's arrive.expect_tx; then the bytes
-      mbar_init(bar(full_w[s]), 1);
       mbar_init(bar(empty[s]), 4);   // the four warps of the warpgroup that takes the stage
     }
+    for (int kt = 0; kt < ktiles; ++kt) mbar_init(bar(full_w[kt]), 1);
     mbar_fence_init();
   }
   __syncthreads();
@@ -506,21 +507,18 @@ __global__ void __launch_bounds__(nf4wg::kThreads, 1)
     if (threadIdx.x == kConsumers) {
       asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_x)) : "memory");
       asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_codes)) : "memory");
-      // The first stages' codes are no kernel's output: they load before the programmatic wait, x after it.
-      const int first = ktiles < kStages ? ktiles : kStages;
-      for (int kt = 0; kt < first; ++kt) {
+      // All the block's codes at once, each k tile on its own barrier: they are no kernel's output, so they load
+      // before the programmatic wait. (Through the stage ring, each tile's codes were asked for only two of the
+      // warpgroup's tiles ahead, and every tile waited on their latency: 0.5 us a k tile.) x after the wait.
+      for (int kt = 0; kt < ktiles; ++kt) {
         mbar_arrive_expect_tx(bar(full_w[kt]), kCodeBytes);  // zero-filled rows past n count too
-        tma_load_2d(stage_w(kt), &map_codes, kt * (kBk / 2), n0, bar(full_w[kt]));
+        tma_load_2d(codes_of(kt), &map_codes, kt * (kBk / 2), n0, bar(full_w[kt]));
       }
       detail::pdl_wait();
       detail::pdl_launch_dependents();
       for (int kt = 0; kt < ktiles; ++kt) {
         const int s = kt % kStages;
-        if (kt >= kStages) {
-          mbar_wait(bar(empty[s]), static_cast<uint32_t>((kt / kStages - 1) & 1));
-          mbar_arrive_expect_tx(bar(full_w[s]), kCodeBytes);
-          tma_load_2d(stage_w(s), &map_codes, kt * (kBk / 2), n0, bar(full_w[s]));
-        }
+        if (kt >= kStages) mbar_wait(bar(empty[s]), static_cast<uint32_t>((kt / kStages - 1) & 1));
         mbar_arrive_expect_tx(bar(full_x[s]), kTileBytes);  // zero-filled rows past m count too
         tma_load_2d(stage_x(s), &map_x, kt * kBk, m0, bar(full_x[s]));
       }
@@ -549,10 +547,9 @@ __global__ void __launch_bounds__(nf4wg::kThreads, 1)
   };
   auto decode_tile = [&](int j) {  // waits for the codes of this warpgroup's tile j, decodes them into its ring
     const int kt = g + kGroups * j;
-    const int s = kt % kStages;
-    mbar_wait(bar(full_w[s]), static_cast<uint32_t>((kt / kStages) & 1));
+    mbar_wait(bar(full_w[kt]), 0);
     const float am = valid ? absmax[(row_e + static_cast<int64_t>(kt) * kBk) / w.blocksize - b0] : 0.0f;
-    decode<T>(stage_w(s) + static_cast<uint32_t>(r * 32 + h * 16), am, t, decoded(g, j % kBufs), r, h);
+    decode<T>(codes_of(kt) + static_cast<uint32_t>(r * 32 + h * 16), am, t, decoded(g, j % kBufs), r, h);
     fence_proxy_async();
   };
 
@@ -585,10 +582,11 @@ __global__ void __launch_bounds__(nf4wg::kThreads, 1)
 #pragma unroll
     for (int ks = 0; ks < kBk / 16; ++ks) wgmma_m64n64k16<T>(acc, wg_desc(a + ks * 32), wg_desc(b + ks * 32));
     wgmma_commit();
-    // Tile j + 1 decodes into the slot tile j - 2 used: every warp retired that one before the last barrier.
+    // Tile j + 1 decodes, beside tile j's products, into the slot tile j - 1 used: every warp retired that one
+    // before the last barrier.
     if (j + 1 < mine) decode_tile(j + 1);
-    wgmma_wait<1>();  // this warpgroup's tile j - 1 retired (j may still run): its stage goes back to the producer
-    if (j > 0 && lane == 0) mbar_arrive(bar(empty[(kt - kGroups) % kStages]));
+    wgmma_wait<0>();  // tile j retired (the decode took longer): its stage goes back to the producer at once
+    if (lane == 0) mbar_arrive(bar(empty[s]));
     group_sync();
   }
   wgmma_wait<0>();
@@ -719,7 +717,8 @@ int launch_nf4_gemm(const void* x, const Nf4View& w, const float* bias, void* y,
 namespace evalsvc::kernels::cuda {
 
 bool nf4_wgmma_takes(int64_t k, int64_t blocksize) {
-  return k % nf4wg::kBk == 0 && blocksize % 32 == 0 && (nf4wg::kBn * k + blocksize - 1) / blocksize + 1 <= nf4wg::kMaxAbsmax &&
+  return k % nf4wg::kBk == 0 && k / nf4wg::kBk <= nf4wg::kMaxTiles && blocksize % 32 == 0 &&
+         (nf4wg::kBn * k + blocksize - 1) / blocksize + 1 <= nf4wg::kMaxAbsmax &&
          int8_wgmma_available();
 }
 
