@@ -402,23 +402,19 @@ inline void launch_quantize_rows_wpr(const void* x, bool f16, int64_t t, int64_t
                                      uint8_t* q, float* scale, OutlierList list, cudaStream_t stream) {
   constexpr int kRowsPerBlock = 8 / WPR;
   const unsigned grid = static_cast<unsigned>((t + kRowsPerBlock - 1) / kRowsPerBlock);
-  if (!(threshold > 0.0f)) {  // W8A8, FP8: no outlier columns to look for
+  const auto launch = [&](auto outliers) {
+    constexpr bool kOutliers = decltype(outliers)::value;
     if (f16) {
-      launch_pdl(k_quantize_rows_warp<__half, 4, WPR, Enc, false>, grid, 256, 0, stream, static_cast<const __half*>(x),
-                 t, k, threshold, flags, q, scale, list);
+      launch_pdl(k_quantize_rows_warp<__half, 4, WPR, Enc, kOutliers>, grid, 256, 0, stream,
+                 static_cast<const __half*>(x), t, k, threshold, flags, q, scale, list);
     } else {
-      launch_pdl(k_quantize_rows_warp<__nv_bfloat16, 4, WPR, Enc, false>, grid, 256, 0, stream,
+      launch_pdl(k_quantize_rows_warp<__nv_bfloat16, 4, WPR, Enc, kOutliers>, grid, 256, 0, stream,
                  static_cast<const __nv_bfloat16*>(x), t, k, threshold, flags, q, scale, list);
     }
-    return;
-  }
-  if (f16) {
-    launch_pdl(k_quantize_rows_warp<__half, 4, WPR, Enc>, grid, 256, 0, stream, static_cast<const __half*>(x), t, k,
-               threshold, flags, q, scale, list);
-  } else {
-    launch_pdl(k_quantize_rows_warp<__nv_bfloat16, 4, WPR, Enc>, grid, 256, 0, stream,
-               static_cast<const __nv_bfloat16*>(x), t, k, threshold, flags, q, scale, list);
-  }
+  };
+  // W8A8 and FP8 (no threshold) have no outlier columns to look for: the lean kernel.
+  if (threshold > 0.0f) launch(std::true_type{});
+  else launch(std::false_type{});
 }
 
 /// Launches k_quantize_rows_warp when it applies (fp16/bf16, k % 8 == 0, k <= 4096, aligned pointers) and
