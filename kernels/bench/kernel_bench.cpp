@@ -213,13 +213,8 @@ struct Validation {
   double err;
 };
 
-/// The NF4 paths timed beside kAuto's choice: each explicit one, the wgmma kernel where this device runs it.
-std::vector<std::pair<std::string, cuda::Nf4Path>> nf4_paths() {
-  std::vector<std::pair<std::string, cuda::Nf4Path>> p = {
-      {"gemv", cuda::Nf4Path::kGemv}, {"gemm", cuda::Nf4Path::kGemm}, {"dequant_matmul", cuda::Nf4Path::kDequantMatmul}};
-  if (cuda::int8_wgmma_available()) p.emplace_back("wgmma", cuda::Nf4Path::kWgmma);
-  return p;
-}
+const std::pair<const char*, cuda::Nf4Path> kNf4Paths[] = {
+    {"gemv", cuda::Nf4Path::kGemv}, {"gemm", cuda::Nf4Path::kGemm}, {"dequant_matmul", cuda::Nf4Path::kDequantMatmul}};
 
 /// The int8 products for m tokens, by row-name suffix: kAuto ("") and each explicit one this device runs.
 std::vector<std::pair<std::string, cuda::Int8Gemm>> int8_kernels(int64_t m) {
@@ -266,7 +261,7 @@ bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
       ok = ok && err <= tol;
     };
     const auto want_nf4 = ref::nf4_linear(x16, L.nf4, L.bias, torch::kFloat16);
-    for (const auto& [name, path] : nf4_paths()) {
+    for (const auto& [name, path] : kNf4Paths) {
       add(std::string("nf4_linear/") + name, 3e-3, rel_err(cuda::nf4_linear(xg, L.nf4_gpu, L.bias_gpu, path), want_nf4));
     }
     const auto want_w8a8 = ref::int8_w8a8_linear(x16, L.i8, L.bias);
@@ -298,10 +293,6 @@ bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
     add("int8_w8a8_linear+gelu", 3e-3, rel_err(cuda::int8_w8a8_linear(xg, L.i8_q, L.i8_s, L.bias_gpu,
                                                                       cuda::Int8Gemm::kAuto, true),
                                                 gelu(ref::int8_w8a8_linear(x16, L.i8, L.bias))));
-    for (const auto& [name, path] : nf4_paths()) {
-      add("nf4_linear/" + name + "+gelu", 3e-3,
-          rel_err(cuda::nf4_linear(xg, L.nf4_gpu, L.bias_gpu, path, true), gelu(want_nf4)));
-    }
     if (L.n == 768) {  // the residual stream's width
       const auto delta = randn({m, L.n}, 99 + m).to(torch::kFloat16);
       const auto gamma = (randn({L.n}, 98, 0.1) + 1.0).to(torch::kFloat16);
@@ -389,10 +380,6 @@ int main(int argc, char** argv) {
         report_graph("fp16_matmul+gelu (two ops)", [&] { (void)at::gelu(at::linear(x16, L.w16, L.bias16), "tanh"); });
         report_graph("fp16_linear+gelu (epilogue)", [&] { (void)cuda::linear(x16, L.w16, L.bias16, true); });
         report_graph("nf4_linear", [&] { (void)cuda::nf4_linear(x16, L.nf4_gpu, L.bias16); });
-        for (const auto& [name, path] : nf4_paths()) {
-          if (path == cuda::Nf4Path::kGemv && m > 8) continue;
-          report_graph("nf4_linear/" + name, [&, path = path] { (void)cuda::nf4_linear(x16, L.nf4_gpu, L.bias_gpu, path); });
-        }
         for (const auto& [name, gemm] : int8_kernels(m)) {
           report_graph("int8_w8a8_linear" + name, [&, gemm = gemm] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu, gemm); });
         }
@@ -457,7 +444,7 @@ int main(int argc, char** argv) {
         // The path kAuto picks for this M first (the row the model runs), then each explicit path.
         report("nf4_linear", L.n * L.k / 2.0 + L.n * L.k / 64.0,
                time_ms([&] { (void)cuda::nf4_linear(x16, L.nf4_gpu, L.bias_gpu); }, warmup, iters));
-        for (const auto& [name, path] : nf4_paths()) {
+        for (const auto& [name, path] : kNf4Paths) {
           if (path == cuda::Nf4Path::kGemv && m > 128) continue;  // re-streams the weight per 8 tokens: hopeless
           report(std::string("nf4_linear/") + name, L.n * L.k / 2.0 + L.n * L.k / 64.0,
                  time_ms([&] { (void)cuda::nf4_linear(x16, L.nf4_gpu, L.bias_gpu, path); }, warmup, iters));

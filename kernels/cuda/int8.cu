@@ -4,13 +4,13 @@
 // cuBLASLt, and weight-only int8 dequantization. The wgmma kernel also multiplies E4M3 codes (launch_fp8_gemm):
 // its pipeline and epilogue do not depend on what the 8-bit codes encode.
 #include <atomic>
+#include <cuda.h>  // CUtensorMap and its enums (the encoder is looked up at run time: no libcuda link)
+
 #include "common.cuh"
-#include "wgmma.cuh"
 
 namespace evalsvc::kernels::cuda {
 namespace {
 
-using namespace wg;
 using detail::from_float;
 using detail::Int8Encoder;
 using detail::launch_quantize_rows_warp;
@@ -197,6 +197,9 @@ struct I8Config {
 using I8Large = I8Config<128, 128, 2, 4>;
 using I8Small = I8Config<64, 64, 2, 2>;
 
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
 /// 16 bytes global -> shared, asynchronously; src_bytes < 16 zero-fills the rest (0: all zeros, src unread).
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
@@ -354,6 +357,20 @@ __global__ void __launch_bounds__(Cfg::kThreads) k_int8_gemm(const int8_t* __res
   }
 }
 
+/// Raises a kernel's dynamic shared memory limit to `bytes`, once per device and kernel (on the first, eager
+/// call: not again inside a CUDA graph capture). `done` is the kernel's own per-device flag array.
+int opt_in_smem(const void* kernel, int bytes, bool (&done)[64]) {
+  if (bytes <= 48 * 1024) return kLaunchOk;
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return static_cast<int>(e);
+  if (dev >= 0 && dev < 64 && done[dev]) return kLaunchOk;
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e != cudaSuccess) return static_cast<int>(e);
+  if (dev >= 0 && dev < 64) done[dev] = true;
+  return kLaunchOk;
+}
+
 /// Launches k_int8_gemm with configuration Cfg.
 template <typename Cfg, typename T>
 int launch_int8_gemm_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
@@ -383,6 +400,9 @@ int launch_int8_gemm_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t 
 // thread and met at a block barrier each stage: 0.71-0.83x this kernel's speed, docs/perf.md.)
 // Compiled for sm_90a only (wgmma is an arch-specific feature); other targets get an empty body, and the launcher
 // takes this kernel only where the loaded binary is sm_90 code (int8_wgmma_available).
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define EVALSVC_INT8_WGMMA 1
+#endif
 // Outside sm_90a the helpers below are declared and never used: not worth a warning per target.
 #pragma nv_diag_suppress 177
 
@@ -422,9 +442,44 @@ struct WgConfig {
 using WgLarge = WgConfig<2, 3, 2>;
 using WgSmall = WgConfig<1, 4, 2, 64>;
 
+/// Shared-memory matrix descriptor of a K-major operand whose rows are 128-byte swizzle lines: start address,
+/// leading byte offset (unused for swizzled K-major; 1 by convention), stride byte offset 1,024 (from one
+/// 8-row swizzle atom to the next), swizzle mode 1 (128 bytes) in bits 62-63.
+__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr) {
+  return static_cast<uint64_t>((saddr & 0x3FFFF) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
+         (uint64_t{1} << 62);
+}
+__device__ __forceinline__ void wgmma_fence() {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+/// Pins the accumulators: the compiler must not move reads or writes of them across this point (they are being
+/// written asynchronously by wgmma between its issue and wgmma_wait).
+template <int N>
+__device__ __forceinline__ void fence_operands(int (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(d[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void fence_operands(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
 /// d (64 x 128 s32, this warpgroup's) += A (64 x 32 s8 at da) . B (128 x 32 s8 at db)^T.
 __device__ __forceinline__ void wgmma_s8_m64n128k32(int (&d)[64], uint64_t da, uint64_t db) {
-#ifdef EVALSVC_WGMMA
+#ifdef EVALSVC_INT8_WGMMA
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 "
@@ -436,7 +491,7 @@ __device__ __forceinline__ void wgmma_s8_m64n128k32(int (&d)[64], uint64_t da, u
 
 /// d (64 x 64 s32) += A (64 x 32 s8 at da) . B (64 x 32 s8 at db)^T.
 __device__ __forceinline__ void wgmma_s8_m64n64k32(int (&d)[32], uint64_t da, uint64_t db) {
-#ifdef EVALSVC_WGMMA
+#ifdef EVALSVC_INT8_WGMMA
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 "
@@ -450,7 +505,7 @@ __device__ __forceinline__ void wgmma_s8(int (&d)[32], uint64_t da, uint64_t db)
 
 /// d (64 x 64 f32) = (accumulate ? d : 0) + A (64 x 32 E4M3 at da) . B (64 x 32 E4M3 at db)^T.
 __device__ __forceinline__ void wgmma_e4m3_m64n64k32(float (&d)[32], uint64_t da, uint64_t db, int accumulate) {
-#ifdef EVALSVC_WGMMA
+#ifdef EVALSVC_INT8_WGMMA
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
@@ -599,6 +654,56 @@ __device__ __forceinline__ void wg_store_tile(const Acc* staged, const WgTilePar
   }
 }
 
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+/// Makes the initialised barriers visible to the async proxy (the TMA unit completes transactions on them).
+__device__ __forceinline__ void mbar_fence_init() {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+/// This thread's arrival, announcing `bytes` of asynchronous copies that must land before the phase completes.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+/// Spins until the barrier's phase of parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+#ifdef EVALSVC_INT8_WGMMA
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (done == 0);
+#endif
+}
+/// Box (x = byte offset along k, y = row) of the 2-d tensor map into shared memory at dst, completing on bar.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int x, int y, uint32_t bar) {
+#ifdef EVALSVC_INT8_WGMMA
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(bar)
+      : "memory");
+#endif
+}
+/// Barrier among the consumer warpgroups only (named barrier 1): the producer warp has left by then.
+template <int THREADS>
+__device__ __forceinline__ void consumers_sync() {
+  asm volatile("bar.sync 1, %0;\n" ::"n"(THREADS) : "memory");
+}
+
 /// The product of 8-bit codes: int8 (s32 accumulators) or E4M3 (fp32 accumulators, 64 x 64 tiles only: their
 /// promotion below needs three accumulator sets, which the 128-column tiles' registers cannot hold).
 template <typename Cfg, typename T, ActCode kCode = ActCode::kInt8>
@@ -608,7 +713,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   constexpr bool kFp8 = kCode == ActCode::kFp8E4M3;
   static_assert(!kFp8 || Cfg::kBn == 64, "E4M3 products take the 64 x 64 tiles");
   using Acc = std::conditional_t<kFp8, float, int>;
-#ifdef EVALSVC_WGMMA
+#ifdef EVALSVC_INT8_WGMMA
   extern __shared__ int8_t wg_smem[];
   __shared__ uint64_t full[Cfg::kStages], empty[Cfg::kStages];
   __shared__ WgTileParams<Cfg> tile;
@@ -724,6 +829,38 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 }
 #pragma nv_diag_default 177
 
+/// cuTensorMapEncodeTiled, a driver API function, found through the runtime (qbench links only cudart).
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeTiledFn encode_tiled() {
+  static const EncodeTiledFn fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      return static_cast<EncodeTiledFn>(nullptr);
+    }
+    return reinterpret_cast<EncodeTiledFn>(p);
+  }();
+  return fn;
+}
+
+/// Tensor map of the row-major matrix g [rows, k] of 8-bit codes read in boxes of box_rows x 128 bytes, in wgmma's
+/// 128-byte swizzle; reads past the edges give zeros. Needs k % 16 == 0 and g 16-byte aligned.
+bool code_tensor_map(CUtensorMap* map, const void* g, int64_t rows, int64_t k, int box_rows) {
+  const EncodeTiledFn encode = encode_tiled();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k)};  // bytes from one row to the next
+  const cuuint32_t box[2] = {128, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t steps[2] = {1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(g), dims, strides, box, steps,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 template <typename Cfg, typename T, ActCode kCode = ActCode::kInt8>
 int launch_gemm8_wgmma_cfg(const void* xq, const void* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
                            T* y, cudaStream_t stream) {
@@ -731,7 +868,7 @@ int launch_gemm8_wgmma_cfg(const void* xq, const void* wq, int64_t m, int64_t n,
   if ((m + Cfg::kBm - 1) / Cfg::kBm > 65535 || n > INT32_MAX || k > INT32_MAX || m > INT32_MAX) return kLaunchBadShape;
   CUtensorMap map_a{}, map_b{};
   static_assert(Cfg::kBk == 128, "the tensor maps' boxes are 128-byte swizzle lines");
-  if (!tensor_map_2d(&map_a, xq, m, k, 1, Cfg::kBm) || !tensor_map_2d(&map_b, wq, n, k, 1, Cfg::kBn)) {
+  if (!code_tensor_map(&map_a, xq, m, k, Cfg::kBm) || !code_tensor_map(&map_b, wq, n, k, Cfg::kBn)) {
     return kLaunchUnsupported;
   }
   static bool opted_in[64] = {};
@@ -741,6 +878,15 @@ int launch_gemm8_wgmma_cfg(const void* xq, const void* wq, int64_t m, int64_t n,
   detail::launch_pdl(k_gemm8_wgmma<Cfg, T, kCode>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, map_a, map_b, m, n, k,
                      ep, y);
   return detail::launch_result();
+}
+
+/// Streaming multiprocessors of the current device (cached per device).
+int sm_count() {
+  static int counts[64] = {};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
+  if (counts[dev] == 0) cudaDeviceGetAttribute(&counts[dev], cudaDevAttrMultiProcessorCount, dev);
+  return counts[dev];
 }
 
 // ---- weight-only dequantization ----------------------------------------------------------------------------

@@ -415,14 +415,9 @@ class Nf4Linear final : public LayerBase {
   }
 #endif
  public:
-  /// As forward_cuda chooses: fp32 activations always dequantize; fp16/bf16 from kNf4DequantMinTokens tokens,
-  /// except where the layer's GPU multiplies by the packed weight itself (cuda::nf4_takes_wgmma, Hopper).
+  /// As forward_cuda chooses: fp32 activations always dequantize, fp16/bf16 from kNf4DequantMinTokens tokens.
   bool dequantizes_at(int64_t tokens) const override {
-    if (base_ == torch::kFloat) return true;
-#ifdef EVALSVC_WITH_CUDA
-    if (device().is_cuda() && cuda::nf4_takes_wgmma(device_weight_, tokens)) return false;
-#endif
-    return tokens >= cuda::kNf4DequantMinTokens;
+    return base_ == torch::kFloat || tokens >= cuda::kNf4DequantMinTokens;
   }
 
  protected:

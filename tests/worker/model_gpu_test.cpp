@@ -175,36 +175,6 @@ TEST(ModelGpu, WeightPrefetchGivesIdenticalLogitsEagerAndInACudaGraph) {
 #endif
 }
 
-// On Hopper, nf4 multiplies one 128-token sequence by the packed weight (kernels::cuda::nf4_takes_wgmma), so its
-// forward prefetches nothing; its logits must agree with the dense-weight path, which two copies of the same
-// sequence (256 tokens) take, within fp16 rounding (the sums run in another order).
-TEST(ModelGpu, Nf4OneSequenceOnHopperSkipsTheDenseWeightAndAgreesWithIt) {
-#if !EVALSVC_WITH_CUDA
-  GTEST_SKIP() << "built without EVALSVC_WITH_CUDA (no CUDA libtorch)";
-#else
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU";
-  if (!kernels::cuda::int8_wgmma_available()) GTEST_SKIP() << "not an sm_90 device running the sm_90a build";
-  const torch::Device dev(torch::kCUDA, 0);
-  torch::NoGradGuard no_grad;
-  const auto cfg = ModelConfig::preset("tiny");
-  auto gen = at::detail::createCPUGenerator(21);
-  const auto one = torch::randint(0, cfg.vocab_size, {1, 128}, gen, torch::kLong).to(dev);
-  for (const auto base : {torch::kFloat16, torch::kBFloat16}) {
-    GPT2Classifier nf4(cfg, 3);
-    nf4->quantize(kernels::Method::kNf4, base, kernels::QuantOptions{});
-    nf4->to_device(dev);
-    const auto got = nf4->forward(one, torch::tensor({128}, torch::kLong).to(dev)).to(torch::kFloat32);
-    EXPECT_FALSE(nf4->prefetched_last_forward()) << c10::toString(base);
-    const auto two = nf4->forward(one.repeat({2, 1}), torch::tensor({128, 128}, torch::kLong).to(dev));
-    EXPECT_TRUE(nf4->prefetched_last_forward()) << c10::toString(base);
-    const auto want = two.slice(0, 0, 1).to(torch::kFloat32);
-    const double diff = (got - want).abs().max().item<double>();
-    EXPECT_LE(diff, (base == torch::kFloat16 ? 1e-2 : 5e-2) * (1.0 + want.abs().max().item<double>()))
-        << c10::toString(base) << ": wgmma path " << got << " against dense " << want;
-  }
-#endif
-}
-
 // Programmatic dependent launch (kernels::cuda::set_programmatic_launch): the add + LayerNorms, the quantizers and
 // the 8-bit products may be scheduled before the kernel ahead of them finishes and wait for it on the device. The
 // logits must be those of plain launches bit for bit, eager and as replays of a CUDA graph (programmatic edges)

@@ -11,7 +11,6 @@
 #include <mutex>
 #include <optional>
 #include <tuple>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -290,48 +289,12 @@ torch::Tensor nf4_dequantize(const Nf4Weight& w, torch::ScalarType dtype) {
   return out;
 }
 
-namespace {
-/// nf4_wgmma_takes for w's device (the packed codes' 16-byte alignment included: torch allocations have it).
-bool nf4_takes_wgmma_shape(const Nf4Weight& w) {
-  if (!w.packed.defined() || !w.packed.is_cuda()) return false;
-  const c10::cuda::CUDAGuard guard(w.packed.device());
-  return nf4_wgmma_takes(w.in_features, w.blocksize) && reinterpret_cast<uintptr_t>(w.packed.data_ptr()) % 16 == 0;
-}
-}  // namespace
-
-bool nf4_takes_wgmma(const Nf4Weight& w, int64_t tokens) {
-  // Measurement switch (removed once measured): QBENCH_NF4_WGMMA=0 keeps kAuto on the dense-weight path.
-  static const bool off = [] {
-    const char* e = std::getenv("QBENCH_NF4_WGMMA");
-    return e != nullptr && std::string(e) == "0";
-  }();
-  if (off) return false;
-  return tokens > kNf4GemvMaxTokens && tokens <= kNf4WgmmaMaxTokens && nf4_takes_wgmma_shape(w);
-}
-
 torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w, const torch::Tensor& bias, Nf4Path path,
                          bool gelu_tanh) {
   const char* op = "nf4_linear";
   const torch::Tensor x2 = flatten_input(op, x, w.in_features, {torch::kFloat16, torch::kBFloat16});
   const Nf4View v = nf4_view(op, w, x);
   const int64_t m = x2.size(0);
-  EVALSVC_CHECK(path != Nf4Path::kWgmma || nf4_takes_wgmma_shape(w), UnsupportedError,
-                "cuda::{}: the wgmma path needs an sm_90 device with the sm_90a build, in_features % 64 == 0 and "
-                "<= 5120, and blocksize % 16 == 0; got in_features={} blocksize={}",
-                op, w.in_features, w.blocksize);
-  const bool wgmma = path == Nf4Path::kWgmma || (path == Nf4Path::kAuto && nf4_takes_wgmma(w, m));
-  if (wgmma) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    const torch::Tensor b = bias_f32(op, bias, x, w.out_features);
-    auto y = torch::empty({m, w.out_features}, x2.options());
-    // TMA and the 16-byte code loads need aligned starts; a sliced input is copied once.
-    const torch::Tensor xa = reinterpret_cast<uintptr_t>(x2.data_ptr()) % 16 == 0 ? x2 : x2.clone();
-    if (m > 0) {
-      EVALSVC_LAUNCH(launch_nf4_wgmma(xa.data_ptr(), v, ptr_or_null(b), y.data_ptr(), m,
-                                      launcher_dtype(x2.scalar_type()), gelu_tanh, stream_of(x)));
-    }
-    return y.view(output_shape(x, w.out_features));
-  }
   if (path == Nf4Path::kDequantMatmul || (path == Nf4Path::kAuto && m >= kNf4DequantMinTokens)) {
     const c10::cuda::CUDAGuard guard(x.device());
     const torch::Tensor wd = nf4_dequantize(w, x2.scalar_type());

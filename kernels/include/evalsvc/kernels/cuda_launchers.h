@@ -74,18 +74,6 @@ inline constexpr int64_t kNf4GemvMaxM = 8;
 int launch_nf4_gemm(const void* x, const Nf4View& w, const float* bias, void* y, int64_t m, DType dtype,
                     cudaStream_t stream);
 
-/// Same product on Hopper (sm_90a): y^T = W x^T through wgmma, the packed weight decoded in registers as the A
-/// operand, x by TMA as B; k split over a thread-block cluster of up to 8 blocks where the output tiles alone
-/// would leave SMs idle (summed in rank order: deterministic); fp32 accumulation, then + bias and, with
-/// gelu_tanh, the tanh GELU of the value rounded to dtype (as the int8 epilogues). kLaunchUnsupported unless
-/// nf4_wgmma_takes(k, blocksize) and x and the packed codes are 16-byte aligned.
-int launch_nf4_wgmma(const void* x, const Nf4View& w, const float* bias, void* y, int64_t m, DType dtype,
-                     bool gelu_tanh, cudaStream_t stream);
-/// Whether launch_nf4_wgmma takes a weight of in-features k and this blocksize on the current device: an sm_90
-/// device running the sm_90a binary (int8_wgmma_available), k % 64 == 0, k <= 5,120 (at most 8 blocks of at
-/// most 10 k tiles of 64), blocksize % 16 == 0.
-bool nf4_wgmma_takes(int64_t k, int64_t blocksize);
-
 // --- INT8 (kernels/cuda/int8.cu) -----------------------------------------------------------------------------
 
 /// Compacts flags [k] into ascending column indices idx [k] and their number *count (on the device).

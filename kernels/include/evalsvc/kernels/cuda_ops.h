@@ -52,24 +52,16 @@ struct Nf4Weight {
   bool double_quant() const { return absmax_q.defined(); }
 };
 
-/// Which NF4 kernel nf4_linear uses. kAuto: the GEMV for at most kNf4GemvMaxTokens tokens; on Hopper (sm_90a)
-/// the wgmma kernel that decodes the packed weight in registers (kWgmma) up to kNf4WgmmaMaxTokens tokens
-/// where it takes the shape (nf4_takes_wgmma); elsewhere the fused GEMM up to kNf4DequantMinTokens, and beyond
-/// that kDequantMatmul: the whole weight dequantized into a temporary in the compute dtype, then cuBLAS. At many
-/// tokens the product is compute-bound, and cuBLAS's tensor-core GEMM beats the fused kernels by more than the
-/// dequantization costs (one pass over a few MB); kernel_bench times every path (docs/perf.md).
-enum class Nf4Path { kAuto, kGemv, kGemm, kDequantMatmul, kWgmma };
+/// Which NF4 kernel nf4_linear uses. kAuto: the GEMV for at most kNf4GemvMaxTokens tokens, the fused GEMM up to
+/// kNf4DequantMinTokens, and beyond that kDequantMatmul: the whole weight dequantized into a temporary in the
+/// compute dtype, then cuBLAS. At many tokens the product is compute-bound, and cuBLAS's tensor-core GEMM
+/// beats the fused kernel by more than the dequantization costs (one pass over a few MB). kernel_bench times
+/// all three paths; the threshold below is not tuned from those tables yet (docs/perf.md).
+enum class Nf4Path { kAuto, kGemv, kGemm, kDequantMatmul };
 /// Token count up to which kAuto picks the GEMV path (it re-streams the weight once per 4 tokens).
 inline constexpr int64_t kNf4GemvMaxTokens = 4;
-/// Token count from which kAuto dequantizes and calls cuBLAS (where the wgmma kernel does not take the shape).
+/// Token count from which kAuto dequantizes and calls cuBLAS.
 inline constexpr int64_t kNf4DequantMinTokens = 64;
-/// Token count up to which kAuto takes the wgmma kernel where it can: one sequence of 128 tokens, GPT-2's
-/// batch-1 forward (each 128-token tile of rows decodes the weight again, so more rows favour the dense copy).
-inline constexpr int64_t kNf4WgmmaMaxTokens = 128;
-/// Whether kAuto multiplies `tokens` rows by w through the wgmma kernel: w on an sm_90 device running the sm_90a
-/// binary, in_features % 64 == 0 and <= 5,120, blocksize % 16 == 0, kNf4GemvMaxTokens < tokens <=
-/// kNf4WgmmaMaxTokens.
-bool nf4_takes_wgmma(const Nf4Weight& w, int64_t tokens);
 
 /// The dense weight [out, in] in `dtype` (fp16, bf16 or fp32).
 torch::Tensor nf4_dequantize(const Nf4Weight& w, torch::ScalarType dtype);

@@ -86,8 +86,7 @@ class QuantizedLinear {
   // forward_dense: same result, bit for bit, with the dequantization off the critical path.
 
   /// Whether forward() on `tokens` rows goes through a dense copy of the weight in the base dtype (as the CUDA
-  /// path chooses; the answer does not depend on the device, so a CPU run exercises the same decisions, except
-  /// for nf4 on a Hopper GPU, whose wgmma kernel multiplies one sequence by the packed weight itself).
+  /// path chooses; the answer does not depend on the device, so a CPU run exercises the same decisions).
   virtual bool dequantizes_at(int64_t tokens) const = 0;
   /// Writes that dense copy into `out` ([out, in], contiguous, the base dtype, on the layer's device) on the
   /// device's current stream, allocating nothing on the GPU. InputError for a wrong `out`. On a GPU,
