@@ -49,7 +49,8 @@ struct BenchArgs {
 CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of quantized variants (random weights)",
                      [](CLI::App& sub) -> RunFn {
   auto a = std::make_shared<BenchArgs>();
-  sub.add_option("--methods", a->methods, "methods to time (fp32 fp16 bf16 int8-sym int8-sym-channel int8-w8a8 llm-int8 nf4 fp8-e4m3)")
+  sub.add_option("--methods", a->methods, "methods to time (fp32 fp16 bf16 int8-sym int8-sym-channel int8-w8a8 llm-int8 nf4 fp8-e4m3; default: all "
+                 "but fp8-e4m3, which needs CUDA kernels)")
       ->delimiter(',');
   sub.add_option("--base", a->base, "base dtype for every method (default: each method's own)");
   sub.add_option("--config", a->config, "model config: gpt2 | tiny")->capture_default_str();
