@@ -358,7 +358,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) k_int8_gemm(const int8_t* __res
 }
 
 /// Raises a kernel's dynamic shared memory limit to `bytes`, once per device and kernel (on the first, eager
-/// call: not again inside a CUDA graph capture). `done` is the kernel's own per-device flag array.
+/// call: not again inside a CUDA graph capture). `done` is the kernel's own per-device flag array. A refusal (more
+/// than the device allows) is returned and cleared: left as the runtime's last error, the next unrelated CUDA call
+/// would report it as its own (seen in the eighth session's NF4 experiment, docs/perf.md).
 int opt_in_smem(const void* kernel, int bytes, bool (&done)[64]) {
   if (bytes <= 48 * 1024) return kLaunchOk;
   int dev = 0;
@@ -366,7 +368,10 @@ int opt_in_smem(const void* kernel, int bytes, bool (&done)[64]) {
   if (e != cudaSuccess) return static_cast<int>(e);
   if (dev >= 0 && dev < 64 && done[dev]) return kLaunchOk;
   e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  if (e != cudaSuccess) return static_cast<int>(e);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return static_cast<int>(e);
+  }
   if (dev >= 0 && dev < 64) done[dev] = true;
   return kLaunchOk;
 }
