@@ -74,8 +74,8 @@ TEST_F(Recovery, RedisRestartedMidExperiment) {
 TEST_F(Recovery, RedisCrashedMidExperiment) {
   const int64_t id = submit_and_start();
   ASSERT_TRUE(running(id, "eval"));
-  // kill -9: with appendfsync everysec up to a second of queue writes may be lost; the scheduler's reconcile
-  // from PostgreSQL queues again whatever the queue forgot.
+  // kill -9: with appendfsync everysec up to about two seconds of queue writes may be lost; the scheduler's
+  // reconcile from PostgreSQL queues again whatever the queue forgot.
   redis_->kill();
   std::this_thread::sleep_for(500ms);
   redis_->start();

@@ -392,19 +392,24 @@ TEST_F(QueueServerTest, JobsSurviveARedisRestartWithAof) {
   // Scripts are not persisted: the first EVALSHA after the restart goes through the NOSCRIPT fallback.
   EXPECT_EQ(queue_->complete(l, json{{"ok", true}}), FinishResult::kOk);
 
-  // A crash (SIGKILL) right after writes: appendfsync everysec still has every acknowledged write in
-  // the AOF file (written before the reply; only the fsync is deferred), so a process crash loses none.
+  // A crash (SIGKILL) right after a write. Under appendfsync everysec Redis writes the AOF before it replies,
+  // except while the previous second's fsync is still running: then it postpones the write (up to 2 s) and
+  // replies anyway, so the claim may be lost (seen once on a loaded 2-core CI machine). Either way the queue
+  // comes back whole: the job is active under the claim, or waiting again; none is lost or duplicated.
   Lease l2 = must_claim("cpu", milliseconds(60000));
+  EXPECT_EQ(l2.job.id, "p1");
   server_->kill();
   server_->start();
   s = queue_->stats();
-  EXPECT_EQ(s.waiting["cpu"], 48);
-  EXPECT_EQ(s.active, 1);
-  EXPECT_EQ(queue_->complete(l2, json{}), FinishResult::kOk);
-  for (int i = 2; i < 50; ++i) EXPECT_EQ(must_claim().job.id, "p" + std::to_string(i));
+  const bool kept = s.active == 1;
+  EXPECT_EQ(s.waiting["cpu"], kept ? 48 : 49);
+  EXPECT_EQ(s.active, kept ? 1 : 0);
+  EXPECT_EQ(queue_->complete(l2, json{}), kept ? FinishResult::kOk : FinishResult::kLeaseExpired);
+  for (int i = kept ? 2 : 1; i < 50; ++i) EXPECT_EQ(must_claim().job.id, "p" + std::to_string(i));
+  EXPECT_EQ(queue_->stats().waiting["cpu"], 0);
   int completed = 0;
   for (auto& e : queue_->read_events("0", 1000, milliseconds(0))) completed += e.type == "completed";
-  EXPECT_EQ(completed, 2);
+  EXPECT_EQ(completed, kept ? 2 : 1);
 }
 
 TEST(QueuePasswordTest, WorksAgainstAPasswordProtectedRedis) {
