@@ -35,7 +35,6 @@ struct BenchArgs {
   bool no_prefetch = false;
   int prefetch_blocks = worker::GPT2ClassifierImpl::kDefaultPrefetchBlocks;
   bool no_fused_quant = false;
-  bool no_fused_output_quant = false;
   std::string last_block = "auto";
   std::string fp8_gemm = "auto";
   std::string pdl = "on";
@@ -70,9 +69,6 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
   sub.add_flag("--no-fused-quant", a->no_fused_quant,
                "projections that quantize their input per token (int8-w8a8, fp8-e4m3, llm-int8) quantize it in a "
                "pass of their own instead of taking codes from the residual add + LayerNorm (for comparing the two)");
-  sub.add_flag("--no-fused-output-quant", a->no_fused_output_quant,
-               "int8-w8a8's c_fc writes its output for mlp.c_proj to quantize in a pass of its own instead of "
-               "writing mlp.c_proj's input codes from its product (for comparing the two)");
   sub.add_option("--last-block", a->last_block,
                  fmt::format("where the last block runs past its c_attn: auto (only at the position the head reads, "
                              "from {} tokens a forward) | pruned (there at every size) | full (at every position, as "
@@ -131,7 +127,6 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       model->to_device(dev);
       model->set_weight_prefetch(!a->no_prefetch, a->prefetch_blocks);
       model->set_fused_input_quantization(!a->no_fused_quant);
-      model->set_fused_output_quantization(!a->no_fused_output_quant);
       using LastBlock = worker::GPT2ClassifierImpl::LastBlock;
       model->set_last_block(a->last_block == "pruned" ? LastBlock::kPruned
                             : a->last_block == "full" ? LastBlock::kFull
@@ -151,7 +146,6 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       j["device"] = worker::describe_device(dev);
       if (r.weight_prefetch) j["prefetch_blocks"] = a->prefetch_blocks;
       j["fused_input_quantization"] = !a->no_fused_quant;
-      j["fused_output_quantization"] = !a->no_fused_output_quant;
       j["last_block"] = a->last_block;
       if (v.method == "fp8-e4m3") j["fp8_gemm"] = a->fp8_gemm;
       j["pdl"] = a->pdl;  // asked; r.to_json()'s pdl_used says whether the launches used it

@@ -80,7 +80,6 @@ int main(int argc, char** argv) {
 #include <fmt/format.h>
 
 #include "evalsvc/common/error.h"
-#include "evalsvc/kernels/cuda_launchers.h"
 #include "evalsvc/kernels/cuda_ops.h"
 #include "evalsvc/kernels/reference.h"
 
@@ -294,20 +293,6 @@ bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
     add("int8_w8a8_linear+gelu", 3e-3, rel_err(cuda::int8_w8a8_linear(xg, L.i8_q, L.i8_s, L.bias_gpu,
                                                                       cuda::Int8Gemm::kAuto, true),
                                                 gelu(ref::int8_w8a8_linear(x16, L.i8, L.bias))));
-    if (cuda::int8_row_codes_supported(L.n, gpu())) {
-      // The codes c_fc hands mlp.c_proj against the quantizer on c_fc's output: the fraction of codes that differ
-      // (and 1 if any scale does).
-      const auto xa = cuda::quantize_per_token_int8(xg, 0.0);
-      const auto got = cuda::int8_linear_row_codes(xa.q, xa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16, true);
-      const auto want = cuda::quantize_per_token_int8(
-          cuda::int8_linear(xa.q, xa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16, 1.0, cuda::Int8Gemm::kAuto,
-                            true),
-          0.0);
-      const double differ = torch::equal(got.scale, want.scale)
-                                ? got.q.ne(want.q).to(torch::kFloat64).mean().item<double>()
-                                : 1.0;
-      add("int8_linear_row_codes+gelu (codes differing from quantize_per_token_int8 of int8_linear+gelu)", 0.0, differ);
-    }
     if (L.n == 768) {  // the residual stream's width
       const auto delta = randn({m, L.n}, 99 + m).to(torch::kFloat16);
       const auto gamma = (randn({L.n}, 98, 0.1) + 1.0).to(torch::kFloat16);
@@ -346,9 +331,7 @@ int main(int argc, char** argv) {
                              {"sms", prop->multiProcessorCount},
                              {"libtorch", TORCH_VERSION},
                              {"cuda_runtime", CUDART_VERSION},
-                             {"fp8", fp8},
-                             // Clusters of 16 blocks (c_fc's row codes) the device runs at once; 0: none.
-                             {"row_codes_clusters_3072", cuda::int8_row_codes_clusters(3072)}}
+                             {"fp8", fp8}}
                             .dump()
                             .c_str());
 
@@ -469,24 +452,6 @@ int main(int argc, char** argv) {
         for (const auto& [name, gemm] : int8_kernels(m)) {
           report("int8_w8a8_linear" + name, L.n * L.k + 4.0 * L.n,
                  time_ms([&, gemm = gemm] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu, gemm); }, warmup, iters));
-        }
-        if (cuda::int8_row_codes_supported(L.n, gpu())) {
-          // c_fc and mlp.c_proj's quantizer as two kernels (c_fc's output written and read back) against c_fc
-          // writing the codes itself, both from codes (as the model runs them: its add + LayerNorm writes them).
-          auto two = [&] {
-            (void)cuda::quantize_per_token_int8(
-                cuda::int8_linear(xa.q, xa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16, 1.0,
-                                  cuda::Int8Gemm::kAuto, true),
-                0.0);
-          };
-          auto one = [&] {
-            (void)cuda::int8_linear_row_codes(xa.q, xa.scale, L.i8_q, L.i8_s, L.bias_gpu, torch::kFloat16, true);
-          };
-          report("int8_linear+gelu, quantize_per_token_int8 (pre-quantized x)", L.n * L.k + 4.0 * L.n,
-                 time_ms(two, warmup, iters));
-          report("int8_linear_row_codes+gelu (pre-quantized x)", L.n * L.k + 4.0 * L.n, time_ms(one, warmup, iters));
-          report_graph("int8_linear+gelu, quantize_per_token_int8 (pre-quantized x)", two);
-          report_graph("int8_linear_row_codes+gelu (pre-quantized x)", one);
         }
         report("fp16_matmul+gelu (two ops)", 2.0 * L.n * L.k,
                time_ms([&] { (void)at::gelu(at::linear(x16, L.w16, L.bias16), "tanh"); }, warmup, iters));

@@ -4,7 +4,6 @@
 // cuBLASLt, and weight-only int8 dequantization. The wgmma kernel also multiplies E4M3 codes (launch_fp8_gemm):
 // its pipeline and epilogue do not depend on what the 8-bit codes encode.
 #include <atomic>
-#include <cstdlib>  // getenv (EXPERIMENT)
 #include <cuda.h>  // CUtensorMap and its enums (the encoder is looked up at run time: no libcuda link)
 
 #include "common.cuh"
@@ -412,33 +411,26 @@ int launch_int8_gemm_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t 
 // Outside sm_90a the helpers below are declared and never used: not worth a warning per target.
 #pragma nv_diag_suppress 177
 
-template <int WG_M, int STAGES, int MIN_BLOCKS, int BN = 128, int WG_N = 1>
+template <int WG_M, int STAGES, int MIN_BLOCKS, int BN = 128>
 struct WgConfig {
   static constexpr int kBm = 64 * WG_M;
-  static constexpr int kBn = BN;
-  static constexpr int kWgM = WG_M;
-  static constexpr int kWgN = WG_N;                 // warpgroups side by side along n
-  static constexpr int kWgCols = BN / WG_N;         // one m64nWgColsk32 instruction per warpgroup and k step
-  static constexpr int kAcc = kWgCols / 2;          // its s32 accumulators per thread
+  static constexpr int kBn = BN;                    // one m64nBNk32 instruction per warpgroup and k step
+  static constexpr int kAcc = BN / 2;               // its s32 accumulators per thread
   static constexpr int kBk = 128;                   // bytes of k per stage = one swizzle line = the TMA box width
-  static constexpr int kConsumers = 128 * WG_M * WG_N;  // the MMA warpgroups
+  static constexpr int kConsumers = 128 * WG_M;     // the MMA warpgroups
   static constexpr int kThreads = kConsumers + 32;  // + the producer warp
   static constexpr int kStages = STAGES;
   static constexpr int kMinBlocks = MIN_BLOCKS;     // blocks per SM the registers and shared memory must allow
   static constexpr int kStageBytes = (kBm + kBn) * kBk;
+  static constexpr int kSmemBytes = STAGES * kStageBytes + 1024;  // + slack to align the base to an atom
   // int32 row stride of the epilogue's staged tile. kBn + 8 (8 banks from one row to the next) keeps the
   // accumulators' 8-byte stores free of bank conflicts: the 4 rows of a half-warp cover all 32 banks once.
   // kBn + 4 cost a 2-way conflict on every store, and wg_store_tile's reads had another: without both fixes the
   // product alone at 32,768 tokens took 2-7% longer on an H200 (docs/perf.md).
   static constexpr int kCStride = kBn + 8;
-  // The epilogue stages the tile in the stages' memory once they are consumed; the 192-column tile's staged tile
-  // is larger than its two stages.
-  static constexpr int kStagedBytes = kBm * kCStride * 4;
-  static constexpr int kSmemBytes =
-      (STAGES * kStageBytes > kStagedBytes ? STAGES * kStageBytes : kStagedBytes) + 1024;  // + slack to align to an atom
   static_assert(STAGES >= 2, "one stage computing while the next loads");
-  static_assert(kWgCols == 64 || kWgCols == 96 || kWgCols == 128 || kWgCols == 192, "the wgmma shapes below");
-  static_assert(kWgCols % 8 == 0 && (kWgCols * kBk) % 1024 == 0, "a warpgroup's B rows start on a swizzle atom");
+  static_assert(BN == 64 || BN == 128, "the wgmma shapes below");
+  static_assert(kBm * kCStride * 4 <= STAGES * kStageBytes, "the staged accumulator tile must fit in the stages");
 };
 // 128 x 128 tiles from three 128-byte stages (97 KB): two blocks per SM, so one block's prologue and epilogue
 // overlap the other's products. Measured on an H200 against it (product alone, 32,768 tokens; docs/perf.md):
@@ -454,15 +446,6 @@ struct WgConfig {
 // only the layout kept is left here.)
 using WgLarge = WgConfig<2, 3, 2>;
 using WgSmall = WgConfig<1, 4, 2, 64>;
-// The kernel that writes per-token codes (k_gemm8_wgmma with kRowCodes): 192-column tiles, so that a cluster of
-// n / 192 <= 16 blocks holds a whole row of GPT-2's widths (768, 2304, 3072 = 4, 12, 16 tiles). Its 96
-// accumulators a thread leave no two 128-row blocks an SM (ptxas: 96 registers a thread at most, the
-// accumulators alone), hence candidates: 64 rows and three blocks an SM (two stages), 64 rows and two blocks
-// (three stages), 128 rows and one block (four stages). EXPERIMENT: QBENCH_ROW_CODES_TILE = 0, 1, 2 picks.
-using WgRowCodes = WgConfig<1, 2, 3, 192>;
-using WgRowCodes3 = WgConfig<1, 2, 2, 192, 2>;  // EXPERIMENT, second version: two warpgroups of 64 x 96
-using WgRowCodes128 = WgConfig<1, 3, 2, 192, 2>;
-constexpr int kRowCodesMaxCluster = 16;  // the non-portable cluster size limit of sm_90
 
 /// Shared-memory matrix descriptor of a K-major operand whose rows are 128-byte swizzle lines: start address,
 /// leading byte offset (unused for swizzled K-major; 1 by convention), stride byte offset 1,024 (from one
@@ -522,32 +505,7 @@ __device__ __forceinline__ void wgmma_s8_m64n64k32(int (&d)[32], uint64_t da, ui
       : "l"(da), "l"(db), "r"(1));
 #endif
 }
-/// d (64 x 192 s32) += A (64 x 32 s8 at da) . B (192 x 32 s8 at db)^T: the tile of the kernel that writes codes
-/// (WgRowCodes).
-__device__ __forceinline__ void wgmma_s8_m64n192k32(int (&d)[96], uint64_t da, uint64_t db) {
-#ifdef EVALSVC_INT8_WGMMA
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n192k32.s32.s8.s8 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95}, %96, %97, p;\n}\n"
-      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]), "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]), "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]), "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]), "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95])
-      : "l"(da), "l"(db), "r"(1));
-#endif
-}
-/// d (64 x 96 s32) += A (64 x 32 s8 at da) . B (96 x 32 s8 at db)^T: one of two warpgroups side by side.
-__device__ __forceinline__ void wgmma_s8_m64n96k32(int (&d)[48], uint64_t da, uint64_t db) {
-#ifdef EVALSVC_INT8_WGMMA
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n96k32.s32.s8.s8 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47}, %48, %49, p;\n}\n"
-      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47])
-      : "l"(da), "l"(db), "r"(1));
-#endif
-}
 __device__ __forceinline__ void wgmma_s8(int (&d)[64], uint64_t da, uint64_t db) { wgmma_s8_m64n128k32(d, da, db); }
-__device__ __forceinline__ void wgmma_s8(int (&d)[48], uint64_t da, uint64_t db) { wgmma_s8_m64n96k32(d, da, db); }
-__device__ __forceinline__ void wgmma_s8(int (&d)[96], uint64_t da, uint64_t db) { wgmma_s8_m64n192k32(d, da, db); }
 __device__ __forceinline__ void wgmma_s8(int (&d)[32], uint64_t da, uint64_t db) { wgmma_s8_m64n64k32(d, da, db); }
 
 /// d (64 x 64 f32) = (accumulate ? d : 0) + A (64 x 32 E4M3 at da) . B (64 x 32 E4M3 at db)^T.
@@ -574,11 +532,10 @@ __device__ __forceinline__ void wgmma_e4m3_m64n64k32(float (&d)[32], uint64_t da
 template <typename Cfg, typename Acc>
 __device__ __forceinline__ void wg_stage_accumulators(const Acc (&acc)[Cfg::kAcc], Acc* cs, int tid) {
   const int lane = tid & 31;
-  const int wg = tid >> 7;
-  const int row = (wg / Cfg::kWgN) * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2);
-  const int col = (wg % Cfg::kWgN) * Cfg::kWgCols + (lane & 3) * 2;
+  const int row = (tid >> 7) * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2);
+  const int col = (lane & 3) * 2;
 #pragma unroll
-  for (int jj = 0; jj < Cfg::kWgCols / 8; ++jj) {
+  for (int jj = 0; jj < Cfg::kBn / 8; ++jj) {
     const int c = jj * 8 + col;
     using Acc2 = std::conditional_t<std::is_same_v<Acc, int>, int2, float2>;
     *reinterpret_cast<Acc2*>(cs + row * Cfg::kCStride + c) = Acc2{acc[jj * 4], acc[jj * 4 + 1]};
@@ -752,166 +709,19 @@ __device__ __forceinline__ void consumers_sync() {
   asm volatile("bar.sync 1, %0;\n" ::"n"(THREADS) : "memory");
 }
 
-/// Where k_gemm8_wgmma<.., kRowCodes> writes: the per-token int8 codes [m, n] of its output and their scales [m],
-/// those quantize_per_token_int8 would give on the output it would otherwise store.
-struct RowCodesOut {
-  int8_t* q = nullptr;
-  float* scale = nullptr;
-  int local_only = 0;  // EXPERIMENT (QBENCH_ROW_CODES_LOCAL): no cluster, each block's own row maxima (wrong codes)
-};
-
-/// Cluster-wide barrier halves (release / acquire: shared-memory writes before the arrive are visible to the
-/// cluster's blocks after the wait). Not the .aligned forms: the producer warp reaches them from a branch.
-__device__ __forceinline__ void cluster_arrive() {
-#ifdef EVALSVC_INT8_WGMMA
-  asm volatile("barrier.cluster.arrive.release;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void cluster_wait() {
-#ifdef EVALSVC_INT8_WGMMA
-  asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory");
-#endif
-}
-/// The float at shared-window address addr in the shared memory of the cluster's block `rank`.
-__device__ __forceinline__ float ld_cluster_f32(uint32_t addr, uint32_t rank) {
-  float v = 0.0f;
-#ifdef EVALSVC_INT8_WGMMA
-  uint32_t remote = 0;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(addr), "r"(rank));
-  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(remote));
-#endif
-  return v;
-}
-
-/// The epilogue of the kernel that writes codes. Its cluster's blocks hold one row band's whole width, so a row's
-/// absmax is theirs to reduce: each block takes its own tile's row maxima, the blocks exchange them through
-/// distributed shared memory, and each writes its tile's codes at the row's scale. The values are exactly those
-/// wg_store_tile would store (same operations, rounded to T), and the codes and scales those of
-/// quantize_per_token_int8 on them: the same absmax, scale = absmax / 127 and encode8.
-/// A row's 24 column groups of 8 go to one octet of threads (3 groups each), so a row's maximum is three
-/// shuffles. Cluster barriers: after the maxima (all threads of all blocks, the producer warp's included), then
-/// one arrive once the remote maxima are read and one wait before the block exits (its maxima may still be read).
-template <typename Cfg, int NTHREADS, typename T>
-__device__ __forceinline__ void wg_store_row_codes(int* staged, const WgTileParams<Cfg>& tp, float* row_max,
-                                                   float* row_s, int tid, int64_t m0, int64_t n0, int64_t m,
-                                                   int64_t n, const Int8Epilogue& ep, const RowCodesOut& out) {
-  constexpr int kGroups = Cfg::kBn / 8;
-  constexpr int kPerThread = kGroups / 8;
-  constexpr int kRowsPerTrip = NTHREADS / 8;
-  static_assert(kGroups % 8 == 0 && NTHREADS % 8 == 0 && Cfg::kBm % kRowsPerTrip == 0, "octets of threads per row");
-  const int sub = tid & 7;
-  const int sel = (tid >> 2) & 1;  // as in wg_store_tile: threads 4-7 of an octet read their second chunk first
-  const bool has_bias = ep.bias != nullptr || ep.bias_out_dtype != nullptr;
-  float col[kPerThread][8], bias[kPerThread][8];
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      col[i][e] = tp.col_scale[(sub + 8 * i) * 8 + e];
-      bias[i][e] = tp.bias[(sub + 8 * i) * 8 + e];
-    }
-  }
-  // Pass 1: the output values, rounded to T, back into the staged tile as floats (each thread rewrites only the
-  // words it read), and each row's absmax.
-#pragma unroll 1
-  for (int lr = tid / 8; lr < Cfg::kBm; lr += kRowsPerTrip) {
-    const float rs = tp.row_scale[lr];
-    float amax = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-      int4* src = reinterpret_cast<int4*>(staged + lr * Cfg::kCStride + (sub + 8 * i) * 8);
-      const int4 first = src[sel];
-      const int4 second = src[sel ^ 1];
-      const int4 a0 = sel ? second : first;
-      const int4 a1 = sel ? first : second;
-      const int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-      float v[8];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        v[e] = static_cast<float>(a[e]) * rs * col[i][e] * ep.alpha;
-        if (has_bias) v[e] += bias[i][e];
-        if (ep.gelu_tanh) v[e] = detail::gelu_tanh(to_float(from_float<T>(v[e])));
-        v[e] = to_float(from_float<T>(v[e]));
-        amax = fmaxf(amax, fabsf(v[e]));
-      }
-      const float4 v0 = make_float4(v[0], v[1], v[2], v[3]);
-      const float4 v1 = make_float4(v[4], v[5], v[6], v[7]);
-      reinterpret_cast<float4*>(src)[sel] = sel ? v1 : v0;
-      reinterpret_cast<float4*>(src)[sel ^ 1] = sel ? v0 : v1;
-    }
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
-    if (sub == 0) row_max[lr] = amax;
-  }
-  if (!out.local_only) {
-    cluster_arrive();
-    cluster_wait();
-  } else {
-    consumers_sync<NTHREADS>();
-  }
-  // The row's absmax over the cluster's blocks (every block computes the same one), its scale.
-  uint32_t ranks = 1;
-#ifdef EVALSVC_INT8_WGMMA
-  asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(ranks));
-#endif
-  if (tid < Cfg::kBm) {
-    const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row_max + tid));
-    float amax = 0.0f;
-    if (out.local_only) {
-      amax = row_max[tid];
-    } else {
-      // All loads first (unrolled, predicated), then the maxima: one remote round trip, not one per rank.
-      float part[kRowCodesMaxCluster];
-#pragma unroll
-      for (uint32_t r = 0; r < kRowCodesMaxCluster; ++r) part[r] = r < ranks ? ld_cluster_f32(addr, r) : 0.0f;
-#pragma unroll
-      for (int r = 0; r < kRowCodesMaxCluster; ++r) amax = fmaxf(amax, part[r]);
-    }
-    const float sc = amax / Int8Encoder::kMax;
-    row_s[tid] = sc;
-    if (n0 == 0 && m0 + tid < m) out.scale[m0 + tid] = sc;
-  }
-  if (!out.local_only) cluster_arrive();  // this block has read every remote maximum it needs
-  consumers_sync<NTHREADS>();
-  // Pass 2: the codes, 8 bytes a group.
-  const int rows = static_cast<int>(m - m0 < Cfg::kBm ? m - m0 : Cfg::kBm);
-#pragma unroll 1
-  for (int lr = tid / 8; lr < rows; lr += kRowsPerTrip) {
-    const float sc = row_s[lr];
-    int8_t* qr = out.q + (m0 + lr) * n + n0;
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-      const int lc = (sub + 8 * i) * 8;
-      const float4* src = reinterpret_cast<const float4*>(staged + lr * Cfg::kCStride + lc);
-      const float4 first = src[sel];
-      const float4 second = src[sel ^ 1];
-      const float4 v0 = sel ? second : first;
-      const float4 v1 = sel ? first : second;
-      const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-      *reinterpret_cast<uint2*>(qr + lc) = detail::encode8<Int8Encoder>(v, sc);
-    }
-  }
-  if (!out.local_only) cluster_wait();
-}
-
 /// The product of 8-bit codes: int8 (s32 accumulators) or E4M3 (fp32 accumulators, 64 x 64 tiles only: their
 /// promotion below needs three accumulator sets, which the 128-column tiles' registers cannot hold).
-/// kRowCodes: the output's per-token int8 codes go to `codes` instead of the output to y (wg_store_row_codes);
-/// launched in clusters that span the grid's width.
-template <typename Cfg, typename T, ActCode kCode = ActCode::kInt8, bool kRowCodes = false>
+template <typename Cfg, typename T, ActCode kCode = ActCode::kInt8>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     k_gemm8_wgmma(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
-                  int64_t m, int64_t n, int64_t k, Int8Epilogue ep, T* __restrict__ y, RowCodesOut codes) {
+                  int64_t m, int64_t n, int64_t k, Int8Epilogue ep, T* __restrict__ y) {
   constexpr bool kFp8 = kCode == ActCode::kFp8E4M3;
   static_assert(!kFp8 || Cfg::kBn == 64, "E4M3 products take the 64 x 64 tiles");
-  static_assert(!kRowCodes || !kFp8, "codes are written from int8 products");
   using Acc = std::conditional_t<kFp8, float, int>;
 #ifdef EVALSVC_INT8_WGMMA
   extern __shared__ int8_t wg_smem[];
   __shared__ uint64_t full[Cfg::kStages], empty[Cfg::kStages];
   __shared__ WgTileParams<Cfg> tile;
-  __shared__ float row_max[kRowCodes ? Cfg::kBm : 1], row_s[kRowCodes ? Cfg::kBm : 1];
   const uint32_t base = (smem_addr(wg_smem) + 1023u) & ~1023u;  // swizzle atoms are 1,024-byte aligned
   const int n0 = static_cast<int>(blockIdx.x) * Cfg::kBn;
   const int m0 = static_cast<int>(blockIdx.y) * Cfg::kBm;
@@ -954,31 +764,17 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
         tma_load_2d(stage_b(s), &map_b, kt * Cfg::kBk, n0, full_bar(s));
       }
     }
-    if (kRowCodes && !codes.local_only) {  // the epilogue's two cluster barriers count every thread of the cluster
-      cluster_arrive();
-      cluster_wait();
-      cluster_arrive();
-      cluster_wait();
-    }
     return;
   }
 
   // This thread's share of the epilogue's parameters (WgTileParams), loaded now and used after the main loop:
   // the weight's scales and bias before pdl_wait, the row scales (the quantizer's output) after it.
   const int tid = threadIdx.x;
-  // Columns tid, tid + kConsumers, ...: one value each where the consumers are at least as many as the columns,
-  // two for the 192-column tile of one warpgroup.
-  constexpr int kColsPerThread = (Cfg::kBn + Cfg::kConsumers - 1) / Cfg::kConsumers;
-  float my_col_scale[kColsPerThread], my_bias[kColsPerThread];
-#pragma unroll
-  for (int j = 0; j < kColsPerThread; ++j) {
-    const int c = tid + j * Cfg::kConsumers;
-    const bool mine = c < Cfg::kBn && n0 + c < n;
-    my_col_scale[j] = mine ? ep.col_scale[ep.col_scale_per_channel ? n0 + c : 0] : 0.0f;
-    my_bias[j] = 0.0f;
-    if (mine && ep.bias != nullptr) my_bias[j] = ep.bias[n0 + c];
-    if (mine && ep.bias_out_dtype != nullptr) my_bias[j] = to_float(static_cast<const T*>(ep.bias_out_dtype)[n0 + c]);
-  }
+  const bool my_col = tid < Cfg::kBn && n0 + tid < n;
+  const float my_col_scale = my_col ? ep.col_scale[ep.col_scale_per_channel ? n0 + tid : 0] : 0.0f;
+  float my_bias = 0.0f;
+  if (my_col && ep.bias != nullptr) my_bias = ep.bias[n0 + tid];
+  if (my_col && ep.bias_out_dtype != nullptr) my_bias = to_float(static_cast<const T*>(ep.bias_out_dtype)[n0 + tid]);
   detail::pdl_wait();
   detail::pdl_launch_dependents();
   const float my_row_scale = tid < Cfg::kBm && m0 + tid < m ? ep.row_scale[m0 + tid] : 0.0f;
@@ -991,8 +787,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   for (int kt = 0; kt < ktiles; ++kt) {
     const int s = kt % Cfg::kStages;
     mbar_wait(full_bar(s), static_cast<uint32_t>((kt / Cfg::kStages) & 1));
-    const uint32_t a = stage_a(s) + static_cast<uint32_t>((wg / Cfg::kWgN) * 64 * Cfg::kBk);
-    const uint32_t b = stage_b(s) + static_cast<uint32_t>((wg % Cfg::kWgN) * Cfg::kWgCols * Cfg::kBk);
+    const uint32_t a = stage_a(s) + static_cast<uint32_t>(wg * 64 * Cfg::kBk);
+    const uint32_t b = stage_b(s);
     wgmma_fence();
     // Within a swizzle line, stepping k by 32 bytes moves the start address; the hardware applies the XOR.
     if constexpr (kFp8) {
@@ -1026,20 +822,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   Acc* cs = reinterpret_cast<Acc*>(wg_smem + (base - smem_addr(wg_smem)));
   wg_stage_accumulators<Cfg>(acc, cs, threadIdx.x);
   if (tid < Cfg::kBm) tile.row_scale[tid] = my_row_scale;
-#pragma unroll
-  for (int j = 0; j < kColsPerThread; ++j) {
-    const int c = tid + j * Cfg::kConsumers;
-    if (c < Cfg::kBn) {
-      tile.col_scale[c] = my_col_scale[j];
-      tile.bias[c] = my_bias[j];
-    }
+  if (tid < Cfg::kBn) {
+    tile.col_scale[tid] = my_col_scale;
+    tile.bias[tid] = my_bias;
   }
   consumers_sync<Cfg::kConsumers>();
-  if constexpr (kRowCodes) {
-    wg_store_row_codes<Cfg, Cfg::kConsumers, T>(cs, tile, row_max, row_s, threadIdx.x, m0, n0, m, n, ep, codes);
-  } else {
-    wg_store_tile<Cfg, Cfg::kConsumers>(cs, tile, threadIdx.x, m0, n0, m, n, k, ep, y);
-  }
+  wg_store_tile<Cfg, Cfg::kConsumers>(cs, tile, threadIdx.x, m0, n0, m, n, k, ep, y);
 #else
   __trap();  // not sm_90a code: int8_wgmma_available() keeps the launcher from getting here
 #endif
@@ -1093,64 +881,8 @@ int launch_gemm8_wgmma_cfg(const void* xq, const void* wq, int64_t m, int64_t n,
   if (st != kLaunchOk) return st;
   const dim3 grid(static_cast<unsigned>((n + Cfg::kBn - 1) / Cfg::kBn), static_cast<unsigned>((m + Cfg::kBm - 1) / Cfg::kBm));
   detail::launch_pdl(k_gemm8_wgmma<Cfg, T, kCode>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, map_a, map_b, m, n, k,
-                     ep, y, RowCodesOut{});
+                     ep, y);
   return detail::launch_result();
-}
-
-/// The row-codes kernel for dtype T, and its launch configuration for n outputs: clusters of n / 192 blocks
-/// along the grid's width, with programmatic stream serialization where programmatic_launch() says so.
-template <typename Cfg, typename T>
-constexpr auto k_row_codes = k_gemm8_wgmma<Cfg, T, ActCode::kInt8, true>;
-
-template <typename Cfg>
-struct RowCodesLaunch {
-  cudaLaunchAttribute attrs[2]{};
-  cudaLaunchConfig_t cfg{};
-  RowCodesLaunch(int64_t m, int64_t n, cudaStream_t stream) {
-    attrs[0].id = cudaLaunchAttributeClusterDimension;
-    attrs[0].val.clusterDim.x = static_cast<unsigned>(n / Cfg::kBn);
-    attrs[0].val.clusterDim.y = 1;
-    attrs[0].val.clusterDim.z = 1;
-    attrs[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attrs[1].val.programmaticStreamSerializationAllowed = 1;
-    cfg.gridDim = dim3(static_cast<unsigned>(n / Cfg::kBn), static_cast<unsigned>((m + Cfg::kBm - 1) / Cfg::kBm));
-    cfg.blockDim = dim3(Cfg::kThreads);
-    cfg.dynamicSmemBytes = Cfg::kSmemBytes;
-    cfg.stream = stream;
-    cfg.attrs = attrs;
-    cfg.numAttrs = programmatic_launch() ? 2 : 1;
-  }
-};
-
-/// Shared memory and, above 8 blocks, the non-portable cluster size, once per device; then how many clusters
-/// of `cluster` blocks fit at once (0 on any refusal, its error cleared).
-template <typename Cfg, typename T>
-int row_codes_setup(int cluster) {
-  static bool opted_in[64] = {};
-  if (opt_in_smem(reinterpret_cast<const void*>(k_row_codes<Cfg, T>), Cfg::kSmemBytes, opted_in) != kLaunchOk) {
-    return 0;
-  }
-  if (cluster > 8 &&
-      cudaFuncSetAttribute(k_row_codes<Cfg, T>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return 0;
-  }
-  RowCodesLaunch<Cfg> l(Cfg::kBm, static_cast<int64_t>(cluster) * Cfg::kBn, nullptr);
-  int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, k_row_codes<Cfg, T>, &l.cfg) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return 0;
-  }
-  return clusters;
-}
-
-/// EXPERIMENT: which row-codes tile (QBENCH_ROW_CODES_TILE, default 0).
-int row_codes_tile() {
-  static const int v = [] {
-    const char* e = std::getenv("QBENCH_ROW_CODES_TILE");
-    return e != nullptr ? std::atoi(e) : 0;
-  }();
-  return v;
 }
 
 /// Streaming multiprocessors of the current device (cached per device).
@@ -1351,76 +1083,6 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
                  : launch_int8_gemm_cfg<I8Small, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), vec, stream);
   });
   return kLaunchOk;
-}
-
-namespace {
-template <typename Cfg>
-int row_codes_clusters_cfg(int64_t n, int (&cached)[64][kRowCodesMaxCluster + 1]) {
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
-  const int c = static_cast<int>(n / Cfg::kBn);
-  if (cached[dev][c] == 0) {
-    // The fp16 and bf16 instances share the configuration; both must be set up to launch.
-    const int h = row_codes_setup<Cfg, __half>(c);
-    const int b = row_codes_setup<Cfg, __nv_bfloat16>(c);
-    cached[dev][c] = h > 0 && b > 0 ? (h < b ? h : b) : -1;
-  }
-  return cached[dev][c] > 0 ? cached[dev][c] : 0;
-}
-
-template <typename Cfg>
-int launch_row_codes_cfg(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
-                         DType dtype, int8_t* q, float* scale, cudaStream_t stream) {
-  if ((m + Cfg::kBm - 1) / Cfg::kBm > 65535) return kLaunchBadShape;
-  CUtensorMap map_a{}, map_b{};
-  if (!code_tensor_map(&map_a, xq, m, k, Cfg::kBm) || !code_tensor_map(&map_b, wq, n, k, Cfg::kBn)) {
-    return kLaunchUnsupported;
-  }
-  RowCodesLaunch<Cfg> l(m, n, stream);
-  static const bool local_only = std::getenv("QBENCH_ROW_CODES_LOCAL") != nullptr;
-  if (local_only) {  // EXPERIMENT: no cluster attribute
-    l.cfg.attrs = l.attrs + 1;
-    l.cfg.numAttrs = programmatic_launch() ? 1 : 0;
-  }
-  const RowCodesOut out{q, scale, local_only ? 1 : 0};
-  if (dtype == DType::kF16) {
-    cudaLaunchKernelEx(&l.cfg, k_row_codes<Cfg, __half>, map_a, map_b, m, n, k, ep, static_cast<__half*>(nullptr), out);
-  } else {
-    cudaLaunchKernelEx(&l.cfg, k_row_codes<Cfg, __nv_bfloat16>, map_a, map_b, m, n, k, ep,
-                       static_cast<__nv_bfloat16*>(nullptr), out);
-  }
-  return detail::launch_result();
-}
-}  // namespace
-
-int int8_row_codes_clusters(int64_t n) {
-  if (n <= 0 || n % WgRowCodes::kBn != 0 || n / WgRowCodes::kBn > kRowCodesMaxCluster || !int8_wgmma_available()) {
-    return 0;
-  }
-  static int cached[3][64][kRowCodesMaxCluster + 1] = {};  // per tile, device and cluster size: 0 unknown, -1 none
-  switch (row_codes_tile()) {
-    case 1: return row_codes_clusters_cfg<WgRowCodes3>(n, cached[1]);
-    case 2: return row_codes_clusters_cfg<WgRowCodes128>(n, cached[2]);
-    default: return row_codes_clusters_cfg<WgRowCodes>(n, cached[0]);
-  }
-}
-
-int launch_int8_gemm_row_codes(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k,
-                               const Int8Epilogue& ep, DType dtype, int8_t* q, float* scale, cudaStream_t stream) {
-  if (m <= 0 || n <= 0 || k <= 0) return kLaunchBadShape;
-  if (xq == nullptr || wq == nullptr || q == nullptr || scale == nullptr || !epilogue_ok(ep)) return kLaunchBadPointer;
-  if (ep.outlier_count != nullptr) return kLaunchUnsupported;  // LLM.int8's codes zero their outlier columns
-  if (dtype != DType::kF16 && dtype != DType::kBF16) return kLaunchBadDtype;
-  if (k % 16 != 0 || reinterpret_cast<uintptr_t>(xq) % 16 != 0 || reinterpret_cast<uintptr_t>(wq) % 16 != 0 ||
-      reinterpret_cast<uintptr_t>(q) % 8 != 0 || k > INT32_MAX || m > INT32_MAX) {
-    return kLaunchBadShape;
-  }
-  if (int8_row_codes_clusters(n) == 0) return kLaunchUnsupported;
-  switch (row_codes_tile()) {
-    case 1: return launch_row_codes_cfg<WgRowCodes3>(xq, wq, m, n, k, ep, dtype, q, scale, stream);
-    case 2: return launch_row_codes_cfg<WgRowCodes128>(xq, wq, m, n, k, ep, dtype, q, scale, stream);
-    default: return launch_row_codes_cfg<WgRowCodes>(xq, wq, m, n, k, ep, dtype, q, scale, stream);
-  }
 }
 
 bool wgmma_small_tiles(int64_t m, int64_t n) {

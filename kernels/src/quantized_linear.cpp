@@ -295,30 +295,6 @@ class Int8Linear final : public LayerBase {
     return cuda::int8_linear(q2, scale, w_.q, w_.scale, bias_f32_, out_dtype, 1.0, cuda::Int8Gemm::kAuto,
                              act == Activation::kGeluTanh);
   }
-#endif
- public:
-  std::pair<torch::Tensor, torch::Tensor> forward_quantized_codes(const torch::Tensor& q, const torch::Tensor& scale,
-                                                                  torch::ScalarType out_dtype, Activation act,
-                                                                  ActivationCode code) const override {
-#ifdef EVALSVC_WITH_CUDA
-    if (method_ != Method::kInt8W8A8 || code != ActivationCode::kInt8 || !device().is_cuda() ||
-        (out_dtype != torch::kFloat16 && out_dtype != torch::kBFloat16) || !q.defined() || q.dim() < 1 ||
-        q.size(-1) != in_ || q.device() != device() || !cuda::int8_row_codes_supported(out_, device())) {
-      return {};
-    }
-    std::vector<int64_t> shape(q.sizes().begin(), q.sizes().end());
-    shape.back() = out_;
-    const auto a = cuda::int8_linear_row_codes(q.reshape({-1, in_}), scale, w_.q, w_.scale, bias_f32_, out_dtype,
-                                               act == Activation::kGeluTanh);
-    return {a.q.view(shape), a.scale};
-#else
-    (void)q, (void)scale, (void)out_dtype, (void)act, (void)code;
-    return {};
-#endif
-  }
-
- protected:
-#ifdef EVALSVC_WITH_CUDA
   void dense_weight_into_cuda(torch::Tensor& out, int max_blocks) const override {
     cuda::dequantize_int8_weight_into(w_.q, w_.scale, out, max_blocks);
   }

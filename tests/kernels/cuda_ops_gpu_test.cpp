@@ -450,66 +450,6 @@ TEST(CudaInt8, FusedGemmLargeTilesEqualExactIntegerProduct) {
   }
 }
 
-// int8_linear_row_codes: c_fc's product handed on as mlp.c_proj's per-token codes. Its codes and scales must be
-// those of the quantizer on int8_linear's output bit for bit (the model's two-kernel path), and dequantized they
-// must be the CPU reference's output within the codes' resolution. Widths of 1, 4, 12 and 16 tiles of 192 (a
-// cluster of up to 16 blocks), row counts with partial row bands, GELU and none, both half dtypes, per-channel and
-// per-tensor weight scales, with and without bias, and k from one partial stage to four stages.
-TEST(CudaInt8, RowCodesEqualTheQuantizerOnTheProductBitForBit) {
-  REQUIRE_GPU();
-  if (!cuda::int8_row_codes_supported(3072, gpu())) {
-    GTEST_SKIP() << "int8_linear_row_codes needs the wgmma int8 GEMM (compute capability 9.0, sm_90a build)";
-  }
-  struct Case {
-    int64_t m, k, n;
-    bool gelu, bias, per_channel;
-    torch::ScalarType dtype;
-  };
-  const std::vector<Case> cases = {
-      {128, 768, 3072, true, true, true, torch::kFloat16},    {1, 768, 3072, true, true, true, torch::kFloat16},
-      {4100, 768, 3072, true, true, true, torch::kBFloat16},  {77, 768, 3072, false, false, false, torch::kFloat16},
-      {1000, 512, 2304, true, true, false, torch::kBFloat16}, {333, 3072, 768, false, true, true, torch::kFloat16},
-      {65, 96, 192, true, true, true, torch::kFloat16},       {2048, 768, 3072, true, true, true, torch::kFloat16}};
-  for (const auto& c : cases) {
-    const auto what = fmt::format("int8_linear_row_codes M={} in={} out={} gelu={} bias={} per_channel={} dtype={}",
-                                  c.m, c.k, c.n, c.gelu, c.bias, c.per_channel, c10::toString(c.dtype));
-    const auto w = randn({c.n, c.k}, 900 + c.n, 0.05);
-    const auto qw = ref::quantize_int8_sym(w, c.per_channel);
-    const auto x = randn({c.m, c.k}, 901 + c.m).to(c.dtype);
-    const auto bias = c.bias ? randn({c.n}, 902, 0.1) : torch::Tensor();
-    const auto bias_gpu = c.bias ? bias.to(gpu()) : torch::Tensor();
-    const auto xa = cuda::quantize_per_token_int8(x.to(gpu()), 0.0);
-    const auto wq = qw.q.to(gpu());
-    const auto ws = qw.scale.to(gpu());
-    const auto got = cuda::int8_linear_row_codes(xa.q, xa.scale, wq, ws, bias_gpu, c.dtype, c.gelu);
-    const auto y = cuda::int8_linear(xa.q, xa.scale, wq, ws, bias_gpu, c.dtype, 1.0, cuda::Int8Gemm::kAuto, c.gelu);
-    const auto want = cuda::quantize_per_token_int8(y, 0.0);
-    EXPECT_TRUE(same(got.q, want.q, what + " codes"));
-    EXPECT_TRUE(torch::equal(got.scale.cpu(), want.scale.cpu()))
-        << what << ": scales differ, max " << (got.scale - want.scale).abs().max().item<double>();
-    // Against the CPU reference: the codes times their scale are the reference output within half a code step
-    // of its row (plus the output dtype's rounding of the reference).
-    auto ref_y = ref::int8_w8a8_linear(x, qw, bias).to(torch::kFloat32);
-    if (c.gelu) ref_y = torch::gelu(ref_y.to(c.dtype).to(torch::kFloat32), "tanh");
-    const auto deq = got.q.cpu().to(torch::kFloat32) * got.scale.cpu().unsqueeze(1);
-    const auto step = (ref_y.abs().amax({1}, true) / 127.0).clamp_min(1e-12);
-    const double worst = ((deq - ref_y).abs() / step).max().item<double>();
-    EXPECT_LE(worst, 0.5 + 127.0 * tol_for(c.dtype)) << what << ": dequantized codes off the reference by "
-                                                     << worst << " code steps";
-  }
-  // Widths no cluster of 192-column tiles spans: a clear error, not a wrong answer.
-  const auto xq = torch::zeros({4, 64}, torch::kInt8).to(gpu());
-  const auto ones = torch::ones({4}).to(gpu());
-  EXPECT_FALSE(cuda::int8_row_codes_supported(1000, gpu()));
-  EXPECT_FALSE(cuda::int8_row_codes_supported(192 * 17, gpu()));
-  EXPECT_THROW(cuda::int8_linear_row_codes(xq, ones, torch::zeros({1000, 64}, torch::kInt8).to(gpu()),
-                                           torch::ones({1}).to(gpu()), {}, torch::kFloat16, false),
-               UnsupportedError);
-  EXPECT_THROW(cuda::int8_linear_row_codes(xq, ones, torch::zeros({192, 64}, torch::kInt8).to(gpu()),
-                                           torch::ones({1}).to(gpu()), {}, torch::kFloat32, false),
-               InputError);
-}
-
 TEST(CudaLlmInt8, LinearWithPlantedOutlierMatchesReference) {
   REQUIRE_GPU();
   for (const auto& s : kShapes) {

@@ -114,46 +114,6 @@ TEST(ModelGpu, FusedInputQuantizationGivesTheLogitsOfTheSeparateQuantizers) {
 #endif
 }
 
-// int8-w8a8's c_fc writes mlp.c_proj's input codes from its product where a cluster spans its width (GPT-2's
-// n_embd 768: c_fc's 3,072 outputs are 16 tiles of 192); with the switch off, c_fc writes its output and
-// mlp.c_proj quantizes it. The logits must be the same bit for bit, at 2,048 and 128 tokens, in fp16 and bf16;
-// a width of 256 (c_fc's 1,024 outputs, no such cluster) must fall back without a word.
-TEST(ModelGpu, FusedOutputQuantizationGivesTheLogitsOfTheSeparateQuantizer) {
-#if !EVALSVC_WITH_CUDA
-  GTEST_SKIP() << "built without EVALSVC_WITH_CUDA (no CUDA libtorch)";
-#else
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU";
-  const torch::Device dev(torch::kCUDA, 0);
-  if (!kernels::cuda::int8_row_codes_supported(3072, dev)) GTEST_SKIP() << "no wgmma int8 GEMM on this device";
-  torch::NoGradGuard no_grad;
-  auto gen = at::detail::createCPUGenerator(17);
-  for (const int64_t width : {768, 256}) {
-    auto cfg = ModelConfig::preset("tiny");
-    cfg.n_embd = width;
-    cfg.n_head = width / 64;
-    const auto ids = torch::randint(0, cfg.vocab_size, {16, 128}, gen, torch::kLong).to(dev);
-    const auto lengths = torch::randint(1, 129, {16}, gen, torch::kLong).to(dev);
-    for (const auto base : {torch::kFloat16, torch::kBFloat16}) {
-      for (const int64_t batch : {16, 1}) {
-        const auto what = fmt::format("n_embd {}, {}, {} tokens", width, c10::toString(base), batch * 128);
-        GPT2Classifier model(cfg, 5);
-        model->quantize(kernels::Method::kInt8W8A8, base, kernels::QuantOptions{});
-        model->to_device(dev);
-        const auto rows = ids.slice(0, 0, batch);
-        const auto lens = lengths.slice(0, 0, batch);
-        const auto fused = model->forward(rows, lens);
-        EXPECT_EQ(model->fused_output_quantization_last_forward(), width == 768) << what;
-        model->set_fused_output_quantization(false);
-        const auto separate = model->forward(rows, lens);
-        EXPECT_FALSE(model->fused_output_quantization_last_forward()) << what;
-        EXPECT_TRUE(torch::equal(fused, separate)) << what << ": max diff "
-                                                   << (fused - separate).abs().max().item<double>();
-      }
-    }
-  }
-#endif
-}
-
 // Weight prefetch (GPT2ClassifierImpl::set_weight_prefetch) dequantizes block i+1 on a side stream while block i
 // runs: the logits must be those of the plain path bit for bit, and the forward must stay capturable as a CUDA
 // graph (the side stream forks from and joins the capturing stream) whose replays recompute from new inputs.

@@ -153,8 +153,7 @@ nlohmann::json BenchResult::to_json() const {
   j["latency"] = {{"batch_size", 1},       {"p50_ms", latency.p50_ms}, {"p90_ms", latency.p90_ms},
                   {"p99_ms", latency.p99_ms}, {"mean_ms", latency.mean_ms}, {"runs", latency.runs},
                   {"peak_memory_bytes", latency_peak_memory_bytes}, {"cuda_graph", latency.cuda_graph},
-                  {"last_block_pruned", latency.last_block_pruned},
-                  {"mlp_codes_from_c_fc", latency.mlp_codes_from_c_fc}};
+                  {"last_block_pruned", latency.last_block_pruned}};
   if (!latency.cuda_graph_error.empty()) j["latency"]["cuda_graph_error"] = latency.cuda_graph_error;
   j["weight_prefetch"] = weight_prefetch;
   j["pdl_used"] = pdl_used;
@@ -164,8 +163,7 @@ nlohmann::json BenchResult::to_json() const {
                           {"samples_per_s", p.samples_per_s},
                           {"ms_per_batch", p.ms_per_batch},
                           {"peak_memory_bytes", p.peak_memory_bytes},
-                          {"last_block_pruned", p.last_block_pruned},
-                          {"mlp_codes_from_c_fc", p.mlp_codes_from_c_fc}});
+                          {"last_block_pruned", p.last_block_pruned}});
   }
   return j;
 }
@@ -229,7 +227,6 @@ BenchResult run_benchmark(GPT2Classifier& model, const torch::Device& device, co
     r.latency_peak_memory_bytes = peak_bytes(device);
     r.weight_prefetch = model->prefetched_last_forward();
     r.latency.last_block_pruned = model->pruned_last_block_last_forward();
-    r.latency.mlp_codes_from_c_fc = model->fused_output_quantization_last_forward();
   }
 
   // Throughput sweep: fixed sequence length, one batch shape per point.
@@ -257,7 +254,6 @@ BenchResult run_benchmark(GPT2Classifier& model, const torch::Device& device, co
     p.samples_per_s = static_cast<double>(B * runs) / s;
     p.peak_memory_bytes = peak_bytes(device);
     p.last_block_pruned = model->pruned_last_block_last_forward();
-    p.mlp_codes_from_c_fc = model->fused_output_quantization_last_forward();
     r.sweep.push_back(p);
   }
   return r;

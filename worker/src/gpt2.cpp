@@ -242,7 +242,6 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   WeightPrefetch* pf = prefetch_for(B * T);
   prefetched_last_forward_ = pf != nullptr;
   fused_quant_last_forward_ = false;
-  fused_out_quant_last_forward_ = false;
 #ifdef EVALSVC_WITH_CUDA
   if (pf) {
     pf->side.record_current(WeightPrefetch::kStart);
@@ -284,21 +283,8 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     torch::Tensor m;
     InputCodes m_codes;
     std::tie(h, m) = add_layer_norm(h, o, blk.ln2_w, blk.ln2_b, blk.q[2].get(), &m_codes);
-    // c_fc on codes can hand mlp.c_proj its input as codes too (set_fused_output_quantization): one kernel
-    // instead of c_fc's output written, read back and quantized.
-    InputCodes fc_codes;
-    if (m_codes.q.defined() && fused_output_quantization_ &&
-        blk.q[3]->activation_code() == kernels::ActivationCode::kInt8 && blk.q[3]->base_dtype() == act) {
-      std::tie(fc_codes.q, fc_codes.scale) = blk.q[2]->forward_quantized_codes(
-          m_codes.q, m_codes.scale, act, kernels::Activation::kGeluTanh, kernels::ActivationCode::kInt8);
-    }
-    if (fc_codes.q.defined()) {
-      fused_out_quant_last_forward_ = true;
-      m = linear(blk, 3, torch::Tensor(), kernels::Activation::kNone, nullptr, fc_codes, act);
-    } else {
-      m = linear(blk, 2, m, kernels::Activation::kGeluTanh, dense_of(2), m_codes, act);
-      m = linear(blk, 3, m, kernels::Activation::kNone, dense_of(3));
-    }
+    m = linear(blk, 2, m, kernels::Activation::kGeluTanh, dense_of(2), m_codes, act);
+    m = linear(blk, 3, m, kernels::Activation::kNone, dense_of(3));
 #ifdef EVALSVC_WITH_CUDA
     if (pf && i + 2 < blocks_.size()) {
       pf->side.record_current(WeightPrefetch::freed(i % 2));

@@ -422,60 +422,6 @@ torch::Tensor int8_linear(const torch::Tensor& xq, const torch::Tensor& xscale, 
   return int8_product("int8_linear", xq, xscale, wq, wscale, bias, out_dtype, alpha, gemm, ep);
 }
 
-bool int8_row_codes_supported(int64_t out, const torch::Device& device) {
-  if (!device.is_cuda()) return false;
-  const c10::cuda::CUDAGuard guard(device);
-  return int8_row_codes_clusters(out) > 0;
-}
-
-Int8Activations int8_linear_row_codes(const torch::Tensor& xq, const torch::Tensor& xscale, const torch::Tensor& wq,
-                                      const torch::Tensor& wscale, const torch::Tensor& bias,
-                                      torch::ScalarType out_dtype, bool gelu_tanh) {
-  const char* op = "int8_linear_row_codes";
-  check_cuda(op, "xq", xq);
-  check_dtype(op, "xq", xq, {torch::kInt8});
-  check_contiguous(op, "xq", xq);
-  EVALSVC_CHECK(xq.dim() == 2 && xq.size(0) > 0, InputError, "cuda::{}: xq must be [T > 0, in], got {}", op,
-                describe(xq));
-  const int64_t m = xq.size(0);
-  const int64_t k = xq.size(1);
-  check_cuda(op, "wq", wq, xq);
-  check_dtype(op, "wq", wq, {torch::kInt8});
-  check_contiguous(op, "wq", wq);
-  EVALSVC_CHECK(wq.dim() == 2 && wq.size(1) == k && wq.size(0) > 0, InputError,
-                "cuda::{}: wq must be [out, {}] to match xq {}, got {}", op, k, describe(xq), describe(wq));
-  const int64_t n = wq.size(0);
-  check_param(op, "xscale", xscale, xq, torch::kFloat32, m);
-  check_cuda(op, "wscale", wscale, xq);
-  check_dtype(op, "wscale", wscale, {torch::kFloat32});
-  check_contiguous(op, "wscale", wscale);
-  EVALSVC_CHECK(wscale.numel() == n || wscale.numel() == 1, InputError,
-                "cuda::{}: wscale must have {} (per channel) or 1 (per tensor) elements, got {}", op, n,
-                describe(wscale));
-  EVALSVC_CHECK(out_dtype == torch::kFloat16 || out_dtype == torch::kBFloat16, InputError,
-                "cuda::{}: out_dtype must be Half or BFloat16, got {}", op, c10::toString(out_dtype));
-  EVALSVC_CHECK(k > 0 && k % 16 == 0, InputError, "cuda::{}: needs in % 16 == 0 and in > 0, got in={}", op, k);
-  const c10::cuda::CUDAGuard guard(xq.device());
-  EVALSVC_CHECK(int8_row_codes_clusters(n) > 0, UnsupportedError,
-                "cuda::{}: needs the wgmma int8 GEMM (compute capability 9.0, sm_90a build) and out = 192 c with "
-                "c <= 16, got out={}",
-                op, n);
-  const torch::Tensor b = bias_f32(op, bias, xq, n);
-  Int8Epilogue ep;
-  ep.row_scale = xscale.data_ptr<float>();
-  ep.col_scale = wscale.data_ptr<float>();
-  ep.col_scale_per_channel = wscale.numel() == n;
-  ep.bias = ptr_or_null(b);
-  ep.gelu_tanh = gelu_tanh;
-  Int8Activations a;
-  a.q = torch::empty({m, n}, xq.options());
-  a.scale = torch::empty({m}, xq.options().dtype(torch::kFloat32));
-  EVALSVC_LAUNCH(launch_int8_gemm_row_codes(xq.data_ptr<int8_t>(), wq.data_ptr<int8_t>(), m, n, k, ep,
-                                            launcher_dtype(out_dtype), a.q.data_ptr<int8_t>(),
-                                            a.scale.data_ptr<float>(), stream_of(xq)));
-  return a;
-}
-
 torch::Tensor int8_w8a8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
                                const torch::Tensor& bias, Int8Gemm gemm, bool gelu_tanh) {
   const char* op = "int8_w8a8_linear";

@@ -143,19 +143,6 @@ bool wgmma_small_tiles(int64_t m, int64_t n);
 int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
                      void* y, DType dtype, cudaStream_t stream, Int8Kernel kernel = Int8Kernel::kBest);
 
-/// The product of launch_int8_gemm (no outlier part) written as its per-token int8 codes q [m, n] and scales
-/// [m] instead of y: the codes and scales launch_quantize_rows_int8 (threshold 0) gives on the y that
-/// launch_int8_gemm writes in dtype, bit for bit. This is what saves a W8A8 consumer's quantizer pass (the MLP's
-/// c_fc for mlp.c_proj). One cluster of n / 192 blocks spans a band of rows and reduces the rows' absmax in
-/// shared memory. Needs int8_row_codes_clusters(n) > 0, k % 16 == 0 and 16-byte aligned operands;
-/// kLaunchUnsupported elsewhere.
-int launch_int8_gemm_row_codes(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k,
-                               const Int8Epilogue& ep, DType dtype, int8_t* q, float* scale, cudaStream_t stream);
-
-/// How many clusters of launch_int8_gemm_row_codes for n outputs the current device runs at once (cached); 0
-/// where it does not run: no wgmma, n not 192 c with c <= 16, or no such cluster fits.
-int int8_row_codes_clusters(int64_t n);
-
 /// y [m, n] (dtype) = epilogue(acc [m, n] int32) for products that came from cuBLASLt; k = inner size (for the
 /// outlier part).
 int launch_int8_epilogue(const int32_t* acc, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep, void* y,

@@ -118,17 +118,6 @@ torch::Tensor int8_linear(const torch::Tensor& xq, const torch::Tensor& xscale, 
                           const torch::Tensor& wscale, const torch::Tensor& bias, torch::ScalarType out_dtype,
                           double alpha = 1.0, Int8Gemm gemm = Int8Gemm::kAuto, bool gelu_tanh = false);
 
-/// int8_linear's output in out_dtype (fp16 or bf16), handed on as the per-token codes its W8A8 consumer reads:
-/// quantize_per_token_int8(int8_linear(..., out_dtype, 1.0, kAuto, gelu_tanh), 0), bit for bit, from one kernel
-/// that never writes the output (int8_row_codes_supported). The MLP's c_fc hands mlp.c_proj its input so.
-Int8Activations int8_linear_row_codes(const torch::Tensor& xq, const torch::Tensor& xscale, const torch::Tensor& wq,
-                                      const torch::Tensor& wscale, const torch::Tensor& bias,
-                                      torch::ScalarType out_dtype, bool gelu_tanh);
-
-/// Whether int8_linear_row_codes runs on `device` for `out` outputs: wgmma, out = 192 c with c <= 16 (one
-/// cluster of c blocks spans a row), and such clusters fit the device.
-bool int8_row_codes_supported(int64_t out, const torch::Device& device);
-
 /// int8 W8A8: x (fp16/bf16/fp32 [..., in]) quantized per token, then int8_linear; returns x's dtype.
 /// wq int8 [out, in] with wscale fp32 [out] (per channel) or [1] (per tensor).
 /// gelu_tanh: GELU (tanh) on the output, in the epilogue.

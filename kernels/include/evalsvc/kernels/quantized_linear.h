@@ -109,18 +109,6 @@ class QuantizedLinear {
   virtual torch::Tensor forward_quantized(const torch::Tensor& q, const torch::Tensor& scale,
                                           torch::ScalarType out_dtype, Activation act = Activation::kNone,
                                           const OutlierColumnsInput& outliers = {}) const = 0;
-  /// forward_quantized's output handed on as the per-token codes `code` of a consumer that quantizes its input
-  /// (the MLP's mlp.c_proj): {codes [..., out], scale fp32 [rows]}, those cuda::quantize_per_token_int8 gives on
-  /// forward_quantized(q, scale, out_dtype, act), bit for bit, from one kernel that never writes that output.
-  /// Undefined tensors where the layer has no such kernel (all but int8-w8a8 with kInt8 on a GPU where
-  /// cuda::int8_row_codes_supported(out)): the caller then runs forward_quantized and the consumer's quantizer.
-  virtual std::pair<torch::Tensor, torch::Tensor> forward_quantized_codes(const torch::Tensor& /*q*/,
-                                                                          const torch::Tensor& /*scale*/,
-                                                                          torch::ScalarType /*out_dtype*/,
-                                                                          Activation /*act*/,
-                                                                          ActivationCode /*code*/) const {
-    return {};
-  }
   /// kLlmInt8: the threshold the producing kernel flags columns by, and the zeroed state it uses
   /// (cuda::llm_int8_linear's outlier_state, the one of the current CUDA stream; left zero). 0 and undefined
   /// for the other codes.

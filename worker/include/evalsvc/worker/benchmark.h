@@ -27,7 +27,6 @@ struct LatencyStats {
   int64_t runs = 0;
   bool cuda_graph = false;        ///< timed as CUDA graph replays
   bool last_block_pruned = false; ///< the last block ran at the read positions only (GPT2Classifier::set_last_block)
-  bool mlp_codes_from_c_fc = false; ///< c_fc wrote mlp.c_proj's input codes (GPT2Classifier::set_fused_output_quantization)
   std::string cuda_graph_error;   ///< why capture was not used, when it was tried and failed
 };
 
@@ -37,7 +36,6 @@ struct ThroughputPoint {
   double ms_per_batch = 0;
   int64_t peak_memory_bytes = -1;  ///< CUDA only; -1 where not measured (CPU)
   bool last_block_pruned = false;  ///< as in LatencyStats
-  bool mlp_codes_from_c_fc = false; ///< as in LatencyStats
 };
 
 struct BenchResult {
