@@ -41,6 +41,11 @@ def main():
     compile16 = p.get("hf-fp16-compile")
     fp16 = q.get("fp16")
     rows = []
+    # The batch-1 target is relative to the peer, whose latency moves with the host (0.69-1.07 ms on H200s so far)
+    # while qbench's does not: print the absolute bar this call sets.
+    if compile16:
+        peer_b1 = compile16["latency"]["p50_ms"]
+        print(f"peer fp16 compile batch-1 p50: {peer_b1:.3f} ms; the batch-1 target (<= 0.8x) is {0.8 * peer_b1:.3f} ms")
 
     def ratio(name, value, target, better):
         ok = value is not None and (value >= target if better == "higher" else value <= target)
@@ -81,7 +86,10 @@ def main():
     for name, value, target, better, ok in rows:
         bound = ">=" if better == "higher" else "<="
         print(f"{name:70s} {value:8.3f}  target {bound} {target:<4}  {'met' if ok else 'MISSED'}")
-    print(json.dumps({"ratios": [{"what": n, "value": v, "target": t, "better": b, "met": ok} for n, v, t, b, ok in rows]}))
+    summary = {"ratios": [{"what": n, "value": v, "target": t, "better": b, "met": ok} for n, v, t, b, ok in rows]}
+    if compile16:
+        summary["peer_fp16_compile_batch1_ms"] = compile16["latency"]["p50_ms"]
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

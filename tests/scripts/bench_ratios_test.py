@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """scripts/bench_ratios.py on `qbench bench` and peer lines made up here, whose ratios are known: each target
-line's value and verdict, the with/without line of a variant timed with `--pdl off` (which must not replace the
+line's value and verdict, the absolute batch-1 bar the peer sets, the with/without line of a variant timed with `--pdl off` (which must not replace the
 variant's own figures as the fp16 base), and the refusal to pair figures from two devices.
 
   python3 tests/scripts/bench_ratios_test.py scripts/bench_ratios.py
@@ -72,6 +72,9 @@ def main():
     summary = json.loads(lines[-1])
     expect(len(summary["ratios"]) == sum(1 for l in lines if l.endswith(("met", "MISSED"))),
            "the JSON summary holds every ratio printed")
+    bar = line_with("peer fp16 compile batch-1 p50")
+    expect("1.000 ms" in bar and "is 0.800 ms" in bar, f"the batch-1 bar this call sets: '{bar}'")
+    expect(summary.get("peer_fp16_compile_batch1_ms") == 1.0, "the JSON summary holds the peer's batch-1 latency")
 
     r = run(script, q_rows, [peer("hf-fp16-compile", 1.0, [(512, 17600)], device="NVIDIA H100 80GB HBM3")])
     expect(r.returncode != 0 and "different devices" in (r.stderr + r.stdout),
