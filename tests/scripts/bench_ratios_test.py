@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """scripts/bench_ratios.py on `qbench bench` and peer lines made up here, whose ratios are known: each target
-line's value and verdict, the absolute batch-1 bar the peer sets, the with/without line of a variant timed with `--pdl off` (which must not replace the
-variant's own figures as the fp16 base), and the refusal to pair figures from two devices.
+line's value and verdict, the absolute batch-1 bar the peer sets, the with/without line of a variant timed with
+`--pdl off` (which must not replace the variant's own figures as the fp16 base), and the refusal to pair figures
+from two devices.
 
   python3 tests/scripts/bench_ratios_test.py scripts/bench_ratios.py
 """
