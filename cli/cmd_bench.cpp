@@ -64,7 +64,8 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
                "weight-only variants dequantize each weight right before its product instead of one block ahead "
                "on a side stream (for comparing the two)");
   sub.add_option("--prefetch-blocks", a->prefetch_blocks,
-                 "thread blocks (1024 threads) the prefetch's dequantization may use at once; 0: as many as it needs")
+                 "threads the prefetch's dequantization may use at once, in units of 1024 (nf4: blocks of 1024, int8: "
+                 "of 256); 0: as many blocks as it needs")
       ->capture_default_str();
   sub.add_flag("--no-fused-quant", a->no_fused_quant,
                "projections that quantize their input per token (int8-w8a8, fp8-e4m3, llm-int8) quantize it in a "

@@ -343,6 +343,8 @@ int launch_nf4_dequantize(const Nf4View& w, void* out, DType dtype, cudaStream_t
   if (const int s = check_view(w); s != kLaunchOk) return s;
   if (out == nullptr) return kLaunchBadPointer;
   if (max_blocks < 0) return kLaunchBadShape;
+  // Capped: blocks of kBackgroundBlockThreads. In blocks of 128-512 threads (same thread budget) NF4's batch-1
+  // forward took 4-19 us longer on an H200 (docs/perf.md), int8's 5-18 us less (launch_int8_dequantize).
   const int threads = max_blocks > 0 ? kBackgroundBlockThreads : 256;
   const int64_t cap = max_blocks > 0 ? max_blocks : 8192;
   if (max_blocks > 0 && (w.n * w.k) % 32 == 0 && w.blocksize % 32 == 0 && w.n * w.k / 32 <= INT32_MAX &&

@@ -54,7 +54,8 @@ struct Nf4View {
   int64_t blocksize = 64;
 };
 
-/// Thread blocks of a dequantization launched with max_blocks > 0 (one such block fills half an SM's threads).
+/// The unit of a dequantization's thread budget when launched with max_blocks > 0: at most max_blocks x this many
+/// threads at once, in blocks of this size (nf4; one such block fills half an SM's threads) or of 256 (int8).
 inline constexpr int kBackgroundBlockThreads = 1024;
 
 /// out [n, k] (dtype) = dequantized weight. max_blocks > 0: at most that many blocks of kBackgroundBlockThreads,
@@ -148,7 +149,8 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
 int launch_int8_epilogue(const int32_t* acc, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep, void* y,
                          DType dtype, cudaStream_t stream);
 
-/// out [n, k] (dtype) = q * scale[per_channel ? row : 0]. max_blocks as for launch_nf4_dequantize.
+/// out [n, k] (dtype) = q * scale[per_channel ? row : 0]. max_blocks as for launch_nf4_dequantize, the same
+/// thread budget in four times as many blocks of 256 threads.
 int launch_int8_dequantize(const int8_t* q, const float* scale, bool per_channel, int64_t n, int64_t k, void* out,
                            DType dtype, cudaStream_t stream, int max_blocks = 0);
 

@@ -100,7 +100,8 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// while block i computes, into two persistent slots of one block's weights each (28 MB in fp16 for GPT-2
   /// small, counted in the peak memory the bench reports), instead of before each product on the critical
   /// path. Results are bit-identical either way (tests/worker/model_gpu_test.cpp). No effect on CPU.
-  /// `blocks`: the thread blocks (of 1024 threads) its dequantization kernels may use at once
+  /// `blocks`: the threads its dequantization kernels may use at once, in units of 1024 (nf4 runs that many
+  /// blocks of 1024 threads, int8 four times as many of 256)
   /// (kDefaultPrefetchBlocks; 0 = as many as they need, which takes every SM for a few microseconds and so
   /// delays the kernels of the block being computed).
   static constexpr int kDefaultPrefetchBlocks = 64;
