@@ -226,9 +226,8 @@ __device__ __forceinline__ void compact_mask_warp(uint32_t* mask, int64_t k, int
 
 /// Where k_quantize_rows_warp's last block leaves LLM.int8's outlier columns: with done set, the kernel's
 /// outlier_flags is a bit mask of ceil(k / 32) words and done a counter of finished blocks (state, zero on entry,
-/// left zero); the ascending indices go to idx [k] and their number to *count. done set and idx == nullptr: the
-/// bits stay in the mask for the product to compact (Int8Epilogue::outlier_state), and the kernel neither counts
-/// nor compacts. done == nullptr: outlier_flags is int32 [k] flags the caller compacts, and they stay set.
+/// left zero); the ascending indices go to idx [k] and their number to *count. done == nullptr: outlier_flags
+/// is int32 [k] flags the caller compacts, and they stay set.
 struct OutlierList {
   int32_t* done = nullptr;
   int32_t* idx = nullptr;
@@ -239,9 +238,8 @@ struct OutlierList {
 /// it, as the kernel's last step): the block counts itself done and the last block to finish (as CUDA's
 /// threadfence reduction sample does) compacts the mask of k columns with one warp into list.idx / *list.count
 /// and clears the mask and the counter. flagged: whether this thread set mask bits; only those threads fence,
-/// so without outliers no store waits. With list.idx null it does nothing: the bits are left for the product.
+/// so without outliers no store waits.
 __device__ __forceinline__ void finish_outlier_list(bool flagged, uint32_t* mask, int64_t k, const OutlierList& list) {
-  if (list.idx == nullptr) return;
   __shared__ bool last;
   if (flagged) __threadfence();  // this thread's mask bits (atomics, at L2) before the block's count
   __syncthreads();
@@ -279,6 +277,21 @@ __device__ __forceinline__ uint2 encode8(const float (&v)[8], float s) {
   }
 }
 
+/// encode8 value by value, with the scale tested for each: what LLM.int8's quantizer (k_quantize_rows_warp with
+/// kOutliers) still uses. The same bits as encode8 (the fused LLM.int8 LayerNorm, which takes encode8, is tested
+/// against it); only encode8's speed was measured, on the other kernels.
+template <typename Enc>
+__device__ __forceinline__ uint2 encode8_plain(const float (&v)[8], float s) {
+  uint32_t lo = 0, hi = 0;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const uint32_t c = s > 0.0f ? Enc::encode(v[e], s) : 0u;
+    if (e < 4) lo |= c << (8 * e);
+    else hi |= c << (8 * (e - 4));
+  }
+  return make_uint2(lo, hi);
+}
+
 /// Per-token quantization with WPR warps per row, for fp16/bf16 rows of k % 8 == 0 and k <= 256 * VPL * WPR: the
 /// row is read once, with 16-byte loads, into registers (VPL vectors of 8 per lane, consecutive lanes on
 /// consecutive vectors); absmax by warp shuffles (and, with WPR > 1, through shared memory); then each 8 codes
@@ -291,10 +304,9 @@ __device__ __forceinline__ uint2 encode8(const float (&v)[8], float s) {
 /// afterwards). With list.done set, the flags are a bit mask and the last block to finish (counted on list.done,
 /// as CUDA's threadfence reduction sample does) compacts them with one warp into list.idx / list.count and
 /// clears them and the counter: the flag clearing and the compaction were two launches of their own. Only lanes
-/// that flagged something fence before the count, so without outliers no store waits. With list.idx null the
-/// bits are left for the product (OutlierList), and that tail, on the critical path between quantizer and
-/// product, is gone. A block is 8 warps, 8 / WPR rows. Codes are packed with encode8. kOutliers = false (launched for threshold <= 0: W8A8,
-/// FP8) leaves out the second running max, the select and the outlier code: 1.20x (int8) and 1.23x (E4M3) as fast at
+/// that flagged something fence before the count, so without outliers no store waits. A block is 8 warps,
+/// 8 / WPR rows. kOutliers = false (launched for threshold <= 0: W8A8, FP8) leaves out the second running max,
+/// the select and the outlier code, and packs with encode8: 1.20x (int8) and 1.23x (E4M3) as fast at
 /// 65,536 x 3,072 on an H200, at 3.4-3.8 TB/s (docs/perf.md). (The one-block-per-row kernels reached about 1 TB/s at
 /// 32,768 rows. One warp per 3,072-wide row held 12 vectors a lane, 74-80 registers: 24 warps an SM, and ncu
 /// had it latency-bound at 31% of DRAM bandwidth and 53% of issue slots, 133-169 us at 32,768 rows on an H200.)
@@ -376,7 +388,8 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
     const float s = amax / Enc::kMax;
     if (w == 0 && lane == 0) scale[row] = s;
     uint2* qr = reinterpret_cast<uint2*>(q + row * k);
-    each_vector([&](int j, const float (&f)[8]) { qr[j] = encode8<Enc>(f, s); });
+    if constexpr (kOutliers) each_vector([&](int j, const float (&f)[8]) { qr[j] = encode8_plain<Enc>(f, s); });
+    else each_vector([&](int j, const float (&f)[8]) { qr[j] = encode8<Enc>(f, s); });
   }
   if (kOutliers && list.done != nullptr) {
     finish_outlier_list(flagged, reinterpret_cast<uint32_t*>(outlier_flags), k, list);

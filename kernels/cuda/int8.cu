@@ -568,34 +568,10 @@ __device__ __forceinline__ Acc staged_acc(int bits) {
   else return __int_as_float(bits);
 }
 
-/// LLM.int8's outlier columns as wg_store_tile visits them, in ascending order: the list idx[0..count) (global
-/// memory, or the block's own compaction in shared memory), or, with idx null, the set bits of words[0..nwords)
-/// (a compaction longer than WgOutliers holds).
-struct OutlierCols {
-  const int32_t* idx = nullptr;
-  int count = 0;
-  const uint32_t* words = nullptr;
-  int nwords = 0;
-};
-
-template <typename F>
-__device__ __forceinline__ void for_each_outlier(const OutlierCols& oc, F&& f) {
-  if (oc.idx != nullptr) {
-#pragma unroll 1
-    for (int j = 0; j < oc.count; ++j) f(oc.idx[j]);
-    return;
-  }
-#pragma unroll 1
-  for (int w = 0; w < oc.nwords; ++w) {
-#pragma unroll 1
-    for (uint32_t bits = oc.words[w]; bits != 0; bits &= bits - 1) f(w * 32 + __ffs(bits) - 1);
-  }
-}
-
 template <typename Cfg, int NTHREADS, typename T, typename Acc>
 __device__ __forceinline__ void wg_store_tile(const Acc* staged, const WgTileParams<Cfg>& tp, int tid, int64_t m0,
                                               int64_t n0, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
-                                              const OutlierCols& ocols, T* __restrict__ y) {
+                                              T* __restrict__ y) {
   constexpr int kGroups = Cfg::kBn / 8;
   static_assert(NTHREADS % kGroups == 0, "every thread keeps one column group");
   constexpr bool kInt = std::is_same_v<Acc, int>;
@@ -607,6 +583,7 @@ __device__ __forceinline__ void wg_store_tile(const Acc* staged, const WgTilePar
     if (c >= n) return;  // n % 8 == 0: a group is wholly inside or wholly outside
     const bool has_bias = ep.bias != nullptr || ep.bias_out_dtype != nullptr;  // both staged in tp.bias
     const bool has_outliers = kInt && ep.outlier_count != nullptr;
+    const int outliers = has_outliers ? *ep.outlier_count : 0;
     float col[8], bias[8] = {}, scb[8] = {};
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
@@ -633,7 +610,9 @@ __device__ __forceinline__ void wg_store_tile(const Acc* staged, const WgTilePar
       if (kInt && has_outliers) {
         const T* xr = static_cast<const T*>(ep.outlier_x) + r * k;
         const int8_t* qr = ep.outlier_q != nullptr ? ep.outlier_q + r * k : nullptr;
-        for_each_outlier(ocols, [&](int oc) {
+#pragma unroll 1
+        for (int j = 0; j < outliers; ++j) {
+          const int oc = ep.outlier_idx[j];
           const int qv = qr != nullptr ? qr[oc] : 0;
           const float xv = __half2float(__float2half_rn(to_float(xr[oc])));
 #pragma unroll
@@ -643,7 +622,7 @@ __device__ __forceinline__ void wg_store_tile(const Acc* staged, const WgTilePar
             const float wv = __half2float(__float2half_rn(static_cast<float>(cbv) * scb[e] / 127.0f));
             o[e] = fmaf(xv, wv, o[e]);
           }
-        });
+        }
       }
       float v[8];
 #pragma unroll
@@ -730,69 +709,6 @@ __device__ __forceinline__ void consumers_sync() {
   asm volatile("bar.sync 1, %0;\n" ::"n"(THREADS) : "memory");
 }
 
-/// The outlier columns a wgmma block compacts for itself (Int8Epilogue::outlier_state): the mask's words and,
-/// when they fit, the ascending column list. k <= 4,096 (kWords words).
-struct WgOutliers {
-  static constexpr int kWords = 128;
-  static constexpr int kCap = 128;  // list entries; beyond them the epilogue walks the words' bits instead
-  int count;
-  int32_t idx[kCap];
-  uint32_t words[kWords];
-};
-
-/// Lanes 1-31 of the producer warp (lane 0 issues the copies), after the programmatic wait: read the quantizer's
-/// outlier mask (five words a lane), write the words and, up to kCap, the ascending column list to `out`, and
-/// arrive on `ready` for the consumers' epilogue. Then the block counts itself on the state's counter; the block
-/// that counts last clears the mask and the counter for the next call (every block read the mask before it
-/// counted). All of it runs beside the main loop: the quantizer no longer ends with this tail, which sat between
-/// it and the product on the critical path.
-__device__ __forceinline__ void wg_compact_outliers(int32_t* state, int64_t k, WgOutliers& out, uint32_t ready) {
-  constexpr unsigned kLanes = 0xfffffffeu;  // lanes 1-31
-  const int l = static_cast<int>(threadIdx.x & 31) - 1;  // 0-30
-  const int nwords = static_cast<int>((k + 31) / 32);
-  uint32_t* mask = reinterpret_cast<uint32_t*>(state);
-  uint32_t b[5];
-  int n = 0;
-#pragma unroll
-  for (int i = 0; i < 5; ++i) {
-    const int w = 5 * l + i;
-    b[i] = w < nwords ? __ldcg(mask + w) : 0u;  // other blocks' atomics set them: through L2
-    n += __popc(b[i]);
-  }
-  int incl = n;  // inclusive prefix sum over lanes 1-31 (the value from lane 0 is never added)
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int v = __shfl_up_sync(kLanes, incl, o);
-    if (l >= o) incl += v;
-  }
-  const int total = __shfl_sync(kLanes, incl, 31);
-  int pos = incl - n;
-#pragma unroll
-  for (int i = 0; i < 5; ++i) {
-    const int w = 5 * l + i;
-    if (w < nwords) out.words[w] = b[i];
-    if (total <= WgOutliers::kCap) {
-      for (uint32_t bits = b[i]; bits != 0; bits &= bits - 1) out.idx[pos++] = w * 32 + __ffs(bits) - 1;
-    }
-  }
-  if (l == 30) out.count = total;
-  __syncwarp(kLanes);
-  bool last = false;
-  if (l == 0) {
-    mbar_arrive(ready);  // releases the lanes' shared-memory writes (ordered before it by __syncwarp)
-    __threadfence();     // this block's reads of the mask before its count
-    last = atomicAdd(state + nwords, 1) == static_cast<int>(gridDim.x * gridDim.y) - 1;
-  }
-  last = __shfl_sync(kLanes, last, 1);
-  if (!last) return;
-  __threadfence();  // every other block counted after reading
-#pragma unroll
-  for (int i = 0; i < 5; ++i) {
-    if (b[i] != 0) mask[5 * l + i] = 0u;
-  }
-  if (l == 0) state[nwords] = 0;
-}
-
 /// The product of 8-bit codes: int8 (s32 accumulators) or E4M3 (fp32 accumulators, 64 x 64 tiles only: their
 /// promotion below needs three accumulator sets, which the 128-column tiles' registers cannot hold).
 template <typename Cfg, typename T, ActCode kCode = ActCode::kInt8>
@@ -804,10 +720,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   using Acc = std::conditional_t<kFp8, float, int>;
 #ifdef EVALSVC_INT8_WGMMA
   extern __shared__ int8_t wg_smem[];
-  __shared__ uint64_t full[Cfg::kStages], empty[Cfg::kStages], outliers_ready;
+  __shared__ uint64_t full[Cfg::kStages], empty[Cfg::kStages];
   __shared__ WgTileParams<Cfg> tile;
-  __shared__ WgOutliers outliers;  // with ep.outlier_state (int8 only)
-  const bool own_outliers = !kFp8 && ep.outlier_state != nullptr;
   const uint32_t base = (smem_addr(wg_smem) + 1023u) & ~1023u;  // swizzle atoms are 1,024-byte aligned
   const int n0 = static_cast<int>(blockIdx.x) * Cfg::kBn;
   const int m0 = static_cast<int>(blockIdx.y) * Cfg::kBm;
@@ -822,7 +736,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       mbar_init(full_bar(s), 1);                       // the producer's arrive.expect_tx; then the bytes
       mbar_init(empty_bar(s), Cfg::kConsumers / 32);   // one arrival per consumer warp
     }
-    mbar_init(smem_addr(&outliers_ready), 1);          // wg_compact_outliers' lane 1
     mbar_fence_init();
   }
   __syncthreads();
@@ -850,9 +763,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
         tma_load_2d(stage_a(s), &map_a, kt * Cfg::kBk, m0, full_bar(s));
         tma_load_2d(stage_b(s), &map_b, kt * Cfg::kBk, n0, full_bar(s));
       }
-    } else if (own_outliers) {
-      detail::pdl_wait();  // the mask is the quantizer's output
-      wg_compact_outliers(ep.outlier_state, k, outliers, smem_addr(&outliers_ready));
     }
     return;
   }
@@ -916,22 +826,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     tile.col_scale[tid] = my_col_scale;
     tile.bias[tid] = my_bias;
   }
-  OutlierCols ocols;
-  if (own_outliers) {
-    mbar_wait(smem_addr(&outliers_ready), 0);
-    ocols.count = outliers.count;
-    if (ocols.count <= WgOutliers::kCap) {
-      ocols.idx = outliers.idx;
-    } else {
-      ocols.words = outliers.words;
-      ocols.nwords = static_cast<int>((k + 31) / 32);
-    }
-  } else if (!kFp8 && ep.outlier_count != nullptr) {
-    ocols.idx = ep.outlier_idx;
-    ocols.count = *ep.outlier_count;
-  }
   consumers_sync<Cfg::kConsumers>();
-  wg_store_tile<Cfg, Cfg::kConsumers>(cs, tile, threadIdx.x, m0, n0, m, n, k, ep, ocols, y);
+  wg_store_tile<Cfg, Cfg::kConsumers>(cs, tile, threadIdx.x, m0, n0, m, n, k, ep, y);
 #else
   __trap();  // not sm_90a code: int8_wgmma_available() keeps the launcher from getting here
 #endif
@@ -1059,7 +955,6 @@ bool epilogue_ok(const Int8Epilogue& ep) {
   if (ep.outlier_count != nullptr &&
       (ep.outlier_x == nullptr || ep.outlier_cb == nullptr || ep.outlier_scb == nullptr || ep.outlier_idx == nullptr))
     return false;
-  if (ep.outlier_state != nullptr && ep.outlier_count == nullptr) return false;  // the scratch comes with it
   return ep.bias == nullptr || ep.bias_out_dtype == nullptr;  // one bias at most
 }
 
@@ -1107,7 +1002,7 @@ int launch_quantize_rows_int8_outliers(const void* x, DType dtype, int64_t t, in
                                        int32_t* state, int8_t* q, float* scale, int32_t* idx, int32_t* count,
                                        cudaStream_t stream) {
   if (t <= 0 || k <= 0 || t > INT32_MAX || k > INT32_MAX || !(threshold > 0.0f)) return kLaunchBadShape;
-  if (x == nullptr || q == nullptr || scale == nullptr || state == nullptr || (idx == nullptr) != (count == nullptr)) {
+  if (x == nullptr || q == nullptr || scale == nullptr || state == nullptr || idx == nullptr || count == nullptr) {
     return kLaunchBadPointer;
   }
   int32_t* done = state + (k + 31) / 32;  // after the bit mask
@@ -1119,7 +1014,6 @@ int launch_quantize_rows_int8_outliers(const void* x, DType dtype, int64_t t, in
   // as a launch of its own, which also clears the mask; the counter was never touched.
   EVALSVC_DISPATCH_FLOAT(dtype, T, k_quantize_rows_int8<T, true><<<static_cast<unsigned>(t), 256, 0, stream>>>(static_cast<const T*>(x), k, threshold, state, q, scale));
   if (const int s = detail::launch_result(); s != kLaunchOk) return s;
-  if (idx == nullptr) return kLaunchOk;  // left for the product
   k_compact_mask<<<1, 32, 0, stream>>>(reinterpret_cast<uint32_t*>(state), k, idx, count, done);
   return detail::launch_result();
 }
@@ -1164,35 +1058,15 @@ bool int8_wgmma_available() {
   return cached[dev] > 0;
 }
 
-int launch_outlier_compaction(Int8Epilogue& ep, int64_t k, cudaStream_t stream) {
-  if (ep.outlier_state == nullptr) return kLaunchOk;
-  if (k <= 0) return kLaunchBadShape;
-  if (ep.outlier_idx == nullptr || ep.outlier_count == nullptr) return kLaunchBadPointer;
-  int32_t* state = ep.outlier_state;
-  k_compact_mask<<<1, 32, 0, stream>>>(reinterpret_cast<uint32_t*>(state), k, const_cast<int32_t*>(ep.outlier_idx),
-                                       const_cast<int32_t*>(ep.outlier_count), state + (k + 31) / 32);
-  ep.outlier_state = nullptr;
-  return detail::launch_result();
-}
-
-int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep_in,
+int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
                      void* y, DType dtype, cudaStream_t stream, Int8Kernel kernel) {
   if (m <= 0 || n <= 0 || k <= 0) return kLaunchBadShape;
-  if (xq == nullptr || wq == nullptr || y == nullptr || !epilogue_ok(ep_in)) return kLaunchBadPointer;
+  if (xq == nullptr || wq == nullptr || y == nullptr || !epilogue_ok(ep)) return kLaunchBadPointer;
   const bool vec = k % 16 == 0 && reinterpret_cast<uintptr_t>(xq) % 16 == 0 && reinterpret_cast<uintptr_t>(wq) % 16 == 0;
   const bool wgmma = kernel == Int8Kernel::kWgmma;
   if (wgmma && !int8_wgmma_available()) return kLaunchUnsupported;
   if (wgmma && !vec) return kLaunchBadShape;
-  const bool takes_wgmma = wgmma || (kernel == Int8Kernel::kBest && vec && int8_wgmma_available());
-  // The wgmma kernel compacts an outlier state itself where its vector epilogue runs (n % 8 == 0, aligned y) and
-  // the mask fits WgOutliers; everything else reads a list.
-  Int8Epilogue ep = ep_in;
-  const bool own_outliers = takes_wgmma && k <= 32 * WgOutliers::kWords && n % 8 == 0 &&
-                            reinterpret_cast<uintptr_t>(y) % 16 == 0;
-  if (!own_outliers) {
-    if (const int s = launch_outlier_compaction(ep, k, stream); s != kLaunchOk) return s;
-  }
-  if (takes_wgmma) {
+  if (wgmma || (kernel == Int8Kernel::kBest && vec && int8_wgmma_available())) {
     const bool large = !wgmma_small_tiles(m, n);
     EVALSVC_DISPATCH_FLOAT(dtype, T, {
       return large ? launch_gemm8_wgmma_cfg<WgLarge, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream)
@@ -1220,7 +1094,7 @@ int launch_fp8_gemm(const uint8_t* xq, const uint8_t* wq, int64_t m, int64_t n, 
                     void* y, DType dtype, cudaStream_t stream) {
   if (m <= 0 || n <= 0 || k <= 0) return kLaunchBadShape;
   if (xq == nullptr || wq == nullptr || y == nullptr || !epilogue_ok(ep)) return kLaunchBadPointer;
-  if (ep.outlier_count != nullptr || ep.outlier_state != nullptr) return kLaunchBadPointer;  // no outlier part for E4M3
+  if (ep.outlier_count != nullptr) return kLaunchBadPointer;  // no outlier part for E4M3 products
   if (!int8_wgmma_available()) return kLaunchUnsupported;
   if (k % 16 != 0 || reinterpret_cast<uintptr_t>(xq) % 16 != 0 || reinterpret_cast<uintptr_t>(wq) % 16 != 0) {
     return kLaunchBadShape;
@@ -1234,7 +1108,7 @@ int launch_fp8_gemm(const uint8_t* xq, const uint8_t* wq, int64_t m, int64_t n, 
 int launch_int8_epilogue(const int32_t* acc, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep, void* y,
                          DType dtype, cudaStream_t stream) {
   if (m <= 0 || n <= 0 || k <= 0) return kLaunchBadShape;
-  if (acc == nullptr || y == nullptr || !epilogue_ok(ep) || ep.outlier_state != nullptr) return kLaunchBadPointer;
+  if (acc == nullptr || y == nullptr || !epilogue_ok(ep)) return kLaunchBadPointer;
   const int threads = 256;
   // Row blocks need 16-byte aligned rows (n % 4 == 0 and an aligned base, as torch allocations are).
   if (n % 4 == 0 && m <= INT32_MAX && reinterpret_cast<uintptr_t>(acc) % 16 == 0) {

@@ -459,7 +459,7 @@ int launch_add_layer_norm_llm_int8(const void* h, const void* delta, const void*
                                    float* scale, int32_t* state, int32_t* idx, int32_t* count, cudaStream_t stream) {
   if (rows <= 0 || cols <= 0 || rows > INT32_MAX || !(threshold > 0.0f)) return kLaunchBadShape;
   if (h == nullptr || delta == nullptr || gamma == nullptr || beta == nullptr || h_out == nullptr || a == nullptr ||
-      q == nullptr || scale == nullptr || state == nullptr || (idx == nullptr) != (count == nullptr)) {
+      q == nullptr || scale == nullptr || state == nullptr || idx == nullptr || count == nullptr) {
     return kLaunchBadPointer;
   }
   const bool vec = cols % 256 == 0 && cols <= 1024 && aligned16(h) && aligned16(delta) && aligned16(gamma) &&

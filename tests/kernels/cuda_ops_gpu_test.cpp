@@ -528,28 +528,23 @@ TEST(CudaLlmInt8, OutlierDecompositionMattersForAPlantedOutlier) {
 TEST(CudaLlmInt8, ManyOutlierColumns) {
   REQUIRE_GPU();
   // Threshold 0.5: most columns are outliers, so nearly everything goes through the fp16 part of the epilogue.
-  // in = 256 takes the wgmma kernel where there is one, with more columns than its blocks' lists hold.
-  for (const int64_t k : {200, 256}) {
-    const auto w = randn({40, k}, 3, 0.05);
-    const auto lw = ref::quantize_llm_int8(w);
-    const auto x = randn({33, k}, 4).to(torch::kFloat16);
-    const auto want = ref::llm_int8_linear(x, lw, {}, 0.5);
-    for (const auto g : int8_gemms(true)) {
-      if (!gemm_takes(g, 33, k, 40)) continue;
-      const auto got = cuda::llm_int8_linear(x.to(gpu()), lw.CB.to(gpu()), lw.SCB.to(gpu()), {}, 0.5, g);
-      EXPECT_TRUE(close(got, want, kF16Tol, fmt::format("llm_int8_linear in={} threshold 0.5 gemm={}", k, gemm_name(g))));
-    }
+  const auto w = randn({40, 200}, 3, 0.05);
+  const auto lw = ref::quantize_llm_int8(w);
+  const auto x = randn({33, 200}, 4).to(torch::kFloat16);
+  const auto want = ref::llm_int8_linear(x, lw, {}, 0.5);
+  for (const auto g : {cuda::Int8Gemm::kAuto, cuda::Int8Gemm::kFused, cuda::Int8Gemm::kCublasLt}) {
+    const auto got = cuda::llm_int8_linear(x.to(gpu()), lw.CB.to(gpu()), lw.SCB.to(gpu()), {}, 0.5, g);
+    EXPECT_TRUE(close(got, want, kF16Tol, fmt::format("llm_int8_linear threshold 0.5 gemm={}", gemm_name(g))));
   }
 }
 
 TEST(CudaLlmInt8, AKeptOutlierStateGivesTheReferenceProductsAndIsLeftZero) {
   REQUIRE_GPU();
-  // A layer hands llm_int8_linear the same zeroed state on every call; the quantizer leaves the columns in its
-  // bit mask and the product compacts them and clears the mask and the counter: the wgmma kernel's blocks
-  // themselves (the last to read the mask clears it), the other products after a compaction launch. Four ways
-  // through: the warp quantizer with a few blocks and with many, and rows it does not take (2 bytes off a
-  // 16-byte boundary; wider than 4,096), where a one-block-a-row kernel flags the mask. Each case runs twice on
-  // one state, the outliers in other columns the second time: stale flags would show.
+  // A layer hands llm_int8_linear the same zeroed state on every call; the quantizer's last block compacts the
+  // flags and clears them and its block counter. Three ways through: the warp quantizer with a few blocks and
+  // with many (last-block compaction), and rows it does not take (2 bytes off a 16-byte boundary; wider than
+  // 4,096), where a one-block-a-row kernel and a compaction launch that clears do the same. Each case runs
+  // twice on one state, the outliers in other columns the second time: stale flags would show.
   struct Case {
     int64_t m, k, n;
     bool offset;
@@ -1057,60 +1052,6 @@ TEST(CudaBlock, ForwardQuantizedOnFusedCodesEqualsForward) {
   EXPECT_THROW(plain->forward_quantized(torch::zeros({4, 768}, torch::kInt8).to(gpu()), torch::ones({4}).to(gpu()),
                                         torch::kFloat16),
                UnsupportedError);
-}
-
-TEST(CudaLlmInt8, OutlierColumnsLeftInTheMaskGiveEveryProductTheCompactedColumnsResult) {
-  REQUIRE_GPU();
-  // add_layer_norm_quantized with leave_outlier_mask: the columns stay in the state's bit mask and the product
-  // compacts them (the wgmma kernel in every block, beside its main loop; the other products after a compaction
-  // launch) and clears the state. Each product must give the bits of the same product on the compacted columns,
-  // and leave the state zero. Gammas: two outlier columns; then 300 of 768 (more than a wgmma block's list holds,
-  // so its epilogue walks the mask's bits); rows of 200 take the two separate ops.
-  struct Case {
-    int64_t cols;
-    int outliers;
-  };
-  for (const auto& c : {Case{768, 2}, Case{768, 300}, Case{200, 2}}) {
-    const auto wl = randn({264, c.cols}, 1640, 0.05);
-    const auto bias = randn({264}, 1641, 0.1).to(gpu());
-    const auto lw = ref::quantize_llm_int8(wl);
-    const auto cb = lw.CB.to(gpu());
-    const auto scb = lw.SCB.to(gpu());
-    const auto h = (randn({2, 64, c.cols}, 1642, 2.0) + 0.5).to(torch::kFloat16).to(gpu());
-    const auto delta = randn({2, 64, c.cols}, 1643, 0.7).to(torch::kFloat16).to(gpu());
-    auto gamma_cpu = randn({c.cols}, 1644, 0.2) + 1.0;
-    if (c.outliers == 2) {
-      gamma_cpu.index_put_({7}, 20.0);
-      gamma_cpu.index_put_({c.cols - 9}, -15.0);
-    } else {
-      gamma_cpu.narrow(0, 100, c.outliers).fill_(40.0);
-    }
-    const auto gamma = gamma_cpu.to(torch::kFloat16).to(gpu());
-    const auto beta = randn({c.cols}, 1645, 0.1).to(torch::kFloat16).to(gpu());
-    const auto state = cuda::llm_int8_outlier_state(c.cols, gpu());
-    const auto flat = [&](cuda::QuantizedActivations qa) {  // the product takes codes [T, in]
-      qa.q = qa.q.view({-1, c.cols});
-      return qa;
-    };
-    const auto listed = flat(cuda::add_layer_norm_quantized(h, delta, gamma, beta, 1e-5, ActivationCode::kLlmInt8,
-                                                            6.0, state).second);
-    ASSERT_EQ(listed.outliers.count.item<int32_t>(), c.outliers) << "cols " << c.cols;
-    for (const auto g : int8_gemms(true)) {
-      if (!gemm_takes(g, 128, c.cols, 264)) continue;
-      for (const bool gelu : {false, true}) {
-        const auto what = fmt::format("cols={} outliers={} gemm={} gelu={}", c.cols, c.outliers, gemm_name(g), gelu);
-        const auto want = cuda::llm_int8_linear_quantized(listed, cb, scb, bias, torch::kFloat16, g, gelu);
-        const auto left = flat(cuda::add_layer_norm_quantized(h, delta, gamma, beta, 1e-5, ActivationCode::kLlmInt8,
-                                                              6.0, state, /*leave_outlier_mask=*/true).second);
-        ASSERT_TRUE(left.outliers.mask_state.defined()) << what;
-        EXPECT_GT(state.abs().sum().item<int64_t>(), 0) << what << ": the mask should hold the columns";
-        EXPECT_TRUE(torch::equal(left.q, listed.q)) << what;
-        const auto got = cuda::llm_int8_linear_quantized(left, cb, scb, bias, torch::kFloat16, g, gelu);
-        EXPECT_TRUE(torch::equal(got, want)) << what;
-        EXPECT_EQ(state.abs().sum().item<int64_t>(), 0) << what << ": the state is not left zero";
-      }
-    }
-  }
 }
 
 TEST(CudaBlock, AddLayerNormBadInputThrowsInputError) {

@@ -119,11 +119,9 @@ std::pair<torch::Tensor, torch::Tensor> GPT2ClassifierImpl::add_layer_norm(const
                                                                         : kernels::ActivationCode::kNone;
     if (code != kernels::ActivationCode::kNone && codes != nullptr && consumer->base_dtype() == dt &&
         (dt == torch::kFloat16 || dt == torch::kBFloat16)) {
-      // LLM.int8's outlier columns are left in the consumer's state for its product to compact: one consumer.
       auto [sum, qa] = kernels::cuda::add_layer_norm_quantized(h, delta.to(dt), w.to(dt), b.to(dt),
                                                                config_.layer_norm_epsilon, code,
-                                                               consumer->outlier_threshold(), consumer->outlier_state(),
-                                                               /*leave_outlier_mask=*/true);
+                                                               consumer->outlier_threshold(), consumer->outlier_state());
       codes->q = qa.q;
       codes->scale = qa.scale;
       codes->outliers = qa.outliers;

@@ -243,7 +243,6 @@ torch::Tensor int8_product(const char* op, const torch::Tensor& xq, const torch:
   if (gemm == Int8Gemm::kCublasLt || (gemm == Int8Gemm::kAuto && cublas_ok && !wgmma_auto)) {
     // cuBLASLt wants the weight as a column-major [in, out] matrix: wq^T is exactly that view, no copy.
     const torch::Tensor acc = at::_int_mm(xq, wq.t());
-    EVALSVC_LAUNCH(launch_outlier_compaction(ep, k, stream));  // this epilogue reads a list
     EVALSVC_LAUNCH(launch_int8_epilogue(acc.data_ptr<int32_t>(), m, n, k, ep, y.data_ptr(),
                                         launcher_dtype(out_dtype), stream));
   } else {
@@ -380,18 +379,14 @@ torch::Tensor outlier_state_or_zeros(const char* op, const torch::Tensor& state,
   return state;
 }
 
-/// LLM.int8's quantization of x16 [t, k] (fp16, t, k > 0, threshold > 0): codes, row scales and the outlier
-/// columns from launch_quantize_rows_int8_outliers, with `state` (int32, zero, left zero) or, when undefined, a
-/// zeroed one of this call's own. The columns go to cols->idx / count, compacted; or, with mask_state, they stay
-/// in that state's mask, returned in *mask_state, for the product to compact (Int8Epilogue::outlier_state), and
-/// cols->idx / count are its scratch.
+/// LLM.int8's quantization of x16 [t, k] (fp16, t, k > 0, threshold > 0): codes, row scales and the compacted
+/// outlier columns from launch_quantize_rows_int8_outliers, with `state` (int32, zero, left zero) or,
+/// when undefined, a zeroed one of this call's own.
 Int8Activations quantize_rows_int8_outliers(const char* op, const torch::Tensor& x16, double threshold,
-                                            const torch::Tensor& state, OutlierColumnsInput* cols,
-                                            torch::Tensor* mask_state = nullptr) {
+                                            const torch::Tensor& state, OutlierColumnsInput* cols) {
   const int64_t t = x16.size(0);
   const int64_t k = x16.size(1);
   const torch::Tensor st = outlier_state_or_zeros(op, state, x16, k);
-  if (mask_state != nullptr) *mask_state = st;
   Int8Activations out;
   out.q = torch::empty({t, k}, x16.options().dtype(torch::kInt8));
   out.scale = torch::empty({t}, x16.options().dtype(torch::kFloat32));
@@ -400,9 +395,8 @@ Int8Activations quantize_rows_int8_outliers(const char* op, const torch::Tensor&
   const c10::cuda::CUDAGuard guard(x16.device());
   EVALSVC_LAUNCH(launch_quantize_rows_int8_outliers(x16.data_ptr(), DType::kF16, t, k, static_cast<float>(threshold),
                                                     st.data_ptr<int32_t>(), out.q.data_ptr<int8_t>(),
-                                                    out.scale.data_ptr<float>(),
-                                                    mask_state ? nullptr : cols->idx.data_ptr<int32_t>(),
-                                                    mask_state ? nullptr : cols->count.data_ptr<int32_t>(), stream_of(x16)));
+                                                    out.scale.data_ptr<float>(), cols->idx.data_ptr<int32_t>(),
+                                                    cols->count.data_ptr<int32_t>(), stream_of(x16)));
   return out;
 }
 
@@ -443,12 +437,11 @@ torch::Tensor int8_w8a8_linear(const torch::Tensor& x, const torch::Tensor& wq, 
 
 namespace {
 /// The int8 product of LLM.int8 codes q [T, in] with the outlier part in the epilogue: cols.rows are the rows the
-/// codes came from, in the output dtype, cols.idx / count the outlier columns (undefined idx: none) or, with
-/// mask_state defined, the scratch the product compacts that state's mask into (Int8Epilogue::outlier_state).
+/// codes came from, in the output dtype, cols.idx / count the outlier columns (undefined idx: none).
 torch::Tensor llm_int8_product(const char* op, const torch::Tensor& q, const torch::Tensor& scale,
                                const OutlierColumnsInput& cols, const torch::Tensor& CB,
                                const torch::Tensor& SCB, const torch::Tensor& bias, torch::ScalarType out_dtype,
-                               Int8Gemm gemm, bool gelu_tanh, const torch::Tensor& mask_state = {}) {
+                               Int8Gemm gemm, bool gelu_tanh) {
   Int8Epilogue ep;
   ep.gelu_tanh = gelu_tanh;
   if (cols.idx.defined()) {
@@ -462,7 +455,6 @@ torch::Tensor llm_int8_product(const char* op, const torch::Tensor& q, const tor
     ep.outlier_idx = cols.idx.data_ptr<int32_t>();
     ep.outlier_count = cols.count.data_ptr<int32_t>();
     ep.outlier_q = q.data_ptr<int8_t>();
-    if (mask_state.defined()) ep.outlier_state = mask_state.data_ptr<int32_t>();
   }
   // C * (absmax_x / 127) * SCB / 127 = C * rowstat * SCB / (127 * 127)
   return int8_product(op, q, scale, CB, SCB, bias, out_dtype, 1.0 / 127.0, gemm, ep);
@@ -484,17 +476,14 @@ torch::Tensor llm_int8_linear(const torch::Tensor& x, const torch::Tensor& CB, c
   const torch::Tensor x16 = x2.scalar_type() == torch::kFloat16 ? x2 : x2.to(torch::kFloat16);
   // One pass over x16 makes the codes and flags the outlier columns; their codes stay in a.q and the epilogue
   // subtracts their integer products (outlier_q) instead of a second pass zeroing them.
-  // The flags need no clearing and the compaction no launch of its own: the product compacts the quantizer's
-  // mask, and whichever of its blocks reads it last clears it (Int8Epilogue::outlier_state).
+  // The flags need no clearing and the compaction no launch of its own: the quantizer's last block does both.
   OutlierColumnsInput cols;
   cols.rows = x2;
-  torch::Tensor mask_state;
   const bool outliers = threshold > 0 && x16.size(0) > 0 && k > 0;
   const Int8Activations a =
-      outliers ? quantize_rows_int8_outliers(op, x16.contiguous(), threshold, outlier_state, &cols, &mask_state)
+      outliers ? quantize_rows_int8_outliers(op, x16.contiguous(), threshold, outlier_state, &cols)
                : quantize_rows_int8(op, x16, threshold, &cols);
-  const torch::Tensor y =
-      llm_int8_product(op, a.q, a.scale, cols, CB, SCB, bias, x.scalar_type(), gemm, gelu_tanh, mask_state);
+  const torch::Tensor y = llm_int8_product(op, a.q, a.scale, cols, CB, SCB, bias, x.scalar_type(), gemm, gelu_tanh);
   return y.view(output_shape(x, n));
 }
 
@@ -518,20 +507,12 @@ torch::Tensor llm_int8_linear_quantized(const QuantizedActivations& a, const tor
                 describe(o.rows));
   check_param(op, "a.outliers.idx", o.idx, a.q, torch::kInt32, a.q.size(1));
   check_param(op, "a.outliers.count", o.count, a.q, torch::kInt32, 1);
-  if (o.mask_state.defined()) {
-    check_cuda(op, "a.outliers.mask_state", o.mask_state, a.q);
-    check_dtype(op, "a.outliers.mask_state", o.mask_state, {torch::kInt32});
-    check_contiguous(op, "a.outliers.mask_state", o.mask_state);
-    EVALSVC_CHECK(o.mask_state.numel() >= llm_int8_outlier_state_numel(a.q.size(1)), InputError,
-                  "cuda::{}: a.outliers.mask_state needs at least {} elements for in = {}, got {}", op,
-                  llm_int8_outlier_state_numel(a.q.size(1)), a.q.size(1), describe(o.mask_state));
-  }
   // The epilogue reads the outlier columns' rows in the output dtype; fp16 -> fp32 is exact, -> bf16 is not.
   EVALSVC_CHECK(out_dtype == torch::kFloat16 || out_dtype == torch::kFloat32, InputError,
                 "cuda::{}: out_dtype must be Half or Float (the rows are fp16), got {}", op, c10::toString(out_dtype));
   OutlierColumnsInput cols = o;
   if (out_dtype != torch::kFloat16) cols.rows = o.rows.to(out_dtype);
-  return llm_int8_product(op, a.q, a.scale, cols, CB, SCB, bias, out_dtype, gemm, gelu_tanh, o.mask_state);
+  return llm_int8_product(op, a.q, a.scale, cols, CB, SCB, bias, out_dtype, gemm, gelu_tanh);
 }
 
 void dequantize_int8_weight_into(const torch::Tensor& q, const torch::Tensor& scale, torch::Tensor& out,
@@ -1032,8 +1013,7 @@ std::pair<torch::Tensor, QuantizedActivations> add_layer_norm_llm_int8(const cha
                                                                        const torch::Tensor& dc,
                                                                        const torch::Tensor& gamma,
                                                                        const torch::Tensor& beta, double eps,
-                                                                       double threshold, const torch::Tensor& state,
-                                                                       bool leave_mask) {
+                                                                       double threshold, const torch::Tensor& state) {
   EVALSVC_CHECK(hc.scalar_type() == torch::kFloat16, InputError,
                 "cuda::{}: kLlmInt8 quantizes fp16 rows (as bitsandbytes casts them), got {}", op, describe(hc));
   EVALSVC_CHECK(std::isfinite(threshold) && threshold > 0, InputError,
@@ -1054,16 +1034,13 @@ std::pair<torch::Tensor, QuantizedActivations> add_layer_norm_llm_int8(const cha
     return {h_out, out};
   }
   const torch::Tensor st = outlier_state_or_zeros(op, state, hc, cols);
-  if (leave_mask) out.outliers.mask_state = st;
   const c10::cuda::CUDAGuard guard(hc.device());
   const int s = launch_add_layer_norm_llm_int8(hc.data_ptr(), dc.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
                                                static_cast<float>(eps), rows, cols, static_cast<float>(threshold),
                                                h_out.data_ptr(), out.outliers.rows.data_ptr(),
                                                out.q.data_ptr<int8_t>(), out.scale.data_ptr<float>(),
-                                               st.data_ptr<int32_t>(),
-                                               leave_mask ? nullptr : out.outliers.idx.data_ptr<int32_t>(),
-                                               leave_mask ? nullptr : out.outliers.count.data_ptr<int32_t>(),
-                                               stream_of(hc));
+                                               st.data_ptr<int32_t>(), out.outliers.idx.data_ptr<int32_t>(),
+                                               out.outliers.count.data_ptr<int32_t>(), stream_of(hc));
   if (s != kLaunchUnsupported) {
     EVALSVC_LAUNCH(s);
     return {h_out, out};
@@ -1071,8 +1048,7 @@ std::pair<torch::Tensor, QuantizedActivations> add_layer_norm_llm_int8(const cha
   // Another width: the two ops, same codes.
   auto [h2, a] = add_layer_norm(hc, dc, gamma, beta, eps);
   out.outliers.rows = a;
-  const Int8Activations qa = quantize_rows_int8_outliers(op, a.view({rows, cols}), threshold, st, &out.outliers,
-                                                         leave_mask ? &out.outliers.mask_state : nullptr);
+  const Int8Activations qa = quantize_rows_int8_outliers(op, a.view({rows, cols}), threshold, st, &out.outliers);
   out.q = qa.q.view(hc.sizes());
   out.scale = qa.scale;
   return {h2, out};
@@ -1102,8 +1078,7 @@ std::pair<torch::Tensor, QuantizedActivations> add_layer_norm_quantized(const to
                                                                         const torch::Tensor& gamma,
                                                                         const torch::Tensor& beta, double eps,
                                                                         ActivationCode code, double threshold,
-                                                                        const torch::Tensor& outlier_state,
-                                                                        bool leave_outlier_mask) {
+                                                                        const torch::Tensor& outlier_state) {
   const char* op = "add_layer_norm_quantized";
   EVALSVC_CHECK(code == ActivationCode::kInt8 || code == ActivationCode::kFp8E4M3 || code == ActivationCode::kLlmInt8,
                 InputError, "cuda::{}: code must be kInt8, kFp8E4M3 or kLlmInt8", op);
@@ -1111,7 +1086,7 @@ std::pair<torch::Tensor, QuantizedActivations> add_layer_norm_quantized(const to
   const torch::Tensor hc = h.contiguous();
   const torch::Tensor dc = delta.contiguous();
   if (code == ActivationCode::kLlmInt8) {
-    return add_layer_norm_llm_int8(op, hc, dc, gamma, beta, eps, threshold, outlier_state, leave_outlier_mask);
+    return add_layer_norm_llm_int8(op, hc, dc, gamma, beta, eps, threshold, outlier_state);
   }
   const int64_t rows = hc.numel() / cols;
   QuantizedActivations out;

@@ -92,9 +92,7 @@ int launch_quantize_rows_int8(const void* x, DType dtype, int64_t t, int64_t k, 
 /// the outlier columns in ascending order in idx [k] and their number in *count (device side). state: int32
 /// [ceil(k / 32) + 1], a bit mask of the columns and a block counter, all zero on entry and left zero (allocate it
 /// zeroed once; one stream at a time).
-/// Usually one launch: the quantizer's last block compacts and clears. idx and count null: the columns stay in
-/// the state's mask, for a product to compact (Int8Epilogue::outlier_state), and the quantizer ends without
-/// that last block's tail (a block counter's atomic, a fence, the mask's read), which every product waited on.
+/// Usually one launch: the quantizer's last block compacts and clears.
 int launch_quantize_rows_int8_outliers(const void* x, DType dtype, int64_t t, int64_t k, float threshold,
                                        int32_t* state, int8_t* q, float* scale, int32_t* idx, int32_t* count,
                                        cudaStream_t stream);
@@ -123,12 +121,6 @@ struct Int8Epilogue {
   /// [m, k] codes the product was computed from, or null when their outlier columns are zero. Set: those
   /// columns still hold codes, and acc - sum_j q[r, idx_j] * cb[c, idx_j] (exact, in int32) replaces acc.
   const int8_t* outlier_q = nullptr;
-  /// LLM.int8's outlier columns as the quantizer left them (launch_quantize_rows_int8_outliers with idx null):
-  /// its state, a bit mask of ceil(k / 32) words and a counter. Set together with outlier_idx [k] and
-  /// outlier_count [1] as scratch. The wgmma GEMM (k <= 4,096) compacts the mask in every block beside its main
-  /// loop, and the block that reads it last clears the mask and the counter; every other path first compacts it
-  /// into the scratch with one launch (launch_outlier_compaction), which clears them too.
-  int32_t* outlier_state = nullptr;
   /// Then y = gelu_tanh(y rounded to the output dtype), as the model's separate GELU pass would compute it.
   bool gelu_tanh = false;
 };
@@ -152,12 +144,8 @@ bool wgmma_small_tiles(int64_t m, int64_t n);
 int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
                      void* y, DType dtype, cudaStream_t stream, Int8Kernel kernel = Int8Kernel::kBest);
 
-/// Compacts ep.outlier_state's mask into ep.outlier_idx / ep.outlier_count, clears the state and unsets
-/// ep.outlier_state: for a product that takes the outlier columns as a list. No-op when ep.outlier_state is null.
-int launch_outlier_compaction(Int8Epilogue& ep, int64_t k, cudaStream_t stream);
-
 /// y [m, n] (dtype) = epilogue(acc [m, n] int32) for products that came from cuBLASLt; k = inner size (for the
-/// outlier part). ep.outlier_state must be null (launch_outlier_compaction first).
+/// outlier part).
 int launch_int8_epilogue(const int32_t* acc, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep, void* y,
                          DType dtype, cudaStream_t stream);
 

@@ -268,16 +268,12 @@ struct QuantizedActivations {
 /// returned: {h + delta, codes}. The codes are those of add_layer_norm followed by quantize_per_token_int8
 /// (threshold 0), quantize_per_token_fp8 or llm_int8_linear's quantizer, bit for bit; one kernel for fp16/bf16
 /// rows of 256, 512, 768 or 1,024, those two ops otherwise. kLlmInt8 returns the rows too (outliers.rows).
-/// leave_outlier_mask (kLlmInt8): the outlier columns stay in the state's mask for the product to compact
-/// (outliers.mask_state, see OutlierColumnsInput), which spares the kernel the tail that compacts them (a block
-/// counter's atomic, a fence, one block's read of the mask); the activations then serve one product only.
 std::pair<torch::Tensor, QuantizedActivations> add_layer_norm_quantized(const torch::Tensor& h,
                                                                         const torch::Tensor& delta,
                                                                         const torch::Tensor& gamma,
                                                                         const torch::Tensor& beta, double eps,
                                                                         ActivationCode code, double threshold = 0.0,
-                                                                        const torch::Tensor& outlier_state = {},
-                                                                        bool leave_outlier_mask = false);
+                                                                        const torch::Tensor& outlier_state = {});
 
 /// llm_int8_linear on input quantized beforehand (add_layer_norm_quantized with kLlmInt8): a.q int8 [T, in],
 /// a.scale fp32 [T], a.outliers (fp16 rows [T, in], the outlier columns); returns [T, out] in out_dtype (fp16,

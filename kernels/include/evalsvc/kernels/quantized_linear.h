@@ -61,14 +61,10 @@ enum class ActivationCode { kNone, kInt8, kFp8E4M3, kLlmInt8 };
 /// What forward_quantized needs besides the codes for ActivationCode::kLlmInt8: the fp16 rows [..., in] the codes
 /// were made from (the outlier columns' fp16 product reads them) and the outlier columns as ascending int32
 /// indices [in] and their number [1], on the device. Undefined for the other codes.
-/// mask_state set (cuda::add_layer_norm_quantized with leave_outlier_mask): the columns are still that outlier
-/// state's bit mask, idx and count are the product's scratch, and the first product that takes them compacts the
-/// mask and clears it: such columns serve one product only.
 struct OutlierColumnsInput {
   torch::Tensor rows;
   torch::Tensor idx;
   torch::Tensor count;
-  torch::Tensor mask_state;
 };
 
 class QuantizedLinear {
