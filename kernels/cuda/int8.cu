@@ -559,6 +559,8 @@ struct WgTileParams {
   float row_scale[Cfg::kBm];
   float col_scale[Cfg::kBn];
   float bias[Cfg::kBn];
+  float outlier_scb[Cfg::kBn];  // LLM.int8: the weight rows' SCB, for the outlier columns' fp16 product
+  int outliers;                 // LLM.int8: the number of outlier columns (the quantizer's output)
 };
 
 /// The staged accumulator whose bits are `bits` (an int32 sum of int8 codes, or an fp32 sum of E4M3 ones).
@@ -583,13 +585,13 @@ __device__ __forceinline__ void wg_store_tile(const Acc* staged, const WgTilePar
     if (c >= n) return;  // n % 8 == 0: a group is wholly inside or wholly outside
     const bool has_bias = ep.bias != nullptr || ep.bias_out_dtype != nullptr;  // both staged in tp.bias
     const bool has_outliers = kInt && ep.outlier_count != nullptr;
-    const int outliers = has_outliers ? *ep.outlier_count : 0;
+    const int outliers = has_outliers ? tp.outliers : 0;
     float col[8], bias[8] = {}, scb[8] = {};
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
       col[e] = tp.col_scale[lc + e];
       bias[e] = tp.bias[lc + e];
-      if (has_outliers) scb[e] = ep.outlier_scb[c + e];
+      if (has_outliers) scb[e] = tp.outlier_scb[lc + e];
     }
     const int rows = static_cast<int>(m - m0 < Cfg::kBm ? m - m0 : Cfg::kBm);
 #pragma unroll 1
@@ -768,16 +770,21 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   }
 
   // This thread's share of the epilogue's parameters (WgTileParams), loaded now and used after the main loop:
-  // the weight's scales and bias before pdl_wait, the row scales (the quantizer's output) after it.
+  // the weight's scales and bias before pdl_wait, the row scales and LLM.int8's outlier count (the quantizer's
+  // output) after it. (LLM.int8's SCB and count, read inside the epilogue, put a global load's latency between
+  // the main loop and the first store of every product.)
   const int tid = threadIdx.x;
   const bool my_col = tid < Cfg::kBn && n0 + tid < n;
+  const bool has_outliers = !kFp8 && ep.outlier_count != nullptr;
   const float my_col_scale = my_col ? ep.col_scale[ep.col_scale_per_channel ? n0 + tid : 0] : 0.0f;
   float my_bias = 0.0f;
   if (my_col && ep.bias != nullptr) my_bias = ep.bias[n0 + tid];
   if (my_col && ep.bias_out_dtype != nullptr) my_bias = to_float(static_cast<const T*>(ep.bias_out_dtype)[n0 + tid]);
+  const float my_scb = my_col && has_outliers ? ep.outlier_scb[n0 + tid] : 0.0f;
   detail::pdl_wait();
   detail::pdl_launch_dependents();
   const float my_row_scale = tid < Cfg::kBm && m0 + tid < m ? ep.row_scale[m0 + tid] : 0.0f;
+  const int my_outliers = tid == 0 && has_outliers ? *ep.outlier_count : 0;
 
   const int wg = threadIdx.x >> 7;
   Acc acc[Cfg::kAcc];
@@ -825,7 +832,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   if (tid < Cfg::kBn) {
     tile.col_scale[tid] = my_col_scale;
     tile.bias[tid] = my_bias;
+    tile.outlier_scb[tid] = my_scb;
   }
+  if (tid == 0) tile.outliers = my_outliers;
   consumers_sync<Cfg::kConsumers>();
   wg_store_tile<Cfg, Cfg::kConsumers>(cs, tile, threadIdx.x, m0, n0, m, n, k, ep, y);
 #else
