@@ -120,6 +120,16 @@ class LayerBase : public QuantizedLinear {
   }
 
   void dense_weight_into(torch::Tensor& out, int max_blocks) const final {
+    check_dense_buffer(out, max_blocks);
+#ifdef EVALSVC_WITH_CUDA
+    if (device().is_cuda()) return dense_weight_into_cuda(out, max_blocks);
+#endif
+    // The fp32 values rounded once to the base dtype: what the CPU references multiply by.
+    out.copy_(dequantized_weight().to(out.device()));
+  }
+
+  /// dense_weight_into's checks of its arguments (InputError).
+  void check_dense_buffer(const torch::Tensor& out, int max_blocks) const {
     EVALSVC_CHECK(max_blocks >= 0, InputError, "{} linear [{}, {}]: max_blocks must be >= 0, got {}",
                   method_name(method_), out_, in_, max_blocks);
     EVALSVC_CHECK(out.defined() && out.dim() == 2 && out.size(0) == out_ && out.size(1) == in_, InputError,
@@ -129,11 +139,6 @@ class LayerBase : public QuantizedLinear {
                   "{} linear [{}, {}]: the dense weight buffer must be contiguous {} on {}, got {} on {}",
                   method_name(method_), out_, in_, c10::toString(base_), device().str(),
                   c10::toString(out.scalar_type()), out.device().str());
-#ifdef EVALSVC_WITH_CUDA
-    if (device().is_cuda()) return dense_weight_into_cuda(out, max_blocks);
-#endif
-    // The fp32 values rounded once to the base dtype: what the CPU references multiply by.
-    out.copy_(dequantized_weight().to(out.device()));
   }
 
   torch::Tensor forward_dense(const torch::Tensor& x, const torch::Tensor& dense, Activation act) const final {
@@ -415,6 +420,10 @@ class Nf4Linear final : public LayerBase {
   }
 #endif
  public:
+#ifdef EVALSVC_WITH_CUDA
+  /// The weight dense_weight_into_cuda dequantizes, for dense_weights_into's batch; null off the GPU.
+  const cuda::Nf4Weight* device_weight() const { return device().is_cuda() ? &device_weight_ : nullptr; }
+#endif
   /// As forward_cuda chooses: fp32 activations always dequantize, fp16/bf16 from kNf4DequantMinTokens tokens.
   bool dequantizes_at(int64_t tokens) const override {
     return base_ == torch::kFloat || tokens >= cuda::kNf4DequantMinTokens;
@@ -740,6 +749,29 @@ std::unique_ptr<QuantizedLinear> load_linear(Method method, const std::map<std::
     }
   }
   throw InputError(fmt::format("load_linear: unknown method {}", static_cast<int>(method)));
+}
+
+void dense_weights_into(const std::vector<const QuantizedLinear*>& layers, const std::vector<torch::Tensor*>& outs,
+                        int max_blocks) {
+  EVALSVC_CHECK(layers.size() == outs.size(), InputError, "dense_weights_into: {} layers but {} outputs",
+                layers.size(), outs.size());
+  for (size_t j = 0; j < layers.size(); ++j) {
+    EVALSVC_CHECK(layers[j] != nullptr && outs[j] != nullptr, InputError, "dense_weights_into: layer {} or its output is null", j);
+  }
+#ifdef EVALSVC_WITH_CUDA
+  std::vector<const cuda::Nf4Weight*> nf4;
+  for (size_t j = 0; j < layers.size(); ++j) {
+    const auto* l = dynamic_cast<const Nf4Linear*>(layers[j]);
+    if (l == nullptr || l->device_weight() == nullptr) break;
+    l->check_dense_buffer(*outs[j], max_blocks);
+    nf4.push_back(l->device_weight());
+  }
+  if (nf4.size() == layers.size() && nf4.size() >= 2 && nf4.size() <= 4) {
+    cuda::nf4_dequantize_batch_into(nf4, outs, max_blocks);
+    return;
+  }
+#endif
+  for (size_t j = 0; j < layers.size(); ++j) layers[j]->dense_weight_into(*outs[j], max_blocks);
 }
 
 }  // namespace evalsvc::kernels

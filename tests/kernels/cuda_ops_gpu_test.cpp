@@ -1096,6 +1096,70 @@ TEST(CudaDenseWeight, CappedGridDequantizationEqualsTheFullGrid) {
   }
 }
 
+// A transformer block's four NF4 weights in one launch (the prefetch's batch) give each weight's own values, capped
+// or not, plain or double-quantized absmax; a weight the batched kernel does not take (99 x 17) sends the whole
+// batch through the one-by-one path, with the same values. dense_weights_into (the layers' entry point) as well.
+TEST(CudaDenseWeight, BatchedNf4DequantizationEqualsEachWeightsOwn) {
+  REQUIRE_GPU();
+  const std::vector<Shape> fitting = {{768, 256}, {768, 64}, {256, 96}, {3072, 32}};  // n * k % 32 == 0
+  std::vector<Shape> shapes = fitting;
+  for (const bool odd : {false, true}) {
+    if (odd) shapes.back() = Shape{99, 17};
+    for (const bool dq : {true, false}) {
+      std::vector<cuda::Nf4Weight> w;
+      for (size_t j = 0; j < shapes.size(); ++j) {
+        w.push_back(to_gpu(ref::quantize_nf4(randn({shapes[j].n, shapes[j].k}, 1660 + j, 0.05), 64, dq)));
+      }
+      for (const auto dtype : {torch::kFloat16, torch::kBFloat16}) {
+        for (const int blocks : {0, 1, 64}) {
+          const auto what = fmt::format("odd={} double_quant={} dtype={} max_blocks={}", odd, dq, c10::toString(dtype), blocks);
+          std::vector<torch::Tensor> out;
+          std::vector<torch::Tensor*> outs;
+          std::vector<const cuda::Nf4Weight*> ws;
+          for (auto& x : w) out.push_back(torch::full({x.out_features, x.in_features}, 7.0, torch::TensorOptions().dtype(dtype).device(gpu())));
+          for (size_t j = 0; j < w.size(); ++j) {
+            outs.push_back(&out[j]);
+            ws.push_back(&w[j]);
+          }
+          cuda::nf4_dequantize_batch_into(ws, outs, blocks);
+          for (size_t j = 0; j < w.size(); ++j) {
+            EXPECT_TRUE(torch::equal(out[j], cuda::nf4_dequantize(w[j], dtype))) << what << " weight " << j;
+          }
+        }
+      }
+      std::vector<torch::Tensor*> short_outs;
+      EXPECT_THROW(cuda::nf4_dequantize_batch_into({&w[0]}, short_outs, 0), InputError);
+    }
+  }
+  // Through the layers: NF4 layers batched, int8 ones one by one.
+  for (const auto method : {Method::kNf4, Method::kInt8SymChannel}) {
+    std::vector<std::unique_ptr<QuantizedLinear>> layers;
+    std::vector<const QuantizedLinear*> ptrs;
+    std::vector<torch::Tensor> out;
+    std::vector<torch::Tensor*> outs;
+    QuantOptions o;
+    o.compute_dtype = torch::kFloat16;
+    for (size_t j = 0; j < fitting.size(); ++j) {
+      layers.push_back(quantize_linear(method, randn({fitting[j].n, fitting[j].k}, 1670 + j, 0.05), {}, o));
+      layers.back()->to(gpu());
+      out.push_back(torch::empty({fitting[j].n, fitting[j].k}, torch::TensorOptions().dtype(torch::kFloat16).device(gpu())));
+    }
+    for (size_t j = 0; j < layers.size(); ++j) {
+      ptrs.push_back(layers[j].get());
+      outs.push_back(&out[j]);
+    }
+    dense_weights_into(ptrs, outs, 64);
+    for (size_t j = 0; j < layers.size(); ++j) {
+      auto own = torch::empty_like(out[j]);
+      layers[j]->dense_weight_into(own, 64);
+      EXPECT_TRUE(torch::equal(out[j], own)) << method_name(method) << " layer " << j;
+    }
+    auto wrong = torch::empty({3, 3}, out[0].options());
+    outs[0] = &wrong;
+    EXPECT_THROW(dense_weights_into(ptrs, outs, 64), InputError) << method_name(method);
+  }
+}
+
 // The model's weight prefetch: a layer's dense weight made on a side stream, read on the current stream after an
 // event, gives forward_dense() results identical to forward()'s.
 TEST(CudaDenseWeight, MadeOnASideStreamEqualsTheCpuDenseWeightAndForwardDenseEqualsForward) {

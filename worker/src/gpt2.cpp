@@ -1,6 +1,7 @@
 #include "evalsvc/worker/gpt2.h"
 
 #include <cmath>
+#include <vector>
 
 #include <fmt/ranges.h>
 
@@ -191,11 +192,15 @@ void GPT2ClassifierImpl::stage_block(WeightPrefetch& pf, size_t layer, int64_t a
 #ifdef EVALSVC_WITH_CUDA
   const size_t s = layer % 2;
   pf.side.run_on_side([&] {
+    std::vector<const kernels::QuantizedLinear*> layers;
+    std::vector<torch::Tensor*> outs;
     for (int p = 0; p < 4; ++p) {
       if (takes_dense(layer, p, all_tokens, tail_tokens)) {
-        blocks_[layer].q[p]->dense_weight_into(pf.slot[s][p], prefetch_blocks_);
+        layers.push_back(blocks_[layer].q[p].get());
+        outs.push_back(&pf.slot[s][p]);
       }
     }
+    kernels::dense_weights_into(layers, outs, prefetch_blocks_);  // nf4: one launch for the block
   });
   pf.side.record_side(WeightPrefetch::ready(s));
 #else

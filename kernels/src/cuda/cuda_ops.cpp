@@ -279,6 +279,38 @@ void nf4_dequantize_into(const Nf4Weight& w, torch::Tensor& out, int max_blocks)
       launch_nf4_dequantize(v, out.data_ptr(), launcher_dtype(out.scalar_type()), stream_of(w.packed), max_blocks));
 }
 
+void nf4_dequantize_batch_into(const std::vector<const Nf4Weight*>& w, const std::vector<torch::Tensor*>& out,
+                               int max_blocks) {
+  const char* op = "nf4_dequantize_batch";
+  EVALSVC_CHECK(!w.empty() && w.size() <= 4 && out.size() == w.size(), InputError,
+                "cuda::{}: takes 1 to 4 weights and as many outputs, got {} and {}", op, w.size(), out.size());
+  EVALSVC_CHECK(max_blocks >= 0, InputError, "cuda::{}: max_blocks must be >= 0, got {}", op, max_blocks);
+  std::vector<Nf4View> views;
+  std::vector<void*> ptrs;
+  for (size_t j = 0; j < w.size(); ++j) {
+    EVALSVC_CHECK(w[j] != nullptr && out[j] != nullptr && w[j]->packed.defined(), InputError,
+                  "cuda::{}: weight {} or its output is missing", op, j);
+    check_cuda(op, "packed", w[j]->packed, w[0]->packed);
+    check_cuda(op, "out", *out[j], w[0]->packed);
+    check_dtype(op, "out", *out[j], {out[0]->scalar_type()});
+    check_dtype(op, "out", *out[j], {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
+    check_contiguous(op, "out", *out[j]);
+    EVALSVC_CHECK(out[j]->dim() == 2 && out[j]->size(0) == w[j]->out_features && out[j]->size(1) == w[j]->in_features,
+                  InputError, "cuda::{}: out {} must be [{}, {}], got {}", op, j, w[j]->out_features,
+                  w[j]->in_features, describe(*out[j]));
+    views.push_back(nf4_view(op, *w[j], w[j]->packed));
+    ptrs.push_back(out[j]->data_ptr());
+  }
+  const c10::cuda::CUDAGuard guard(w[0]->packed.device());
+  const int s = launch_nf4_dequantize_batch(views.data(), ptrs.data(), static_cast<int>(views.size()),
+                                            launcher_dtype(out[0]->scalar_type()), stream_of(w[0]->packed), max_blocks);
+  if (s != kLaunchUnsupported) {
+    EVALSVC_LAUNCH(s);
+    return;
+  }
+  for (size_t j = 0; j < w.size(); ++j) nf4_dequantize_into(*w[j], *out[j], max_blocks);  // one by one
+}
+
 torch::Tensor nf4_dequantize(const Nf4Weight& w, torch::ScalarType dtype) {
   const char* op = "nf4_dequantize";
   EVALSVC_CHECK(w.packed.defined(), InputError, "cuda::{}: packed is undefined", op);

@@ -63,6 +63,13 @@ inline constexpr int kBackgroundBlockThreads = 1024;
 /// another stream (the model's weight prefetch); 0: as many blocks as the size needs (fastest alone).
 int launch_nf4_dequantize(const Nf4View& w, void* out, DType dtype, cudaStream_t stream, int max_blocks = 0);
 
+/// launch_nf4_dequantize of w[j] into out[j] for j < count (at most 4) in one launch, the grid (as for one
+/// weight of all their sizes) shared out by size: the same values. kLaunchUnsupported unless every weight has
+/// n*k % 32 == 0, blocksize % 32 == 0 and 16-byte aligned codes and output, and all share quant_map and
+/// nested_map (launch them one by one then).
+int launch_nf4_dequantize_batch(const Nf4View* w, void* const* out, int count, DType dtype, cudaStream_t stream,
+                                int max_blocks = 0);
+
 /// y [m, n] = x [m, k] W^T + bias; x and y in `dtype` (kF16 or kBF16); bias fp32 [n] or null.
 /// GEMV path: one warp per output row, every token of x at once (m <= 8), packed weights streamed with
 /// 16-byte loads when k % 32 == 0 and blocksize % 32 == 0.

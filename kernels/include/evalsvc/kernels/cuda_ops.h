@@ -16,6 +16,7 @@
 #include <functional>
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include "evalsvc/kernels/quantized_linear.h"
 #include "evalsvc/kernels/torch_compat.h"
@@ -69,6 +70,10 @@ torch::Tensor nf4_dequantize(const Nf4Weight& w, torch::ScalarType dtype);
 /// it can run on a side stream into a buffer the caller keeps (WeightPrefetch in worker/src/gpt2.cpp).
 /// max_blocks > 0 caps the grid (launch_nf4_dequantize): the kernel then runs beside other work, not over it.
 void nf4_dequantize_into(const Nf4Weight& w, torch::Tensor& out, int max_blocks = 0);
+/// nf4_dequantize_into for up to four weights on one device into outputs of one dtype: one launch where the
+/// shapes allow (launch_nf4_dequantize_batch), else one each. The same values.
+void nf4_dequantize_batch_into(const std::vector<const Nf4Weight*>& w, const std::vector<torch::Tensor*>& out,
+                               int max_blocks = 0);
 
 /// y = x W^T + bias with W dequantized on the fly (tiles decoded into shared memory, tensor-core mma with
 /// fp32 accumulation; batch-1 GEMV path streaming the packed weight). x: fp16 or bf16 [..., in];

@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "evalsvc/kernels/torch_compat.h"
 
@@ -128,5 +129,11 @@ std::unique_ptr<QuantizedLinear> quantize_linear(Method method, const torch::Ten
 /// Rebuilds a layer from tensors produced by state(); FormatError naming the missing/bad key.
 std::unique_ptr<QuantizedLinear> load_linear(Method method, const std::map<std::string, torch::Tensor>& state,
                                              const QuantOptions& options = {});
+
+/// layers[j]->dense_weight_into(*outs[j], max_blocks) for every j, with the same checks and values: two to four
+/// NF4 layers on a GPU in one launch (cuda::nf4_dequantize_batch_into), the others one by one. The model's weight
+/// prefetch makes a transformer block's four dense weights at once.
+void dense_weights_into(const std::vector<const QuantizedLinear*>& layers, const std::vector<torch::Tensor*>& outs,
+                        int max_blocks = 0);
 
 }  // namespace evalsvc::kernels
