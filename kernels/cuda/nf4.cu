@@ -90,18 +90,14 @@ __global__ void k_nf4_dequantize8(Nf4View w, T* __restrict__ out) {
   }
 }
 
-/// The same values, 32 codes a thread (one 16-byte load, one absmax, four 8-value stores): for a capped grid
-/// (launch max_blocks > 0), whose few blocks must each move many bytes per trip to keep up. For n*k % 32 == 0,
-/// blocksize % 32 == 0 and 16-byte aligned pointers; 32-bit indices (n*k / 32 < 2^31).
+/// k_nf4_dequantize32's loop over w's groups of 32 codes from group `first` in steps of `step` (threads).
 template <typename T>
-__global__ void k_nf4_dequantize32(Nf4View w, T* __restrict__ out) {
-  __shared__ Nf4Tables t;
-  load_tables(t, w.quant_map, w.nested_map);
-  __syncthreads();
+__device__ __forceinline__ void dequantize32_groups(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
+                                                    uint32_t first, uint32_t step) {
   const uint32_t groups = static_cast<uint32_t>(w.n * w.k / 32);
   const uint32_t per_block = static_cast<uint32_t>(w.blocksize / 32);
   const uint4* words = reinterpret_cast<const uint4*>(w.packed);
-  for (uint32_t g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += gridDim.x * blockDim.x) {
+  for (uint32_t g = first; g < groups; g += step) {
     const uint4 p = words[g];
     const float am = block_absmax(w, t, g / per_block);
     const uint32_t pw[4] = {p.x, p.y, p.z, p.w};
@@ -117,6 +113,17 @@ __global__ void k_nf4_dequantize32(Nf4View w, T* __restrict__ out) {
       store8(out + 32 * static_cast<size_t>(g) + 8 * q, v);
     }
   }
+}
+
+/// The same values, 32 codes a thread (one 16-byte load, one absmax, four 8-value stores): for a capped grid
+/// (launch max_blocks > 0), whose few blocks must each move many bytes per trip to keep up. For n*k % 32 == 0,
+/// blocksize % 32 == 0 and 16-byte aligned pointers; 32-bit indices (n*k / 32 < 2^31).
+template <typename T>
+__global__ void k_nf4_dequantize32(Nf4View w, T* __restrict__ out) {
+  __shared__ Nf4Tables t;
+  load_tables(t, w.quant_map, w.nested_map);
+  __syncthreads();
+  dequantize32_groups(w, t, out, blockIdx.x * blockDim.x + threadIdx.x, gridDim.x * blockDim.x);
 }
 
 /// Several weights' k_nf4_dequantize32 in one launch: weight j takes blocks [first[j], first[j + 1]) of the grid,
@@ -139,28 +146,9 @@ __global__ void k_nf4_dequantize32_batch(Nf4Batch b) {
 #pragma unroll
   for (int j = 0; j < kNf4BatchMax; ++j) {
     if (j >= b.count || blockIdx.x < b.first[j] || blockIdx.x >= b.first[j + 1]) continue;
-    const Nf4View& w = b.w[j];
-    T* out = static_cast<T*>(b.out[j]);
-    const uint32_t groups = static_cast<uint32_t>(w.n * w.k / 32);
-    const uint32_t per_block = static_cast<uint32_t>(w.blocksize / 32);
     const uint32_t blocks = b.first[j + 1] - b.first[j];
-    const uint4* words = reinterpret_cast<const uint4*>(w.packed);
-    for (uint32_t g = (blockIdx.x - b.first[j]) * blockDim.x + threadIdx.x; g < groups; g += blocks * blockDim.x) {
-      const uint4 p = words[g];
-      const float am = block_absmax(w, t, g / per_block);
-      const uint32_t pw[4] = {p.x, p.y, p.z, p.w};
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        float v[8];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const unsigned byte = (pw[q] >> (8 * i)) & 0xFFu;
-          v[2 * i] = __fmul_rn(t.level[byte >> 4], am);
-          v[2 * i + 1] = __fmul_rn(t.level[byte & 0xFu], am);
-        }
-        store8(out + 32 * static_cast<size_t>(g) + 8 * q, v);
-      }
-    }
+    dequantize32_groups(b.w[j], t, static_cast<T*>(b.out[j]), (blockIdx.x - b.first[j]) * blockDim.x + threadIdx.x,
+                        blocks * blockDim.x);
   }
 }
 
