@@ -1136,9 +1136,8 @@ int launch_int8_dequantize(const int8_t* q, const float* scale, bool per_channel
   if (q == nullptr || scale == nullptr || out == nullptr) return kLaunchBadPointer;
   // Capped: the thread budget of max_blocks x kBackgroundBlockThreads in blocks of 256, spread over more SMs. The
   // int8-sym-channel batch-1 forward took 9-18 us less so than in blocks of 1024 on an H200 (docs/perf.md).
-  constexpr int kCappedThreads = 256;
-  const int threads = max_blocks > 0 ? kCappedThreads : 256;
-  if (max_blocks > 0) max_blocks *= kBackgroundBlockThreads / kCappedThreads;
+  const int threads = 256;  // capped or not
+  if (max_blocks > 0) max_blocks *= kBackgroundBlockThreads / threads;
   const unsigned grid = detail::grid_for(n * k, threads, max_blocks > 0 ? max_blocks : 8192);
   const bool by4 = k % 4 == 0 && reinterpret_cast<uintptr_t>(q) % 4 == 0;
   const bool by16 = k % 16 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;

@@ -6,6 +6,7 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "common.cuh"
 #include "evalsvc/kernels/codebooks.h"
@@ -372,6 +373,18 @@ int check_view(const Nf4View& w) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+/// Whether k_nf4_dequantize32 (and its batch) takes w into out.
+bool takes_32(const Nf4View& w, const void* out) {
+  return (w.n * w.k) % 32 == 0 && w.blocksize % 32 == 0 && w.n * w.k / 32 <= INT32_MAX && aligned16(w.packed) &&
+         aligned16(out);
+}
+
+/// A dequantization's block size and grid cap: capped (max_blocks > 0) in blocks of kBackgroundBlockThreads,
+/// else blocks of 256, as many as the size needs.
+std::pair<int, int64_t> dequantize_launch_shape(int max_blocks) {
+  return max_blocks > 0 ? std::pair<int, int64_t>{kBackgroundBlockThreads, max_blocks} : std::pair<int, int64_t>{256, 8192};
+}
+
 }  // namespace
 
 int launch_nf4_dequantize(const Nf4View& w, void* out, DType dtype, cudaStream_t stream, int max_blocks) {
@@ -380,10 +393,8 @@ int launch_nf4_dequantize(const Nf4View& w, void* out, DType dtype, cudaStream_t
   if (max_blocks < 0) return kLaunchBadShape;
   // Capped: blocks of kBackgroundBlockThreads. In blocks of 128-512 threads (same thread budget) NF4's batch-1
   // forward took 4-19 us longer on an H200 (docs/perf.md), int8's 5-18 us less (launch_int8_dequantize).
-  const int threads = max_blocks > 0 ? kBackgroundBlockThreads : 256;
-  const int64_t cap = max_blocks > 0 ? max_blocks : 8192;
-  if (max_blocks > 0 && (w.n * w.k) % 32 == 0 && w.blocksize % 32 == 0 && w.n * w.k / 32 <= INT32_MAX &&
-      aligned16(w.packed) && aligned16(out)) {
+  const auto [threads, cap] = dequantize_launch_shape(max_blocks);
+  if (max_blocks > 0 && takes_32(w, out)) {
     const unsigned grid = detail::grid_for(w.n * w.k / 32, threads, cap);
     EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32<T><<<grid, threads, 0, stream>>>(w, static_cast<T*>(out)));
     return detail::launch_result();
@@ -410,10 +421,9 @@ int launch_nf4_dequantize_batch(const Nf4View* w, void* const* out, int count, D
   for (int j = 0; j < count; ++j) {
     if (const int s = check_view(w[j]); s != kLaunchOk) return s;
     if (out[j] == nullptr) return kLaunchBadPointer;
-    const bool fits = (w[j].n * w[j].k) % 32 == 0 && w[j].blocksize % 32 == 0 && w[j].n * w[j].k / 32 <= INT32_MAX &&
-                      aligned16(w[j].packed) && aligned16(out[j]) && w[j].quant_map == w[0].quant_map &&
-                      w[j].nested_map == w[0].nested_map;
-    if (!fits) return kLaunchUnsupported;
+    if (!takes_32(w[j], out[j]) || w[j].quant_map != w[0].quant_map || w[j].nested_map != w[0].nested_map) {
+      return kLaunchUnsupported;
+    }
     b.w[j] = w[j];
     b.out[j] = out[j];
     groups[j] = w[j].n * w[j].k / 32;
@@ -421,8 +431,7 @@ int launch_nf4_dequantize_batch(const Nf4View* w, void* const* out, int count, D
   }
   // The grid: as for one weight (blocks of kBackgroundBlockThreads up to max_blocks, or of 256), shared out in
   // proportion to the weights' sizes, at least one block each.
-  const int threads = max_blocks > 0 ? kBackgroundBlockThreads : 256;
-  const int64_t cap = max_blocks > 0 ? max_blocks : 8192;
+  const auto [threads, cap] = dequantize_launch_shape(max_blocks);
   const int64_t grid = std::max<int64_t>(detail::grid_for(total, threads, cap), count);
   int64_t first = 0;
   for (int j = 0; j < count; ++j) {

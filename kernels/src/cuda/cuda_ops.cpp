@@ -263,9 +263,9 @@ void check_threshold(const char* op, double threshold) {
 
 // ---- NF4 ----------------------------------------------------------------------------------------------------
 
-void nf4_dequantize_into(const Nf4Weight& w, torch::Tensor& out, int max_blocks) {
-  const char* op = "nf4_dequantize";
-  EVALSVC_CHECK(max_blocks >= 0, InputError, "cuda::{}: max_blocks must be >= 0, got {}", op, max_blocks);
+namespace {
+/// w's view after checking it and `out`, the buffer its dense copy goes to (nf4_dequantize_into's arguments).
+Nf4View nf4_dense_target(const char* op, const Nf4Weight& w, const torch::Tensor& out) {
   EVALSVC_CHECK(w.packed.defined(), InputError, "cuda::{}: packed is undefined", op);
   check_cuda(op, "packed", w.packed);
   check_cuda(op, "out", out, w.packed);
@@ -273,7 +273,14 @@ void nf4_dequantize_into(const Nf4Weight& w, torch::Tensor& out, int max_blocks)
   check_contiguous(op, "out", out);
   EVALSVC_CHECK(out.dim() == 2 && out.size(0) == w.out_features && out.size(1) == w.in_features, InputError,
                 "cuda::{}: out must be [{}, {}], got {}", op, w.out_features, w.in_features, describe(out));
-  const Nf4View v = nf4_view(op, w, w.packed);
+  return nf4_view(op, w, w.packed);
+}
+}  // namespace
+
+void nf4_dequantize_into(const Nf4Weight& w, torch::Tensor& out, int max_blocks) {
+  const char* op = "nf4_dequantize";
+  EVALSVC_CHECK(max_blocks >= 0, InputError, "cuda::{}: max_blocks must be >= 0, got {}", op, max_blocks);
+  const Nf4View v = nf4_dense_target(op, w, out);
   const c10::cuda::CUDAGuard guard(w.packed.device());
   EVALSVC_LAUNCH(
       launch_nf4_dequantize(v, out.data_ptr(), launcher_dtype(out.scalar_type()), stream_of(w.packed), max_blocks));
@@ -288,17 +295,11 @@ void nf4_dequantize_batch_into(const std::vector<const Nf4Weight*>& w, const std
   std::vector<Nf4View> views;
   std::vector<void*> ptrs;
   for (size_t j = 0; j < w.size(); ++j) {
-    EVALSVC_CHECK(w[j] != nullptr && out[j] != nullptr && w[j]->packed.defined(), InputError,
-                  "cuda::{}: weight {} or its output is missing", op, j);
-    check_cuda(op, "packed", w[j]->packed, w[0]->packed);
-    check_cuda(op, "out", *out[j], w[0]->packed);
+    EVALSVC_CHECK(w[j] != nullptr && out[j] != nullptr, InputError, "cuda::{}: weight {} or its output is missing",
+                  op, j);
+    views.push_back(nf4_dense_target(op, *w[j], *out[j]));
+    check_cuda(op, "packed", w[j]->packed, w[0]->packed);  // one device and one output dtype for the launch
     check_dtype(op, "out", *out[j], {out[0]->scalar_type()});
-    check_dtype(op, "out", *out[j], {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
-    check_contiguous(op, "out", *out[j]);
-    EVALSVC_CHECK(out[j]->dim() == 2 && out[j]->size(0) == w[j]->out_features && out[j]->size(1) == w[j]->in_features,
-                  InputError, "cuda::{}: out {} must be [{}, {}], got {}", op, j, w[j]->out_features,
-                  w[j]->in_features, describe(*out[j]));
-    views.push_back(nf4_view(op, *w[j], w[j]->packed));
     ptrs.push_back(out[j]->data_ptr());
   }
   const c10::cuda::CUDAGuard guard(w[0]->packed.device());
