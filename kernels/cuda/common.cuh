@@ -1,6 +1,5 @@
 #pragma once
 // Device helpers shared by the qbench kernels (kernels/cuda/*.cu): dtype conversion, reductions, launch checks.
-#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 #include <utility>
@@ -451,22 +450,6 @@ inline unsigned grid_for(int64_t n, int threads, int64_t cap = 65535) {
   if (blocks < 1) blocks = 1;
   if (blocks > cap) blocks = cap;
   return static_cast<unsigned>(blocks);
-}
-
-/// The grid of one launch that dequantizes several weights (the batched dequantizations): as for one weight of
-/// all their `items` (grid_for with `cap`), shared out in proportion to each one's items, at least one block each
-/// and never more than it needs. Weight j takes blocks [first[j], first[j + 1]); first[count] is the grid size.
-inline void share_grid(const int64_t* items, int count, int threads, int64_t cap, unsigned* first) {
-  int64_t total = 0;
-  for (int j = 0; j < count; ++j) total += items[j];
-  const int64_t grid = std::max<int64_t>(grid_for(total, threads, cap), count);
-  int64_t f = 0;
-  for (int j = 0; j < count; ++j) {
-    first[j] = static_cast<unsigned>(f);
-    const int64_t need = (items[j] + threads - 1) / threads;
-    f += std::max<int64_t>(1, std::min(need, grid * items[j] / total));
-  }
-  first[count] = static_cast<unsigned>(f);
 }
 
 }  // namespace evalsvc::kernels::cuda::detail

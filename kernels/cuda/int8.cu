@@ -916,15 +916,15 @@ __global__ void k_int8_dequantize(const int8_t* __restrict__ q, const float* __r
   }
 }
 
-/// Groups first, first + step, ... of 16 codes of one weight (one 16-byte load, two 8-value stores, 32-bit
-/// indices): the body of k_int8_dequantize16 and of its batch.
+/// The same dequantization as a grid-stride loop over groups of 16 codes (one 16-byte load, two 8-value stores,
+/// 32-bit indices), for a capped grid (launch max_blocks > 0): its few blocks must each move many bytes per trip
+/// to keep up. For k % 16 == 0 (a group never straddles rows) and 16-byte aligned pointers.
 template <typename T>
-__device__ __forceinline__ void dequantize16_groups(const Int8WeightView& w, T* __restrict__ out, uint32_t first,
-                                                    uint32_t step) {
-  const int4* q16 = reinterpret_cast<const int4*>(w.q);
-  const auto k16 = static_cast<uint32_t>(w.k / 16), groups = static_cast<uint32_t>(w.n * w.k / 16);
-  for (uint32_t g = first; g < groups; g += step) {
-    const float s = w.scale[w.per_channel ? g / k16 : 0];
+__global__ void k_int8_dequantize16(const int8_t* __restrict__ q, const float* __restrict__ scale, bool per_channel,
+                                    uint32_t k16, uint32_t groups, T* __restrict__ out) {
+  const int4* q16 = reinterpret_cast<const int4*>(q);
+  for (uint32_t g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += gridDim.x * blockDim.x) {
+    const float s = scale[per_channel ? g / k16 : 0];
     const int4 p = q16[g];
     const int32_t pw[4] = {p.x, p.y, p.z, p.w};
 #pragma unroll
@@ -938,55 +938,6 @@ __device__ __forceinline__ void dequantize16_groups(const Int8WeightView& w, T* 
       detail::store8(out + 16 * static_cast<size_t>(g) + 8 * h, v);
     }
   }
-}
-
-/// The same dequantization as a grid-stride loop over groups of 16 codes, for a capped grid (launch max_blocks >
-/// 0): its few blocks must each move many bytes per trip to keep up. For takes_16 (k % 16 == 0, so a group never
-/// straddles rows; 16-byte aligned pointers).
-template <typename T>
-__global__ void k_int8_dequantize16(Int8WeightView w, T* __restrict__ out) {
-  dequantize16_groups(w, out, blockIdx.x * blockDim.x + threadIdx.x, gridDim.x * blockDim.x);
-}
-
-/// Several weights' k_int8_dequantize16 in one launch, weight j in blocks [first[j], first[j + 1]) (as NF4's
-/// batch): the model's prefetch makes a transformer block's four dense weights with one launch, not four.
-constexpr int kInt8BatchMax = 4;
-struct Int8Batch {
-  Int8WeightView w[kInt8BatchMax];
-  void* out[kInt8BatchMax];
-  unsigned first[kInt8BatchMax + 1];
-  int count;
-};
-
-template <typename T>
-__global__ void k_int8_dequantize16_batch(Int8Batch b) {
-#pragma unroll
-  for (int j = 0; j < kInt8BatchMax; ++j) {
-    if (j >= b.count || blockIdx.x < b.first[j] || blockIdx.x >= b.first[j + 1]) continue;
-    const uint32_t blocks = b.first[j + 1] - b.first[j];
-    dequantize16_groups(b.w[j], static_cast<T*>(b.out[j]), (blockIdx.x - b.first[j]) * blockDim.x + threadIdx.x,
-                        blocks * blockDim.x);
-  }
-}
-
-/// Whether k_int8_dequantize16 (and its batch) takes w into out.
-bool takes_16(const Int8WeightView& w, const void* out) {
-  return w.k % 16 == 0 && w.n * w.k / 16 <= INT32_MAX && reinterpret_cast<uintptr_t>(w.q) % 16 == 0 &&
-         reinterpret_cast<uintptr_t>(out) % 16 == 0;
-}
-
-int check_view(const Int8WeightView& w, const void* out) {
-  if (w.n <= 0 || w.k <= 0) return kLaunchBadShape;
-  if (w.q == nullptr || w.scale == nullptr || out == nullptr) return kLaunchBadPointer;
-  return kLaunchOk;
-}
-
-/// The capped dequantization's thread budget (max_blocks x kBackgroundBlockThreads) in blocks of 256, spread over
-/// more SMs: the int8-sym-channel batch-1 forward took 9-18 us less so than in blocks of 1024 on an H200
-/// (docs/perf.md). Uncapped: blocks of 256, as many as the size needs.
-constexpr int kDequantizeThreads = 256;
-int64_t dequantize_block_cap(int max_blocks) {
-  return max_blocks > 0 ? int64_t{max_blocks} * (kBackgroundBlockThreads / kDequantizeThreads) : 8192;
 }
 
 /// The same dequantization, one block per row, 4 codes a thread (one 4-byte load, 32-bit indices): for
@@ -1179,42 +1130,29 @@ int launch_int8_epilogue(const int32_t* acc, int64_t m, int64_t n, int64_t k, co
   return detail::launch_result();
 }
 
-int launch_int8_dequantize(const Int8WeightView& w, void* out, DType dtype, cudaStream_t stream, int max_blocks) {
-  if (max_blocks < 0) return kLaunchBadShape;
-  if (const int s = check_view(w, out); s != kLaunchOk) return s;
-  const int threads = kDequantizeThreads;
-  const int64_t cap = dequantize_block_cap(max_blocks);
-  if (max_blocks > 0 && takes_16(w, out)) {
-    const unsigned grid = detail::grid_for(w.n * w.k / 16, threads, cap);
-    EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize16<T><<<grid, threads, 0, stream>>>(w, static_cast<T*>(out)));
+int launch_int8_dequantize(const int8_t* q, const float* scale, bool per_channel, int64_t n, int64_t k, void* out,
+                           DType dtype, cudaStream_t stream, int max_blocks) {
+  if (n <= 0 || k <= 0 || max_blocks < 0) return kLaunchBadShape;
+  if (q == nullptr || scale == nullptr || out == nullptr) return kLaunchBadPointer;
+  // Capped: the thread budget of max_blocks x kBackgroundBlockThreads in blocks of 256, spread over more SMs. The
+  // int8-sym-channel batch-1 forward took 9-18 us less so than in blocks of 1024 on an H200 (docs/perf.md).
+  const int threads = 256;  // capped or not
+  if (max_blocks > 0) max_blocks *= kBackgroundBlockThreads / threads;
+  const unsigned grid = detail::grid_for(n * k, threads, max_blocks > 0 ? max_blocks : 8192);
+  const bool by4 = k % 4 == 0 && reinterpret_cast<uintptr_t>(q) % 4 == 0;
+  const bool by16 = k % 16 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  if (max_blocks > 0 && by16 && n * k / 16 <= INT32_MAX) {
+    const unsigned g16 = detail::grid_for(n * k / 16, threads, max_blocks);
+    const auto k16 = static_cast<uint32_t>(k / 16), groups = static_cast<uint32_t>(n * k / 16);
+    EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize16<T><<<g16, threads, 0, stream>>>(q, scale, per_channel, k16, groups, static_cast<T*>(out)));
     return detail::launch_result();
   }
-  if (w.k % 4 == 0 && reinterpret_cast<uintptr_t>(w.q) % 4 == 0 && w.n <= INT32_MAX && max_blocks == 0) {
-    const int row_threads = w.k >= 1024 ? 256 : 128;
-    EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize_rows<T><<<static_cast<unsigned>(w.n), row_threads, 0, stream>>>(w.q, w.scale, w.per_channel, w.k, static_cast<T*>(out)));
+  if (by4 && n <= INT32_MAX && max_blocks == 0) {
+    const int row_threads = k >= 1024 ? 256 : 128;
+    EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize_rows<T><<<static_cast<unsigned>(n), row_threads, 0, stream>>>(q, scale, per_channel, k, static_cast<T*>(out)));
     return detail::launch_result();
   }
-  const unsigned grid = detail::grid_for(w.n * w.k, threads, cap);
-  EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize<T><<<grid, threads, 0, stream>>>(w.q, w.scale, w.per_channel, w.n, w.k, static_cast<T*>(out)));
-  return detail::launch_result();
-}
-
-int launch_int8_dequantize_batch(const Int8WeightView* w, void* const* out, int count, DType dtype,
-                                 cudaStream_t stream, int max_blocks) {
-  if (count < 1 || count > kInt8BatchMax || max_blocks < 0) return kLaunchBadShape;
-  if (w == nullptr || out == nullptr) return kLaunchBadPointer;
-  Int8Batch b{};
-  b.count = count;
-  int64_t groups[kInt8BatchMax] = {};
-  for (int j = 0; j < count; ++j) {
-    if (const int s = check_view(w[j], out[j]); s != kLaunchOk) return s;
-    if (!takes_16(w[j], out[j])) return kLaunchUnsupported;
-    b.w[j] = w[j];
-    b.out[j] = out[j];
-    groups[j] = w[j].n * w[j].k / 16;
-  }
-  detail::share_grid(groups, count, kDequantizeThreads, dequantize_block_cap(max_blocks), b.first);
-  EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize16_batch<T><<<b.first[count], kDequantizeThreads, 0, stream>>>(b));
+  EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize<T><<<grid, threads, 0, stream>>>(q, scale, per_channel, n, k, static_cast<T*>(out)));
   return detail::launch_result();
 }
 

@@ -417,6 +417,7 @@ int launch_nf4_dequantize_batch(const Nf4View* w, void* const* out, int count, D
   Nf4Batch b{};
   b.count = count;
   int64_t groups[kNf4BatchMax] = {};
+  int64_t total = 0;
   for (int j = 0; j < count; ++j) {
     if (const int s = check_view(w[j]); s != kLaunchOk) return s;
     if (out[j] == nullptr) return kLaunchBadPointer;
@@ -426,10 +427,21 @@ int launch_nf4_dequantize_batch(const Nf4View* w, void* const* out, int count, D
     b.w[j] = w[j];
     b.out[j] = out[j];
     groups[j] = w[j].n * w[j].k / 32;
+    total += groups[j];
   }
+  // The grid: as for one weight (blocks of kBackgroundBlockThreads up to max_blocks, or of 256), shared out in
+  // proportion to the weights' sizes, at least one block each.
   const auto [threads, cap] = dequantize_launch_shape(max_blocks);
-  detail::share_grid(groups, count, threads, cap, b.first);
-  EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T><<<b.first[count], threads, 0, stream>>>(b));
+  const int64_t grid = std::max<int64_t>(detail::grid_for(total, threads, cap), count);
+  int64_t first = 0;
+  for (int j = 0; j < count; ++j) {
+    b.first[j] = static_cast<unsigned>(first);
+    const int64_t need = (groups[j] + threads - 1) / threads;
+    const int64_t share = std::max<int64_t>(1, std::min(need, grid * groups[j] / total));
+    first += share;
+  }
+  b.first[count] = static_cast<unsigned>(first);
+  EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T><<<static_cast<unsigned>(first), threads, 0, stream>>>(b));
   return detail::launch_result();
 }
 

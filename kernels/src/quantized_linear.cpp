@@ -5,7 +5,6 @@
 #include "evalsvc/kernels/quantized_linear.h"
 
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -303,14 +302,6 @@ class Int8Linear final : public LayerBase {
   }
   void dense_weight_into_cuda(torch::Tensor& out, int max_blocks) const override {
     cuda::dequantize_int8_weight_into(w_.q, w_.scale, out, max_blocks);
-  }
-
- public:
-  /// The codes and scale dense_weight_into_cuda dequantizes, for dense_weights_into's batch; none off the GPU
-  /// and for W8A8 (which multiplies the codes).
-  std::optional<cuda::Int8WeightRef> device_weight() const {
-    if (!device().is_cuda() || method_ == Method::kInt8W8A8) return std::nullopt;
-    return cuda::Int8WeightRef{&w_.q, &w_.scale};
   }
 #endif
  public:
@@ -768,21 +759,17 @@ void dense_weights_into(const std::vector<const QuantizedLinear*>& layers, const
     EVALSVC_CHECK(layers[j] != nullptr && outs[j] != nullptr, InputError, "dense_weights_into: layer {} or its output is null", j);
   }
 #ifdef EVALSVC_WITH_CUDA
-  // One launch when all are NF4, or all weight-only int8, on a GPU.
   std::vector<const cuda::Nf4Weight*> nf4;
-  std::vector<cuda::Int8WeightRef> int8;
   for (size_t j = 0; j < layers.size(); ++j) {
-    if (const auto* l = dynamic_cast<const Nf4Linear*>(layers[j]); l != nullptr && l->device_weight() != nullptr) {
-      l->check_dense_buffer(*outs[j], max_blocks);
-      nf4.push_back(l->device_weight());
-    } else if (const auto* i = dynamic_cast<const Int8Linear*>(layers[j]); i != nullptr && i->device_weight()) {
-      i->check_dense_buffer(*outs[j], max_blocks);
-      int8.push_back(*i->device_weight());
-    }
+    const auto* l = dynamic_cast<const Nf4Linear*>(layers[j]);
+    if (l == nullptr || l->device_weight() == nullptr) break;
+    l->check_dense_buffer(*outs[j], max_blocks);
+    nf4.push_back(l->device_weight());
   }
-  const bool batch = layers.size() >= 2 && layers.size() <= 4;
-  if (batch && nf4.size() == layers.size()) return cuda::nf4_dequantize_batch_into(nf4, outs, max_blocks);
-  if (batch && int8.size() == layers.size() && std::getenv("QBENCH_AB_INT8_ONE") == nullptr) return cuda::dequantize_int8_weights_into(int8, outs, max_blocks);
+  if (nf4.size() == layers.size() && nf4.size() >= 2 && nf4.size() <= 4) {
+    cuda::nf4_dequantize_batch_into(nf4, outs, max_blocks);
+    return;
+  }
 #endif
   for (size_t j = 0; j < layers.size(); ++j) layers[j]->dense_weight_into(*outs[j], max_blocks);
 }

@@ -1131,8 +1131,8 @@ TEST(CudaDenseWeight, BatchedNf4DequantizationEqualsEachWeightsOwn) {
       EXPECT_THROW(cuda::nf4_dequantize_batch_into({&w[0]}, short_outs, 0), InputError);
     }
   }
-  // Through the layers (each kind batched; BatchedInt8DequantizationEqualsEachWeightsOwn checks int8's kernel).
-  for (const auto method : {Method::kNf4, Method::kInt8SymChannel, Method::kInt8SymTensor}) {
+  // Through the layers: NF4 layers batched, int8 ones one by one.
+  for (const auto method : {Method::kNf4, Method::kInt8SymChannel}) {
     std::vector<std::unique_ptr<QuantizedLinear>> layers;
     std::vector<const QuantizedLinear*> ptrs;
     std::vector<torch::Tensor> out;
@@ -1157,41 +1157,6 @@ TEST(CudaDenseWeight, BatchedNf4DequantizationEqualsEachWeightsOwn) {
     auto wrong = torch::empty({3, 3}, out[0].options());
     outs[0] = &wrong;
     EXPECT_THROW(dense_weights_into(ptrs, outs, 64), InputError) << method_name(method);
-  }
-}
-
-// The same for weight-only int8: up to four weights, per-channel and per-tensor scales mixed, in one launch give
-// each weight's own values, capped or not; a weight with k % 16 != 0 (99 x 17) sends the batch one by one.
-TEST(CudaDenseWeight, BatchedInt8DequantizationEqualsEachWeightsOwn) {
-  REQUIRE_GPU();
-  std::vector<Shape> shapes = {{768, 256}, {768, 64}, {256, 96}, {3072, 32}};  // k % 16 == 0
-  for (const bool odd : {false, true}) {
-    if (odd) shapes.back() = Shape{99, 17};
-    std::vector<ref::Int8Weight> w;
-    for (size_t j = 0; j < shapes.size(); ++j) {
-      const auto q = ref::quantize_int8_sym(randn({shapes[j].n, shapes[j].k}, 1680 + j, 0.05), /*per_channel=*/j != 1);
-      w.push_back({q.q.to(gpu()), q.scale.to(gpu())});
-    }
-    std::vector<cuda::Int8WeightRef> refs;
-    for (const auto& x : w) refs.push_back({&x.q, &x.scale});
-    for (const auto dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
-      for (const int blocks : {0, 1, 64}) {
-        const auto what = fmt::format("odd={} dtype={} max_blocks={}", odd, c10::toString(dtype), blocks);
-        std::vector<torch::Tensor> out;
-        std::vector<torch::Tensor*> outs;
-        for (const auto& x : w) out.push_back(torch::full(x.q.sizes(), 7.0, torch::TensorOptions().dtype(dtype).device(gpu())));
-        for (auto& o : out) outs.push_back(&o);
-        cuda::dequantize_int8_weights_into(refs, outs, blocks);
-        for (size_t j = 0; j < w.size(); ++j) {
-          EXPECT_TRUE(torch::equal(out[j], cuda::dequantize_int8_weight(w[j].q, w[j].scale, dtype))) << what << " weight " << j;
-        }
-      }
-    }
-    std::vector<torch::Tensor*> short_outs;
-    EXPECT_THROW(cuda::dequantize_int8_weights_into(refs, short_outs, 0), InputError);
-    auto wrong = torch::empty({3, 3}, torch::TensorOptions().dtype(torch::kFloat16).device(gpu()));
-    std::vector<torch::Tensor*> bad(refs.size(), &wrong);
-    EXPECT_THROW(cuda::dequantize_int8_weights_into(refs, bad, 0), InputError);
   }
 }
 

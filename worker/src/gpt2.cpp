@@ -1,7 +1,6 @@
 #include "evalsvc/worker/gpt2.h"
 
 #include <cmath>
-#include <cstdlib>
 #include <vector>
 
 #include <fmt/ranges.h>
@@ -201,9 +200,7 @@ void GPT2ClassifierImpl::stage_block(WeightPrefetch& pf, size_t layer, int64_t a
         outs.push_back(&pf.slot[s][p]);
       }
     }
-    // Block 0's copies are staged with the forward's start and waited for at once: uncapped, they fill the GPU.
-    const bool capped = layer > 0 || std::getenv("QBENCH_AB_FIRST_CAPPED") != nullptr;
-    kernels::dense_weights_into(layers, outs, capped ? prefetch_blocks_ : 0);  // one launch for the block
+    kernels::dense_weights_into(layers, outs, prefetch_blocks_);  // nf4: one launch for the block
   });
   pf.side.record_side(WeightPrefetch::ready(s));
 #else

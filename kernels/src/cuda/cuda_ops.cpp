@@ -548,11 +548,10 @@ torch::Tensor llm_int8_linear_quantized(const QuantizedActivations& a, const tor
   return llm_int8_product(op, a.q, a.scale, cols, CB, SCB, bias, out_dtype, gemm, gelu_tanh);
 }
 
-namespace {
-/// The launcher's view of (q, scale) after checking them and `out`, the buffer their dense copy goes to
-/// (dequantize_int8_weight_into's arguments).
-Int8WeightView int8_dense_target(const char* op, const torch::Tensor& q, const torch::Tensor& scale,
-                                 const torch::Tensor& out) {
+void dequantize_int8_weight_into(const torch::Tensor& q, const torch::Tensor& scale, torch::Tensor& out,
+                                 int max_blocks) {
+  const char* op = "dequantize_int8_weight";
+  EVALSVC_CHECK(max_blocks >= 0, InputError, "cuda::{}: max_blocks must be >= 0, got {}", op, max_blocks);
   check_cuda(op, "q", q);
   check_dtype(op, "q", q, {torch::kInt8});
   check_contiguous(op, "q", q);
@@ -570,49 +569,11 @@ Int8WeightView int8_dense_target(const char* op, const torch::Tensor& q, const t
   check_contiguous(op, "out", out);
   EVALSVC_CHECK(out.dim() == 2 && out.size(0) == n && out.size(1) == k, InputError,
                 "cuda::{}: out must be [{}, {}], got {}", op, n, k, describe(out));
-  return Int8WeightView{q.data_ptr<int8_t>(), scale.data_ptr<float>(), scale.numel() == n, n, k};
-}
-}  // namespace
-
-void dequantize_int8_weight_into(const torch::Tensor& q, const torch::Tensor& scale, torch::Tensor& out,
-                                 int max_blocks) {
-  const char* op = "dequantize_int8_weight";
-  EVALSVC_CHECK(max_blocks >= 0, InputError, "cuda::{}: max_blocks must be >= 0, got {}", op, max_blocks);
-  const Int8WeightView v = int8_dense_target(op, q, scale, out);
-  if (v.n == 0 || v.k == 0) return;
+  if (n == 0 || k == 0) return;
   const c10::cuda::CUDAGuard guard(q.device());
-  EVALSVC_LAUNCH(launch_int8_dequantize(v, out.data_ptr(), launcher_dtype(out.scalar_type()), stream_of(q), max_blocks));
-}
-
-void dequantize_int8_weights_into(const std::vector<Int8WeightRef>& w, const std::vector<torch::Tensor*>& out,
-                                  int max_blocks) {
-  const char* op = "dequantize_int8_weights";
-  EVALSVC_CHECK(!w.empty() && w.size() <= 4 && out.size() == w.size(), InputError,
-                "cuda::{}: takes 1 to 4 weights and as many outputs, got {} and {}", op, w.size(), out.size());
-  EVALSVC_CHECK(max_blocks >= 0, InputError, "cuda::{}: max_blocks must be >= 0, got {}", op, max_blocks);
-  std::vector<Int8WeightView> views;
-  std::vector<void*> ptrs;
-  bool empty = false;
-  for (size_t j = 0; j < w.size(); ++j) {
-    EVALSVC_CHECK(w[j].q != nullptr && w[j].scale != nullptr && out[j] != nullptr, InputError,
-                  "cuda::{}: weight {}'s codes, scale or output is missing", op, j);
-    views.push_back(int8_dense_target(op, *w[j].q, *w[j].scale, *out[j]));
-    check_cuda(op, "q", *w[j].q, *w[0].q);  // one device and one output dtype for the launch
-    check_dtype(op, "out", *out[j], {out[0]->scalar_type()});
-    ptrs.push_back(out[j]->data_ptr());
-    empty = empty || views.back().n == 0 || views.back().k == 0;
-  }
-  int s = kLaunchUnsupported;
-  if (!empty) {
-    const c10::cuda::CUDAGuard guard(w[0].q->device());
-    s = launch_int8_dequantize_batch(views.data(), ptrs.data(), static_cast<int>(views.size()),
-                                     launcher_dtype(out[0]->scalar_type()), stream_of(*w[0].q), max_blocks);
-  }
-  if (s != kLaunchUnsupported) {
-    EVALSVC_LAUNCH(s);
-    return;
-  }
-  for (size_t j = 0; j < w.size(); ++j) dequantize_int8_weight_into(*w[j].q, *w[j].scale, *out[j], max_blocks);
+  EVALSVC_LAUNCH(launch_int8_dequantize(q.data_ptr<int8_t>(), scale.data_ptr<float>(), scale.numel() == n,
+                                        n, k, out.data_ptr(), launcher_dtype(out.scalar_type()), stream_of(q),
+                                        max_blocks));
 }
 
 torch::Tensor dequantize_int8_weight(const torch::Tensor& q, const torch::Tensor& scale, torch::ScalarType dtype) {

@@ -156,24 +156,10 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
 int launch_int8_epilogue(const int32_t* acc, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep, void* y,
                          DType dtype, cudaStream_t stream);
 
-/// A weight-only int8 weight: codes q [n, k] row-major, fp32 scale [n] (per channel) or [1].
-struct Int8WeightView {
-  const int8_t* q = nullptr;
-  const float* scale = nullptr;
-  bool per_channel = true;
-  int64_t n = 0;
-  int64_t k = 0;
-};
-
 /// out [n, k] (dtype) = q * scale[per_channel ? row : 0]. max_blocks as for launch_nf4_dequantize, the same
 /// thread budget in four times as many blocks of 256 threads.
-int launch_int8_dequantize(const Int8WeightView& w, void* out, DType dtype, cudaStream_t stream, int max_blocks = 0);
-
-/// launch_int8_dequantize of w[j] into out[j] for j < count (at most 4) in one launch, the grid shared out by
-/// size as in launch_nf4_dequantize_batch: the same values. kLaunchUnsupported unless every weight has k % 16 == 0,
-/// n*k / 16 < 2^31 and 16-byte aligned codes and output (launch them one by one then).
-int launch_int8_dequantize_batch(const Int8WeightView* w, void* const* out, int count, DType dtype,
-                                 cudaStream_t stream, int max_blocks = 0);
+int launch_int8_dequantize(const int8_t* q, const float* scale, bool per_channel, int64_t n, int64_t k, void* out,
+                           DType dtype, cudaStream_t stream, int max_blocks = 0);
 
 // --- FP8 E4M3 (kernels/cuda/fp8.cu) --------------------------------------------------------------------------
 

@@ -156,15 +156,6 @@ torch::Tensor dequantize_int8_weight(const torch::Tensor& q, const torch::Tensor
 /// max_blocks as for nf4_dequantize_into.
 void dequantize_int8_weight_into(const torch::Tensor& q, const torch::Tensor& scale, torch::Tensor& out,
                                  int max_blocks = 0);
-/// A weight-only int8 weight's codes and scale, by reference (dequantize_int8_weights_into).
-struct Int8WeightRef {
-  const torch::Tensor* q = nullptr;
-  const torch::Tensor* scale = nullptr;
-};
-/// dequantize_int8_weight_into for up to four weights on one device into outputs of one dtype: one launch where
-/// the shapes allow (launch_int8_dequantize_batch), else one each. The same values.
-void dequantize_int8_weights_into(const std::vector<Int8WeightRef>& w, const std::vector<torch::Tensor*>& out,
-                                  int max_blocks = 0);
 
 /// Weight-only int8 linear: dequantize_int8_weight to x's dtype, then cuda::linear. x fp16/bf16/fp32.
 torch::Tensor int8_weight_only_linear(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale,

@@ -131,9 +131,8 @@ std::unique_ptr<QuantizedLinear> load_linear(Method method, const std::map<std::
                                              const QuantOptions& options = {});
 
 /// layers[j]->dense_weight_into(*outs[j], max_blocks) for every j, with the same checks and values: two to four
-/// NF4 layers, or two to four weight-only int8 layers, on a GPU in one launch (cuda::nf4_dequantize_batch_into,
-/// cuda::dequantize_int8_weights_into), the others one by one. The model's weight prefetch makes a transformer
-/// block's four dense weights at once.
+/// NF4 layers on a GPU in one launch (cuda::nf4_dequantize_batch_into), the others one by one. The model's weight
+/// prefetch makes a transformer block's four dense weights at once.
 void dense_weights_into(const std::vector<const QuantizedLinear*>& layers, const std::vector<torch::Tensor*>& outs,
                         int max_blocks = 0);
 

@@ -168,8 +168,7 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// copies and the products' use of them go by.
   bool takes_dense(size_t layer, int p, int64_t all_tokens, int64_t tail_tokens) const;
   /// Queues the dense copies of block `layer` into slot layer % 2 on the side stream, of the projections that
-  /// takes_dense names. Block 0's take the whole GPU (nothing computes beside them: the forward waits for them),
-  /// the others prefetch_blocks_ (they run beside the block before).
+  /// takes_dense names.
   void stage_block(WeightPrefetch& pf, size_t layer, int64_t all_tokens, int64_t tail_tokens) const;
   /// {h + delta, LayerNorm(h + delta)}: one CUDA kernel in inference on a GPU, the two ops otherwise.
   /// With a `consumer` that quantizes its input per token (activation_code: W8A8, FP8, LLM.int8 on fp16) and
