@@ -183,6 +183,18 @@ class LayerBase : public QuantizedLinear {
     return s;
   }
 
+  std::vector<torch::Tensor> stored_tensors() const final {
+    std::vector<torch::Tensor> out;
+    for (const auto& [key, t] : own_state()) {
+      // NF4's quant_state is JSON text own_state() makes for checkpoints; the kernels never read it.
+      if (key.find(".quant_state.") != std::string::npos) continue;
+      if (t.defined() && t.device() == device()) out.push_back(t);
+    }
+    for (const auto& t : {bias_, bias_f32_})
+      if (t.defined()) out.push_back(t);
+    return out;
+  }
+
   void to(const torch::Device& device) final {
     before_move(device);
     if (bias_.defined()) {

@@ -1209,6 +1209,48 @@ TEST(CudaDenseWeight, MadeOnASideStreamEqualsTheCpuDenseWeightAndForwardDenseEqu
   }
 }
 
+// The L2 prefetch is a hint: whatever it is given stays as it was, eagerly and in a CUDA graph, and more spans than
+// one launch takes go out in several. Bad input is an InputError naming the tensor.
+TEST(CudaL2Prefetch, LeavesTheTensorsAsTheyWereAndRejectsBadInput) {
+  REQUIRE_GPU();
+  std::vector<torch::Tensor> ts;
+  for (int i = 0; i < 20; ++i) ts.push_back(randn({1 + 37 * i, 29}, 1600 + i).to(torch::kHalf).to(gpu()));
+  ts.push_back(torch::randint(-128, 127, {2304, 768}, torch::TensorOptions().dtype(torch::kInt8)).to(gpu()));
+  ts.push_back(torch::ones({3}, torch::TensorOptions().dtype(torch::kInt8).device(gpu())));  // 3 bytes: no whole 16
+  ts.push_back(torch::Tensor());                                                         // skipped
+  ts.push_back(torch::empty({0}, torch::TensorOptions().device(gpu())));                 // skipped
+  std::vector<torch::Tensor> before;
+  for (const auto& t : ts) before.push_back(t.defined() ? t.clone() : t);
+  cuda::l2_prefetch(ts);
+  torch::cuda::synchronize();
+  {
+    const c10::cuda::CUDAStreamGuard guard(c10::cuda::getStreamFromPool(false, 0));
+    at::cuda::CUDAGraph graph;
+    graph.capture_begin();
+    cuda::l2_prefetch(ts);
+    graph.capture_end();
+    graph.replay();
+    torch::cuda::synchronize();
+  }
+  for (size_t i = 0; i < ts.size(); ++i) {
+    if (ts[i].defined()) EXPECT_TRUE(torch::equal(ts[i], before[i])) << "tensor " << i;
+  }
+  cuda::l2_prefetch({});  // nothing to do
+
+  auto expect_input_error = [](const std::vector<torch::Tensor>& bad, const std::string& names) {
+    try {
+      cuda::l2_prefetch(bad);
+      ADD_FAILURE() << "no error for " << names;
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find(names), std::string::npos) << e.what();
+    }
+  };
+  const auto bytes = torch::zeros({64}, torch::TensorOptions().dtype(torch::kInt8).device(gpu()));
+  expect_input_error({ts[0], torch::zeros({8})}, "tensors[1]");                    // on the CPU
+  expect_input_error({bytes.slice(0, 1)}, "tensors[0] must start at a 16-byte");   // misaligned
+  expect_input_error({ts[1].t()}, "tensors[0] must be contiguous");
+}
+
 }  // namespace
 
 #endif  // EVALSVC_WITH_CUDA

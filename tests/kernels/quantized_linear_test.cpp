@@ -263,6 +263,28 @@ TEST(QuantizedLinear, BytesMatchTheStoredTensors) {
   }
 }
 
+TEST(QuantizedLinear, StoredTensorsAreTheLayersOwnStorage) {
+  auto d = seeded(37, 67, 5);
+  for (const auto& c : cases()) {
+    auto layer = quantize_linear(c.method, d.w, d.b, options_for(c));
+    const auto stored = layer->stored_tensors();
+    // Every tensor of the checkpoint but NF4's quant_state text: the same storage, not a copy.
+    auto s = layer->state();
+    size_t want = s.size() - s.count("weight.quant_state.bitsandbytes__nf4");
+    ASSERT_EQ(stored.size(), want) << label(c);
+    int64_t bytes = 0;
+    for (const auto& t : stored) {
+      EXPECT_TRUE(t.is_contiguous()) << label(c);
+      bytes += static_cast<int64_t>(t.nbytes());
+    }
+    EXPECT_EQ(bytes, layer->bytes().runtime - (c.method == Method::kNf4 ? 4 : 0) -
+                         (c.method == Method::kLlmInt8 ? 4 * (3 + 1) : 0))
+        << label(c);
+    // The same storage on every call: nothing is copied.
+    EXPECT_EQ(stored.front().data_ptr(), layer->stored_tensors().front().data_ptr()) << label(c);
+  }
+}
+
 TEST(QuantizedLinearBadInput, QuantizeAndForward) {
   auto d = seeded(8, 16, 6);
   QuantOptions o;

@@ -966,6 +966,48 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
   return fp8_linear_quantized(a, wq, wscale, bias, x2.scalar_type(), gelu_tanh, gemm).view(output_shape(x, n));
 }
 
+// ---- L2 prefetch --------------------------------------------------------------------------------------------
+
+void l2_prefetch(const std::vector<torch::Tensor>& tensors) {
+  const char* op = "l2_prefetch";
+  std::vector<L2Span> spans;
+  const torch::Tensor* first = nullptr;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto& t = tensors[i];
+    if (!t.defined() || t.numel() == 0) continue;
+    const std::string name = fmt::format("tensors[{}]", i);
+    if (first == nullptr) {
+      check_cuda(op, name.c_str(), t);
+      first = &t;
+    } else {
+      check_cuda(op, name.c_str(), t, *first);
+    }
+    check_contiguous(op, name.c_str(), t);
+    EVALSVC_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, InputError,
+                  "cuda::{}: {} must start at a 16-byte aligned address, got {}", op, name, describe(t));
+    spans.push_back({t.data_ptr(), static_cast<int64_t>(t.nbytes())});
+  }
+  if (first == nullptr) return;
+  const c10::cuda::CUDAGuard guard(first->device());
+  for (size_t i = 0; i < spans.size(); i += kL2PrefetchMaxSpans) {
+    const int n = static_cast<int>(std::min<size_t>(kL2PrefetchMaxSpans, spans.size() - i));
+    EVALSVC_LAUNCH(launch_l2_prefetch(spans.data() + i, n, stream_of(*first)));
+  }
+}
+
+bool current_stream_capturing(const torch::Device& device) {
+  EVALSVC_CHECK(device.is_cuda(), InputError, "cuda::current_stream_capturing: device must be CUDA, got {}",
+                device.str());
+  const c10::DeviceIndex index = device.has_index() ? device.index() : at::cuda::current_device();
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  const cudaError_t e = cudaStreamIsCapturing(at::cuda::getCurrentCUDAStream(index), &status);
+  if (e != cudaSuccess) {
+    throw CudaError(fmt::format("cuda::current_stream_capturing: cudaStreamIsCapturing on {}: {}", device.str(),
+                                cudaGetErrorString(e)));
+  }
+  return status == cudaStreamCaptureStatusActive;
+}
+
 // ---- Streams ------------------------------------------------------------------------------------------------
 
 struct SideStream::Impl {

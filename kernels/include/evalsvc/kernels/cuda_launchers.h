@@ -38,6 +38,21 @@ void set_programmatic_launch(bool on);
 /// Whether launches made now use it: set on, and the current device has compute capability 9.0 or later.
 bool programmatic_launch();
 
+// --- L2 prefetch (kernels/cuda/l2_prefetch.cu) -------------------------------------------------------------
+
+/// A range of device memory; ptr 16-byte aligned.
+struct L2Span {
+  const void* ptr = nullptr;
+  int64_t bytes = 0;
+};
+inline constexpr int kL2PrefetchMaxSpans = 16;
+
+/// Asks L2 to fetch spans[0 .. count) (count <= kL2PrefetchMaxSpans) from device memory: a hint, no value
+/// changes and nothing waits for the data. A small kernel (at most 16 blocks of 64 threads) that finishes once
+/// the requests are out. The model runs it on a side stream so that the next block's weights are in L2 when its
+/// products start, instead of each product waiting on device memory for its first tiles.
+int launch_l2_prefetch(const L2Span* spans, int count, cudaStream_t stream);
+
 // --- NF4 (kernels/cuda/nf4.cu) -------------------------------------------------------------------------------
 
 /// NF4 weight pointers (layout of ref::Nf4Weight); either absmax (plain) or absmax_q + nested (double quant).

@@ -221,6 +221,13 @@ torch::Tensor dequantize_fp8_weight(const torch::Tensor& q, const torch::Tensor&
 // ---------------------------------------------------------------------------------------------------------
 // Streams
 
+/// launch_l2_prefetch of every tensor's bytes (contiguous, 16-byte aligned, all on one CUDA device; undefined
+/// and empty ones skipped) on that device's current stream: the data stays as it is, L2 is asked to hold it.
+/// InputError naming the tensor otherwise.
+void l2_prefetch(const std::vector<torch::Tensor>& tensors);
+/// Whether the current stream of `device` is capturing a CUDA graph (work queued now is recorded, not run).
+bool current_stream_capturing(const torch::Device& device);
+
 /// A second stream on one device, for work that overlaps the current stream's and is ordered against it by
 /// events only (the host never waits). The model uses it to dequantize the next layer's weights while the
 /// current layer computes. Works inside CUDA graph capture: the side stream joins a capture by waiting on an

@@ -116,6 +116,10 @@ class QuantizedLinear {
   virtual double outlier_threshold() const { return 0.0; }
   virtual torch::Tensor outlier_state() const { return {}; }
 
+  /// The stored tensors a forward on the layer's device reads (weight codes, scales, bias), not copies: what a
+  /// model warms L2 with before the layer runs (cuda::l2_prefetch). Those on another device are left out.
+  virtual std::vector<torch::Tensor> stored_tensors() const = 0;
+
   /// Tensors to serialize, keyed relative to the layer ("weight", "bias", "SCB", "weight.absmax", ...).
   virtual std::map<std::string, torch::Tensor> state() const = 0;
   /// Moves all storage to `device` (CPU <-> CUDA).
