@@ -34,6 +34,7 @@ struct BenchArgs {
   bool no_graph = false;
   bool no_prefetch = false;
   int prefetch_blocks = worker::GPT2ClassifierImpl::kDefaultPrefetchBlocks;
+  bool no_l2_prefetch = false;
   bool no_fused_quant = false;
   std::string last_block = "auto";
   std::string fp8_gemm = "auto";
@@ -67,6 +68,10 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
                  "threads the prefetch's dequantization may use at once, in units of 1024 (nf4: blocks of 1024, int8: "
                  "of 256); 0: as many blocks as it needs")
       ->capture_default_str();
+  sub.add_flag("--no-l2-prefetch", a->no_l2_prefetch,
+               fmt::format("fp16 and bf16 batch-1 graphs do without the side stream that warms L2 with the next "
+                           "block's weights (used in CUDA graphs of up to {} tokens; for comparing the two)",
+                           worker::GPT2ClassifierImpl::kL2PrefetchMaxTokens));
   sub.add_flag("--no-fused-quant", a->no_fused_quant,
                "projections that quantize their input per token (int8-w8a8, fp8-e4m3, llm-int8) quantize it in a "
                "pass of their own instead of taking codes from the residual add + LayerNorm (for comparing the two)");
@@ -127,6 +132,7 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       model->quantize(kernels::parse_method(v.method), worker::dtype_of(base), worker::quant_options(v));
       model->to_device(dev);
       model->set_weight_prefetch(!a->no_prefetch, a->prefetch_blocks);
+      model->set_l2_prefetch(!a->no_l2_prefetch);
       model->set_fused_input_quantization(!a->no_fused_quant);
       using LastBlock = worker::GPT2ClassifierImpl::LastBlock;
       model->set_last_block(a->last_block == "pruned" ? LastBlock::kPruned

@@ -175,6 +175,77 @@ TEST(ModelGpu, WeightPrefetchGivesIdenticalLogitsEagerAndInACudaGraph) {
 #endif
 }
 
+// The L2 prefetch (set_l2_prefetch) only warms the cache, and only in a captured forward of variants on fp16 / bf16
+// that do not quantize their activations and read their stored weights: replays of a graph captured with it give
+// the logits of the forward without it bit for bit (its side stream forks from and joins the captured stream);
+// eager forwards, the other variants, weight-only ones with their dense-copy prefetch and forwards above
+// kL2PrefetchMaxTokens do not use it.
+TEST(ModelGpu, L2PrefetchRunsInCapturedHalfPrecisionForwardsAndGivesIdenticalLogits) {
+#if !EVALSVC_WITH_CUDA
+  GTEST_SKIP() << "built without EVALSVC_WITH_CUDA (no CUDA libtorch)";
+#else
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU";
+  const torch::Device dev(torch::kCUDA, 0);
+  struct Case {
+    kernels::Method method;
+    torch::ScalarType base;
+    bool weight_prefetch;  // the dense-copy prefetch on
+    bool warms;            // the captured forward uses the L2 prefetch
+  };
+  std::vector<Case> cases = {{kernels::Method::kFp16, torch::kFloat16, true, true},
+                             {kernels::Method::kBf16, torch::kBFloat16, true, true},
+                             {kernels::Method::kFp32, torch::kFloat32, true, false},
+                             {kernels::Method::kInt8W8A8, torch::kFloat16, true, false},
+                             {kernels::Method::kLlmInt8, torch::kFloat16, true, false},
+                             {kernels::Method::kNf4, torch::kFloat16, false, true},  // its codes, dequantized per product
+                             {kernels::Method::kInt8SymChannel, torch::kFloat16, true, false}};
+  if (kernels::cuda::fp8_supported(dev)) cases.push_back({kernels::Method::kFp8E4M3, torch::kBFloat16, true, false});
+  torch::NoGradGuard no_grad;
+  const auto cfg = ModelConfig::preset("tiny");
+  auto gen = at::detail::createCPUGenerator(13);
+  const auto ids = torch::randint(0, cfg.vocab_size, {4, 48}, gen, torch::kLong).to(dev);  // 192 tokens
+  const auto ids2 = torch::randint(0, cfg.vocab_size, {4, 48}, gen, torch::kLong).to(dev);
+  const auto lengths = torch::tensor({48, 30, 1, 17}, torch::kLong).to(dev);
+  for (const auto& [method, base, weight_prefetch, warms] : cases) {
+    const auto what = fmt::format("{} on {}", kernels::method_name(method), c10::toString(base));
+    GPT2Classifier on(cfg, 3), off(cfg, 3);
+    for (auto* m : {&on, &off}) {
+      (*m)->quantize(method, base, kernels::QuantOptions{});
+      (*m)->to_device(dev);
+      (*m)->set_weight_prefetch(weight_prefetch);
+    }
+    off->set_l2_prefetch(false);
+    const auto eager = on->forward(ids, lengths);
+    EXPECT_FALSE(on->l2_prefetched_last_forward()) << what << ": eager";
+    EXPECT_TRUE(torch::equal(eager, off->forward(ids, lengths))) << what << ": eager";
+
+    auto static_ids = ids.clone();
+    at::cuda::CUDAGraph graph_on, graph_off;
+    const auto out_on = capture_forward(on, static_ids, lengths, graph_on);
+    EXPECT_EQ(on->l2_prefetched_last_forward(), warms) << what << ": captured";
+    const auto out_off = capture_forward(off, static_ids, lengths, graph_off);
+    EXPECT_FALSE(off->l2_prefetched_last_forward()) << what << ": captured, switched off";
+    for (const auto* in : {&ids2, &ids}) {
+      static_ids.copy_(*in);
+      graph_on.replay();
+      graph_off.replay();
+      torch::cuda::synchronize();
+      EXPECT_TRUE(torch::equal(out_on, out_off))
+          << what << ": replays with and without, max diff " << (out_on - out_off).abs().max().item<double>();
+    }
+  }
+  // Above kL2PrefetchMaxTokens tokens the products are compute-bound and nothing is warmed, captured or not.
+  GPT2Classifier big(cfg, 3);
+  big->quantize(kernels::Method::kFp16, torch::kFloat16, kernels::QuantOptions{});
+  big->to_device(dev);
+  const int64_t rows = GPT2ClassifierImpl::kL2PrefetchMaxTokens / 64 + 1;
+  auto big_ids = torch::randint(0, cfg.vocab_size, {rows, 64}, gen, torch::kLong).to(dev);
+  at::cuda::CUDAGraph graph;
+  capture_forward(big, big_ids, torch::full({rows}, 64, torch::kLong).to(dev), graph);
+  EXPECT_FALSE(big->l2_prefetched_last_forward());
+#endif
+}
+
 // Programmatic dependent launch (kernels::cuda::set_programmatic_launch): the add + LayerNorms, the quantizers and
 // the 8-bit products may be scheduled before the kernel ahead of them finishes and wait for it on the device. The
 // logits must be those of plain launches bit for bit, eager and as replays of a CUDA graph (programmatic edges)

@@ -156,6 +156,7 @@ nlohmann::json BenchResult::to_json() const {
                   {"last_block_pruned", latency.last_block_pruned}};
   if (!latency.cuda_graph_error.empty()) j["latency"]["cuda_graph_error"] = latency.cuda_graph_error;
   j["weight_prefetch"] = weight_prefetch;
+  j["l2_prefetch"] = l2_prefetch;
   j["pdl_used"] = pdl_used;
   j["sweep"] = nlohmann::json::array();
   for (const auto& p : sweep) {
@@ -226,6 +227,7 @@ BenchResult run_benchmark(GPT2Classifier& model, const torch::Device& device, co
     r.latency.mean_ms = std::accumulate(ms.begin(), ms.end(), 0.0) / static_cast<double>(ms.size());
     r.latency_peak_memory_bytes = peak_bytes(device);
     r.weight_prefetch = model->prefetched_last_forward();
+    r.l2_prefetch = model->l2_prefetched_last_forward();
     r.latency.last_block_pruned = model->pruned_last_block_last_forward();
   }
 

@@ -184,6 +184,52 @@ GPT2ClassifierImpl::WeightPrefetch* GPT2ClassifierImpl::prefetch_for(int64_t tok
 #endif
 }
 
+#ifdef EVALSVC_WITH_CUDA
+struct GPT2ClassifierImpl::L2Prefetch {
+  // Events of `side`: "the main stream got here" (block i starting) and the side stream's end, which the main
+  // stream waits for before the forward returns (CUDA graph capture needs the side stream joined back).
+  static constexpr int kMain = 0;
+  static constexpr int kDone = 1;
+  explicit L2Prefetch(const torch::Device& d) : side(d, 2) {}
+  kernels::cuda::SideStream side;
+  std::vector<std::vector<torch::Tensor>> tensors;  // [layer]: the four projections' stored tensors
+  void warm(size_t layer) {
+    side.run_on_side([&] { kernels::cuda::l2_prefetch(tensors[layer]); });
+  }
+};
+#else
+struct GPT2ClassifierImpl::L2Prefetch {};
+#endif
+
+GPT2ClassifierImpl::L2Prefetch* GPT2ClassifierImpl::l2_prefetch_for(int64_t tokens) {
+#ifdef EVALSVC_WITH_CUDA
+  if (!l2_prefetch_ || is_training() || tokens > kL2PrefetchMaxTokens || blocks_.empty() || !blocks_[0].q[0] ||
+      !device().is_cuda())
+    return nullptr;
+  // Only products on fp16 / bf16 that quantize no activations gained (set_l2_prefetch's comment, docs/perf.md),
+  // and only where the GPU, not the host, sets the pace: in a CUDA graph. Eagerly, a small forward waits on its
+  // launches, and the side stream's are more of them.
+  if (base_dtype_ != torch::kFloat16 && base_dtype_ != torch::kBFloat16) return nullptr;
+  for (const auto& blk : blocks_)
+    for (const auto& q : blk.q)
+      if (q->activation_code() != kernels::ActivationCode::kNone) return nullptr;
+  if (!kernels::cuda::current_stream_capturing(device())) return nullptr;
+  if (!l2_) {  // reset with prefetch_
+    l2_ = std::make_shared<L2Prefetch>(device());
+    for (const auto& blk : blocks_) {
+      std::vector<torch::Tensor> t;
+      for (const auto& q : blk.q)
+        for (auto& s : q->stored_tensors()) t.push_back(std::move(s));
+      l2_->tensors.push_back(std::move(t));
+    }
+  }
+  return l2_.get();
+#else
+  (void)tokens;
+  return nullptr;
+#endif
+}
+
 bool GPT2ClassifierImpl::takes_dense(size_t layer, int p, int64_t all_tokens, int64_t tail_tokens) const {
   return blocks_[layer].q[p]->dequantizes_at(p == 0 ? all_tokens : tail_tokens);
 }
@@ -254,6 +300,17 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     for (size_t l = 0; l < std::min<size_t>(2, blocks_.size()); ++l) stage_block(*pf, l, B * T, tail_tokens(l));
   }
 #endif
+  // L2 prefetch (set_l2_prefetch), where the products read their stored weights: blocks 0 and 1 at the start,
+  // block i + 1 when block i starts.
+  L2Prefetch* l2 = pf ? nullptr : l2_prefetch_for(B * T);
+  l2_prefetched_last_forward_ = l2 != nullptr;
+#ifdef EVALSVC_WITH_CUDA
+  if (l2) {
+    l2->side.record_current(L2Prefetch::kMain);
+    l2->side.side_waits(L2Prefetch::kMain);
+    for (size_t l = 0; l < std::min<size_t>(2, blocks_.size()); ++l) l2->warm(l);
+  }
+#endif
   const torch::Tensor* dense = nullptr;  // this block's four prefetched weights, or null
   InputCodes a_codes;                    // a as per-token codes (add_layer_norm with a consumer), or undefined
   for (size_t i = 0; i < blocks_.size(); ++i) {
@@ -262,6 +319,11 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     if (pf) {
       pf->side.current_waits(WeightPrefetch::ready(i % 2));
       dense = pf->slot[i % 2].data();
+    }
+    if (l2 && i >= 1 && i + 1 < blocks_.size()) {
+      l2->side.record_current(L2Prefetch::kMain);
+      l2->side.side_waits(L2Prefetch::kMain);
+      l2->warm(i + 1);
     }
 #endif
     // A pruned last block's products may see too few rows to multiply by a dense weight (nf4's fused kernels).
@@ -305,6 +367,12 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
       h = h + m;
     }
   }
+#ifdef EVALSVC_WITH_CUDA
+  if (l2) {
+    l2->side.record_side(L2Prefetch::kDone);
+    l2->side.current_waits(L2Prefetch::kDone);
+  }
+#endif
   // The final LayerNorm and the head act per position: apply them only at the last real token.
   auto pooled = prune ? h.select(1, 0) : h.index({rows, last});
   pooled = layer_norm(pooled, lnf_w_, lnf_b_);
@@ -392,6 +460,7 @@ void GPT2ClassifierImpl::quantize(kernels::Method method, torch::ScalarType base
   base_dtype_ = base_dtype;
   autocast_ = torch::kFloat32;
   prefetch_.reset();
+  l2_.reset();
 }
 
 std::map<std::string, torch::Tensor> GPT2ClassifierImpl::variant_state_dict() const {
@@ -444,6 +513,7 @@ void GPT2ClassifierImpl::load_variant_state_dict(const std::map<std::string, tor
   base_dtype_ = base_dtype;
   autocast_ = torch::kFloat32;
   prefetch_.reset();
+  l2_.reset();
 }
 
 const kernels::QuantizedLinear* GPT2ClassifierImpl::projection(int64_t layer, Projection p) const {
@@ -454,6 +524,7 @@ const kernels::QuantizedLinear* GPT2ClassifierImpl::projection(int64_t layer, Pr
 void GPT2ClassifierImpl::to_device(const torch::Device& device) {
   torch::NoGradGuard no_grad;
   prefetch_.reset();
+  l2_.reset();
   auto mv = [&](torch::Tensor& t) {
     if (!t.defined()) return;
     const bool rg = t.requires_grad();

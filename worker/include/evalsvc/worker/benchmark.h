@@ -41,6 +41,7 @@ struct ThroughputPoint {
 struct BenchResult {
   LatencyStats latency;                    ///< batch 1, seq_len tokens
   bool weight_prefetch = false;            ///< the batch-1 forward dequantized ahead (GPT2Classifier::set_weight_prefetch)
+  bool l2_prefetch = false;                ///< the batch-1 forward warmed L2 ahead of each block (set_l2_prefetch)
   bool pdl_used = false;  ///< qbench's chained kernels used programmatic dependent launch (CUDA, compute capability 9.0+)
   int64_t latency_peak_memory_bytes = -1;  ///< CUDA only
   std::vector<ThroughputPoint> sweep;

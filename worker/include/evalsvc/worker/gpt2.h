@@ -106,6 +106,21 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// delays the kernels of the block being computed).
   static constexpr int kDefaultPrefetchBlocks = 64;
   void set_weight_prefetch(bool on, int blocks = kDefaultPrefetchBlocks);
+  /// Variants on an fp16 or bf16 base whose products read the stored weight (fp16 and bf16 through cuBLAS;
+  /// weight-only ones only with the weight prefetch off, to dequantize it), in a forward of at most
+  /// kL2PrefetchMaxTokens tokens captured into a CUDA graph: with this on (the default) a side stream asks L2 for
+  /// block i+1's stored tensors when block i starts (cuda::l2_prefetch; a few small blocks for a few
+  /// microseconds), so that block's products find their weight tiles in L2 rather than each waiting on device
+  /// memory. A cache hint: the values are the same either way. Where it does not run, and why (one H200,
+  /// docs/perf.md): eagerly the small forwards are paced by their launches, and the side stream's made them
+  /// slower; W8A8, FP8 and LLM.int8 products are qbench's own, which load their first weight tiles while the
+  /// kernel before them finishes (programmatic dependent launch), and gained 1-7 us (FP8 lost 4-11); with the
+  /// weight prefetch, weight-only variants read copies it has just written; fp32 lost up to 29 us (its products
+  /// keep every SM busy).
+  static constexpr int64_t kL2PrefetchMaxTokens = 4096;
+  void set_l2_prefetch(bool on) { l2_prefetch_ = on; }
+  /// Whether the last forward() warmed L2 ahead of each block.
+  bool l2_prefetched_last_forward() const { return l2_prefetched_last_forward_; }
   /// Whether the residual add + LayerNorm writes the per-token codes of projections that quantize their input
   /// (W8A8, FP8, LLM.int8 on fp16) instead of those projections quantizing in a pass of their own (default on;
   /// the same values either way, tests/worker/model_gpu_test.cpp). Off only to compare the two.
@@ -163,6 +178,10 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// cannot use them.
   struct WeightPrefetch;
   WeightPrefetch* prefetch_for(int64_t tokens);
+  /// The side stream and each block's stored tensors of set_l2_prefetch (gpt2.cpp); null where a forward of
+  /// `tokens` rows does not use it.
+  struct L2Prefetch;
+  L2Prefetch* l2_prefetch_for(int64_t tokens);
   /// Whether projection p of block `layer` multiplies by a dense weight at its row count: `all_tokens` (B x T)
   /// for c_attn, `tail_tokens` for the other three (B in a pruned last block). The one test both the prefetch's
   /// copies and the products' use of them go by.
@@ -197,6 +216,9 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   int prefetch_blocks_ = kDefaultPrefetchBlocks;
   bool prefetched_last_forward_ = false;
   std::shared_ptr<WeightPrefetch> prefetch_;  // made by the first forward that uses it; reset by moves
+  bool l2_prefetch_ = true;
+  bool l2_prefetched_last_forward_ = false;
+  std::shared_ptr<L2Prefetch> l2_;  // as prefetch_
 };
 TORCH_MODULE(GPT2Classifier);
 
