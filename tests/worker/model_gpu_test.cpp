@@ -29,6 +29,26 @@ torch::Tensor capture_forward(GPT2Classifier& model, const torch::Tensor& ids, c
   graph.capture_end();
   return out;
 }
+
+// A variant of `cfg` with seed-3 weights, quantized and moved to `dev`.
+GPT2Classifier gpu_variant(const ModelConfig& cfg, kernels::Method method, torch::ScalarType base,
+                           const torch::Device& dev) {
+  GPT2Classifier model(cfg, 3);
+  model->quantize(method, base, kernels::QuantOptions{});
+  model->to_device(dev);
+  return model;
+}
+
+// Two batches of 4 x 48 ids (192 tokens) and lengths of 48, 30, 1 and 17 tokens, on `dev`.
+struct FourRows {
+  torch::Tensor ids, ids2, lengths;
+};
+FourRows four_rows(const ModelConfig& cfg, uint64_t seed, const torch::Device& dev) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  auto ids = torch::randint(0, cfg.vocab_size, {4, 48}, gen, torch::kLong).to(dev);
+  auto ids2 = torch::randint(0, cfg.vocab_size, {4, 48}, gen, torch::kLong).to(dev);
+  return {ids, ids2, torch::tensor({48, 30, 1, 17}, torch::kLong).to(dev)};
+}
 #endif
 
 TEST(ModelGpu, EveryVariantsGpuForwardMatchesItsCpuForward) {
@@ -136,17 +156,10 @@ TEST(ModelGpu, WeightPrefetchGivesIdenticalLogitsEagerAndInACudaGraph) {
                                    {kernels::Method::kNf4, torch::kBFloat16, true}};
   torch::NoGradGuard no_grad;
   const auto cfg = ModelConfig::preset("tiny");
-  auto gen = at::detail::createCPUGenerator(12);
-  const auto ids = torch::randint(0, cfg.vocab_size, {4, 48}, gen, torch::kLong).to(dev);  // 192 tokens
-  const auto ids2 = torch::randint(0, cfg.vocab_size, {4, 48}, gen, torch::kLong).to(dev);
-  const auto lengths = torch::tensor({48, 30, 1, 17}, torch::kLong).to(dev);
+  const auto [ids, ids2, lengths] = four_rows(cfg, 12, dev);
   for (const auto& [method, base, prefetches] : cases) {
     const auto what = fmt::format("{} on {}", kernels::method_name(method), c10::toString(base));
-    GPT2Classifier on(cfg, 3), off(cfg, 3);
-    for (auto* m : {&on, &off}) {
-      (*m)->quantize(method, base, kernels::QuantOptions{});
-      (*m)->to_device(dev);
-    }
+    auto on = gpu_variant(cfg, method, base, dev), off = gpu_variant(cfg, method, base, dev);
     off->set_weight_prefetch(false);
     const auto want = off->forward(ids, lengths);
     EXPECT_FALSE(off->prefetched_last_forward()) << what;
@@ -167,9 +180,7 @@ TEST(ModelGpu, WeightPrefetchGivesIdenticalLogitsEagerAndInACudaGraph) {
     EXPECT_LE(diff, 1e-3 * want2.abs().max().item<double>()) << what << ": graph replay against eager";
   }
   // nf4 at 8 tokens runs its fused kernels (no dense weight), so nothing is prefetched.
-  GPT2Classifier nf4(cfg, 3);
-  nf4->quantize(kernels::Method::kNf4, torch::kFloat16, kernels::QuantOptions{});
-  nf4->to_device(dev);
+  auto nf4 = gpu_variant(cfg, kernels::Method::kNf4, torch::kFloat16, dev);
   nf4->forward(ids.slice(1, 0, 8).slice(0, 0, 1), torch::tensor({8}, torch::kLong).to(dev));
   EXPECT_FALSE(nf4->prefetched_last_forward());
 #endif
@@ -202,18 +213,12 @@ TEST(ModelGpu, L2PrefetchRunsInCapturedHalfPrecisionForwardsAndGivesIdenticalLog
   if (kernels::cuda::fp8_supported(dev)) cases.push_back({kernels::Method::kFp8E4M3, torch::kBFloat16, true, false});
   torch::NoGradGuard no_grad;
   const auto cfg = ModelConfig::preset("tiny");
-  auto gen = at::detail::createCPUGenerator(13);
-  const auto ids = torch::randint(0, cfg.vocab_size, {4, 48}, gen, torch::kLong).to(dev);  // 192 tokens
-  const auto ids2 = torch::randint(0, cfg.vocab_size, {4, 48}, gen, torch::kLong).to(dev);
-  const auto lengths = torch::tensor({48, 30, 1, 17}, torch::kLong).to(dev);
+  const auto [ids, ids2, lengths] = four_rows(cfg, 13, dev);
   for (const auto& [method, base, weight_prefetch, warms] : cases) {
     const auto what = fmt::format("{} on {}", kernels::method_name(method), c10::toString(base));
-    GPT2Classifier on(cfg, 3), off(cfg, 3);
-    for (auto* m : {&on, &off}) {
-      (*m)->quantize(method, base, kernels::QuantOptions{});
-      (*m)->to_device(dev);
-      (*m)->set_weight_prefetch(weight_prefetch);
-    }
+    auto on = gpu_variant(cfg, method, base, dev), off = gpu_variant(cfg, method, base, dev);
+    on->set_weight_prefetch(weight_prefetch);
+    off->set_weight_prefetch(weight_prefetch);
     off->set_l2_prefetch(false);
     const auto eager = on->forward(ids, lengths);
     EXPECT_FALSE(on->l2_prefetched_last_forward()) << what << ": eager";
@@ -235,11 +240,9 @@ TEST(ModelGpu, L2PrefetchRunsInCapturedHalfPrecisionForwardsAndGivesIdenticalLog
     }
   }
   // Above kL2PrefetchMaxTokens tokens the products are compute-bound and nothing is warmed, captured or not.
-  GPT2Classifier big(cfg, 3);
-  big->quantize(kernels::Method::kFp16, torch::kFloat16, kernels::QuantOptions{});
-  big->to_device(dev);
+  auto big = gpu_variant(cfg, kernels::Method::kFp16, torch::kFloat16, dev);
   const int64_t rows = GPT2ClassifierImpl::kL2PrefetchMaxTokens / 64 + 1;
-  auto big_ids = torch::randint(0, cfg.vocab_size, {rows, 64}, gen, torch::kLong).to(dev);
+  auto big_ids = torch::randint(0, cfg.vocab_size, {rows, 64}, torch::kLong).to(dev);
   at::cuda::CUDAGraph graph;
   capture_forward(big, big_ids, torch::full({rows}, 64, torch::kLong).to(dev), graph);
   EXPECT_FALSE(big->l2_prefetched_last_forward());
