@@ -1,6 +1,4 @@
 // Warming L2 with a weight before the product that reads it (cuda_launchers.h, launch_l2_prefetch).
-#include <algorithm>
-
 #include "common.cuh"
 
 namespace evalsvc::kernels::cuda {
@@ -49,7 +47,7 @@ int launch_l2_prefetch(const L2Span* spans, int count, cudaStream_t stream) {
   int64_t chunks = 0;
   for (int i = 0; i < count; ++i) {
     if (spans[i].bytes < 0) return kLaunchBadShape;
-    if (spans[i].bytes > 0 && (spans[i].ptr == nullptr)) return kLaunchBadPointer;
+    if (spans[i].bytes > 0 && spans[i].ptr == nullptr) return kLaunchBadPointer;
     if (reinterpret_cast<uintptr_t>(spans[i].ptr) % 16 != 0) return kLaunchBadPointer;
     s.s[i] = spans[i];
     chunks += (spans[i].bytes + kChunk - 1) / kChunk;
@@ -58,8 +56,7 @@ int launch_l2_prefetch(const L2Span* spans, int count, cudaStream_t stream) {
   if (chunks == 0) return kLaunchOk;
   // A handful of blocks on as many SMs: the instructions are cheap, the requests go out through several TMA units.
   const int threads = 64;
-  const auto blocks = static_cast<unsigned>(std::min<int64_t>(16, (chunks + threads - 1) / threads));
-  k_l2_prefetch<<<blocks, threads, 0, stream>>>(s);
+  k_l2_prefetch<<<detail::grid_for(chunks, threads, 16), threads, 0, stream>>>(s);
   return detail::launch_result();
 }
 

@@ -193,7 +193,10 @@ struct GPT2ClassifierImpl::L2Prefetch {
   explicit L2Prefetch(const torch::Device& d) : side(d, 2) {}
   kernels::cuda::SideStream side;
   std::vector<std::vector<torch::Tensor>> tensors;  // [layer]: the four projections' stored tensors
+  /// Queues the L2 prefetch of `layer`'s tensors on the side stream, after everything queued on the main one.
   void warm(size_t layer) {
+    side.record_current(kMain);
+    side.side_waits(kMain);
     side.run_on_side([&] { kernels::cuda::l2_prefetch(tensors[layer]); });
   }
 };
@@ -306,8 +309,6 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   l2_prefetched_last_forward_ = l2 != nullptr;
 #ifdef EVALSVC_WITH_CUDA
   if (l2) {
-    l2->side.record_current(L2Prefetch::kMain);
-    l2->side.side_waits(L2Prefetch::kMain);
     for (size_t l = 0; l < std::min<size_t>(2, blocks_.size()); ++l) l2->warm(l);
   }
 #endif
@@ -320,11 +321,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
       pf->side.current_waits(WeightPrefetch::ready(i % 2));
       dense = pf->slot[i % 2].data();
     }
-    if (l2 && i >= 1 && i + 1 < blocks_.size()) {
-      l2->side.record_current(L2Prefetch::kMain);
-      l2->side.side_waits(L2Prefetch::kMain);
-      l2->warm(i + 1);
-    }
+    if (l2 && i >= 1 && i + 1 < blocks_.size()) l2->warm(i + 1);
 #endif
     // A pruned last block's products may see too few rows to multiply by a dense weight (nf4's fused kernels).
     auto dense_of = [&](int p) { return dense && takes_dense(i, p, B * T, tail_tokens(i)) ? dense + p : nullptr; };
