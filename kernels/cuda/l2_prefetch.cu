@@ -60,12 +60,4 @@ int launch_l2_prefetch(const L2Span* spans, int count, cudaStream_t stream) {
   return detail::launch_result();
 }
 
-// EXPERIMENT: a device timestamp (%globaltimer, ns) into b[i], for a timeline of a captured forward.
-__global__ void k_exp_stamp(unsigned long long* b, int i) {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  b[i] = t;
-}
-void exp_stamp(unsigned long long* b, int i, cudaStream_t stream) { k_exp_stamp<<<1, 1, 0, stream>>>(b, i); }
-
 }  // namespace evalsvc::kernels::cuda

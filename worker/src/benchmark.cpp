@@ -23,9 +23,6 @@
 #include "evalsvc/common/log.h"
 
 namespace evalsvc::worker {
-#if EVALSVC_WITH_CUDA
-void exp_dump_stamps();  // EXPERIMENT (gpt2.cpp)
-#endif
 
 namespace {
 
@@ -228,9 +225,6 @@ BenchResult run_benchmark(GPT2Classifier& model, const torch::Device& device, co
     r.latency.p90_ms = percentile(ms, 0.90);
     r.latency.p99_ms = percentile(ms, 0.99);
     r.latency.mean_ms = std::accumulate(ms.begin(), ms.end(), 0.0) / static_cast<double>(ms.size());
-#if EVALSVC_WITH_CUDA
-    if (captured) exp_dump_stamps();
-#endif
     r.latency_peak_memory_bytes = peak_bytes(device);
     r.weight_prefetch = model->prefetched_last_forward();
     r.l2_prefetch = model->l2_prefetched_last_forward();

@@ -1,8 +1,6 @@
 #include "evalsvc/worker/gpt2.h"
 
 #include <cmath>
-#include <cstdlib>
-#include <string>
 #include <vector>
 
 #include <fmt/ranges.h>
@@ -10,42 +8,7 @@
 #include "evalsvc/common/error.h"
 #include "evalsvc/kernels/cuda_ops.h"
 
-#ifdef EVALSVC_WITH_CUDA
-#include <c10/cuda/CUDAStream.h>
-#include <cstdio>
-namespace evalsvc::kernels::cuda {
-void exp_stamp(unsigned long long* b, int i, cudaStream_t stream);
-}
-#endif
-
 namespace evalsvc::worker {
-
-#ifdef EVALSVC_WITH_CUDA
-// EXPERIMENT: device timestamps of the last forward (QBENCH_EXP_STAMPS=1), printed by exp_dump_stamps().
-static torch::Tensor g_stamps;
-static bool exp_stamps_on() {
-  static const bool on = std::getenv("QBENCH_EXP_STAMPS") != nullptr;
-  return on;
-}
-static void exp_stamp_here(int i) {
-  if (!exp_stamps_on() || !g_stamps.defined()) return;
-  kernels::cuda::exp_stamp(reinterpret_cast<unsigned long long*>(g_stamps.data_ptr<int64_t>()), i,
-                           c10::cuda::getCurrentCUDAStream().stream());
-}
-void exp_dump_stamps() {
-  if (!exp_stamps_on() || !g_stamps.defined()) return;
-  auto c = g_stamps.cpu();
-  const int64_t* v = c.data_ptr<int64_t>();
-  std::string line = "{\"exp_stamps\": {";
-  for (int i = 0; i < 128; ++i) {
-    if (v[i] == 0) continue;
-    line += fmt::format("{}\"{}\": {:.2f}", line.back() == '{' ? "" : ", ", i, (v[i] - v[0]) / 1000.0);
-  }
-  line += "}}";
-  std::fprintf(stderr, "%s\n", line.c_str());
-  g_stamps.zero_();
-}
-#endif
 
 namespace {
 constexpr std::array<const char*, 4> kProjectionNames = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
@@ -182,14 +145,13 @@ struct GPT2ClassifierImpl::WeightPrefetch {
   static int freed(size_t slot) { return 3 + static_cast<int>(slot); }
 
   WeightPrefetch(const torch::Device& d, torch::ScalarType dt, const std::array<std::pair<int64_t, int64_t>, 4>& shapes)
-      : side(d, 9) {
+      : side(d, 5) {
     for (auto& s : slot)
       for (size_t p = 0; p < 4; ++p)
         s[p] = torch::empty({shapes[p].first, shapes[p].second}, torch::TensorOptions().dtype(dt).device(d));
   }
   kernels::cuda::SideStream side;
   std::array<std::array<torch::Tensor, 4>, 2> slot;  // [layer % 2][projection]
-  bool block0_ready = false;  // EXPERIMENT prestage: slot 0 holds block 0's four dense weights
 };
 #else
 struct GPT2ClassifierImpl::WeightPrefetch {};
@@ -335,60 +297,10 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   prefetched_last_forward_ = pf != nullptr;
   fused_quant_last_forward_ = false;
 #ifdef EVALSVC_WITH_CUDA
-  // EXPERIMENT (QBENCH_EXP): split = each block's copies in two halves (c_attn + attn.c_proj, c_fc + mlp.c_proj),
-  // each with its own ready/freed events; nowait = the main stream never waits for the copies (timing only);
-  // nodequant = the side stream launches nothing (timing only).
-  static const std::string exp_mode = [] {
-    const char* e = std::getenv("QBENCH_EXP");
-    return std::string(e ? e : "");
-  }();
-  const bool exp_split = exp_mode == "split", exp_nowait = exp_mode == "nowait", exp_nodq = exp_mode == "nodequant";
-  const bool exp_head = exp_mode == "head";  // block 0 dequantizes inline; the side stream starts with blocks 1, 2
-  // prestage: the forward ends by copying block 0 into slot 0 (after block 10 freed it), for the next forward.
-  const bool exp_prestage = exp_mode == "prestage" && blocks_.size() >= 3;
-  static const int exp_carve = [] {
-    const char* e = std::getenv("QBENCH_EXP_CARVE");
-    return e ? std::atoi(e) : 0;
-  }();
-  static const bool exp_carve_all = std::getenv("QBENCH_EXP_CARVE_ALL") != nullptr;
-  if (exp_stamps_on() && !g_stamps.defined() && input_ids.is_cuda())
-    g_stamps = torch::zeros({128}, torch::TensorOptions().dtype(torch::kLong).device(input_ids.device()));
-  exp_stamp_here(0);
-  auto ev_ready = [](size_t s, int h) { return 1 + 2 * static_cast<int>(s) + h; };
-  auto ev_freed = [](size_t s, int h) { return 5 + 2 * static_cast<int>(s) + h; };
-  auto stage = [&](size_t layer, int p0, int p1, int h, bool all = false) {
-    const size_t s = layer % 2;
-    pf->side.run_on_side([&] {
-      std::vector<const kernels::QuantizedLinear*> layers;
-      std::vector<torch::Tensor*> outs;
-      for (int p = p0; p < p1; ++p) {
-        if (all || takes_dense(layer, p, B * T, tail_tokens(layer))) {
-          layers.push_back(blocks_[layer].q[p].get());
-          outs.push_back(&pf->slot[s][p]);
-        }
-      }
-      if (p0 == 0) exp_stamp_here(80 + static_cast<int>(layer));
-      if (!exp_nodq && !layers.empty()) kernels::dense_weights_into(layers, outs, prefetch_blocks_);
-      if (p1 == 4) exp_stamp_here(20 + static_cast<int>(layer));
-    });
-    pf->side.record_side(ev_ready(s, h));
-  };
-  auto stage_all = [&](size_t layer) {
-    if (exp_split) {
-      stage(layer, 0, 2, 0);
-      stage(layer, 2, 4, 1);
-    } else {
-      stage(layer, 0, 4, 0);
-    }
-  };
-  bool skip0 = false;  // EXPERIMENT prestage: block 0's copies were made by the previous forward, which joined them
-  if (exp_carve > 0 && (pf || exp_carve_all) && input_ids.is_cuda()) at::globalContext()._setSMCarveout_EXPERIMENTAL(exp_carve);
   if (pf) {
     pf->side.record_current(WeightPrefetch::kStart);
     pf->side.side_waits(WeightPrefetch::kStart);
-    skip0 = exp_prestage && pf->block0_ready;
-    pf->block0_ready = false;
-    for (size_t l = (exp_head || skip0) ? 1 : 0; l < std::min<size_t>(exp_head ? 3 : 2, blocks_.size()); ++l) stage_all(l);
+    for (size_t l = 0; l < std::min<size_t>(2, blocks_.size()); ++l) stage_block(*pf, l, B * T, tail_tokens(l));
   }
 #endif
   // L2 prefetch (set_l2_prefetch), where the products read their stored weights: blocks 0 and 1 at the start,
@@ -405,14 +317,9 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   for (size_t i = 0; i < blocks_.size(); ++i) {
     const auto& blk = blocks_[i];
 #ifdef EVALSVC_WITH_CUDA
-    exp_stamp_here(1 + static_cast<int>(i));
     if (pf) {
-      if (exp_head && i == 0) {
-        dense = nullptr;
-      } else {
-        if (!exp_nowait && !(skip0 && i == 0)) pf->side.current_waits(ev_ready(i % 2, 0));
-        dense = pf->slot[i % 2].data();
-      }
+      pf->side.current_waits(WeightPrefetch::ready(i % 2));
+      dense = pf->slot[i % 2].data();
     }
     if (l2 && i >= 1 && i + 1 < blocks_.size()) l2->warm(i + 1);
 #endif
@@ -436,34 +343,17 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     }
     attn = attn.transpose(1, 2).reshape({B, attn.size(2), E});
     auto o = linear(blk, 1, attn, kernels::Activation::kNone, dense_of(1));
-#ifdef EVALSVC_WITH_CUDA
-    if (pf && exp_split && i + 2 < blocks_.size()) {
-      pf->side.record_current(ev_freed(i % 2, 0));
-      pf->side.side_waits(ev_freed(i % 2, 0));
-      stage(i + 2, 0, 2, 0);
-    }
-#endif
     if (train && config_.resid_pdrop > 0) o = torch::dropout(o, config_.resid_pdrop, true);
     torch::Tensor m;
     InputCodes m_codes;
     std::tie(h, m) = add_layer_norm(h, o, blk.ln2_w, blk.ln2_b, blk.q[2].get(), &m_codes);
-#ifdef EVALSVC_WITH_CUDA
-    if (pf && exp_split && !exp_nowait) pf->side.current_waits(ev_ready(i % 2, 1));
-#endif
     m = linear(blk, 2, m, kernels::Activation::kGeluTanh, dense_of(2), m_codes, act);
     m = linear(blk, 3, m, kernels::Activation::kNone, dense_of(3));
 #ifdef EVALSVC_WITH_CUDA
-    if (pf && exp_prestage && i + 2 == blocks_.size()) {
-      pf->side.record_current(ev_freed(i % 2, 0));
-      pf->side.side_waits(ev_freed(i % 2, 0));
-      stage(0, 0, 4, 0, /*all=*/true);
-      pf->block0_ready = true;
-    }
-    if (pf && i + 2 < blocks_.size() && !(exp_head && i == 0)) {
-      const int h = exp_split ? 1 : 0;
-      pf->side.record_current(ev_freed(i % 2, h));
-      pf->side.side_waits(ev_freed(i % 2, h));
-      if (exp_split) stage(i + 2, 2, 4, 1); else stage_all(i + 2);
+    if (pf && i + 2 < blocks_.size()) {
+      pf->side.record_current(WeightPrefetch::freed(i % 2));
+      pf->side.side_waits(WeightPrefetch::freed(i % 2));
+      stage_block(*pf, i + 2, B * T, tail_tokens(i + 2));
     }
 #endif
     if (train && config_.resid_pdrop > 0) m = torch::dropout(m, config_.resid_pdrop, true);
@@ -475,13 +365,6 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     }
   }
 #ifdef EVALSVC_WITH_CUDA
-  exp_stamp_here(60);
-  if (pf && exp_prestage) pf->side.current_waits(ev_ready(0, 0));  // joins the side stream back
-  if (exp_carve > 0 && (pf || exp_carve_all)) at::globalContext()._setSMCarveout_EXPERIMENTAL(std::nullopt);
-  if (pf && exp_nowait) {
-    pf->side.record_side(0);  // join the side stream back (graph capture)
-    pf->side.current_waits(0);
-  }
   if (l2) {
     l2->side.record_side(L2Prefetch::kDone);
     l2->side.current_waits(L2Prefetch::kDone);
