@@ -1,7 +1,6 @@
 #pragma once
 // Device helpers shared by the qbench kernels (kernels/cuda/*.cu): dtype conversion, reductions, launch checks.
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 #include <utility>
 
@@ -13,15 +12,6 @@
 #include "evalsvc/kernels/cuda_launchers.h"
 
 namespace evalsvc::kernels::cuda::detail {
-/// EXPERIMENT: QBENCH_EXP_DQ (bit 1: the weight prefetch's dequantizations load no codes, bit 0: store nothing).
-inline int exp_dq_mode() {
-  static const int m = [] {
-    const char* e = std::getenv("QBENCH_EXP_DQ");
-    return e ? std::atoi(e) : 0;
-  }();
-  return m;
-}
-
 
 // ---- programmatic dependent launch (sm_90+) ------------------------------------------------------------------
 // At batch 1 a forward is ~100 short kernels in a chain, and each waits for the one before it to finish and

@@ -921,13 +921,13 @@ __global__ void k_int8_dequantize(const int8_t* __restrict__ q, const float* __r
 /// to keep up. For k % 16 == 0 (a group never straddles rows) and 16-byte aligned pointers.
 template <typename T>
 __global__ void k_int8_dequantize16(const int8_t* __restrict__ q, const float* __restrict__ scale, bool per_channel,
-                                    uint32_t k16, uint32_t groups, T* __restrict__ out, int exp_mode) {
+                                    uint32_t k16, uint32_t groups, T* __restrict__ out) {
   const int4* q16 = reinterpret_cast<const int4*>(q);
   for (uint32_t g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += gridDim.x * blockDim.x) {
-    const float s = (exp_mode & 2) ? 1.0f : scale[per_channel ? g / k16 : 0];
+    const float s = scale[per_channel ? g / k16 : 0];
     // Evict-first, as NF4's codes (dequantize32_groups): int8-sym-channel's batch-1 forward 0.526-0.529 ms
     // against 0.555-0.559 (H200).
-    const int4 p = (exp_mode & 2) ? make_int4(static_cast<int>(g * 2654435761u), static_cast<int>(g), static_cast<int>(~g), static_cast<int>(g * 40503u)) : __ldcs(q16 + g);
+    const int4 p = __ldcs(q16 + g);
     const int32_t pw[4] = {p.x, p.y, p.z, p.w};
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -937,7 +937,7 @@ __global__ void k_int8_dequantize16(const int8_t* __restrict__ q, const float* _
         const int8_t code = static_cast<int8_t>((pw[2 * h + j / 4] >> (8 * (j % 4))) & 0xFF);
         v[j] = static_cast<float>(code) * s;
       }
-      if (!(exp_mode & 1) || v[0] == 1234.5f) detail::store8(out + 16 * static_cast<size_t>(g) + 8 * h, v);
+      detail::store8(out + 16 * static_cast<size_t>(g) + 8 * h, v);
     }
   }
 }
@@ -1146,7 +1146,7 @@ int launch_int8_dequantize(const int8_t* q, const float* scale, bool per_channel
   if (max_blocks > 0 && by16 && n * k / 16 <= INT32_MAX) {
     const unsigned g16 = detail::grid_for(n * k / 16, threads, max_blocks);
     const auto k16 = static_cast<uint32_t>(k / 16), groups = static_cast<uint32_t>(n * k / 16);
-    EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize16<T><<<g16, threads, 0, stream>>>(q, scale, per_channel, k16, groups, static_cast<T*>(out), detail::exp_dq_mode()));
+    EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize16<T><<<g16, threads, 0, stream>>>(q, scale, per_channel, k16, groups, static_cast<T*>(out)));
     return detail::launch_result();
   }
   if (by4 && n <= INT32_MAX && max_blocks == 0) {

@@ -94,16 +94,15 @@ __global__ void k_nf4_dequantize8(Nf4View w, T* __restrict__ out) {
 /// k_nf4_dequantize32's loop over w's groups of 32 codes from group `first` in steps of `step` (threads).
 template <typename T>
 __device__ __forceinline__ void dequantize32_groups(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
-                                                    uint32_t first, uint32_t step, int exp_mode = 0) {
+                                                    uint32_t first, uint32_t step) {
   const uint32_t groups = static_cast<uint32_t>(w.n * w.k / 32);
   const uint32_t per_block = static_cast<uint32_t>(w.blocksize / 32);
   const uint4* words = reinterpret_cast<const uint4*>(w.packed);
   for (uint32_t g = first; g < groups; g += step) {
     // Evict-first: the codes are read once, and in the prefetch the next block's products read the dense copies
     // from L2 only if these do not push them out (batch-1 NF4 0.541-0.554 ms against 0.574-0.576, H200).
-    // EXPERIMENT (QBENCH_EXP_DQ): bit 1 = no code / absmax loads (synthetic codes), bit 0 = no stores.
-    const uint4 p = (exp_mode & 2) ? make_uint4(g * 2654435761u, g ^ 0x5a5a5a5au, ~g, g * 40503u) : __ldcs(words + g);
-    const float am = (exp_mode & 2) ? 1.0f : block_absmax(w, t, g / per_block);
+    const uint4 p = __ldcs(words + g);
+    const float am = block_absmax(w, t, g / per_block);
     const uint32_t pw[4] = {p.x, p.y, p.z, p.w};
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
@@ -114,7 +113,7 @@ __device__ __forceinline__ void dequantize32_groups(const Nf4View& w, const Nf4T
         v[2 * j] = __fmul_rn(t.level[byte >> 4], am);
         v[2 * j + 1] = __fmul_rn(t.level[byte & 0xFu], am);
       }
-      if (!(exp_mode & 1) || v[0] == 1234.5f) store8(out + 32 * static_cast<size_t>(g) + 8 * q, v);
+      store8(out + 32 * static_cast<size_t>(g) + 8 * q, v);
     }
   }
 }
@@ -140,7 +139,6 @@ struct Nf4Batch {
   void* out[kNf4BatchMax];
   unsigned first[kNf4BatchMax + 1];
   int count;
-  int exp_mode;
 };
 
 template <typename T>
@@ -153,7 +151,7 @@ __global__ void k_nf4_dequantize32_batch(Nf4Batch b) {
     if (j >= b.count || blockIdx.x < b.first[j] || blockIdx.x >= b.first[j + 1]) continue;
     const uint32_t blocks = b.first[j + 1] - b.first[j];
     dequantize32_groups(b.w[j], t, static_cast<T*>(b.out[j]), (blockIdx.x - b.first[j]) * blockDim.x + threadIdx.x,
-                        blocks * blockDim.x, b.exp_mode);
+                        blocks * blockDim.x);
   }
 }
 
@@ -420,7 +418,6 @@ int launch_nf4_dequantize_batch(const Nf4View* w, void* const* out, int count, D
   if (w == nullptr || out == nullptr) return kLaunchBadPointer;
   Nf4Batch b{};
   b.count = count;
-  b.exp_mode = detail::exp_dq_mode();
   int64_t groups[kNf4BatchMax] = {};
   int64_t total = 0;
   for (int j = 0; j < count; ++j) {
