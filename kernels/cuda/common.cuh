@@ -1,6 +1,7 @@
 #pragma once
 // Device helpers shared by the qbench kernels (kernels/cuda/*.cu): dtype conversion, reductions, launch checks.
 #include <cstdint>
+#include <cstdio>
 #include <type_traits>
 #include <utility>
 
@@ -12,6 +13,54 @@
 #include "evalsvc/kernels/cuda_launchers.h"
 
 namespace evalsvc::kernels::cuda::detail {
+
+// ---- stream flags (stream_flag.cu) ----------------------------------------------------------------------------
+
+/// Publishes `value` at `flag` for stream_flag_wait on another stream: a release store at GPU scope, so every
+/// write this thread's stream made before it is visible to whoever reads the value.
+__device__ __forceinline__ void stream_flag_store(int* flag, int value) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+  asm volatile("st.release.gpu.global.s32 [%0], %1;\n" ::"l"(flag), "r"(value) : "memory");
+#else
+  __threadfence();
+  *reinterpret_cast<volatile int*>(flag) = value;
+#endif
+}
+
+__device__ __forceinline__ int stream_flag_load(const int* flag) {
+  int v;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
+#else
+  v = *reinterpret_cast<const volatile int*>(flag);
+  __threadfence();
+#endif
+  return v;
+}
+
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+/// Returns once *flag == value. The writer's work only waits on work queued before this kernel, so the value
+/// comes unless that work failed; after 10 s the kernel traps (a sticky CUDA error naming no hang) rather than
+/// hold the device forever. One thread of a grid calls it: the rest of the grid is free to finish.
+__device__ __forceinline__ void stream_flag_wait(const int* flag, int value) {
+  if (stream_flag_load(flag) == value) return;
+  const unsigned long long start = global_ns();
+  while (stream_flag_load(flag) != value) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+    __nanosleep(64);
+#endif
+    if (global_ns() - start > 10'000'000'000ull) {
+      printf("qbench: stream flag %p still %d after 10 s waiting for %d\n", static_cast<const void*>(flag),
+             stream_flag_load(flag), value);
+      __trap();
+    }
+  }
+}
 
 // ---- programmatic dependent launch (sm_90+) ------------------------------------------------------------------
 // At batch 1 a forward is ~100 short kernels in a chain, and each waits for the one before it to finish and

@@ -104,7 +104,8 @@ template <typename T, int kChunks>
 __global__ void __launch_bounds__(128) k_add_layer_norm_warp(const T* h, const T* __restrict__ delta,
                                                              const T* __restrict__ gamma,
                                                              const T* __restrict__ beta, float eps, int64_t rows,
-                                                             T* h_out, T* __restrict__ a) {
+                                                             T* h_out, T* __restrict__ a,
+                                                             const int* wait_flag, int wait_value) {
   detail::pdl_wait();  // h and delta come from the kernels before
   detail::pdl_launch_dependents();
   const int lane = threadIdx.x & 31;
@@ -121,6 +122,8 @@ __global__ void __launch_bounds__(128) k_add_layer_norm_warp(const T* h, const T
     for (int e = 0; e < 8; ++e) ap[e] = from_float<T>(v[j][e]);  // exact: v holds values of T
     *reinterpret_cast<uint4*>(a + base + (j * 32 + lane) * 8) = av;
   }
+  // Row 0's thread (every grid has it) holds the kernel's completion back until the flag is set.
+  if (wait_flag != nullptr && row == 0 && lane == 0) detail::stream_flag_wait(wait_flag, wait_value);
 }
 
 /// Row scale and codes of the row values v this lane holds (element e of chunk j is column (j * 32 + lane) * 8 + e),
@@ -380,11 +383,11 @@ unsigned warp_rows_grid(int64_t rows) {
 
 template <typename T>
 int launch_warp_rows(const void* h, const void* delta, const void* gamma, const void* beta, float eps, int64_t rows,
-                     int64_t cols, void* h_out, void* a, cudaStream_t stream) {
+                     int64_t cols, void* h_out, void* a, cudaStream_t stream, const int* wait_flag, int wait_value) {
   return launch_by_chunks(cols, [&](auto chunks) {
     detail::launch_pdl(k_add_layer_norm_warp<T, decltype(chunks)::value>, warp_rows_grid(rows), 32 * kWarpRowsPerBlock,
         0, stream, static_cast<const T*>(h), static_cast<const T*>(delta), static_cast<const T*>(gamma),
-        static_cast<const T*>(beta), eps, rows, static_cast<T*>(h_out), static_cast<T*>(a));
+        static_cast<const T*>(beta), eps, rows, static_cast<T*>(h_out), static_cast<T*>(a), wait_flag, wait_value);
   });
 }
 
@@ -414,24 +417,30 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 }  // namespace
 
 int launch_add_layer_norm(const void* h, const void* delta, const void* gamma, const void* beta, float eps,
-                          int64_t rows, int64_t cols, void* h_out, void* a, DType dtype, cudaStream_t stream) {
+                          int64_t rows, int64_t cols, void* h_out, void* a, DType dtype, cudaStream_t stream,
+                          const int* wait_flag, int wait_value) {
   if (rows <= 0 || cols <= 0 || rows > INT32_MAX) return kLaunchBadShape;
   if (h == nullptr || delta == nullptr || gamma == nullptr || beta == nullptr || h_out == nullptr || a == nullptr) {
     return kLaunchBadPointer;
   }
   const bool vec = cols % 256 == 0 && cols <= 1024 && aligned16(h) && aligned16(delta) && aligned16(gamma) &&
                    aligned16(beta) && aligned16(h_out) && aligned16(a);
-  if (vec && dtype == DType::kF16) return launch_warp_rows<__half>(h, delta, gamma, beta, eps, rows, cols, h_out, a, stream);
-  if (vec && dtype == DType::kBF16) {
-    return launch_warp_rows<__nv_bfloat16>(h, delta, gamma, beta, eps, rows, cols, h_out, a, stream);
+  if (vec && dtype == DType::kF16) {
+    return launch_warp_rows<__half>(h, delta, gamma, beta, eps, rows, cols, h_out, a, stream, wait_flag, wait_value);
   }
-  // Any other width or fp32: one block per row, three passes (the row stays in L1 between them).
+  if (vec && dtype == DType::kBF16) {
+    return launch_warp_rows<__nv_bfloat16>(h, delta, gamma, beta, eps, rows, cols, h_out, a, stream, wait_flag,
+                                           wait_value);
+  }
+  // Any other width or fp32: one block per row, three passes (the row stays in L1 between them); the flag wait as
+  // a kernel of its own after it.
   const int threads = cols >= 1024 ? 512 : 256;
   EVALSVC_DISPATCH_FLOAT(dtype, T,
       k_add_layer_norm<T><<<static_cast<unsigned>(rows), threads, 0, stream>>>(
           static_cast<const T*>(h), static_cast<const T*>(delta), static_cast<const T*>(gamma),
           static_cast<const T*>(beta), eps, cols, static_cast<T*>(h_out), static_cast<T*>(a)));
-  return detail::launch_result();
+  if (const int st = detail::launch_result(); st != kLaunchOk || wait_flag == nullptr) return st;
+  return launch_stream_flag_wait(wait_flag, wait_value, stream);
 }
 
 int launch_add_layer_norm_quant(const void* h, const void* delta, const void* gamma, const void* beta, float eps,

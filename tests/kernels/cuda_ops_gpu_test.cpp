@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,7 @@ TEST(CudaOps, SkippedWithoutCudaBuild) {
 
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <ATen/cuda/Sleep.h>
 #include <c10/cuda/CUDAGuard.h>
 
 namespace {
@@ -1249,6 +1251,58 @@ TEST(CudaL2Prefetch, LeavesTheTensorsAsTheyWereAndRejectsBadInput) {
   expect_input_error({ts[0], torch::zeros({8})}, "tensors[1]");                    // on the CPU
   expect_input_error({bytes.slice(0, 1)}, "tensors[0] must start at a 16-byte");   // misaligned
   expect_input_error({ts[1].t()}, "tensors[0] must be contiguous");
+}
+
+// A flag set on another stream after slow work (a ~0.1 s spin, then a fill): the add + LayerNorm given it as
+// wait_flag does not complete before it, so what the current stream queues next sees that stream's fill, and its
+// rows are the plain kernel's bit for bit; the standalone wait does the same. The control, queued with no wait,
+// sees the buffer before the fill (so the check can fail). A flag that is not one int32 is an InputError.
+TEST(CudaStreamFlag, HoldsTheCurrentStreamUntilTheOtherStreamSetsIt) {
+  REQUIRE_GPU();
+  const auto h = randn({128, 768}, 1700).to(torch::kHalf).to(gpu());
+  const auto d = randn({128, 768}, 1701).to(torch::kHalf).to(gpu());
+  const auto g = randn({768}, 1702).to(torch::kHalf).to(gpu());
+  const auto b = randn({768}, 1703).to(torch::kHalf).to(gpu());
+  const auto [want_h, want_a] = cuda::add_layer_norm(h, d, g, b, 1e-5);
+  const auto i32 = torch::TensorOptions().dtype(torch::kInt32).device(gpu());
+  for (const char* how : {"control", "wait_stream_flag", "add_layer_norm"}) {
+    const std::string mode = how;
+    auto flag = torch::full({1}, -1, i32);
+    auto data = torch::zeros({1 << 20}, torch::TensorOptions().device(gpu()));
+    torch::cuda::synchronize();  // the other stream starts after these
+    {
+      const c10::cuda::CUDAStreamGuard guard(c10::cuda::getStreamFromPool(false, 0));
+      at::cuda::sleep(200'000'000);
+      data.fill_(7.0f);
+      cuda::set_stream_flag(flag, 3);
+    }
+    torch::Tensor got_h, got_a;
+    if (mode == "wait_stream_flag") cuda::wait_stream_flag(flag, 3);
+    if (mode == "add_layer_norm") std::tie(got_h, got_a) = cuda::add_layer_norm(h, d, g, b, 1e-5, flag, 3);
+    const auto seen = data.clone();
+    torch::cuda::synchronize();
+    if (mode == "control") {
+      EXPECT_TRUE(torch::all(seen == 0.0f).item<bool>()) << "the control saw the fill: the spin is too short";
+    } else {
+      EXPECT_TRUE(torch::all(seen == 7.0f).item<bool>()) << mode << " let the next kernel run before the flag";
+    }
+    if (mode == "add_layer_norm") {
+      EXPECT_TRUE(torch::equal(got_h, want_h));
+      EXPECT_TRUE(torch::equal(got_a, want_a));
+    }
+  }
+  auto expect_input_error = [](const std::function<void()>& f, const std::string& what) {
+    try {
+      f();
+      ADD_FAILURE() << "no error for " << what;
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("flag"), std::string::npos) << e.what();
+    }
+  };
+  expect_input_error([] { cuda::set_stream_flag(torch::zeros({1}, torch::TensorOptions().device(gpu())), 1); },
+                     "a float flag");
+  expect_input_error([&] { cuda::add_layer_norm(h, d, g, b, 1e-5, torch::zeros({2}, i32), 1); }, "two flags");
+  expect_input_error([] { cuda::wait_stream_flag(torch::zeros({1}, torch::kInt32), 1); }, "a CPU flag");
 }
 
 }  // namespace

@@ -168,16 +168,30 @@ TEST(ModelGpu, WeightPrefetchGivesIdenticalLogitsEagerAndInACudaGraph) {
     EXPECT_TRUE(torch::equal(got, want)) << what << ": max diff " << (got - want).abs().max().item<double>();
     // Twice in a row: the second forward's first blocks reuse slots the first one's last blocks read.
     EXPECT_TRUE(torch::equal(on->forward(ids2, lengths), off->forward(ids2, lengths))) << what << " (second call)";
+    // The main stream told of the copies by flags that the add + LayerNorm before each block waits for
+    // (set_prefetch_flags) instead of an event wait before each block (the default).
+    auto flags = gpu_variant(cfg, method, base, dev);
+    flags->set_prefetch_flags(true);
+    EXPECT_TRUE(torch::equal(flags->forward(ids, lengths), want)) << what << " (flags)";
+    EXPECT_TRUE(torch::equal(flags->forward(ids2, lengths), off->forward(ids2, lengths))) << what << " (flags, again)";
 
-    auto static_ids = ids.clone();
-    at::cuda::CUDAGraph graph;
-    const auto out = capture_forward(on, static_ids, lengths, graph);
-    static_ids.copy_(ids2);
-    graph.replay();
-    torch::cuda::synchronize();
-    const auto want2 = off->forward(ids2, lengths);
-    const double diff = (out - want2).abs().max().item<double>();
-    EXPECT_LE(diff, 1e-3 * want2.abs().max().item<double>()) << what << ": graph replay against eager";
+    // Replays with new inputs, with either, and eager forwards between them that reuse the slots and flags.
+    for (auto* m : {&on, &flags}) {
+      auto static_ids = ids.clone();
+      at::cuda::CUDAGraph graph;
+      const auto out = capture_forward(*m, static_ids, lengths, graph);
+      for (int r = 0; r < 3; ++r) {
+        const auto& in = r % 2 == 0 ? ids2 : ids;
+        static_ids.copy_(in);
+        graph.replay();
+        torch::cuda::synchronize();
+        const auto want_r = off->forward(in, lengths);
+        const double diff = (out - want_r).abs().max().item<double>();
+        EXPECT_LE(diff, 1e-3 * want_r.abs().max().item<double>())
+            << what << (m == &flags ? " (flags)" : "") << ": graph replay " << r << " against eager";
+        (*m)->forward(ids, lengths);
+      }
+    }
   }
   // nf4 at 8 tokens runs its fused kernels (no dense weight), so nothing is prefetched.
   auto nf4 = gpu_variant(cfg, kernels::Method::kNf4, torch::kFloat16, dev);

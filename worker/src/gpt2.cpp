@@ -102,7 +102,9 @@ std::pair<torch::Tensor, torch::Tensor> GPT2ClassifierImpl::add_layer_norm(const
                                                                            const torch::Tensor& w,
                                                                            const torch::Tensor& b,
                                                                            const kernels::QuantizedLinear* consumer,
-                                                                           InputCodes* codes) const {
+                                                                           InputCodes* codes,
+                                                                           const torch::Tensor& wait_flag,
+                                                                           int wait_value) const {
   if (codes != nullptr) *codes = InputCodes();  // set again below only where the kernel writes codes
 #ifdef EVALSVC_WITH_CUDA
   // On a GPU without autograd: one kernel instead of the add and the LayerNorm (backward needs the two ops).
@@ -127,10 +129,16 @@ std::pair<torch::Tensor, torch::Tensor> GPT2ClassifierImpl::add_layer_norm(const
       codes->scale = qa.scale;
       codes->outliers = qa.outliers;
       fused_quant_last_forward_ = true;
+      if (wait_flag.defined()) kernels::cuda::wait_stream_flag(wait_flag, wait_value);
       return {sum, torch::Tensor()};
     }
-    return kernels::cuda::add_layer_norm(h, delta.to(dt), w.to(dt), b.to(dt), config_.layer_norm_epsilon);
+    return kernels::cuda::add_layer_norm(h, delta.to(dt), w.to(dt), b.to(dt), config_.layer_norm_epsilon, wait_flag,
+                                         wait_value);
   }
+  if (wait_flag.defined()) kernels::cuda::wait_stream_flag(wait_flag, wait_value);
+#else
+  EVALSVC_CHECK(!wait_flag.defined(), InputError, "add_layer_norm: a stream flag needs a CUDA build");
+  (void)wait_value;
 #endif
   torch::Tensor sum = h + delta;
   return {sum, layer_norm(sum, w, b)};
@@ -145,13 +153,21 @@ struct GPT2ClassifierImpl::WeightPrefetch {
   static int freed(size_t slot) { return 3 + static_cast<int>(slot); }
 
   WeightPrefetch(const torch::Device& d, torch::ScalarType dt, const std::array<std::pair<int64_t, int64_t>, 4>& shapes)
-      : side(d, 5) {
+      : side(d, 5),
+        flags(torch::full({2}, -1, torch::TensorOptions().dtype(torch::kInt32).device(d))),
+        flag{flags[0], flags[1]} {
     for (auto& s : slot)
       for (size_t p = 0; p < 4; ++p)
         s[p] = torch::empty({shapes[p].first, shapes[p].second}, torch::TensorOptions().dtype(dt).device(d));
   }
   kernels::cuda::SideStream side;
   std::array<std::array<torch::Tensor, 4>, 2> slot;  // [layer % 2][projection]
+  // set_prefetch_flags: flag[s] holds the layer whose copies slot s has (set by the side stream after them; -1
+  // before the first). A block's wait is for its own layer number, which its slot's flag takes only once that
+  // block's copies are done: the value before it, in this forward or left by the previous one, is another layer's.
+  torch::Tensor flags;
+  std::array<torch::Tensor, 2> flag;
+  bool signal = false;  // this forward sets the flags (forward())
 };
 #else
 struct GPT2ClassifierImpl::WeightPrefetch {};
@@ -250,6 +266,7 @@ void GPT2ClassifierImpl::stage_block(WeightPrefetch& pf, size_t layer, int64_t a
       }
     }
     kernels::dense_weights_into(layers, outs, prefetch_blocks_);  // nf4: one launch for the block
+    if (pf.signal) kernels::cuda::set_stream_flag(pf.flag[s], static_cast<int>(layer));
   });
   pf.side.record_side(WeightPrefetch::ready(s));
 #else
@@ -297,9 +314,19 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   prefetched_last_forward_ = pf != nullptr;
   fused_quant_last_forward_ = false;
 #ifdef EVALSVC_WITH_CUDA
+  // With flags (set_prefetch_flags) blocks 1.. learn that their copies are ready from the add + LayerNorm before
+  // them; only block 0 waits on an event, and the forward's end on the last one (joining the side stream back).
+  // Only where every such add + LayerNorm is the plain kernel: none of the block inputs is quantized per token.
+  bool flag_sync = pf != nullptr && prefetch_flags_;
+  for (size_t i = 1; flag_sync && i < blocks_.size(); ++i)
+    flag_sync = blocks_[i].q[0]->activation_code() == kernels::ActivationCode::kNone;
   if (pf) {
+    pf->signal = flag_sync;
     pf->side.record_current(WeightPrefetch::kStart);
     pf->side.side_waits(WeightPrefetch::kStart);
+    // Flags from -1 each forward, on the side stream (block 0's event orders it before every wait on them), so that
+    // no value left by a forward that stopped part-way can pass for this one's.
+    if (flag_sync) pf->side.run_on_side([&] { pf->flags.fill_(-1); });
     for (size_t l = 0; l < std::min<size_t>(2, blocks_.size()); ++l) stage_block(*pf, l, B * T, tail_tokens(l));
   }
 #endif
@@ -318,7 +345,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     const auto& blk = blocks_[i];
 #ifdef EVALSVC_WITH_CUDA
     if (pf) {
-      pf->side.current_waits(WeightPrefetch::ready(i % 2));
+      if (!flag_sync || i == 0) pf->side.current_waits(WeightPrefetch::ready(i % 2));
       dense = pf->slot[i % 2].data();
     }
     if (l2 && i >= 1 && i + 1 < blocks_.size()) l2->warm(i + 1);
@@ -358,13 +385,18 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
 #endif
     if (train && config_.resid_pdrop > 0) m = torch::dropout(m, config_.resid_pdrop, true);
     if (i + 1 < blocks_.size()) {
-      std::tie(h, a) =
-          add_layer_norm(h, m, blocks_[i + 1].ln1_w, blocks_[i + 1].ln1_b, blocks_[i + 1].q[0].get(), &a_codes);
+      torch::Tensor wait_flag;  // block i + 1's copies, with flag_sync
+#ifdef EVALSVC_WITH_CUDA
+      if (flag_sync) wait_flag = pf->flag[(i + 1) % 2];
+#endif
+      std::tie(h, a) = add_layer_norm(h, m, blocks_[i + 1].ln1_w, blocks_[i + 1].ln1_b, blocks_[i + 1].q[0].get(),
+                                      &a_codes, wait_flag, static_cast<int>(i + 1));
     } else {
       h = h + m;
     }
   }
 #ifdef EVALSVC_WITH_CUDA
+  if (flag_sync) pf->side.current_waits(WeightPrefetch::ready((blocks_.size() - 1) % 2));
   if (l2) {
     l2->side.record_side(L2Prefetch::kDone);
     l2->side.current_waits(L2Prefetch::kDone);

@@ -995,6 +995,31 @@ void l2_prefetch(const std::vector<torch::Tensor>& tensors) {
   }
 }
 
+namespace {
+void check_stream_flag(const char* op, const torch::Tensor& flag, const torch::Tensor* like = nullptr) {
+  if (like != nullptr) {
+    check_cuda(op, "flag", flag, *like);
+  } else {
+    check_cuda(op, "flag", flag);
+  }
+  EVALSVC_CHECK(flag.scalar_type() == torch::kInt32 && flag.numel() == 1 &&
+                    reinterpret_cast<uintptr_t>(flag.data_ptr()) % alignof(int32_t) == 0,
+                InputError, "cuda::{}: the flag must be one aligned int32, got {}", op, describe(flag));
+}
+}  // namespace
+
+void set_stream_flag(const torch::Tensor& flag, int value) {
+  check_stream_flag("set_stream_flag", flag);
+  const c10::cuda::CUDAGuard guard(flag.device());
+  EVALSVC_LAUNCH(launch_stream_flag_set(flag.data_ptr<int32_t>(), value, stream_of(flag)));
+}
+
+void wait_stream_flag(const torch::Tensor& flag, int value) {
+  check_stream_flag("wait_stream_flag", flag);
+  const c10::cuda::CUDAGuard guard(flag.device());
+  EVALSVC_LAUNCH(launch_stream_flag_wait(flag.data_ptr<int32_t>(), value, stream_of(flag)));
+}
+
 bool current_stream_capturing(const torch::Device& device) {
   EVALSVC_CHECK(device.is_cuda(), InputError, "cuda::current_stream_capturing: device must be CUDA, got {}",
                 device.str());
@@ -1132,19 +1157,24 @@ std::pair<torch::Tensor, QuantizedActivations> add_layer_norm_llm_int8(const cha
 
 std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, const torch::Tensor& delta,
                                                        const torch::Tensor& gamma, const torch::Tensor& beta,
-                                                       double eps) {
+                                                       double eps, const torch::Tensor& wait_flag, int wait_value) {
   const char* op = "add_layer_norm";
   const int64_t cols = check_add_layer_norm(op, h, delta, gamma, beta, eps);
+  if (wait_flag.defined()) check_stream_flag(op, wait_flag, &h);
   const torch::Tensor hc = h.contiguous();
   const torch::Tensor dc = delta.contiguous();
   auto h_out = torch::empty_like(hc);
   auto a = torch::empty_like(hc);
   const int64_t rows = hc.numel() / cols;
-  if (rows == 0) return {h_out, a};
   const c10::cuda::CUDAGuard guard(h.device());
+  if (rows == 0) {
+    if (wait_flag.defined()) EVALSVC_LAUNCH(launch_stream_flag_wait(wait_flag.data_ptr<int32_t>(), wait_value, stream_of(hc)));
+    return {h_out, a};
+  }
   EVALSVC_LAUNCH(launch_add_layer_norm(hc.data_ptr(), dc.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
                                        static_cast<float>(eps), rows, cols, h_out.data_ptr(), a.data_ptr(),
-                                       launcher_dtype(hc.scalar_type()), stream_of(hc)));
+                                       launcher_dtype(hc.scalar_type()), stream_of(hc),
+                                       wait_flag.defined() ? wait_flag.data_ptr<int32_t>() : nullptr, wait_value));
   return {h_out, a};
 }
 

@@ -53,6 +53,14 @@ inline constexpr int kL2PrefetchMaxSpans = 16;
 /// products start, instead of each product waiting on device memory for its first tiles.
 int launch_l2_prefetch(const L2Span* spans, int count, cudaStream_t stream);
 
+// --- Stream flags (kernels/cuda/stream_flag.cu) ---------------------------------------------------------------
+
+/// One thread that publishes `value` at flag (device int) once the work queued before it on `stream` is done.
+int launch_stream_flag_set(int* flag, int value, cudaStream_t stream);
+/// One thread that returns once *flag == value (it traps after 10 s): what launch_add_layer_norm's wait_flag does,
+/// as a kernel of its own.
+int launch_stream_flag_wait(const int* flag, int value, cudaStream_t stream);
+
 // --- NF4 (kernels/cuda/nf4.cu) -------------------------------------------------------------------------------
 
 /// NF4 weight pointers (layout of ref::Nf4Weight); either absmax (plain) or absmax_q + nested (double quant).
@@ -200,8 +208,11 @@ int launch_fp8_dequantize(const uint8_t* q, const float* scale, int64_t n, int64
 /// h_out = dtype(h + delta) (one rounding, as the separate add), a = dtype((h_out - mean) * rstd * gamma + beta)
 /// with mean and the biased variance of h_out in fp32 (two passes over the row held in cache).
 /// h, delta, h_out, a, gamma, beta all in `dtype`; h_out may alias h.
+/// wait_flag (optional): the kernel also does not complete before *wait_flag == wait_value (launch_stream_flag_set
+/// on another stream), so the kernels queued after it see that stream's writes; one thread polls it, after its row.
 int launch_add_layer_norm(const void* h, const void* delta, const void* gamma, const void* beta, float eps,
-                          int64_t rows, int64_t cols, void* h_out, void* a, DType dtype, cudaStream_t stream);
+                          int64_t rows, int64_t cols, void* h_out, void* a, DType dtype, cudaStream_t stream,
+                          const int* wait_flag = nullptr, int wait_value = 0);
 
 /// The per-token code a fused producer writes (launch_add_layer_norm_quant).
 enum class ActCode { kInt8, kFp8E4M3 };

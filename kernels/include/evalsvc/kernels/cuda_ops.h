@@ -228,6 +228,12 @@ void l2_prefetch(const std::vector<torch::Tensor>& tensors);
 /// Whether the current stream of `device` is capturing a CUDA graph (work queued now is recorded, not run).
 bool current_stream_capturing(const torch::Device& device);
 
+/// launch_stream_flag_set on flag's device's current stream: flag (an int32 CUDA tensor of one element) becomes
+/// `value` once the work queued before it there is done. add_layer_norm's wait_flag reads it on another stream.
+void set_stream_flag(const torch::Tensor& flag, int value);
+/// launch_stream_flag_wait on the current stream: the work queued after it there starts once flag holds `value`.
+void wait_stream_flag(const torch::Tensor& flag, int value);
+
 /// A second stream on one device, for work that overlaps the current stream's and is ordered against it by
 /// events only (the host never waits). The model uses it to dequantize the next layer's weights while the
 /// current layer computes. Works inside CUDA graph capture: the side stream joins a capture by waiting on an
@@ -261,9 +267,12 @@ class SideStream {
 
 /// ref::add_layer_norm in one kernel: {h + delta, LayerNorm(h + delta)} for h, delta [..., cols] of one
 /// fp16/bf16/fp32 dtype and gamma, beta [cols] of that dtype. Inference only (no autograd).
+/// wait_flag (optional, as set_stream_flag's): the kernel does not complete before it holds wait_value, so what
+/// the current stream runs next sees the writes of the stream that set it.
 std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, const torch::Tensor& delta,
                                                        const torch::Tensor& gamma, const torch::Tensor& beta,
-                                                       double eps);
+                                                       double eps, const torch::Tensor& wait_flag = torch::Tensor(),
+                                                       int wait_value = 0);
 
 /// Activations quantized per token by the kernel that produced them: q in the activations' shape (int8 codes
 /// for kInt8 and kLlmInt8, E4M3 bits in uint8 for kFp8E4M3), scale fp32 [rows]; for kLlmInt8 also the rows and

@@ -106,6 +106,13 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// delays the kernels of the block being computed).
   static constexpr int kDefaultPrefetchBlocks = 64;
   void set_weight_prefetch(bool on, int blocks = kDefaultPrefetchBlocks);
+  /// How the main stream learns that a block's copies are ready. Events (the default): an event wait before every
+  /// block. Flags (on): the side stream sets a device flag after the copies and the add + LayerNorm kernel before
+  /// the block does not complete until it holds that block's number; only block 0 and the forward's end wait on an
+  /// event. Why: in a CUDA graph each event wait cost about 3 us at batch 1 even when the copies were long done
+  /// (H200, docs/perf.md). Off by default until measured: it was built after the device time of its session ran
+  /// out, so it has not yet run on a GPU (its GPU tests are in place). Results are meant to be bit-identical.
+  void set_prefetch_flags(bool on) { prefetch_flags_ = on; }
   /// Variants on an fp16 or bf16 base whose products read the stored weight (fp16 and bf16 through cuBLAS;
   /// weight-only ones only with the weight prefetch off, to dequantize it), in a forward of at most
   /// kL2PrefetchMaxTokens tokens captured into a CUDA graph: with this on (the default) a side stream asks L2 for
@@ -193,10 +200,13 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// With a `consumer` that quantizes its input per token (activation_code: W8A8, FP8, LLM.int8 on fp16) and
   /// where that kernel runs, the LayerNorm output is not returned (undefined) but quantized by the same kernel
   /// into *codes, for consumer->forward_quantized; otherwise codes->q is left undefined.
+  /// `wait_flag` (set_prefetch_flags): whatever runs after it on the stream waits until the flag holds wait_value.
   std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, const torch::Tensor& delta,
                                                          const torch::Tensor& w, const torch::Tensor& b,
                                                          const kernels::QuantizedLinear* consumer = nullptr,
-                                                         InputCodes* codes = nullptr) const;
+                                                         InputCodes* codes = nullptr,
+                                                         const torch::Tensor& wait_flag = torch::Tensor(),
+                                                         int wait_value = 0) const;
   /// Every tensor that is not a projection (embeddings, LayerNorms, head) with its Hugging Face name: the
   /// one list that state dicts, loading, dtype conversion and device moves all walk.
   std::vector<std::pair<std::string, torch::Tensor*>> plain_tensors();
@@ -214,6 +224,7 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   bool pruned_last_forward_ = false;
   mutable bool fused_quant_last_forward_ = false;  // set by add_layer_norm, which forward() calls as const
   int prefetch_blocks_ = kDefaultPrefetchBlocks;
+  bool prefetch_flags_ = false;
   bool prefetched_last_forward_ = false;
   std::shared_ptr<WeightPrefetch> prefetch_;  // made by the first forward that uses it; reset by moves
   bool l2_prefetch_ = true;
