@@ -162,9 +162,9 @@ struct GPT2ClassifierImpl::WeightPrefetch {
   }
   kernels::cuda::SideStream side;
   std::array<std::array<torch::Tensor, 4>, 2> slot;  // [layer % 2][projection]
-  // set_prefetch_flags: flag[s] holds the layer whose copies slot s has (set by the side stream after them; -1
-  // before the first). A block's wait is for its own layer number, which its slot's flag takes only once that
-  // block's copies are done: the value before it, in this forward or left by the previous one, is another layer's.
+  // set_prefetch_flags: flag[s] holds the layer whose copies slot s has, set by the side stream after them and reset
+  // to -1 at each forward's start. A block waits for its own layer number, which its slot's flag takes only once
+  // that block's copies are done.
   torch::Tensor flags;
   std::array<torch::Tensor, 2> flag;
   bool signal = false;  // this forward sets the flags (forward())
