@@ -316,10 +316,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
 #ifdef EVALSVC_WITH_CUDA
   // With flags (set_prefetch_flags) blocks 1.. learn that their copies are ready from the add + LayerNorm before
   // them; only block 0 waits on an event, and the forward's end on the last one (joining the side stream back).
-  // Only where every such add + LayerNorm is the plain kernel: none of the block inputs is quantized per token.
-  bool flag_sync = pf != nullptr && prefetch_flags_;
-  for (size_t i = 1; flag_sync && i < blocks_.size(); ++i)
-    flag_sync = blocks_[i].q[0]->activation_code() == kernels::ActivationCode::kNone;
+  const bool flag_sync = pf != nullptr && prefetch_flags_;
   if (pf) {
     pf->signal = flag_sync;
     pf->side.record_current(WeightPrefetch::kStart);
