@@ -35,7 +35,7 @@ struct BenchArgs {
   bool no_prefetch = false;
   int prefetch_blocks = worker::GPT2ClassifierImpl::kDefaultPrefetchBlocks;
   bool no_l2_prefetch = false;
-  bool prefetch_flags = false;
+  bool prefetch_events = false;
   bool no_fused_quant = false;
   std::string last_block = "auto";
   std::string fp8_gemm = "auto";
@@ -69,9 +69,10 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
                  "threads the prefetch's dequantization may use at once, in units of 1024 (nf4: blocks of 1024, int8: "
                  "of 256); 0: as many blocks as it needs")
       ->capture_default_str();
-  sub.add_flag("--prefetch-flags", a->prefetch_flags,
-               "the add + LayerNorm before each block waits for a flag the side stream sets after that block's "
-               "prefetched copies, instead of an event wait before the block (not yet measured on a GPU)");
+  sub.add_flag("--prefetch-events", a->prefetch_events,
+               "the main stream waits on an event before each block for its prefetched copies, instead of the add "
+               "+ LayerNorm before the block waiting for a flag the side stream sets after them (for comparing the "
+               "two)");
   sub.add_flag("--no-l2-prefetch", a->no_l2_prefetch,
                fmt::format("fp16 and bf16 batch-1 graphs do without the side stream that warms L2 with the next "
                            "block's weights (used in CUDA graphs of up to {} tokens; for comparing the two)",
@@ -137,7 +138,7 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       model->to_device(dev);
       model->set_weight_prefetch(!a->no_prefetch, a->prefetch_blocks);
       model->set_l2_prefetch(!a->no_l2_prefetch);
-      model->set_prefetch_flags(a->prefetch_flags);
+      model->set_prefetch_flags(!a->prefetch_events);
       model->set_fused_input_quantization(!a->no_fused_quant);
       using LastBlock = worker::GPT2ClassifierImpl::LastBlock;
       model->set_last_block(a->last_block == "pruned" ? LastBlock::kPruned
@@ -158,7 +159,7 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       j["device"] = worker::describe_device(dev);
       if (r.weight_prefetch) {
         j["prefetch_blocks"] = a->prefetch_blocks;
-        j["prefetch_sync"] = a->prefetch_flags ? "flags" : "events";
+        j["prefetch_sync"] = a->prefetch_events ? "events" : "flags";
       }
       j["fused_input_quantization"] = !a->no_fused_quant;
       j["last_block"] = a->last_block;

@@ -1265,6 +1265,24 @@ TEST(CudaStreamFlag, HoldsTheCurrentStreamUntilTheOtherStreamSetsIt) {
   const auto b = randn({768}, 1703).to(torch::kHalf).to(gpu());
   const auto [want_h, want_a] = cuda::add_layer_norm(h, d, g, b, 1e-5);
   const auto i32 = torch::TensorOptions().dtype(torch::kInt32).device(gpu());
+  // Every kernel the modes launch, launched once first: with lazy module loading (CUDA's default since 12.2) a
+  // kernel's first launch loads its module, which waits for the device to go idle, i.e. for the other stream's
+  // spin, and then even the control sees the fill (seen on an H200).
+  {
+    auto warm_flag = torch::full({1}, 0, i32);
+    auto warm = torch::zeros({1 << 20}, torch::TensorOptions().device(gpu()));
+    {
+      const c10::cuda::CUDAStreamGuard guard(c10::cuda::getStreamFromPool(false, 0));
+      at::cuda::sleep(1000);
+      warm.fill_(7.0f);
+      cuda::set_stream_flag(warm_flag, 1);
+    }
+    torch::cuda::synchronize();
+    cuda::wait_stream_flag(warm_flag, 1);
+    cuda::add_layer_norm(h, d, g, b, 1e-5, warm_flag, 1);
+    (void)warm.clone();
+    torch::cuda::synchronize();
+  }
   for (const char* how : {"control", "wait_stream_flag", "add_layer_norm"}) {
     const std::string mode = how;
     auto flag = torch::full({1}, -1, i32);

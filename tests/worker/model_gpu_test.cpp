@@ -168,15 +168,15 @@ TEST(ModelGpu, WeightPrefetchGivesIdenticalLogitsEagerAndInACudaGraph) {
     EXPECT_TRUE(torch::equal(got, want)) << what << ": max diff " << (got - want).abs().max().item<double>();
     // Twice in a row: the second forward's first blocks reuse slots the first one's last blocks read.
     EXPECT_TRUE(torch::equal(on->forward(ids2, lengths), off->forward(ids2, lengths))) << what << " (second call)";
-    // The main stream told of the copies by flags that the add + LayerNorm before each block waits for
-    // (set_prefetch_flags) instead of an event wait before each block (the default).
-    auto flags = gpu_variant(cfg, method, base, dev);
-    flags->set_prefetch_flags(true);
-    EXPECT_TRUE(torch::equal(flags->forward(ids, lengths), want)) << what << " (flags)";
-    EXPECT_TRUE(torch::equal(flags->forward(ids2, lengths), off->forward(ids2, lengths))) << what << " (flags, again)";
+    // The main stream told of the copies by an event wait before each block instead of flags that the add +
+    // LayerNorm before each block waits for (set_prefetch_flags, the default).
+    auto events = gpu_variant(cfg, method, base, dev);
+    events->set_prefetch_flags(false);
+    EXPECT_TRUE(torch::equal(events->forward(ids, lengths), want)) << what << " (events)";
+    EXPECT_TRUE(torch::equal(events->forward(ids2, lengths), off->forward(ids2, lengths))) << what << " (events, again)";
 
     // Replays with new inputs, with either, and eager forwards between them that reuse the slots and flags.
-    for (auto* m : {&on, &flags}) {
+    for (auto* m : {&on, &events}) {
       auto static_ids = ids.clone();
       at::cuda::CUDAGraph graph;
       const auto out = capture_forward(*m, static_ids, lengths, graph);
@@ -188,7 +188,7 @@ TEST(ModelGpu, WeightPrefetchGivesIdenticalLogitsEagerAndInACudaGraph) {
         const auto want_r = off->forward(in, lengths);
         const double diff = (out - want_r).abs().max().item<double>();
         EXPECT_LE(diff, 1e-3 * want_r.abs().max().item<double>())
-            << what << (m == &flags ? " (flags)" : "") << ": graph replay " << r << " against eager";
+            << what << (m == &events ? " (events)" : "") << ": graph replay " << r << " against eager";
         (*m)->forward(ids, lengths);
       }
     }

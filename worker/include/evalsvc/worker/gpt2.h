@@ -106,12 +106,12 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// delays the kernels of the block being computed).
   static constexpr int kDefaultPrefetchBlocks = 64;
   void set_weight_prefetch(bool on, int blocks = kDefaultPrefetchBlocks);
-  /// How the main stream learns that a block's copies are ready. Events (the default): an event wait before every
-  /// block. Flags (on): the side stream sets a device flag after the copies and the add + LayerNorm kernel before
-  /// the block does not complete until it holds that block's number; only block 0 and the forward's end wait on an
-  /// event. Why: in a CUDA graph each event wait cost about 3 us at batch 1 even when the copies were long done
-  /// (H200, docs/perf.md). Off by default until measured: it was built after the device time of its session ran
-  /// out, so it has not yet run on a GPU (its GPU tests are in place). Results are meant to be bit-identical.
+  /// How the main stream learns that a block's copies are ready. Flags (the default): the side stream sets a device
+  /// flag after the copies, and the add + LayerNorm kernel before the block does not complete until it holds that
+  /// block's number; only block 0 and the forward's end wait on an event. Events (off): an event wait before every
+  /// block, which in a CUDA graph cost about 3 us each at batch 1 even when the copies were long done. Flags took
+  /// 22-29 us off the batch-1 forward (H200: int8-sym-channel 0.518-0.522 ms against 0.541-0.550, nf4 0.533-0.537
+  /// against 0.560-0.569; docs/perf.md). Results are bit-identical either way (tests/worker/model_gpu_test.cpp).
   void set_prefetch_flags(bool on) { prefetch_flags_ = on; }
   /// Variants on an fp16 or bf16 base whose products read the stored weight (fp16 and bf16 through cuBLAS;
   /// weight-only ones only with the weight prefetch off, to dequantize it), in a forward of at most
@@ -224,7 +224,7 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   bool pruned_last_forward_ = false;
   mutable bool fused_quant_last_forward_ = false;  // set by add_layer_norm, which forward() calls as const
   int prefetch_blocks_ = kDefaultPrefetchBlocks;
-  bool prefetch_flags_ = false;
+  bool prefetch_flags_ = true;
   bool prefetched_last_forward_ = false;
   std::shared_ptr<WeightPrefetch> prefetch_;  // made by the first forward that uses it; reset by moves
   bool l2_prefetch_ = true;
