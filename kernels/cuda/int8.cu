@@ -4,7 +4,6 @@
 // cuBLASLt, and weight-only int8 dequantization. The wgmma kernel also multiplies E4M3 codes (launch_fp8_gemm):
 // its pipeline and epilogue do not depend on what the 8-bit codes encode.
 #include <atomic>
-#include <cstdlib>
 #include <cuda.h>  // CUtensorMap and its enums (the encoder is looked up at run time: no libcuda link)
 
 #include "common.cuh"
@@ -943,40 +942,6 @@ __global__ void k_int8_dequantize16(const int8_t* __restrict__ q, const float* _
   }
 }
 
-/// EXPERIMENT (QBENCH_EXP_COALESCE): as k_int8_dequantize16, a warp's 32 lanes x 2 groups of 8 codes laid out so
-/// that each 8-byte load instruction reads 256 contiguous bytes and each 16-byte store instruction writes 512
-/// contiguous bytes (k_int8_dequantize16 writes, per store instruction, half of each of 32 sectors). k % 8 == 0.
-template <typename T>
-__global__ void k_int8_dequantize8c(const int8_t* __restrict__ q, const float* __restrict__ scale, bool per_channel,
-                                    uint32_t k8, uint32_t groups8, T* __restrict__ out) {
-  const uint2* q8 = reinterpret_cast<const uint2*>(q);
-  const uint32_t t = blockIdx.x * blockDim.x + threadIdx.x;
-  const uint32_t lane = t & 31u;
-  const uint32_t step = gridDim.x * blockDim.x * 2;
-  for (uint32_t base = (t & ~31u) * 2; base < groups8; base += step) {
-    uint2 p[2];
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const uint32_t i = base + 32 * j + lane;
-      p[j] = i < groups8 ? __ldcs(q8 + i) : make_uint2(0u, 0u);
-    }
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const uint32_t i = base + 32 * j + lane;
-      if (i >= groups8) break;
-      const float s = scale[per_channel ? i / k8 : 0];
-      const uint32_t pw[2] = {p[j].x, p[j].y};
-      float v[8];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const int8_t code = static_cast<int8_t>((pw[e / 4] >> (8 * (e % 4))) & 0xFF);
-        v[e] = static_cast<float>(code) * s;
-      }
-      detail::store8(out + 8 * static_cast<size_t>(i), v);
-    }
-  }
-}
-
 /// The same dequantization, one block per row, 4 codes a thread (one 4-byte load, 32-bit indices): for
 /// k % 4 == 0. The grid-stride kernel above paid a 64-bit division and a 1-byte load per element.
 template <typename T>
@@ -1178,13 +1143,6 @@ int launch_int8_dequantize(const int8_t* q, const float* scale, bool per_channel
   const unsigned grid = detail::grid_for(n * k, threads, max_blocks > 0 ? max_blocks : 8192);
   const bool by4 = k % 4 == 0 && reinterpret_cast<uintptr_t>(q) % 4 == 0;
   const bool by16 = k % 16 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
-  static const bool coalesce = std::getenv("QBENCH_EXP_COALESCE") != nullptr;  // EXPERIMENT
-  if (coalesce && max_blocks > 0 && by16 && n * k / 8 <= INT32_MAX) {
-    const unsigned g8 = detail::grid_for(n * k / 16, threads, max_blocks);
-    const auto k8 = static_cast<uint32_t>(k / 8), groups8 = static_cast<uint32_t>(n * k / 8);
-    EVALSVC_DISPATCH_FLOAT(dtype, T, k_int8_dequantize8c<T><<<g8, threads, 0, stream>>>(q, scale, per_channel, k8, groups8, static_cast<T*>(out)));
-    return detail::launch_result();
-  }
   if (max_blocks > 0 && by16 && n * k / 16 <= INT32_MAX) {
     const unsigned g16 = detail::grid_for(n * k / 16, threads, max_blocks);
     const auto k16 = static_cast<uint32_t>(k / 16), groups = static_cast<uint32_t>(n * k / 16);

@@ -6,7 +6,6 @@
 #include <mma.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <utility>
 
 #include "common.cuh"
@@ -119,41 +118,6 @@ __device__ __forceinline__ void dequantize32_groups(const Nf4View& w, const Nf4T
   }
 }
 
-/// EXPERIMENT (QBENCH_EXP_COALESCE): the same values, a warp's 32 lanes x 4 words of 8 codes laid out so that each
-/// load instruction reads 128 contiguous bytes and each 16-byte store instruction writes 512 contiguous bytes (the
-/// loop above writes, per store instruction, half of each of 32 sectors). Words of 8 codes from word `first`'s
-/// warp, in steps of `step` threads.
-template <typename T>
-__device__ __forceinline__ void dequantize32_coalesced(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
-                                                       uint32_t first, uint32_t step) {
-  const uint32_t words = static_cast<uint32_t>(w.n * w.k / 8);
-  const uint32_t per_block = static_cast<uint32_t>(w.blocksize / 8);
-  const uint32_t* src = reinterpret_cast<const uint32_t*>(w.packed);
-  const uint32_t lane = first & 31u;
-  for (uint32_t base = (first & ~31u) * 4; base < words; base += step * 4) {
-    uint32_t p[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint32_t i = base + 32 * j + lane;
-      p[j] = i < words ? __ldcs(src + i) : 0u;
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint32_t i = base + 32 * j + lane;
-      if (i >= words) break;
-      const float am = block_absmax(w, t, i / per_block);
-      float v[8];
-#pragma unroll
-      for (int b = 0; b < 4; ++b) {
-        const unsigned byte = (p[j] >> (8 * b)) & 0xFFu;
-        v[2 * b] = __fmul_rn(t.level[byte >> 4], am);
-        v[2 * b + 1] = __fmul_rn(t.level[byte & 0xFu], am);
-      }
-      store8(out + 8 * static_cast<size_t>(i), v);
-    }
-  }
-}
-
 /// The same values, 32 codes a thread (one 16-byte load, one absmax, four 8-value stores): for a capped grid
 /// (launch max_blocks > 0), whose few blocks must each move many bytes per trip to keep up. For n*k % 32 == 0,
 /// blocksize % 32 == 0 and 16-byte aligned pointers; 32-bit indices (n*k / 32 < 2^31).
@@ -175,7 +139,6 @@ struct Nf4Batch {
   void* out[kNf4BatchMax];
   unsigned first[kNf4BatchMax + 1];
   int count;
-  int coalesced;  // EXPERIMENT
 };
 
 template <typename T>
@@ -187,13 +150,8 @@ __global__ void k_nf4_dequantize32_batch(Nf4Batch b) {
   for (int j = 0; j < kNf4BatchMax; ++j) {
     if (j >= b.count || blockIdx.x < b.first[j] || blockIdx.x >= b.first[j + 1]) continue;
     const uint32_t blocks = b.first[j + 1] - b.first[j];
-    if (b.coalesced) {
-      dequantize32_coalesced(b.w[j], t, static_cast<T*>(b.out[j]), (blockIdx.x - b.first[j]) * blockDim.x + threadIdx.x,
-                             blocks * blockDim.x);
-    } else {
-      dequantize32_groups(b.w[j], t, static_cast<T*>(b.out[j]), (blockIdx.x - b.first[j]) * blockDim.x + threadIdx.x,
-                          blocks * blockDim.x);
-    }
+    dequantize32_groups(b.w[j], t, static_cast<T*>(b.out[j]), (blockIdx.x - b.first[j]) * blockDim.x + threadIdx.x,
+                        blocks * blockDim.x);
   }
 }
 
@@ -460,8 +418,6 @@ int launch_nf4_dequantize_batch(const Nf4View* w, void* const* out, int count, D
   if (w == nullptr || out == nullptr) return kLaunchBadPointer;
   Nf4Batch b{};
   b.count = count;
-  static const bool coalesce = std::getenv("QBENCH_EXP_COALESCE") != nullptr;  // EXPERIMENT
-  b.coalesced = coalesce;
   int64_t groups[kNf4BatchMax] = {};
   int64_t total = 0;
   for (int j = 0; j < count; ++j) {
