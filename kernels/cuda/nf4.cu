@@ -91,36 +91,47 @@ __global__ void k_nf4_dequantize8(Nf4View w, T* __restrict__ out) {
   }
 }
 
-/// k_nf4_dequantize32's loop over w's groups of 32 codes from group `first` in steps of `step` (threads).
+/// k_nf4_dequantize32's loop: w's codes as 4-byte words of 8, a warp taking 32 lanes x 4 words (1,024 codes) a
+/// trip, lane l words l, l + 32, l + 64, l + 96 of its warp's span, from thread `first`'s warp in steps of `step`
+/// threads. So each load instruction reads 128 contiguous bytes and each 16-byte store instruction writes 512: with
+/// a thread's 32 codes contiguous instead (one 16-byte load), each store instruction wrote half of each of 32
+/// sectors, and NF4's batch-1 forward took 0.521-0.523 ms against 0.510-0.513 (H200, docs/perf.md).
 template <typename T>
 __device__ __forceinline__ void dequantize32_groups(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
                                                     uint32_t first, uint32_t step) {
-  const uint32_t groups = static_cast<uint32_t>(w.n * w.k / 32);
-  const uint32_t per_block = static_cast<uint32_t>(w.blocksize / 32);
-  const uint4* words = reinterpret_cast<const uint4*>(w.packed);
-  for (uint32_t g = first; g < groups; g += step) {
-    // Evict-first: the codes are read once, and in the prefetch the next block's products read the dense copies
-    // from L2 only if these do not push them out (batch-1 NF4 0.541-0.554 ms against 0.574-0.576, H200).
-    const uint4 p = __ldcs(words + g);
-    const float am = block_absmax(w, t, g / per_block);
-    const uint32_t pw[4] = {p.x, p.y, p.z, p.w};
+  const uint32_t words = static_cast<uint32_t>(w.n * w.k / 8);
+  const uint32_t per_block = static_cast<uint32_t>(w.blocksize / 8);
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(w.packed);
+  const uint32_t lane = first & 31u;
+  for (uint32_t base = (first & ~31u) * 4; base < words; base += step * 4) {
+    uint32_t p[4];
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t i = base + 32 * j + lane;
+      // Evict-first: the codes are read once, and in the prefetch the next block's products read the dense copies
+      // from L2 only if these do not push them out (batch-1 NF4 0.541-0.554 ms against 0.574-0.576, H200).
+      p[j] = i < words ? __ldcs(src + i) : 0u;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t i = base + 32 * j + lane;
+      if (i >= words) break;
+      const float am = block_absmax(w, t, i / per_block);
       float v[8];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const unsigned byte = (pw[q] >> (8 * j)) & 0xFFu;
-        v[2 * j] = __fmul_rn(t.level[byte >> 4], am);
-        v[2 * j + 1] = __fmul_rn(t.level[byte & 0xFu], am);
+      for (int b = 0; b < 4; ++b) {
+        const unsigned byte = (p[j] >> (8 * b)) & 0xFFu;  // little-endian: byte b holds elements 2b, 2b + 1
+        v[2 * b] = __fmul_rn(t.level[byte >> 4], am);
+        v[2 * b + 1] = __fmul_rn(t.level[byte & 0xFu], am);
       }
-      store8(out + 32 * static_cast<size_t>(g) + 8 * q, v);
+      store8(out + 8 * static_cast<size_t>(i), v);
     }
   }
 }
 
-/// The same values, 32 codes a thread (one 16-byte load, one absmax, four 8-value stores): for a capped grid
-/// (launch max_blocks > 0), whose few blocks must each move many bytes per trip to keep up. For n*k % 32 == 0,
-/// blocksize % 32 == 0 and 16-byte aligned pointers; 32-bit indices (n*k / 32 < 2^31).
+/// The same values, 32 codes a thread a trip (four 4-byte loads, four 8-value stores): for a capped grid (launch
+/// max_blocks > 0), whose few blocks must each move many bytes per trip to keep up. For n*k % 32 == 0,
+/// blocksize % 32 == 0 and 16-byte aligned pointers; 32-bit indices (n*k / 8 < 2^31).
 template <typename T>
 __global__ void k_nf4_dequantize32(Nf4View w, T* __restrict__ out) {
   __shared__ Nf4Tables t;
@@ -377,7 +388,7 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 /// Whether k_nf4_dequantize32 (and its batch) takes w into out.
 bool takes_32(const Nf4View& w, const void* out) {
-  return (w.n * w.k) % 32 == 0 && w.blocksize % 32 == 0 && w.n * w.k / 32 <= INT32_MAX && aligned16(w.packed) &&
+  return (w.n * w.k) % 32 == 0 && w.blocksize % 32 == 0 && w.n * w.k / 8 <= INT32_MAX && aligned16(w.packed) &&
          aligned16(out);
 }
 
