@@ -6,7 +6,6 @@
 #include <mma.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <utility>
 
 #include "common.cuh"
@@ -396,8 +395,6 @@ bool takes_32(const Nf4View& w, const void* out) {
 /// A dequantization's block size and grid cap: capped (max_blocks > 0) in blocks of kBackgroundBlockThreads,
 /// else blocks of 256, as many as the size needs.
 std::pair<int, int64_t> dequantize_launch_shape(int max_blocks) {
-  static const int exp_threads = std::getenv("QBENCH_EXP_NF4_THREADS") ? std::atoi(std::getenv("QBENCH_EXP_NF4_THREADS")) : 0;  // EXPERIMENT
-  if (max_blocks > 0 && exp_threads > 0) return {exp_threads, int64_t{max_blocks} * kBackgroundBlockThreads / exp_threads};
   return max_blocks > 0 ? std::pair<int, int64_t>{kBackgroundBlockThreads, max_blocks} : std::pair<int, int64_t>{256, 8192};
 }
 
