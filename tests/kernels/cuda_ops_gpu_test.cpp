@@ -1266,8 +1266,8 @@ TEST(CudaStreamFlag, HoldsTheCurrentStreamUntilTheOtherStreamSetsIt) {
   const auto [want_h, want_a] = cuda::add_layer_norm(h, d, g, b, 1e-5);
   const auto i32 = torch::TensorOptions().dtype(torch::kInt32).device(gpu());
   // Every kernel the modes launch, launched once first: with lazy module loading (CUDA's default since 12.2) a
-  // kernel's first launch loads its module, which waits for the device to go idle, i.e. for the other stream's
-  // spin, and then even the control sees the fill (seen on an H200).
+  // kernel's first launch loads its module, which may wait for the kernels already running, here the other stream's
+  // spin; then even the control saw the fill (on an H200).
   {
     auto warm_flag = torch::full({1}, 0, i32);
     auto warm = torch::zeros({1 << 20}, torch::TensorOptions().device(gpu()));

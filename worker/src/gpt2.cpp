@@ -314,8 +314,10 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   prefetched_last_forward_ = pf != nullptr;
   fused_quant_last_forward_ = false;
 #ifdef EVALSVC_WITH_CUDA
-  // With flags (set_prefetch_flags, the default) blocks 1.. learn that their copies are ready from the add + LayerNorm before
-  // them; only block 0 waits on an event, and the forward's end on the last one (joining the side stream back).
+  // With flags (set_prefetch_flags, the default) blocks 1.. learn that their copies are ready from the add +
+  // LayerNorm before them; only block 0 waits on an event, and the forward's end on the last one (joining the side
+  // stream back). Each flag's setter is launched before its waiter, so a kernel loaded lazily at its first launch
+  // never waits for a waiter that waits for it.
   const bool flag_sync = pf != nullptr && prefetch_flags_;
   if (pf) {
     pf->signal = flag_sync;

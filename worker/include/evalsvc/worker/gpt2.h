@@ -110,7 +110,7 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// flag after the copies, and the add + LayerNorm kernel before the block does not complete until it holds that
   /// block's number; only block 0 and the forward's end wait on an event. Events (off): an event wait before every
   /// block, which in a CUDA graph cost about 3 us each at batch 1 even when the copies were long done. Flags took
-  /// 22-29 us off the batch-1 forward (H200: int8-sym-channel 0.518-0.522 ms against 0.541-0.550, nf4 0.533-0.537
+  /// 19-36 us off the batch-1 forward (H200: int8-sym-channel 0.518-0.522 ms against 0.541-0.550, nf4 0.533-0.537
   /// against 0.560-0.569; docs/perf.md). Results are bit-identical either way (tests/worker/model_gpu_test.cpp).
   void set_prefetch_flags(bool on) { prefetch_flags_ = on; }
   /// Variants on an fp16 or bf16 base whose products read the stored weight (fp16 and bf16 through cuBLAS;
