@@ -1,8 +1,10 @@
 // kernel_bench: validates every qbench CUDA op against its CPU reference, then times GPT-2's four projection
 // GEMM shapes (in, out) = (768, 2304) c_attn, (768, 768) attn.c_proj, (768, 3072) c_fc, (3072, 768) mlp.c_proj at
 // M = 1, 128, 1,024, 4,096, 32,768 tokens with CUDA events, next to the fp16 torch::matmul (cuBLAS) peer of the same run.
-// Output: JSON lines on stdout (one "device" line, one line per validation, one per timing). Exit status 1 when
-// any validation fails (nothing is timed then), 2 on a usage error; 0 with a message when built without CUDA.
+// Then the per-token quantizers, the weight prefetch's dequantizations (dense copies), the residual add + LayerNorm
+// and its quantizing form. Output: JSON lines on stdout (one "device" line, one line per validation, one per
+// timing). Exit status 1 when any validation fails (nothing is timed then), 2 on a usage error; 0 with a message
+// when built without CUDA.
 //
 //   build-NAME/kernels/kernel_bench            # full sweep
 //   build-NAME/kernels/kernel_bench --quick    # M = 1 and 128 only
@@ -248,9 +250,27 @@ std::vector<std::pair<std::string, cuda::Fp8Gemm>> fp8_kernels() {
   return g;
 }
 
-/// Each op against its CPU reference at 1 and 77 tokens (77: partial tiles, more than cuBLASLt's 16).
+/// The weight prefetch's grid cap (worker::GPT2ClassifierImpl::kDefaultPrefetchBlocks), for its dense copies.
+constexpr int kPrefetchCap = 64;
+
+/// Each op against its CPU reference at 1 and 77 tokens (77: partial tiles, more than cuBLASLt's 16), and the
+/// weight-only dense copies (no tokens), with the whole grid and capped as the weight prefetch runs them.
 bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
   bool ok = true;
+  {
+    const auto nf4_want = ref::dequantize_nf4(L.nf4);
+    const auto i8_want = ref::dequantize_int8_sym(L.i8);
+    for (const int cap : {0, kPrefetchCap}) {
+      auto o = torch::empty({L.n, L.k}, torch::TensorOptions().dtype(torch::kFloat16).device(gpu()));
+      cuda::nf4_dequantize_into(L.nf4_gpu, o, cap);
+      out.push_back({fmt::format("nf4_dequantize_into max_blocks={} in={} out={}", cap, L.k, L.n), 1e-3,
+                     rel_err(o, nf4_want)});
+      cuda::dequantize_int8_weight_into(L.i8_q, L.i8_s, o, cap);
+      out.push_back({fmt::format("dequantize_int8_weight_into max_blocks={} in={} out={}", cap, L.k, L.n), 1e-3,
+                     rel_err(o, i8_want)});
+    }
+    for (const auto& v : out) ok = ok && v.err <= v.tol;
+  }
   for (const int64_t m : {int64_t{1}, int64_t{77}}) {
     auto x = randn({m, L.k}, 42 + m).clamp(-4.0, 4.0);
     x.index_put_({m / 2, 7}, 25.0);  // one LLM.int8 outlier column
@@ -347,6 +367,25 @@ int main(int argc, char** argv) {
         std::printf("%s\n", json{{"validate", r.op}, {"rel_err", r.err}, {"tol", r.tol}, {"ok", r.err <= r.tol}}
                                 .dump()
                                 .c_str());
+      }
+    }
+    // A transformer block's four NF4 weights in the prefetch's one launch, each against the CPU reference.
+    std::vector<const cuda::Nf4Weight*> block_w;
+    std::vector<torch::Tensor> block_copy;
+    std::vector<torch::Tensor*> block_out;
+    for (const auto& L : layers) {
+      block_w.push_back(&L.nf4_gpu);
+      block_copy.push_back(torch::full({L.n, L.k}, 7.0, torch::TensorOptions().dtype(torch::kFloat16).device(gpu())));
+    }
+    for (auto& t : block_copy) block_out.push_back(&t);
+    for (const int cap : {0, kPrefetchCap}) {
+      cuda::nf4_dequantize_batch_into(block_w, block_out, cap);
+      for (size_t i = 0; i < layers.size(); ++i) {
+        const double err = rel_err(block_copy[i], ref::dequantize_nf4(layers[i].nf4));
+        all_ok = all_ok && err <= 1e-3;
+        const auto op = fmt::format("nf4_dequantize_batch_into max_blocks={} weight {}", cap, i);
+        std::printf("%s\n",
+                    json{{"validate", op}, {"rel_err", err}, {"tol", 1e-3}, {"ok", err <= 1e-3}}.dump().c_str());
       }
     }
     std::fflush(stdout);
@@ -520,6 +559,49 @@ int main(int argc, char** argv) {
         }
         std::fflush(stdout);
       }
+    }
+    // The weight prefetch's dense copies (weight-only variants at batch 1; validated above): each weight dequantized
+    // into a kept fp16 buffer with the whole grid (max_blocks 0) and capped as the model's prefetch runs it beside a
+    // forward, and a block's four NF4 weights in the prefetch's one launch. GB/s counts the codes and scales read and
+    // the fp16 copy written; the peer is a copy of the copy's size (x.clone(): 2 bytes read and 2 written an element),
+    // about the most a pass over these bytes can stream here.
+    {
+      auto row = [](json r, double ms, double bytes, double copy_ms) {
+        r["ms"] = ms;
+        r["gbps"] = bytes / (ms * 1e-3) / 1e9;
+        r["copy_ms"] = copy_ms;
+        r["copy_over_ms"] = copy_ms / ms;
+        std::printf("%s\n", r.dump().c_str());
+      };
+      // NF4: half a byte a code and one absmax code a block of 64 (double quantization) in, fp16 out.
+      auto nf4_bytes = [](double elems) { return elems / 2 + elems / 64 + 2 * elems; };
+      for (size_t i = 0; i < layers.size(); ++i) {
+        const Layer& L = layers[i];
+        auto& out = block_copy[i];
+        const double elems = static_cast<double>(L.n) * L.k;
+        const double copy_ms = time_ms([&] { (void)out.clone(); }, 10, 200);
+        for (const int cap : {0, kPrefetchCap}) {
+          row(json{{"op", "nf4_dequantize_into"}, {"k", L.k}, {"n", L.n}, {"max_blocks", cap}},
+              time_ms([&] { cuda::nf4_dequantize_into(L.nf4_gpu, out, cap); }, 10, 200), nf4_bytes(elems), copy_ms);
+          // int8 per channel: a byte a code and an fp32 scale a row in, fp16 out.
+          row(json{{"op", "dequantize_int8_weight_into"}, {"k", L.k}, {"n", L.n}, {"max_blocks", cap}},
+              time_ms([&] { cuda::dequantize_int8_weight_into(L.i8_q, L.i8_s, out, cap); }, 10, 200),
+              elems + 4.0 * L.n + 2 * elems, copy_ms);
+        }
+        std::fflush(stdout);
+      }
+      double elems = 0;
+      for (const auto& L : layers) elems += static_cast<double>(L.n) * L.k;
+      const auto whole =
+          torch::empty({static_cast<int64_t>(elems)}, torch::TensorOptions().dtype(torch::kFloat16).device(gpu()));
+      const double copy_ms = time_ms([&] { (void)whole.clone(); }, 10, 200);
+      for (const int cap : {0, kPrefetchCap}) {
+        row(json{{"op", "nf4_dequantize_batch_into (a block's four weights)"}, {"elements", elems},
+                 {"max_blocks", cap}},
+            time_ms([&] { cuda::nf4_dequantize_batch_into(block_w, block_out, cap); }, 10, 200), nf4_bytes(elems),
+            copy_ms);
+      }
+      std::fflush(stdout);
     }
     // Residual add + LayerNorm over [M, 768]: the fused kernel against the two ops it replaces.
     for (const int64_t m : ms) {
