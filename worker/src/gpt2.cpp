@@ -167,7 +167,6 @@ struct GPT2ClassifierImpl::WeightPrefetch {
   // that block's copies are done.
   torch::Tensor flags;
   std::array<torch::Tensor, 2> flag;
-  bool signal = false;  // this forward sets the flags (forward())
 };
 #else
 struct GPT2ClassifierImpl::WeightPrefetch {};
@@ -266,7 +265,7 @@ void GPT2ClassifierImpl::stage_block(WeightPrefetch& pf, size_t layer, int64_t a
       }
     }
     kernels::dense_weights_into(layers, outs, prefetch_blocks_);  // nf4: one launch for the block
-    if (pf.signal) kernels::cuda::set_stream_flag(pf.flag[s], static_cast<int>(layer));
+    if (prefetch_flags_) kernels::cuda::set_stream_flag(pf.flag[s], static_cast<int>(layer));
   });
   pf.side.record_side(WeightPrefetch::ready(s));
 #else
@@ -320,7 +319,6 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   // never waits for a waiter that waits for it.
   const bool flag_sync = pf != nullptr && prefetch_flags_;
   if (pf) {
-    pf->signal = flag_sync;
     pf->side.record_current(WeightPrefetch::kStart);
     pf->side.side_waits(WeightPrefetch::kStart);
     // Flags from -1 each forward, on the side stream (block 0's event orders it before every wait on them), so that
