@@ -6,8 +6,6 @@
 #include "evalsvc/kernels/cuda_ops.h"
 
 #include <atomic>
-#include <cstdio>
-#include <cstdlib>
 #include <cmath>
 #include <map>
 #include <mutex>
@@ -817,50 +815,6 @@ bool fp8_cublaslt(const torch::Tensor& aq, const torch::Tensor& ascale, const to
     const cublasStatus_t st =
         api.heuristic(handle, ds.op, ds.a, ds.b, ds.d, ds.d, ds.pref, 1, &res, &found);
     if (st == CUBLAS_STATUS_SUCCESS && found > 0) algo = res;
-    // EXPERIMENT (QBENCH_EXP_LT_SWEEP): time the heuristic's first 16 algorithms on these operands and keep the
-    // fastest, printing each to stderr.
-    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-    cudaStreamIsCapturing(stream_of(aq), &capturing);
-    if (algo && std::getenv("QBENCH_EXP_LT_SWEEP") != nullptr && capturing == cudaStreamCaptureStatusNone) {
-      cublasLtMatmulHeuristicResult_t cand[16]{};
-      int nc = 0;
-      if (api.heuristic(handle, ds.op, ds.a, ds.b, ds.d, ds.d, ds.pref, 16, cand, &nc) == CUBLAS_STATUS_SUCCESS) {
-        const cudaStream_t s = stream_of(aq);
-        cudaEvent_t e0, e1;
-        cudaEventCreate(&e0);
-        cudaEventCreate(&e1);
-        float best = 1e30f;
-        for (int i = 0; i < nc; ++i) {
-          if (cand[i].state != CUBLAS_STATUS_SUCCESS) continue;
-          torch::Tensor w;
-          if (cand[i].workspaceSize > 0)
-            w = torch::empty({static_cast<int64_t>(cand[i].workspaceSize)}, aq.options().dtype(torch::kUInt8));
-          const float alpha = 1.0f, beta = 0.0f;
-          auto run = [&] {
-            return api.matmul(handle, ds.op, &alpha, wq.data_ptr(), ds.a, aq.data_ptr(), ds.b, &beta, y.data_ptr(),
-                              ds.d, y.data_ptr(), ds.d, &cand[i].algo, w.defined() ? w.data_ptr() : nullptr,
-                              cand[i].workspaceSize, s);
-          };
-          if (run() != CUBLAS_STATUS_SUCCESS) continue;
-          run();
-          cudaEventRecord(e0, s);
-          for (int r = 0; r < 10; ++r) run();
-          cudaEventRecord(e1, s);
-          cudaEventSynchronize(e1);
-          float ms = 0;
-          cudaEventElapsedTime(&ms, e0, e1);
-          ms /= 10;
-          fmt::print(stderr, "lt-sweep m={} n={} k={} epi={} algo={} ms={:.4f} ws={} waves={:.2f}\n", m, n, k,
-                     static_cast<int>(epi), i, ms, cand[i].workspaceSize, cand[i].wavesCount);
-          if (ms < best) {
-            best = ms;
-            algo = cand[i];
-          }
-        }
-        cudaEventDestroy(e0);
-        cudaEventDestroy(e1);
-      }
-    }
     const std::lock_guard<std::mutex> lock(lt_mutex);
     lt_algos.emplace(key, algo);
   }
