@@ -906,6 +906,78 @@ TEST(CudaFusedGelu, EpilogueGeluIsTheTanhGelu) {
   }
 }
 
+// GPT-2's MLP may apply its GELU in mlp.c_proj's input quantizer instead of c_fc's epilogue (Activation::
+// kGeluTanhOnInput): the quantizer, fed the product's output without GELU, must give the codes and scales it gives
+// the product's output with GELU, bit for bit. Widths: GPT-2's 3,072 and 768 (four and one warps a row from 2,048
+// rows), 1,536 (two), 100 (not a multiple of 8: the block-per-row kernels); rows on both sides of 2,048; fp32 rows
+// take the block-per-row kernels at every width.
+TEST(CudaFusedGelu, QuantizerGeluGivesTheCodesOfTheEpilogueGelu) {
+  REQUIRE_GPU();
+  const int64_t kin = 64;
+  for (const auto dtype : {torch::kFloat16, torch::kBFloat16, torch::kFloat32}) {
+    for (const int64_t n : {3072, 768, 1536, 100}) {
+      for (const int64_t t : {7, 128, 2501}) {
+        const auto what = fmt::format("{} rows of {} {}", t, n, c10::toString(dtype));
+        auto gen = at::detail::createCPUGenerator(1500 + n + t);
+        const auto xq = torch::randint(-127, 128, {t, kin}, gen, torch::kInt8).to(gpu());
+        const auto wq = torch::randint(-127, 128, {n, kin}, gen, torch::kInt8).to(gpu());
+        // Codes of about U(-1, 1) a value: pre-activations with a spread of ~2.7, across GELU's bend.
+        const auto xs = torch::full({t}, 1.0f / 127, torch::kFloat32).to(gpu());
+        const auto ws = torch::full({n}, 1.0f / 127, torch::kFloat32).to(gpu());
+        const auto bias = randn({n}, 1501, 0.5).to(torch::kFloat32).to(gpu());
+        const auto pre = cuda::int8_linear(xq, xs, wq, ws, bias, dtype, 1.0, cuda::Int8Gemm::kAuto, false);
+        const auto post = cuda::int8_linear(xq, xs, wq, ws, bias, dtype, 1.0, cuda::Int8Gemm::kAuto, true);
+        ASSERT_LT(pre.min().item<double>(), -2.0) << what;  // the rows reach GELU's negative tail
+        const auto a = cuda::quantize_per_token_int8(post, 0.0);
+        const auto b = cuda::quantize_per_token_int8(pre, 0.0, true);
+        EXPECT_TRUE(torch::equal(a.q, b.q)) << what << ": int8 codes differ in "
+                                            << a.q.ne(b.q).sum().item<int64_t>() << " places";
+        EXPECT_TRUE(torch::equal(a.scale, b.scale)) << what << ": int8 scales";
+        const auto f = cuda::quantize_per_token_fp8(post);
+        const auto g = cuda::quantize_per_token_fp8(pre, true);
+        EXPECT_TRUE(torch::equal(f.q, g.q)) << what << ": E4M3 codes differ in "
+                                            << f.q.ne(g.q).sum().item<int64_t>() << " places";
+        EXPECT_TRUE(torch::equal(f.scale, g.scale)) << what << ": E4M3 scales";
+      }
+    }
+  }
+  // The whole projections (mlp.c_proj's shape): W8A8 and FP8 with GELU on their input give what they give on the
+  // GELU epilogue's output, bit for bit, and the reference on PyTorch's GELU of the input within the usual bound.
+  auto gen = at::detail::createCPUGenerator(1502);
+  const auto xq = torch::randint(-127, 128, {256, kin}, gen, torch::kInt8).to(gpu());
+  const auto wq = torch::randint(-127, 128, {3072, kin}, gen, torch::kInt8).to(gpu());
+  const auto xs = torch::full({256}, 1.0f / 127, torch::kFloat32).to(gpu());
+  const auto ws = torch::full({3072}, 1.0f / 127, torch::kFloat32).to(gpu());
+  const auto w = randn({768, 3072}, 1503, 0.02);
+  const auto bias = randn({768}, 1504, 0.1);
+  const auto q8 = ref::quantize_int8_sym(w, true);
+  for (const auto dtype : {torch::kFloat16, torch::kBFloat16}) {
+    const auto what = fmt::format("256 x 3072 -> 768, {}", c10::toString(dtype));
+    const auto pre = cuda::int8_linear(xq, xs, wq, ws, {}, dtype, 1.0, cuda::Int8Gemm::kAuto, false);
+    const auto post = cuda::int8_linear(xq, xs, wq, ws, {}, dtype, 1.0, cuda::Int8Gemm::kAuto, true);
+    const auto gelu_ref = torch::gelu(pre.cpu().to(torch::kFloat32), "tanh").to(dtype);
+    const auto w8a8 = [&](const torch::Tensor& in, bool gelu_input) {
+      return cuda::int8_w8a8_linear(in, q8.q.to(gpu()), q8.scale.to(gpu()), bias.to(gpu()), cuda::Int8Gemm::kAuto,
+                                    false, gelu_input);
+    };
+    EXPECT_TRUE(torch::equal(w8a8(pre, true), w8a8(post, false))) << "W8A8 " << what;
+    EXPECT_TRUE(close(w8a8(pre, true), ref::int8_w8a8_linear(gelu_ref, q8, bias), tol_for(dtype),
+                      "W8A8 with GELU on its input against the reference, " + what));
+    if (cuda::fp8_supported(gpu())) {
+      const auto f8 = ref::quantize_fp8_e4m3_channel(w);
+      const auto bd = bias.to(dtype).to(gpu());
+      const auto fp8 = [&](const torch::Tensor& in, bool gelu_input) {
+        return cuda::fp8_linear(in, f8.q.to(gpu()), f8.scale.to(gpu()), bd, false, cuda::Fp8Gemm::kAuto, gelu_input);
+      };
+      EXPECT_TRUE(torch::equal(fp8(pre, true), fp8(post, false))) << "FP8 " << what;
+      EXPECT_TRUE(close(fp8(pre, true), ref::fp8_w8a8_linear(gelu_ref, f8, bias.to(dtype)), kFp8Tol,
+                        "FP8 with GELU on its input against the reference, " + what));
+    }
+  }
+  // LLM.int8's outlier product reads the rows the codes came from: no GELU inside its quantizer.
+  EXPECT_THROW(cuda::quantize_per_token_int8(xq.to(torch::kFloat16), 6.0, true), InputError);
+}
+
 TEST(CudaBlock, AddLayerNormMatchesReference) {
   REQUIRE_GPU();
   // 256, 768 and 1024 take the one-warp-per-row path in fp16 and bf16 (1, 3 and 4 chunks), the rest the block path.
