@@ -36,7 +36,6 @@ struct BenchArgs {
   int prefetch_blocks = worker::GPT2ClassifierImpl::kDefaultPrefetchBlocks;
   bool no_l2_prefetch = false;
   bool prefetch_events = false;
-  bool gelu_epilogue = false;
   bool no_fused_quant = false;
   std::string last_block = "auto";
   std::string fp8_gemm = "auto";
@@ -74,9 +73,6 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
                "the main stream waits on an event before each block for its prefetched copies, instead of the add "
                "+ LayerNorm before the block waiting for a flag the side stream sets after them (for comparing the "
                "two)");
-  sub.add_flag("--gelu-epilogue", a->gelu_epilogue,
-               "W8A8 and FP8 apply the MLP's GELU in c_fc's product epilogue, instead of in the quantizer of "
-               "mlp.c_proj's input (for comparing the two)");
   sub.add_flag("--no-l2-prefetch", a->no_l2_prefetch,
                fmt::format("fp16 and bf16 batch-1 graphs do without the side stream that warms L2 with the next "
                            "block's weights (used in CUDA graphs of up to {} tokens; for comparing the two)",
@@ -143,7 +139,6 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
       model->set_weight_prefetch(!a->no_prefetch, a->prefetch_blocks);
       model->set_l2_prefetch(!a->no_l2_prefetch);
       model->set_prefetch_flags(!a->prefetch_events);
-      model->set_gelu_in_quantizer(!a->gelu_epilogue);
       model->set_fused_input_quantization(!a->no_fused_quant);
       using LastBlock = worker::GPT2ClassifierImpl::LastBlock;
       model->set_last_block(a->last_block == "pruned" ? LastBlock::kPruned
@@ -167,7 +162,6 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
         j["prefetch_sync"] = a->prefetch_events ? "events" : "flags";
       }
       j["fused_input_quantization"] = !a->no_fused_quant;
-      j["gelu"] = a->gelu_epilogue ? "c_fc epilogue" : "mlp.c_proj quantizer where it has one";
       j["last_block"] = a->last_block;
       if (v.method == "fp8-e4m3") j["fp8_gemm"] = a->fp8_gemm;
       j["pdl"] = a->pdl;  // asked; r.to_json()'s pdl_used says whether the launches used it

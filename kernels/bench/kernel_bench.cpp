@@ -313,16 +313,6 @@ bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
     add("int8_w8a8_linear+gelu", 3e-3, rel_err(cuda::int8_w8a8_linear(xg, L.i8_q, L.i8_s, L.bias_gpu,
                                                                       cuda::Int8Gemm::kAuto, true),
                                                 gelu(ref::int8_w8a8_linear(x16, L.i8, L.bias))));
-    // GELU on the input, in the quantizer (what mlp.c_proj does with the MLP's GELU).
-    const auto gelu_x16 = gelu(x16).to(torch::kFloat16);
-    add("int8_w8a8_linear (gelu_input)", 3e-3,
-        rel_err(cuda::int8_w8a8_linear(xg, L.i8_q, L.i8_s, L.bias_gpu, cuda::Int8Gemm::kAuto, false, true),
-                ref::int8_w8a8_linear(gelu_x16, L.i8, L.bias)));
-    if (fp8) {
-      add("fp8_linear (gelu_input)", 2e-2,
-          rel_err(cuda::fp8_linear(xg, L.f8_q, L.f8_s, L.bias_gpu, false, cuda::Fp8Gemm::kAuto, true),
-                  ref::fp8_w8a8_linear(gelu_x16, L.f8, L.bias)));
-    }
     if (L.n == 768) {  // the residual stream's width
       const auto delta = randn({m, L.n}, 99 + m).to(torch::kFloat16);
       const auto gamma = (randn({L.n}, 98, 0.1) + 1.0).to(torch::kFloat16);
@@ -557,10 +547,6 @@ int main(int argc, char** argv) {
         const double ti = time_ms([&] { (void)cuda::quantize_per_token_int8(x, 0.0); }, 10, iters);
         std::printf("%s\n", json{{"op", "quantize_per_token_int8"}, {"m", m}, {"k", k}, {"ms", ti},
                                  {"gbps", bytes / (ti * 1e-3) / 1e9}}.dump().c_str());
-        // The same with GELU applied to each value on the way (the MLP's GELU moved out of c_fc's epilogue).
-        const double tg = time_ms([&] { (void)cuda::quantize_per_token_int8(x, 0.0, true); }, 10, iters);
-        std::printf("%s\n", json{{"op", "quantize_per_token_int8 (gelu_input)"}, {"m", m}, {"k", k}, {"ms", tg},
-                                 {"gbps", bytes / (tg * 1e-3) / 1e9}}.dump().c_str());
         // LLM.int8's quantizer: one pass that also flags outlier columns (+ compaction and zeroing them).
         const double tl = time_ms([&] { (void)cuda::quantize_per_token_int8(x, 6.0); }, 10, iters);
         std::printf("%s\n", json{{"op", "quantize_per_token_int8 (threshold 6)"}, {"m", m}, {"k", k}, {"ms", tl},
@@ -573,9 +559,6 @@ int main(int argc, char** argv) {
           const double tf = time_ms([&] { (void)cuda::quantize_per_token_fp8(x); }, 10, iters);
           std::printf("%s\n", json{{"op", "quantize_per_token_fp8"}, {"m", m}, {"k", k}, {"ms", tf},
                                    {"gbps", bytes / (tf * 1e-3) / 1e9}}.dump().c_str());
-          const double tfg = time_ms([&] { (void)cuda::quantize_per_token_fp8(x, true); }, 10, iters);
-          std::printf("%s\n", json{{"op", "quantize_per_token_fp8 (gelu_input)"}, {"m", m}, {"k", k}, {"ms", tfg},
-                                   {"gbps", bytes / (tfg * 1e-3) / 1e9}}.dump().c_str());
         }
         std::fflush(stdout);
       }

@@ -203,23 +203,6 @@ __device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
   }
 }
 
-/// The 8 values f (each already a T value) packed as unpack8 reads them.
-template <typename T>
-__device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
-  uint32_t w[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    if constexpr (std::is_same_v<T, __half>) {
-      const __half2 h = __floats2half2_rn(f[2 * i], f[2 * i + 1]);
-      w[i] = *reinterpret_cast<const uint32_t*>(&h);
-    } else {
-      const __nv_bfloat162 h = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
-      w[i] = *reinterpret_cast<const uint32_t*>(&h);
-    }
-  }
-  return make_uint4(w[0], w[1], w[2], w[3]);
-}
-
 /// The int8 code of x at scale s: rint(x / s) (half to even, as torch.round) clamped to +-127, as int8 bits.
 /// Shared by every kernel that writes int8 activation codes (both quantizers, k_quantize_rows_warp's Enc, the
 /// fused add + LayerNorm + quantization), so their codes are the same by construction.
@@ -376,10 +359,7 @@ __device__ __forceinline__ uint2 encode8_plain(const float (&v)[8], float s) {
 /// 65,536 x 3,072 on an H200, at 3.4-3.8 TB/s (docs/perf.md). (The one-block-per-row kernels reached about 1 TB/s at
 /// 32,768 rows. One warp per 3,072-wide row held 12 vectors a lane, 74-80 registers: 24 warps an SM, and ncu
 /// had it latency-bound at 31% of DRAM bandwidth and 53% of issue slots, 133-169 us at 32,768 rows on an H200.)
-/// kGelu: the row is GELU(x) (tanh form, gelu_tanh) rounded to T, computed here from x: what the int8 and fp8
-/// products' GELU epilogue would have written, so a product can leave its GELU to the quantizer of the next
-/// product's input and write the activations before it instead (same codes, bit for bit).
-template <typename T, int VPL, int WPR, typename Enc, bool kOutliers = true, bool kGelu = false>
+template <typename T, int VPL, int WPR, typename Enc, bool kOutliers = true>
 __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict__ x, int64_t t, int64_t k,
                                                             float threshold, int32_t* outlier_flags,
                                                             uint8_t* __restrict__ q, float* __restrict__ scale,
@@ -405,11 +385,6 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
       v[i] = xr[j];
       float f[8];
       unpack8<T>(v[i], f);
-      if constexpr (kGelu) {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) f[e] = to_float(from_float<T>(gelu_tanh(f[e])));
-        v[i] = pack8<T>(f);  // exact: f holds T values
-      }
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         const float a = fabsf(f[e]);
@@ -473,25 +448,22 @@ __global__ void __launch_bounds__(256) k_quantize_rows_warp(const T* __restrict_
 /// Launches k_quantize_rows_warp with WPR warps per row (grid and template for rows up to 1,024 * WPR wide).
 template <typename Enc, int WPR>
 inline void launch_quantize_rows_wpr(const void* x, bool f16, int64_t t, int64_t k, float threshold, int32_t* flags,
-                                     uint8_t* q, float* scale, OutlierList list, bool gelu, cudaStream_t stream) {
+                                     uint8_t* q, float* scale, OutlierList list, cudaStream_t stream) {
   constexpr int kRowsPerBlock = 8 / WPR;
   const unsigned grid = static_cast<unsigned>((t + kRowsPerBlock - 1) / kRowsPerBlock);
-  const auto launch = [&](auto outliers, auto with_gelu) {
+  const auto launch = [&](auto outliers) {
     constexpr bool kOutliers = decltype(outliers)::value;
-    constexpr bool kGelu = decltype(with_gelu)::value;
     if (f16) {
-      launch_pdl(k_quantize_rows_warp<__half, 4, WPR, Enc, kOutliers, kGelu>, grid, 256, 0, stream,
+      launch_pdl(k_quantize_rows_warp<__half, 4, WPR, Enc, kOutliers>, grid, 256, 0, stream,
                  static_cast<const __half*>(x), t, k, threshold, flags, q, scale, list);
     } else {
-      launch_pdl(k_quantize_rows_warp<__nv_bfloat16, 4, WPR, Enc, kOutliers, kGelu>, grid, 256, 0, stream,
+      launch_pdl(k_quantize_rows_warp<__nv_bfloat16, 4, WPR, Enc, kOutliers>, grid, 256, 0, stream,
                  static_cast<const __nv_bfloat16*>(x), t, k, threshold, flags, q, scale, list);
     }
   };
-  // W8A8 and FP8 (no threshold) have no outlier columns to look for: the lean kernel. GELU only there (LLM.int8's
-  // outlier product reads the rows the codes came from, which must then exist in memory).
-  if (threshold > 0.0f) launch(std::true_type{}, std::false_type{});
-  else if (gelu) launch(std::false_type{}, std::true_type{});
-  else launch(std::false_type{}, std::false_type{});
+  // W8A8 and FP8 (no threshold) have no outlier columns to look for: the lean kernel.
+  if (threshold > 0.0f) launch(std::true_type{});
+  else launch(std::false_type{});
 }
 
 /// Launches k_quantize_rows_warp when it applies (fp16/bf16, k % 8 == 0, k <= 4096, aligned pointers) and
@@ -499,19 +471,19 @@ inline void launch_quantize_rows_wpr(const void* x, bool f16, int64_t t, int64_t
 template <typename Enc>
 inline bool launch_quantize_rows_warp(const void* x, DType dtype, int64_t t, int64_t k, float threshold,
                                       int32_t* flags, uint8_t* q, float* scale, cudaStream_t stream,
-                                      OutlierList list = {}, bool gelu = false) {
+                                      OutlierList list = {}) {
   if (t > 65535LL * 1024) return false;
   if ((dtype != DType::kF16 && dtype != DType::kBF16) || k % 8 != 0 || k > 4096) return false;
   if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || reinterpret_cast<uintptr_t>(q) % 8 != 0) return false;
   const bool f16 = dtype == DType::kF16;
   // Below 2,048 rows (256 blocks, two per SM) a row is spread over four warps whatever its width, so that the
   // few rows still occupy many SMs (128 rows: 64 blocks).
-  if (t < 2048) launch_quantize_rows_wpr<Enc, 4>(x, f16, t, k, threshold, flags, q, scale, list, gelu, stream);
+  if (t < 2048) launch_quantize_rows_wpr<Enc, 4>(x, f16, t, k, threshold, flags, q, scale, list, stream);
   // Four vectors a lane at most (40 registers): enough warps an SM to keep the loads of some in flight while
   // others compute.
-  else if (k <= 1024) launch_quantize_rows_wpr<Enc, 1>(x, f16, t, k, threshold, flags, q, scale, list, gelu, stream);
-  else if (k <= 2048) launch_quantize_rows_wpr<Enc, 2>(x, f16, t, k, threshold, flags, q, scale, list, gelu, stream);
-  else launch_quantize_rows_wpr<Enc, 4>(x, f16, t, k, threshold, flags, q, scale, list, gelu, stream);
+  else if (k <= 1024) launch_quantize_rows_wpr<Enc, 1>(x, f16, t, k, threshold, flags, q, scale, list, stream);
+  else if (k <= 2048) launch_quantize_rows_wpr<Enc, 2>(x, f16, t, k, threshold, flags, q, scale, list, stream);
+  else launch_quantize_rows_wpr<Enc, 4>(x, f16, t, k, threshold, flags, q, scale, list, stream);
   return true;
 }
 

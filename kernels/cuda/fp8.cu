@@ -13,26 +13,21 @@ using detail::Fp8Encoder;
 using detail::from_float;
 using detail::to_float;
 
-/// One block per row: absmax, scale = absmax / 448, q = e4m3(x / scale); with gelu, of GELU(x) rounded to T (as
-/// k_quantize_rows_warp's kGelu).
+/// One block per row: absmax, scale = absmax / 448, q = e4m3(x / scale).
 template <typename T>
-__global__ void k_quantize_rows_fp8(const T* __restrict__ x, int64_t k, bool gelu, uint8_t* __restrict__ q,
+__global__ void k_quantize_rows_fp8(const T* __restrict__ x, int64_t k, uint8_t* __restrict__ q,
                                     float* __restrict__ scale) {
   const int64_t row = blockIdx.x;
   const T* xr = x + row * k;
   uint8_t* qr = q + row * k;
-  auto value = [&](int64_t c) {
-    const float v = to_float(xr[c]);
-    return gelu ? to_float(from_float<T>(detail::gelu_tanh(v))) : v;
-  };
   float amax = 0.0f;
-  for (int64_t c = threadIdx.x; c < k; c += blockDim.x) amax = fmaxf(amax, fabsf(value(c)));
+  for (int64_t c = threadIdx.x; c < k; c += blockDim.x) amax = fmaxf(amax, fabsf(to_float(xr[c])));
   amax = detail::block_max(amax);
   const float s = amax / Fp8Encoder::kMax;
   if (threadIdx.x == 0) scale[row] = s;
   for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
     uint8_t v = 0;
-    if (s > 0.0f) v = static_cast<uint8_t>(Fp8Encoder::encode(value(c), s));
+    if (s > 0.0f) v = static_cast<uint8_t>(Fp8Encoder::encode(to_float(xr[c]), s));
     qr[c] = v;
   }
 }
@@ -51,13 +46,13 @@ __global__ void k_fp8_dequantize(const uint8_t* __restrict__ q, const float* __r
 }  // namespace
 
 int launch_quantize_rows_fp8(const void* x, DType dtype, int64_t t, int64_t k, uint8_t* q, float* scale,
-                             cudaStream_t stream, bool gelu) {
+                             cudaStream_t stream) {
   if (t <= 0 || k <= 0 || t > INT32_MAX) return kLaunchBadShape;
   if (x == nullptr || q == nullptr || scale == nullptr) return kLaunchBadPointer;
-  if (detail::launch_quantize_rows_warp<Fp8Encoder>(x, dtype, t, k, 0.0f, nullptr, q, scale, stream, {}, gelu)) {
+  if (detail::launch_quantize_rows_warp<Fp8Encoder>(x, dtype, t, k, 0.0f, nullptr, q, scale, stream)) {
     return detail::launch_result();
   }
-  EVALSVC_DISPATCH_FLOAT(dtype, T, k_quantize_rows_fp8<T><<<static_cast<unsigned>(t), 256, 0, stream>>>(static_cast<const T*>(x), k, gelu, q, scale));
+  EVALSVC_DISPATCH_FLOAT(dtype, T, k_quantize_rows_fp8<T><<<static_cast<unsigned>(t), 256, 0, stream>>>(static_cast<const T*>(x), k, q, scale));
   return detail::launch_result();
 }
 

@@ -64,21 +64,16 @@ __global__ void __launch_bounds__(32) k_compact_mask(uint32_t* mask, int64_t k, 
 /// flagged in outlier_flags (see k_quantize_rows_warp, whose contract this is). Then q = rint(x / scale) (half
 /// to even, as torch.round) clamped to +-127. Dividing by scale = absmax / 127 (not multiplying by 127 / absmax)
 /// matches the CPU reference bit for bit.
-/// gelu (no threshold then): of GELU(x) rounded to T instead of x, as k_quantize_rows_warp's kGelu.
 template <typename T, bool kMask = false>
-__global__ void k_quantize_rows_int8(const T* __restrict__ x, int64_t k, float threshold, bool gelu,
-                                     int32_t* outlier_flags, int8_t* __restrict__ q, float* __restrict__ scale) {
+__global__ void k_quantize_rows_int8(const T* __restrict__ x, int64_t k, float threshold, int32_t* outlier_flags,
+                                     int8_t* __restrict__ q, float* __restrict__ scale) {
   const int64_t row = blockIdx.x;
   const T* xr = x + row * k;
   int8_t* qr = q + row * k;
-  auto value = [&](int64_t c) {
-    const float v = to_float(xr[c]);
-    return gelu ? to_float(from_float<T>(detail::gelu_tanh(v))) : v;
-  };
   const bool skip_outliers = threshold > 0.0f;
   float amax = 0.0f;
   for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
-    const float a = fabsf(value(c));
+    const float a = fabsf(to_float(xr[c]));
     if (!skip_outliers || a < threshold) amax = fmaxf(amax, a);
     else if constexpr (kMask) detail::flag_outlier_bit(reinterpret_cast<uint32_t*>(outlier_flags), c);
     else detail::flag_outlier_column(outlier_flags, c);
@@ -87,7 +82,7 @@ __global__ void k_quantize_rows_int8(const T* __restrict__ x, int64_t k, float t
   const float s = amax / Int8Encoder::kMax;
   if (threadIdx.x == 0) scale[row] = s;
   for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
-    qr[c] = s > 0.0f ? static_cast<int8_t>(Int8Encoder::encode(value(c), s)) : int8_t{0};
+    qr[c] = s > 0.0f ? static_cast<int8_t>(Int8Encoder::encode(to_float(xr[c]), s)) : int8_t{0};
   }
 }
 
@@ -997,8 +992,8 @@ int launch_compact_columns(const int32_t* flags, int64_t k, int32_t* idx, int32_
 }
 
 int launch_quantize_rows_int8(const void* x, DType dtype, int64_t t, int64_t k, float threshold, int32_t* outlier_flags,
-                              int8_t* q, float* scale, cudaStream_t stream, bool gelu) {
-  if (t <= 0 || k <= 0 || t > INT32_MAX || (gelu && threshold > 0.0f)) return kLaunchBadShape;
+                              int8_t* q, float* scale, cudaStream_t stream) {
+  if (t <= 0 || k <= 0 || t > INT32_MAX) return kLaunchBadShape;
   if (x == nullptr || q == nullptr || scale == nullptr || (threshold > 0.0f && outlier_flags == nullptr)) {
     return kLaunchBadPointer;
   }
@@ -1007,10 +1002,10 @@ int launch_quantize_rows_int8(const void* x, DType dtype, int64_t t, int64_t k, 
     if (e != cudaSuccess) return static_cast<int>(e);
   }
   if (launch_quantize_rows_warp<Int8Encoder>(x, dtype, t, k, threshold, outlier_flags, reinterpret_cast<uint8_t*>(q),
-                                             scale, stream, {}, gelu)) {
+                                             scale, stream)) {
     return detail::launch_result();
   }
-  EVALSVC_DISPATCH_FLOAT(dtype, T, k_quantize_rows_int8<T><<<static_cast<unsigned>(t), 256, 0, stream>>>(static_cast<const T*>(x), k, threshold, gelu, outlier_flags, q, scale));
+  EVALSVC_DISPATCH_FLOAT(dtype, T, k_quantize_rows_int8<T><<<static_cast<unsigned>(t), 256, 0, stream>>>(static_cast<const T*>(x), k, threshold, outlier_flags, q, scale));
   return detail::launch_result();
 }
 
@@ -1028,7 +1023,7 @@ int launch_quantize_rows_int8_outliers(const void* x, DType dtype, int64_t t, in
   }
   // Rows the warp kernel does not take (fp32, unaligned, wider than 4,096): one block a row, then the compaction
   // as a launch of its own, which also clears the mask; the counter was never touched.
-  EVALSVC_DISPATCH_FLOAT(dtype, T, k_quantize_rows_int8<T, true><<<static_cast<unsigned>(t), 256, 0, stream>>>(static_cast<const T*>(x), k, threshold, false, state, q, scale));
+  EVALSVC_DISPATCH_FLOAT(dtype, T, k_quantize_rows_int8<T, true><<<static_cast<unsigned>(t), 256, 0, stream>>>(static_cast<const T*>(x), k, threshold, state, q, scale));
   if (const int s = detail::launch_result(); s != kLaunchOk) return s;
   k_compact_mask<<<1, 32, 0, stream>>>(reinterpret_cast<uint32_t*>(state), k, idx, count, done);
   return detail::launch_result();

@@ -31,12 +31,6 @@ namespace {
 
 using TensorMap = std::map<std::string, torch::Tensor>;
 
-#ifdef EVALSVC_WITH_CUDA
-constexpr bool kCudaBuild = true;
-#else
-constexpr bool kCudaBuild = false;  // weights on a GPU cannot run forward() at all then
-#endif
-
 std::string shape_str(c10::IntArrayRef sizes) {
   std::string s = "[";
   for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
@@ -81,11 +75,7 @@ class LayerBase : public QuantizedLinear {
   torch::Tensor forward(const torch::Tensor& x, Activation act) const final {
     check_input(x);
     // Activations enter in the base dtype (as on a GPU running the variant) and leave in x's dtype.
-    auto xb = x.to(base_);
-    if (act == Activation::kGeluTanhOnInput && !folds_input_gelu()) {
-      xb = gelu_in_base(xb);
-      act = Activation::kNone;
-    }
+    const auto xb = x.to(base_);
     if (device().is_cpu()) {
       const torch::Tensor y = forward_cpu(xb).to(x.scalar_type());
       return act == Activation::kGeluTanh ? torch::gelu(y, "tanh") : y;
@@ -101,16 +91,8 @@ class LayerBase : public QuantizedLinear {
 
   bool dequantizes_at(int64_t) const override { return false; }
 
-  /// GELU (tanh) of xb, in the base dtype, computed in fp32 (as the kernels do, and as CPU half lacks it).
-  torch::Tensor gelu_in_base(const torch::Tensor& xb) const {
-    return torch::gelu(xb.to(torch::kFloat32), "tanh").to(base_);
-  }
-
   torch::Tensor forward_quantized(const torch::Tensor& q, const torch::Tensor& scale, torch::ScalarType out_dtype,
                                   Activation act, const OutlierColumnsInput& outliers) const final {
-    EVALSVC_CHECK(act != Activation::kGeluTanhOnInput, InputError,
-                  "{} linear [{}, {}]: forward_quantized takes codes already made; GELU on the input must be applied "
-                  "before quantizing", method_name(method_), out_, in_);
     EVALSVC_CHECK(activation_code() != ActivationCode::kNone, UnsupportedError,
                   "{} linear [{}, {}]: forward_quantized needs a method that quantizes its input per token "
                   "(int8-w8a8, fp8-e4m3, llm-int8 on fp16)", method_name(method_), out_, in_);
@@ -173,11 +155,7 @@ class LayerBase : public QuantizedLinear {
                   dense.defined() ? fmt::format("{} {} on {}", c10::toString(dense.scalar_type()),
                                                 shape_str(dense.sizes()), dense.device().str())
                                   : std::string("undefined"));
-    auto xb = x.to(base_);
-    if (act == Activation::kGeluTanhOnInput) {  // dense products have no quantizer to fold it into
-      xb = gelu_in_base(xb);
-      act = Activation::kNone;
-    }
+    const auto xb = x.to(base_);
     if (device().is_cpu()) {
       const torch::Tensor y = ref::linear_in_dtype(xb, dense, bias_, base_).to(x.scalar_type());
       return act == Activation::kGeluTanh ? torch::gelu(y, "tanh") : y;
@@ -325,8 +303,7 @@ class Int8Linear final : public LayerBase {
   torch::Tensor forward_cuda(const torch::Tensor& xb, Activation act) const override {
     const bool gelu = act == Activation::kGeluTanh;
     if (method_ == Method::kInt8W8A8) {
-      return cuda::int8_w8a8_linear(xb, w_.q, w_.scale, bias_f32_, cuda::Int8Gemm::kAuto, gelu,
-                                    act == Activation::kGeluTanhOnInput);
+      return cuda::int8_w8a8_linear(xb, w_.q, w_.scale, bias_f32_, cuda::Int8Gemm::kAuto, gelu);
     }
     return cuda::int8_weight_only_linear(xb, w_.q, w_.scale, bias_, gelu);
   }
@@ -344,7 +321,6 @@ class Int8Linear final : public LayerBase {
   ActivationCode activation_code() const override {
     return method_ == Method::kInt8W8A8 ? ActivationCode::kInt8 : ActivationCode::kNone;
   }
-  bool folds_input_gelu() const override { return method_ == Method::kInt8W8A8 && device().is_cuda() && kCudaBuild; }
 
  protected:
   TensorMap own_state() const override { return {{"weight", w_.q}, {"weight_scale", w_.scale}}; }
@@ -549,8 +525,7 @@ class Fp8Linear final : public LayerBase {
   torch::Tensor forward_cpu(const torch::Tensor& xb) const override { return ref::fp8_w8a8_linear(xb, w_, bias_); }
 #ifdef EVALSVC_WITH_CUDA
   torch::Tensor forward_cuda(const torch::Tensor& xb, Activation act) const override {
-    return cuda::fp8_linear(xb, w_.q, w_.scale, bias_, act == Activation::kGeluTanh, cuda::Fp8Gemm::kAuto,
-                            act == Activation::kGeluTanhOnInput);
+    return cuda::fp8_linear(xb, w_.q, w_.scale, bias_, act == Activation::kGeluTanh);
   }
   torch::Tensor forward_quantized_cuda(const torch::Tensor& q2, const torch::Tensor& scale, torch::ScalarType out_dtype,
                                        Activation act, const OutlierColumnsInput& /*outliers*/) const override {
@@ -560,7 +535,6 @@ class Fp8Linear final : public LayerBase {
 
  public:
   ActivationCode activation_code() const override { return ActivationCode::kFp8E4M3; }
-  bool folds_input_gelu() const override { return device().is_cuda() && kCudaBuild; }
 
  protected:
   TensorMap own_state() const override { return {{"weight", w_.q}, {"weight_scale", w_.scale}}; }

@@ -94,31 +94,6 @@ TEST(QuantizedLinear, GeluActivationIsGeluTanhOfTheOutput) {
   }
 }
 
-TEST(QuantizedLinear, GeluOnInputIsTheForwardOfGeluTanhOfTheInput) {
-  // kGeluTanhOnInput: forward(gelu(x)) with gelu(x) (tanh form, computed in fp32) rounded to the base dtype. On the
-  // CPU no layer folds it into a quantizer (only W8A8 and FP8 on a GPU do: cuda_ops_gpu_test, model_gpu_test).
-  auto d = seeded(41, 67, 4);
-  const auto x = d.x * 3.0;  // over GELU's bend and into its negative tail
-  for (const auto& c : cases()) {
-    auto layer = quantize_linear(c.method, d.w, d.b, options_for(c));
-    EXPECT_FALSE(layer->folds_input_gelu()) << label(c);
-    const auto gx = torch::gelu(x.to(layer->base_dtype()).to(torch::kFloat32), "tanh").to(layer->base_dtype());
-    const auto got = layer->forward(x, Activation::kGeluTanhOnInput);
-    EXPECT_TRUE(torch::equal(got, layer->forward(gx.to(x.scalar_type())))) << label(c);
-    EXPECT_FALSE(torch::equal(got, layer->forward(x))) << label(c);
-    if (layer->dequantizes_at(x.size(0))) {
-      auto dense = torch::empty({layer->out_features(), layer->in_features()}, layer->base_dtype());
-      layer->dense_weight_into(dense);
-      EXPECT_TRUE(torch::equal(layer->forward_dense(x, dense, Activation::kGeluTanhOnInput), got)) << label(c);
-    }
-    // Codes made already cannot have GELU applied before them.
-    EXPECT_THROW(layer->forward_quantized(torch::zeros({2, layer->in_features()}, torch::kInt8),
-                                          torch::ones({2}), torch::kFloat32, Activation::kGeluTanhOnInput),
-                 InputError)
-        << label(c);
-  }
-}
-
 TEST(QuantizedLinear, CpuForwardIsTheReference) {
   auto d = seeded(37, 67, 2);
   const auto x = d.x.to(torch::kHalf);

@@ -134,55 +134,6 @@ TEST(ModelGpu, FusedInputQuantizationGivesTheLogitsOfTheSeparateQuantizers) {
 #endif
 }
 
-// The MLP's GELU in mlp.c_proj's input quantizer (set_gelu_in_quantizer, the default) against c_fc's epilogue:
-// the same logits bit for bit, with the separate quantizers' and the fused ones' codes for c_fc, at a token count
-// of each quantizer kernel; the variants without a quantizer of their own keep the epilogue.
-TEST(ModelGpu, GeluInTheQuantizerGivesTheLogitsOfTheGeluEpilogue) {
-#if !EVALSVC_WITH_CUDA
-  GTEST_SKIP() << "built without EVALSVC_WITH_CUDA (no CUDA libtorch)";
-#else
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU";
-  const torch::Device dev(torch::kCUDA, 0);
-  torch::NoGradGuard no_grad;
-  auto cfg = ModelConfig::preset("tiny");
-  cfg.n_embd = 256;
-  struct Case {
-    kernels::Method method;
-    torch::ScalarType base;
-    bool folds;
-  };
-  std::vector<Case> cases = {{kernels::Method::kInt8W8A8, torch::kFloat16, true},
-                             {kernels::Method::kInt8W8A8, torch::kBFloat16, true},
-                             {kernels::Method::kLlmInt8, torch::kFloat16, false},
-                             {kernels::Method::kFp16, torch::kFloat16, false}};
-  if (kernels::cuda::fp8_supported(dev)) cases.push_back({kernels::Method::kFp8E4M3, torch::kBFloat16, true});
-  auto gen = at::detail::createCPUGenerator(17);
-  const auto ids = torch::randint(0, cfg.vocab_size, {16, 128}, gen, torch::kLong).to(dev);
-  const auto lengths = torch::randint(1, 129, {16}, gen, torch::kLong).to(dev);
-  for (const auto& c : cases) {
-    for (const int64_t batch : {16, 1}) {
-      for (const bool fused : {true, false}) {
-        const auto what = fmt::format("{} on {}, {} tokens, fused input quantization {}",
-                                      kernels::method_name(c.method), c10::toString(c.base), batch * 128, fused);
-        GPT2Classifier model(cfg, 7);
-        model->quantize(c.method, c.base, kernels::QuantOptions{});
-        model->to_device(dev);
-        model->set_fused_input_quantization(fused);
-        const auto rows = ids.slice(0, 0, batch);
-        const auto lens = lengths.slice(0, 0, batch);
-        const auto late = model->forward(rows, lens);
-        EXPECT_EQ(model->gelu_in_quantizer_last_forward(), c.folds) << what;
-        model->set_gelu_in_quantizer(false);
-        const auto epilogue = model->forward(rows, lens);
-        EXPECT_FALSE(model->gelu_in_quantizer_last_forward()) << what;
-        EXPECT_TRUE(torch::equal(late, epilogue))
-            << what << ": max diff " << (late - epilogue).abs().max().item<double>();
-      }
-    }
-  }
-#endif
-}
-
 // Weight prefetch (GPT2ClassifierImpl::set_weight_prefetch) dequantizes block i+1 on a side stream while block i
 // runs: the logits must be those of the plain path bit for bit, and the forward must stay capturable as a CUDA
 // graph (the side stream forks from and joins the capturing stream) whose replays recompute from new inputs.

@@ -312,7 +312,6 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   WeightPrefetch* pf = prefetch_for(B * T);
   prefetched_last_forward_ = pf != nullptr;
   fused_quant_last_forward_ = false;
-  gelu_in_quantizer_last_forward_ = false;
 #ifdef EVALSVC_WITH_CUDA
   // With flags (set_prefetch_flags, the default) blocks 1.. learn that their copies are ready from the add +
   // LayerNorm before them; only block 0 waits on an event, and the forward's end on the last one (joining the side
@@ -372,13 +371,8 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     torch::Tensor m;
     InputCodes m_codes;
     std::tie(h, m) = add_layer_norm(h, o, blk.ln2_w, blk.ln2_b, blk.q[2].get(), &m_codes);
-    // GELU in mlp.c_proj's quantizer where it has one (set_gelu_in_quantizer), else in c_fc's epilogue.
-    const bool gelu_late = gelu_in_quantizer_ && blk.q[3] && blk.q[3]->folds_input_gelu() && !dense_of(3);
-    gelu_in_quantizer_last_forward_ = gelu_in_quantizer_last_forward_ || gelu_late;
-    m = linear(blk, 2, m, gelu_late ? kernels::Activation::kNone : kernels::Activation::kGeluTanh, dense_of(2),
-               m_codes, act);
-    m = linear(blk, 3, m, gelu_late ? kernels::Activation::kGeluTanhOnInput : kernels::Activation::kNone,
-               dense_of(3));
+    m = linear(blk, 2, m, kernels::Activation::kGeluTanh, dense_of(2), m_codes, act);
+    m = linear(blk, 3, m, kernels::Activation::kNone, dense_of(3));
 #ifdef EVALSVC_WITH_CUDA
     if (pf && i + 2 < blocks_.size()) {
       pf->side.record_current(WeightPrefetch::freed(i % 2));

@@ -366,14 +366,11 @@ namespace {
 /// a.outlier_cols) and compacts them. The codes of those columns are left in a.q (see
 /// launch_quantize_rows_int8): the caller zeroes them or has the epilogue subtract them.
 Int8Activations quantize_rows_int8(const char* op, const torch::Tensor& x, double threshold,
-                                   OutlierColumnsInput* cols, bool gelu_input = false) {
+                                   OutlierColumnsInput* cols) {
   check_cuda(op, "x", x);
   check_dtype(op, "x", x, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
   EVALSVC_CHECK(x.dim() == 2, InputError, "cuda::{}: x must be [T, in], got {}", op, describe(x));
   check_threshold(op, threshold);
-  EVALSVC_CHECK(!(gelu_input && threshold > 0), InputError,
-                "cuda::{}: gelu_input needs threshold <= 0 (LLM.int8's outlier product reads the rows themselves), "
-                "got threshold {}", op, threshold);
   const torch::Tensor xc = x.contiguous();
   const int64_t t = xc.size(0);
   const int64_t k = xc.size(1);
@@ -393,8 +390,7 @@ Int8Activations quantize_rows_int8(const char* op, const torch::Tensor& x, doubl
   int32_t* flags = outliers ? out.outlier_cols.data_ptr<int32_t>() : nullptr;
   EVALSVC_LAUNCH(launch_quantize_rows_int8(xc.data_ptr(), launcher_dtype(xc.scalar_type()), t, k,
                                            static_cast<float>(outliers ? threshold : 0.0), flags,
-                                           out.q.data_ptr<int8_t>(), out.scale.data_ptr<float>(), stream,
-                                           gelu_input));
+                                           out.q.data_ptr<int8_t>(), out.scale.data_ptr<float>(), stream));
   if (outliers && cols != nullptr) {
     cols->idx = torch::empty({k}, xc.options().dtype(torch::kInt32));
     cols->count = torch::empty({1}, xc.options().dtype(torch::kInt32));
@@ -439,10 +435,10 @@ Int8Activations quantize_rows_int8_outliers(const char* op, const torch::Tensor&
 
 }  // namespace
 
-Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold, bool gelu_input) {
+Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold) {
   const char* op = "quantize_per_token_int8";
   OutlierColumnsInput cols;
-  Int8Activations a = quantize_rows_int8(op, x, threshold, &cols, gelu_input);
+  Int8Activations a = quantize_rows_int8(op, x, threshold, &cols);
   if (cols.idx.defined()) {  // the reference's codes: outlier columns zeroed
     const c10::cuda::CUDAGuard guard(x.device());
     EVALSVC_LAUNCH(launch_zero_columns(a.q.data_ptr<int8_t>(), a.q.size(0), a.q.size(1), cols.idx.data_ptr<int32_t>(),
@@ -460,12 +456,12 @@ torch::Tensor int8_linear(const torch::Tensor& xq, const torch::Tensor& xscale, 
 }
 
 torch::Tensor int8_w8a8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
-                               const torch::Tensor& bias, Int8Gemm gemm, bool gelu_tanh, bool gelu_input) {
+                               const torch::Tensor& bias, Int8Gemm gemm, bool gelu_tanh) {
   const char* op = "int8_w8a8_linear";
   check_cuda(op, "wq", wq);
   EVALSVC_CHECK(wq.dim() == 2, InputError, "cuda::{}: wq must be [out, in], got {}", op, describe(wq));
   const torch::Tensor x2 = flatten_input(op, x, wq.size(1), {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
-  const Int8Activations a = quantize_per_token_int8(x2, 0.0, gelu_input);
+  const Int8Activations a = quantize_per_token_int8(x2, 0.0);
   Int8Epilogue ep;
   ep.gelu_tanh = gelu_tanh;
   const torch::Tensor y = int8_product(op, a.q, a.scale, wq, wscale, bias, x.scalar_type(), 1.0, gemm, ep);
@@ -639,7 +635,7 @@ bool fp8_supported(const torch::Device& device) {
   return prop->major * 10 + prop->minor >= 89;
 }
 
-Fp8Activations quantize_per_token_fp8(const torch::Tensor& x, bool gelu_input) {
+Fp8Activations quantize_per_token_fp8(const torch::Tensor& x) {
   const char* op = "quantize_per_token_fp8";
   check_cuda(op, "x", x);
   check_dtype(op, "x", x, {torch::kFloat16, torch::kBFloat16, torch::kFloat32});
@@ -658,8 +654,7 @@ Fp8Activations quantize_per_token_fp8(const torch::Tensor& x, bool gelu_input) {
   }
   const c10::cuda::CUDAGuard guard(x.device());
   EVALSVC_LAUNCH(launch_quantize_rows_fp8(xc.data_ptr(), launcher_dtype(xc.scalar_type()), t, k,
-                                          out.q.data_ptr<uint8_t>(), out.scale.data_ptr<float>(), stream_of(x),
-                                          gelu_input));
+                                          out.q.data_ptr<uint8_t>(), out.scale.data_ptr<float>(), stream_of(x)));
   return out;
 }
 
@@ -956,7 +951,7 @@ torch::Tensor fp8_linear_quantized(const Fp8Activations& a, const torch::Tensor&
 }
 
 torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
-                         const torch::Tensor& bias, bool gelu_tanh, Fp8Gemm gemm, bool gelu_input) {
+                         const torch::Tensor& bias, bool gelu_tanh, Fp8Gemm gemm) {
   const char* op = "fp8_linear";
   check_cuda(op, "wq", wq);
   EVALSVC_CHECK(wq.dim() == 2 && wq.size(0) > 0 && wq.size(1) > 0, InputError,
@@ -967,7 +962,7 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const 
   require_fp8(op, x.device());  // before quantizing x for nothing
   if (x2.size(0) == 0) return torch::empty(output_shape(x, n), x.options());
   const c10::cuda::CUDAGuard guard(x.device());
-  const Fp8Activations a = quantize_per_token_fp8(x2, gelu_input);
+  const Fp8Activations a = quantize_per_token_fp8(x2);
   return fp8_linear_quantized(a, wq, wscale, bias, x2.scalar_type(), gelu_tanh, gemm).view(output_shape(x, n));
 }
 

@@ -115,10 +115,8 @@ int launch_compact_columns(const int32_t* flags, int64_t k, int32_t* idx, int32_
 /// outlier_flags [k] is cleared, then flags[c] = 1 for every column with some |x| >= threshold, in the same
 /// pass; the codes of those columns are written like the others (zero them with launch_zero_columns, or let
 /// the GEMM epilogue subtract them: Int8Epilogue::outlier_q). outlier_flags may be null when threshold <= 0.
-/// gelu (threshold <= 0 only): the rows quantized are GELU(x) (tanh form) rounded to dtype, made here from x and
-/// never written: the values an int8 or fp8 product's GELU epilogue would have stored.
 int launch_quantize_rows_int8(const void* x, DType dtype, int64_t t, int64_t k, float threshold, int32_t* outlier_flags,
-                              int8_t* q, float* scale, cudaStream_t stream, bool gelu = false);
+                              int8_t* q, float* scale, cudaStream_t stream);
 
 /// LLM.int8's quantizer and compaction without a flag clearing: launch_quantize_rows_int8 with threshold > 0, then
 /// the outlier columns in ascending order in idx [k] and their number in *count (device side). state: int32
@@ -189,9 +187,8 @@ int launch_int8_dequantize(const int8_t* q, const float* scale, bool per_channel
 // --- FP8 E4M3 (kernels/cuda/fp8.cu) --------------------------------------------------------------------------
 
 /// Per-token E4M3: scale[r] = absmax / 448; q = e4m3_rne_satfinite(x / scale) bits; all-zero rows: scale 0, q 0.
-/// gelu: of GELU(x) as launch_quantize_rows_int8's.
 int launch_quantize_rows_fp8(const void* x, DType dtype, int64_t t, int64_t k, uint8_t* q, float* scale,
-                             cudaStream_t stream, bool gelu = false);
+                             cudaStream_t stream);
 
 /// y [m, n] (dtype) = epilogue(xq [m, k] . wq [n, k]^T), both E4M3 bits, on Hopper's fp8 tensor cores: int8.cu's
 /// wgmma kernel (64 x 64 tiles) on E4M3 operands. The tensor cores' fp32 sums are added into separate fp32

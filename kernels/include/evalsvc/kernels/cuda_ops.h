@@ -99,10 +99,7 @@ struct Int8Activations {
 /// when any |x| >= threshold in it; the row absmax skips elements with |x| >= threshold; outlier columns are
 /// zeroed in q. threshold <= 0: plain per-token quantization (W8A8, as ref::quantize_per_token).
 /// x is used as given: LLM.int8's rounding of x to fp16 happens in llm_int8_linear.
-/// gelu_input (threshold <= 0 only, else InputError): the rows quantized are GELU(x) (tanh form) rounded to x's
-/// dtype, made in the quantizer and never written: bit for bit the codes of x after an int8 or fp8 product's GELU
-/// epilogue, so that product can write its output without GELU and skip the epilogue's cost.
-Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold, bool gelu_input = false);
+Int8Activations quantize_per_token_int8(const torch::Tensor& x, double threshold);
 
 /// Which int8 matrix product int8_linear uses. kFused: qbench's own tensor-core kernel with the dequantizing
 /// epilogue fused (no int32 product in memory), the best one for the device: wgmma on Hopper (sm_90a build,
@@ -128,11 +125,9 @@ torch::Tensor int8_linear(const torch::Tensor& xq, const torch::Tensor& xscale, 
 
 /// int8 W8A8: x (fp16/bf16/fp32 [..., in]) quantized per token, then int8_linear; returns x's dtype.
 /// wq int8 [out, in] with wscale fp32 [out] (per channel) or [1] (per tensor).
-/// gelu_tanh: GELU (tanh) on the output, in the epilogue. gelu_input: on the input, in its quantizer
-/// (quantize_per_token_int8's gelu_input).
+/// gelu_tanh: GELU (tanh) on the output, in the epilogue.
 torch::Tensor int8_w8a8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
-                               const torch::Tensor& bias, Int8Gemm gemm = Int8Gemm::kAuto, bool gelu_tanh = false,
-                               bool gelu_input = false);
+                               const torch::Tensor& bias, Int8Gemm gemm = Int8Gemm::kAuto, bool gelu_tanh = false);
 
 /// LLM.int8 (bitsandbytes Linear8bitLt) without host synchronisation, as ref::llm_int8_linear: x is rounded to
 /// fp16 (as bitsandbytes casts it); outlier columns of x (any |x| >= threshold) go through fp16-rounded x times the dequantized weight columns (CB * SCB / 127), the
@@ -184,9 +179,8 @@ struct Fp8Activations {
 /// Whether `device` can run fp8_linear (compute capability >= 8.9).
 bool fp8_supported(const torch::Device& device);
 
-/// Quantizes x (fp16, bf16 or fp32, [T, in]) per token to E4M3 (runs on any CUDA device); gelu_input as
-/// quantize_per_token_int8's.
-Fp8Activations quantize_per_token_fp8(const torch::Tensor& x, bool gelu_input = false);
+/// Quantizes x (fp16, bf16 or fp32, [T, in]) per token to E4M3 (runs on any CUDA device).
+Fp8Activations quantize_per_token_fp8(const torch::Tensor& x);
 
 /// Which fp8 matrix product fp8_linear uses. kCublasLt: cublasLtMatmul with outer-vector scales (cuBLAS 12.9+),
 /// output in x's dtype with the bias and GELU in its epilogue (fp16/bf16 x, in and out multiples of 16);
@@ -210,11 +204,9 @@ bool programmatic_launch();
 
 /// fp8 W8A8: x quantized per token to E4M3, product with per-token x per-channel scales, + bias, then GELU
 /// (tanh) when gelu_tanh; returns x's dtype. wq uint8 [out, in] E4M3 bits; wscale fp32 [out].
-/// gelu_input: GELU on the input instead, in its quantizer (quantize_per_token_fp8's gelu_input).
 /// UnsupportedError below compute capability 8.9, or for kCublasLt where cuBLASLt cannot run it.
 torch::Tensor fp8_linear(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wscale,
-                         const torch::Tensor& bias, bool gelu_tanh = false, Fp8Gemm gemm = Fp8Gemm::kAuto,
-                         bool gelu_input = false);
+                         const torch::Tensor& bias, bool gelu_tanh = false, Fp8Gemm gemm = Fp8Gemm::kAuto);
 
 /// fp8_linear on activations quantized beforehand (quantize_per_token_fp8, add_layer_norm_quantized):
 /// a.q uint8 [T, in] E4M3 bits, a.scale fp32 [T]; returns [T, out] in out_dtype (fp16, bf16 or fp32).

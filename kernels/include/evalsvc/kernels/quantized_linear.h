@@ -51,12 +51,7 @@ struct LayerBytes {
 /// An activation applied to a projection's output. GPT-2's MLP applies GELU (tanh approximation) to c_fc's
 /// output; a CUDA layer folds it into its product's epilogue (cuBLASLt GELU_BIAS or qbench's int8 epilogue),
 /// which saves a launch and a read and write of the [tokens, 3072] activations.
-/// kGeluTanhOnInput is GELU on the projection's input instead: forward(x, kGeluTanhOnInput) is forward(gelu(x))
-/// with gelu(x) rounded to the base dtype. A layer that quantizes its input per token in a pass of its own on a GPU
-/// (folds_input_gelu: W8A8, FP8) computes it inside that pass, so GPT-2's MLP can run c_fc without GELU and give it
-/// to mlp.c_proj: the product's GELU epilogue (10-25% of c_fc's time) is gone and the quantizer, which reads the
-/// row anyway, does it on the way. Other layers apply it before their forward, as a separate op.
-enum class Activation { kNone, kGeluTanh, kGeluTanhOnInput };
+enum class Activation { kNone, kGeluTanh };
 
 /// The per-token code a layer's forward quantizes its input to on a GPU: int8 (int8-w8a8) or E4M3 (fp8-e4m3);
 /// kLlmInt8 (llm-int8 on fp16): int8 codes whose row absmax skips |x| >= the layer's outlier_threshold(), with
@@ -108,10 +103,6 @@ class QuantizedLinear {
 
   /// See ActivationCode.
   virtual ActivationCode activation_code() const { return ActivationCode::kNone; }
-  /// Whether forward(x, kGeluTanhOnInput) applies GELU inside this layer's own input quantization (W8A8 and FP8
-  /// with their weights on a GPU), with codes bit for bit those of x after the GELU epilogue of an int8 or fp8
-  /// product (cuda::quantize_per_token_int8's gelu_input).
-  virtual bool folds_input_gelu() const { return false; }
   /// forward() on input already quantized per token to activation_code(): q [..., in] (int8 codes or E4M3
   /// bits in uint8), scale fp32 [rows], and for kLlmInt8 `outliers`; returns act([..., out]) in `out_dtype` (the
   /// base dtype, or fp32). The same values forward(x, act) gives on the x the codes were made from. CUDA only;

@@ -132,10 +132,6 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// (W8A8, FP8, LLM.int8 on fp16) instead of those projections quantizing in a pass of their own (default on;
   /// the same values either way, tests/worker/model_gpu_test.cpp). Off only to compare the two.
   void set_fused_input_quantization(bool on) { fused_input_quantization_ = on; }
-  /// Whether the MLP's GELU runs in mlp.c_proj's input quantizer rather than in c_fc's product epilogue, where
-  /// mlp.c_proj quantizes its input in a pass of its own (QuantizedLinear::folds_input_gelu: W8A8 and FP8 on a
-  /// GPU). Default on; the same values either way (tests/worker/model_gpu_test.cpp). Off only to compare the two.
-  void set_gelu_in_quantizer(bool on) { gelu_in_quantizer_ = on; }
   /// In inference (eval mode) the head reads one position a row, lengths[b] - 1, so the last block can run past
   /// its c_attn only there: that one query's attention over the row's keys, then attn.c_proj, ln_2 and the MLP
   /// on B rows instead of B x T (about 0.8 of a block's work less: 1/15 of GPT-2 small's). The logits are the
@@ -153,8 +149,6 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   bool pruned_last_block_last_forward() const { return pruned_last_forward_; }
   /// Whether the last forward() had a residual add + LayerNorm write a projection's input codes.
   bool fused_input_quantization_last_forward() const { return fused_quant_last_forward_; }
-  /// Whether the last forward() applied the MLP's GELU in mlp.c_proj's input quantizer (set_gelu_in_quantizer).
-  bool gelu_in_quantizer_last_forward() const { return gelu_in_quantizer_last_forward_; }
   /// Whether the last forward() dequantized ahead on the side stream.
   bool prefetched_last_forward() const { return prefetched_last_forward_; }
 
@@ -226,11 +220,9 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   torch::ScalarType base_dtype_ = torch::kFloat32;
   bool weight_prefetch_ = true;
   bool fused_input_quantization_ = true;
-  bool gelu_in_quantizer_ = true;
   LastBlock last_block_ = LastBlock::kAuto;
   bool pruned_last_forward_ = false;
   mutable bool fused_quant_last_forward_ = false;  // set by add_layer_norm, which forward() calls as const
-  bool gelu_in_quantizer_last_forward_ = false;
   int prefetch_blocks_ = kDefaultPrefetchBlocks;
   bool prefetch_flags_ = true;
   bool prefetched_last_forward_ = false;
