@@ -2,7 +2,6 @@
 // Device helpers shared by the qbench kernels (kernels/cuda/*.cu): dtype conversion, reductions, launch checks.
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <type_traits>
 #include <utility>
 
@@ -301,46 +300,17 @@ __device__ __forceinline__ void finish_outlier_list(bool flagged, uint32_t* mask
   if (threadIdx.x == 0) *list.done = 0;
 }
 
-/// EXPERIMENT: Int8Encoder's codes by the division in every value (encode8's way until then), for A/B timing.
-struct Int8EncoderDiv : Int8Encoder {};
-/// EXPERIMENT: QBENCH_EXP_INT8_DIV set: the launchers take Int8EncoderDiv.
-inline bool int8_encode_by_division() {
-  static const bool on = std::getenv("QBENCH_EXP_INT8_DIV") != nullptr;
-  return on;
-}
-
 /// Enc's codes of 8 values at scale s (all 0 for s = 0, a row of zeros), packed for one 8-byte store: what every
 /// kernel that writes per-token codes stores (the quantizers here, the quantizing LayerNorms in norm.cu).
 /// One test of s for the eight (a row has one scale), int8 codes packed by byte permutes (three for four codes,
 /// instead of a mask, a shift and an or each) and E4M3 codes converted two at a time (cvt.rn.satfinite.e4m3x2).
-///
-/// int8 without a division or a conversion a value: y = v * (1 / s) is within 3.1e-5 of the quotient v / s
-/// (|v / s| <= 127.5, two roundings of 2^-24), and adding 1.5 * 2^23 rounds y to an integer, half to even, in the
-/// low bits of the sum, whose low byte is then the code (two's complement; |code| <= 127 since |v| <= absmax).
-/// Where y lies within 1/1024 of a half-integer, or 1 / s is not finite, the group takes v / s exactly, as before:
-/// elsewhere no half-integer can lie between y and the correctly rounded quotient, so rint gives the same code.
 template <typename Enc>
 __device__ __forceinline__ uint2 encode8(const float (&v)[8], float s) {
   if (!(s > 0.0f)) return make_uint2(0u, 0u);
-  if constexpr (std::is_same_v<Enc, Int8Encoder> || std::is_same_v<Enc, Int8EncoderDiv>) {
-    uint32_t r[8];
-    bool exact = std::is_same_v<Enc, Int8EncoderDiv>;
-    if constexpr (std::is_same_v<Enc, Int8Encoder>) {
-      constexpr float kRound = 12582912.0f;        // 1.5 * 2^23
-      constexpr float kNearTie = 0.5f - 1.0f / 1024;
-      const float inv = 1.0f / s;
+  if constexpr (std::is_same_v<Enc, Int8Encoder>) {
+    int r[8];
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const float y = v[e] * inv;
-        const float t = __fadd_rn(y, kRound);      // __fadd_rn: never contracted into an FMA with the product
-        r[e] = __float_as_uint(t);
-        exact = exact || !(fabsf(__fsub_rn(y, __fsub_rn(t, kRound))) <= kNearTie);  // NaN (1 / s = inf) too
-      }
-    }
-    if (exact) {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) r[e] = static_cast<uint32_t>(max(-127, min(127, __float2int_rn(v[e] / s))));
-    }
+    for (int e = 0; e < 8; ++e) r[e] = max(-127, min(127, __float2int_rn(v[e] / s)));
     // Byte 0 of each code, in order: two codes a permute, then the two pairs into one word.
     const uint32_t lo = __byte_perm(__byte_perm(r[0], r[1], 0x0040), __byte_perm(r[2], r[3], 0x0040), 0x5410);
     const uint32_t hi = __byte_perm(__byte_perm(r[4], r[5], 0x0040), __byte_perm(r[6], r[7], 0x0040), 0x5410);

@@ -1001,11 +1001,8 @@ int launch_quantize_rows_int8(const void* x, DType dtype, int64_t t, int64_t k, 
     const cudaError_t e = cudaMemsetAsync(outlier_flags, 0, static_cast<size_t>(k) * sizeof(int32_t), stream);
     if (e != cudaSuccess) return static_cast<int>(e);
   }
-  if (detail::int8_encode_by_division()
-          ? launch_quantize_rows_warp<detail::Int8EncoderDiv>(x, dtype, t, k, threshold, outlier_flags,
-                                                              reinterpret_cast<uint8_t*>(q), scale, stream)
-          : launch_quantize_rows_warp<Int8Encoder>(x, dtype, t, k, threshold, outlier_flags,
-                                                   reinterpret_cast<uint8_t*>(q), scale, stream)) {
+  if (launch_quantize_rows_warp<Int8Encoder>(x, dtype, t, k, threshold, outlier_flags, reinterpret_cast<uint8_t*>(q),
+                                             scale, stream)) {
     return detail::launch_result();
   }
   EVALSVC_DISPATCH_FLOAT(dtype, T, k_quantize_rows_int8<T><<<static_cast<unsigned>(t), 256, 0, stream>>>(static_cast<const T*>(x), k, threshold, outlier_flags, q, scale));

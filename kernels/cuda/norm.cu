@@ -455,10 +455,6 @@ int launch_add_layer_norm_quant(const void* h, const void* delta, const void* ga
                    aligned16(beta) && aligned16(h_out) && (reinterpret_cast<uintptr_t>(q) & 7u) == 0;
   if (!vec || (dtype != DType::kF16 && dtype != DType::kBF16)) return kLaunchUnsupported;
   const bool f16 = dtype == DType::kF16;
-  if (code == ActCode::kInt8 && detail::int8_encode_by_division()) {
-    return f16 ? launch_quant_rows<__half, detail::Int8EncoderDiv>(h, delta, gamma, beta, eps, rows, cols, h_out, q, scale, stream)
-               : launch_quant_rows<__nv_bfloat16, detail::Int8EncoderDiv>(h, delta, gamma, beta, eps, rows, cols, h_out, q, scale, stream);
-  }
   if (code == ActCode::kInt8) {
     return f16 ? launch_quant_rows<__half, detail::Int8Encoder>(h, delta, gamma, beta, eps, rows, cols, h_out, q, scale, stream)
                : launch_quant_rows<__nv_bfloat16, detail::Int8Encoder>(h, delta, gamma, beta, eps, rows, cols, h_out, q, scale, stream);
