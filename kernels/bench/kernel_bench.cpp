@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <functional>
 #include <vector>
 
@@ -257,19 +258,21 @@ constexpr int kPrefetchCap = 64;
 /// weight-only dense copies (no tokens), with the whole grid and capped as the weight prefetch runs them.
 bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
   bool ok = true;
+  auto check = [&](std::string op, double tol, double err) {
+    out.push_back({std::move(op), tol, err});
+    ok = ok && err <= tol;
+  };
   {
     const auto nf4_want = ref::dequantize_nf4(L.nf4);
     const auto i8_want = ref::dequantize_int8_sym(L.i8);
     for (const int cap : {0, kPrefetchCap}) {
       auto o = torch::empty({L.n, L.k}, torch::TensorOptions().dtype(torch::kFloat16).device(gpu()));
       cuda::nf4_dequantize_into(L.nf4_gpu, o, cap);
-      out.push_back({fmt::format("nf4_dequantize_into max_blocks={} in={} out={}", cap, L.k, L.n), 1e-3,
-                     rel_err(o, nf4_want)});
+      check(fmt::format("nf4_dequantize_into max_blocks={} in={} out={}", cap, L.k, L.n), 1e-3, rel_err(o, nf4_want));
       cuda::dequantize_int8_weight_into(L.i8_q, L.i8_s, o, cap);
-      out.push_back({fmt::format("dequantize_int8_weight_into max_blocks={} in={} out={}", cap, L.k, L.n), 1e-3,
-                     rel_err(o, i8_want)});
+      check(fmt::format("dequantize_int8_weight_into max_blocks={} in={} out={}", cap, L.k, L.n), 1e-3,
+            rel_err(o, i8_want));
     }
-    for (const auto& v : out) ok = ok && v.err <= v.tol;
   }
   for (const int64_t m : {int64_t{1}, int64_t{77}}) {
     auto x = randn({m, L.k}, 42 + m).clamp(-4.0, 4.0);
@@ -277,8 +280,7 @@ bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
     const auto x16 = x.to(torch::kFloat16);
     const auto xg = x16.to(gpu());
     auto add = [&](const std::string& op, double tol, double err) {
-      out.push_back({fmt::format("{} M={} in={} out={}", op, m, L.k, L.n), tol, err});
-      ok = ok && err <= tol;
+      check(fmt::format("{} M={} in={} out={}", op, m, L.k, L.n), tol, err);
     };
     const auto want_nf4 = ref::nf4_linear(x16, L.nf4, L.bias, torch::kFloat16);
     for (const auto& [name, path] : kNf4Paths) {

@@ -996,12 +996,8 @@ void l2_prefetch(const std::vector<torch::Tensor>& tensors) {
 }
 
 namespace {
-void check_stream_flag(const char* op, const torch::Tensor& flag, const torch::Tensor* like = nullptr) {
-  if (like != nullptr) {
-    check_cuda(op, "flag", flag, *like);
-  } else {
-    check_cuda(op, "flag", flag);
-  }
+void check_stream_flag(const char* op, const torch::Tensor& flag, const torch::Tensor& like = {}) {
+  check_cuda(op, "flag", flag, like);
   EVALSVC_CHECK(flag.scalar_type() == torch::kInt32 && flag.numel() == 1, InputError,
                 "cuda::{}: the flag must be one int32, got {}", op, describe(flag));
 }
@@ -1159,7 +1155,7 @@ std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& h, c
                                                        double eps, const torch::Tensor& wait_flag, int wait_value) {
   const char* op = "add_layer_norm";
   const int64_t cols = check_add_layer_norm(op, h, delta, gamma, beta, eps);
-  if (wait_flag.defined()) check_stream_flag(op, wait_flag, &h);
+  if (wait_flag.defined()) check_stream_flag(op, wait_flag, h);
   const torch::Tensor hc = h.contiguous();
   const torch::Tensor dc = delta.contiguous();
   auto h_out = torch::empty_like(hc);
