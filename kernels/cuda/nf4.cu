@@ -376,6 +376,168 @@ __global__ void __launch_bounds__(kGemmThreads) k_nf4_gemm(const T* __restrict__
   }
 }
 
+// ---- tensor-core product, the weight decoded in registers (a sequence's tokens) --------------------------------
+//
+// y^T = W x^T on mma.sync m16n8k16: the weight is the A operand (16 outputs x 16 k), so each lane decodes its own
+// A fragment from the packed codes straight into registers and no decoded tile passes through shared memory (the
+// wgmma kernels that did, or that split k over a cluster, lost their time to that round trip and to long serial
+// per-warp work: docs/perf.md). Inside each 64-deep chunk of k the order is permuted, the same way for both
+// operands (a dot product does not care): lane (g, q) takes physical k 16q .. 16q + 15 of the chunk, four at a
+// time in the chunk's four k16 steps (physical 16q + 4j + {0, 1} as mma's k 2q, 2q + 1 and 16q + 4j + {2, 3} as
+// 2q + 8, 2q + 9 in step j). So a lane's codes are 8 contiguous bytes of a weight row, as bitsandbytes packs them
+// (no reordered copy of the weight), its x values 32 contiguous bytes of a token row (a warp's loads cover 128-byte
+// lines), and its 16 codes share one absmax whenever the blocksize is a multiple of 16.
+// A block is 8 warps on the same 32 tokens: OG groups of 16 outputs x S splits of k (OG x S = 8). The warps of a
+// group's splits sum their partial tiles through shared memory in split order, so the result does not depend on
+// timing; the warps of a split read the same x, which L1 serves after the first.
+constexpr int kMmaWarps = 8;
+constexpr int kMmaTokens = 32;  // a block's tokens: four n8 tiles a warp
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+/// One lane's operands of one 64-deep chunk: 16 codes of rows g and g + 8 with their absmax, and 16 x values of
+/// each of its four tokens.
+struct MmaChunk {
+  uint2 code[2];
+  float am[2];
+  uint4 x[4][2];
+};
+
+/// Two codes of one byte (high nibble first) as T values (level x absmax in fp32, rounded once: the
+/// dequantization's values bit for bit), packed for an mma operand register, the first in the low half.
+template <typename T>
+__device__ __forceinline__ uint32_t decode_pair(const Nf4Tables& t, uint32_t byte, float am) {
+  return bits16(from_float<T>(__fmul_rn(t.level[(byte >> 4) & 0xFu], am))) |
+         (bits16(from_float<T>(__fmul_rn(t.level[byte & 0xFu], am))) << 16);
+}
+
+template <typename T, bool kGelu>
+__global__ void __launch_bounds__(kMmaWarps * 32) k_nf4_mma(const T* __restrict__ x, Nf4View w,
+                                                             const float* __restrict__ bias, T* __restrict__ y,
+                                                             int m, int splits) {
+  __shared__ Nf4Tables t;
+  __shared__ float part[kMmaWarps][16][32];
+  load_tables(t, w.quant_map, w.nested_map);
+  __syncthreads();
+
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2;
+  const int q = lane & 3;
+  const int groups = kMmaWarps / splits;
+  const int og = warp % groups;
+  const int ks = warp / groups;
+  const int64_t k = w.k;
+  const int64_t o0 = (static_cast<int64_t>(blockIdx.x) * groups + og) * 16;  // n % 16 == 0: a group is whole or out
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * kMmaTokens;
+  const int chunks = static_cast<int>(k / 64);
+  const int c_end = o0 < w.n ? (ks + 1) * chunks / splits : 0;
+  int c = ks * chunks / splits;
+
+  const int64_t row[2] = {o0 + g, o0 + g + 8};
+  const uint2* codes[2] = {reinterpret_cast<const uint2*>(w.packed + (row[0] * k + 16 * q) / 2),
+                           reinterpret_cast<const uint2*>(w.packed + (row[1] * k + 16 * q) / 2)};
+  auto load_weight = [&](MmaChunk& r, int cc) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      r.code[i] = __ldg(codes[i] + 4 * cc);
+      r.am[i] = block_absmax(w, t, (row[i] * k + 64 * cc + 16 * q) / w.blocksize);
+    }
+  };
+  const uint4* xrow[4];
+  bool xok[4];
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+    const int64_t tok = t0 + nt * 8 + g;
+    xok[nt] = tok < m;
+    xrow[nt] = reinterpret_cast<const uint4*>(x + (xok[nt] ? tok : 0) * k + 16 * q);
+  }
+  auto load_x = [&](MmaChunk& r, int cc) {
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      r.x[nt][0] = xok[nt] ? __ldg(xrow[nt] + 8 * cc) : make_uint4(0, 0, 0, 0);
+      r.x[nt][1] = xok[nt] ? __ldg(xrow[nt] + 8 * cc + 1) : make_uint4(0, 0, 0, 0);
+    }
+  };
+
+  float acc[4][4];
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
+
+  // The weight's first chunk before the wait (no kernel writes it), x's after; then one chunk ahead in registers.
+  MmaChunk cur;
+  if (c < c_end) load_weight(cur, c);
+  detail::pdl_wait();
+  detail::pdl_launch_dependents();
+  if (c < c_end) load_x(cur, c);
+  for (; c < c_end; ++c) {
+    MmaChunk nxt;
+    if (c + 1 < c_end) {
+      load_weight(nxt, c + 1);
+      load_x(nxt, c + 1);
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      uint32_t a[4];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const uint32_t word = (j < 2 ? cur.code[i].x : cur.code[i].y) >> (16 * (j & 1));  // bytes 2j, 2j + 1
+        a[i] = decode_pair<T>(t, word & 0xFFu, cur.am[i]);             // k 2q, 2q + 1 of row g (+8)
+        a[2 + i] = decode_pair<T>(t, (word >> 8) & 0xFFu, cur.am[i]);  // k 2q + 8, 2q + 9
+      }
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const uint4& xv = cur.x[nt][j >> 1];
+        mma_16816<T>(acc[nt], a, (j & 1) ? xv.z : xv.x, (j & 1) ? xv.w : xv.y);
+      }
+    }
+    if (c + 1 < c_end) cur = nxt;
+  }
+
+  if (splits > 1) {
+    if (ks > 0) {
+#pragma unroll
+      for (int i = 0; i < 16; ++i) part[warp][i][lane] = acc[i / 4][i % 4];
+    }
+    __syncthreads();
+    if (ks > 0) return;
+    for (int s = 1; s < splits; ++s) {
+#pragma unroll
+      for (int i = 0; i < 16; ++i) acc[i / 4][i % 4] += part[og + s * groups][i][lane];
+    }
+  }
+  if (o0 >= w.n) return;
+  // acc[nt][e]: output row[e / 2], token t0 + 8 nt + 2q + e % 2 (mma's accumulator layout).
+  const float b[2] = {bias != nullptr ? bias[row[0]] : 0.0f, bias != nullptr ? bias[row[1]] : 0.0f};
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t tok = t0 + nt * 8 + 2 * q + (e & 1);
+      if (tok >= m) continue;
+      float v = acc[nt][e] + b[e >> 1];
+      // GELU of the product rounded to T, as the dense path applies it to the product's output.
+      if constexpr (kGelu) v = detail::gelu_tanh(to_float(from_float<T>(v)));
+      y[tok * w.n + row[e >> 1]] = from_float<T>(v);
+    }
+  }
+}
+
 int check_view(const Nf4View& w) {
   if (w.n <= 0 || w.k <= 0) return kLaunchBadShape;
   if (w.blocksize < 2 || w.blocksize % 2 != 0) return kLaunchBadBlocksize;
@@ -496,6 +658,48 @@ int launch_nf4_gemm(const void* x, const Nf4View& w, const float* bias, void* y,
   } else {
     return kLaunchBadDtype;
   }
+  return detail::launch_result();
+}
+
+bool nf4_mma_takes(const Nf4View& w) {
+  return w.k % 64 == 0 && w.n % 16 == 0 && w.blocksize % 16 == 0 && reinterpret_cast<uintptr_t>(w.packed) % 8 == 0;
+}
+
+int nf4_mma_splits(const Nf4View& w, int64_t m) {
+  // Split k until the grid has about two blocks an SM (a block is 8 warps on one SM's 4 schedulers: below that the
+  // warps' serial decode and mma chains show), keeping at least two chunks of 64 a warp.
+  const int64_t chunks = w.k / 64;
+  const int64_t token_blocks = (m + kMmaTokens - 1) / kMmaTokens;
+  const int64_t want = 2 * static_cast<int64_t>(std::max(1, detail::sm_count()));
+  int s = 1;
+  while (s < kMmaWarps && chunks / (2 * s) >= 2) {
+    const int64_t groups = kMmaWarps / s;
+    if ((w.n + 16 * groups - 1) / (16 * groups) * token_blocks >= want) break;
+    s *= 2;
+  }
+  return s;
+}
+
+int launch_nf4_mma(const void* x, const Nf4View& w, const float* bias, void* y, int64_t m, DType dtype, bool gelu,
+                   cudaStream_t stream, int splits) {
+  if (const int s = check_view(w); s != kLaunchOk) return s;
+  if (!nf4_mma_takes(w) || !aligned16(x)) return kLaunchUnsupported;
+  if (m <= 0 || (m + kMmaTokens - 1) / kMmaTokens > 65535 || m > INT32_MAX) return kLaunchBadShape;
+  if (splits == 0) splits = nf4_mma_splits(w, m);
+  if (splits != 1 && splits != 2 && splits != 4 && splits != 8) return kLaunchBadShape;
+  if (x == nullptr || y == nullptr) return kLaunchBadPointer;
+  const int groups = kMmaWarps / splits;
+  const dim3 grid(static_cast<unsigned>((w.n + 16 * groups - 1) / (16 * groups)),
+                  static_cast<unsigned>((m + kMmaTokens - 1) / kMmaTokens));
+  const int mi = static_cast<int>(m);
+  auto go = [&](auto* xt, auto* yt) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(xt)>>;
+    if (gelu) detail::launch_pdl(k_nf4_mma<T, true>, grid, kMmaWarps * 32, 0, stream, xt, w, bias, yt, mi, splits);
+    else detail::launch_pdl(k_nf4_mma<T, false>, grid, kMmaWarps * 32, 0, stream, xt, w, bias, yt, mi, splits);
+  };
+  if (dtype == DType::kF16) go(static_cast<const __half*>(x), static_cast<__half*>(y));
+  else if (dtype == DType::kBF16) go(static_cast<const __nv_bfloat16*>(x), static_cast<__nv_bfloat16*>(y));
+  else return kLaunchBadDtype;
   return detail::launch_result();
 }
 
