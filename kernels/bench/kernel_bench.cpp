@@ -217,8 +217,7 @@ struct Validation {
 };
 
 const std::pair<const char*, cuda::Nf4Path> kNf4Paths[] = {
-    {"gemv", cuda::Nf4Path::kGemv}, {"gemm", cuda::Nf4Path::kGemm}, {"dequant_matmul", cuda::Nf4Path::kDequantMatmul},
-    {"mma", cuda::Nf4Path::kMma}};
+    {"gemv", cuda::Nf4Path::kGemv}, {"gemm", cuda::Nf4Path::kGemm}, {"dequant_matmul", cuda::Nf4Path::kDequantMatmul}};
 
 /// The int8 products for m tokens, by row-name suffix: kAuto ("") and each explicit one this device runs.
 std::vector<std::pair<std::string, cuda::Int8Gemm>> int8_kernels(int64_t m) {
@@ -425,15 +424,6 @@ int main(int argc, char** argv) {
         report_graph("fp16_matmul+gelu (two ops)", [&] { (void)at::gelu(at::linear(x16, L.w16, L.bias16), "tanh"); });
         report_graph("fp16_linear+gelu (epilogue)", [&] { (void)cuda::linear(x16, L.w16, L.bias16, true); });
         report_graph("nf4_linear", [&] { (void)cuda::nf4_linear(x16, L.nf4_gpu, L.bias16); });
-        report_graph("nf4_linear/mma", [&] { (void)cuda::nf4_linear(x16, L.nf4_gpu, L.bias16, cuda::Nf4Path::kMma); });
-        report_graph("nf4_linear/mma+gelu", [&] {
-          (void)cuda::nf4_linear(x16, L.nf4_gpu, L.bias16, cuda::Nf4Path::kMma, true);
-        });
-        report_graph("fp16_linear (cublasLt)", [&] { (void)cuda::linear(x16, L.w16, L.bias16, false); });
-        for (const int splits : {1, 2, 4, 8}) {
-          report_graph(fmt::format("nf4_linear_mma splits={}", splits),
-                       [&] { (void)cuda::nf4_linear_mma(x16, L.nf4_gpu, L.bias16, false, splits); });
-        }
         for (const auto& [name, gemm] : int8_kernels(m)) {
           report_graph("int8_w8a8_linear" + name, [&, gemm = gemm] { (void)cuda::int8_w8a8_linear(x16, L.i8_q, L.i8_s, L.bias_gpu, gemm); });
         }

@@ -487,15 +487,6 @@ inline bool launch_quantize_rows_warp(const void* x, DType dtype, int64_t t, int
   return true;
 }
 
-/// Streaming multiprocessors of the current device (cached per device).
-inline int sm_count() {
-  static int counts[64] = {};
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
-  if (counts[dev] == 0) cudaDeviceGetAttribute(&counts[dev], cudaDevAttrMultiProcessorCount, dev);
-  return counts[dev];
-}
-
 /// Status of the launch just made: 0 or the cudaError_t (positive).
 inline int launch_result() {
   const cudaError_t e = cudaGetLastError();

@@ -894,6 +894,15 @@ int launch_gemm8_wgmma_cfg(const void* xq, const void* wq, int64_t m, int64_t n,
   return detail::launch_result();
 }
 
+/// Streaming multiprocessors of the current device (cached per device).
+int sm_count() {
+  static int counts[64] = {};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
+  if (counts[dev] == 0) cudaDeviceGetAttribute(&counts[dev], cudaDevAttrMultiProcessorCount, dev);
+  return counts[dev];
+}
+
 // ---- weight-only dequantization ----------------------------------------------------------------------------
 
 template <typename T>
@@ -1079,7 +1088,7 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
   // The largest tile whose blocks alone fill every SM; below that the 64 x 64 tiles' four times as many blocks
   // finish sooner (at 128 tokens x 768 outputs: 6 blocks against 24).
   const int64_t large_tiles = ((m + I8Large::kBm - 1) / I8Large::kBm) * ((n + I8Large::kBn - 1) / I8Large::kBn);
-  const bool large = large_tiles >= detail::sm_count();
+  const bool large = large_tiles >= sm_count();
   EVALSVC_DISPATCH_FLOAT(dtype, T, {
     return large ? launch_int8_gemm_cfg<I8Large, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), vec, stream)
                  : launch_int8_gemm_cfg<I8Small, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), vec, stream);
@@ -1089,7 +1098,7 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
 
 bool wgmma_small_tiles(int64_t m, int64_t n) {
   const int64_t large_tiles = ((m + WgLarge::kBm - 1) / WgLarge::kBm) * ((n + WgLarge::kBn - 1) / WgLarge::kBn);
-  return large_tiles < detail::sm_count();
+  return large_tiles < sm_count();
 }
 
 int launch_fp8_gemm(const uint8_t* xq, const uint8_t* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,

@@ -438,9 +438,6 @@ class Nf4Linear final : public LayerBase {
 #endif
   /// As forward_cuda chooses: fp32 activations always dequantize, fp16/bf16 from kNf4DequantMinTokens tokens.
   bool dequantizes_at(int64_t tokens) const override {
-#ifdef EVALSVC_WITH_CUDA
-    if (base_ != torch::kFloat && device().is_cuda() && cuda::nf4_auto_takes_mma(device_weight_, tokens)) return false;
-#endif
     return base_ == torch::kFloat || tokens >= cuda::kNf4DequantMinTokens;
   }
 

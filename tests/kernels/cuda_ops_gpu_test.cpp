@@ -158,7 +158,6 @@ const char* path_name(cuda::Nf4Path p) {
     case cuda::Nf4Path::kGemv: return "gemv";
     case cuda::Nf4Path::kGemm: return "gemm";
     case cuda::Nf4Path::kDequantMatmul: return "dequant_matmul";
-    case cuda::Nf4Path::kMma: return "mma";
     default: return "auto";
   }
 }
@@ -196,7 +195,7 @@ TEST(CudaNf4, LinearMatchesReferenceAllPathsShapesAndDtypes) {
           const auto x = randn({m, s.k}, 300 + m + s.k).to(dtype);
           const auto want = ref::nf4_linear(x, qw, bias, dtype);
           for (const auto path : {cuda::Nf4Path::kAuto, cuda::Nf4Path::kGemv, cuda::Nf4Path::kGemm,
-                                  cuda::Nf4Path::kDequantMatmul, cuda::Nf4Path::kMma}) {
+                                  cuda::Nf4Path::kDequantMatmul}) {
             const auto got = cuda::nf4_linear(x.to(gpu()), gw, bias.to(gpu()), path);
             const auto what = fmt::format("nf4_linear path={} M={} in={} out={} dtype={} double_quant={}",
                                           path_name(path), m, s.k, s.n, c10::toString(dtype), dq);
@@ -207,42 +206,6 @@ TEST(CudaNf4, LinearMatchesReferenceAllPathsShapesAndDtypes) {
       }
     }
   }
-}
-
-TEST(CudaNf4, MmaMatchesReferenceSplitsBlocksizesAndTokenTails) {
-  REQUIRE_GPU();
-  // k_nf4_mma: every k split, partial token blocks (5, 33, 200 tokens), blocksizes whose absmax blocks straddle
-  // a lane's 16 codes differently (16, 64, 256), GPT-2's widths, plain and double-quantized absmax, GELU.
-  struct Case {
-    int64_t k, n, bs;
-  };
-  for (const Case c : {Case{64, 16, 16}, Case{768, 2304, 64}, Case{3072, 768, 64}, Case{768, 48, 256}}) {
-    const auto w = randn({c.n, c.k}, 500 + c.k + c.n, 0.05);
-    const auto bias = randn({c.n}, 600 + c.n, 0.1);
-    for (const bool dq : {true, false}) {
-      const auto qw = ref::quantize_nf4(w, c.bs, dq);
-      const auto gw = to_gpu(qw);
-      for (const auto dtype : {torch::kFloat16, torch::kBFloat16}) {
-        for (const int64_t m : {int64_t{5}, int64_t{33}, int64_t{128}, int64_t{200}}) {
-          const auto x = randn({m, c.k}, 700 + m + c.k).to(dtype);
-          const auto want = ref::nf4_linear(x, qw, bias, dtype);
-          for (const int splits : {0, 1, 2, 4, 8}) {
-            const auto what = fmt::format("nf4_linear_mma splits={} M={} in={} out={} blocksize={} dtype={} double_quant={}",
-                                          splits, m, c.k, c.n, c.bs, c10::toString(dtype), dq);
-            const auto got = cuda::nf4_linear_mma(x.to(gpu()), gw, bias.to(gpu()), false, splits);
-            EXPECT_TRUE(close(got, want, tol_for(dtype), what));
-            if (splits == 0) {
-              EXPECT_TRUE(close(cuda::nf4_linear_mma(x.to(gpu()), gw, bias.to(gpu()), true, splits),
-                                torch::gelu(want.to(torch::kFloat32), "tanh").to(dtype), tol_for(dtype), what + " gelu"));
-            }
-          }
-        }
-      }
-    }
-  }
-  // Shapes it does not take are an InputError naming the constraint, not a wrong product.
-  const auto qw = ref::quantize_nf4(randn({40, 64}, 1, 0.05), 64, true);
-  EXPECT_THROW(cuda::nf4_linear_mma(randn({8, 64}, 2).to(torch::kFloat16).to(gpu()), to_gpu(qw), {}), InputError);
 }
 
 TEST(CudaNf4, LinearKeepsLeadingDimsAndWorksWithoutBias) {
@@ -898,7 +861,7 @@ TEST(CudaFusedGelu, EveryLinearWithGeluMatchesGeluOfTheReference) {
         EXPECT_TRUE(close(cuda::llm_int8_linear(xg, cb.CB.to(gpu()), cb.SCB.to(gpu()), bias.to(gpu()), 6.0,
                                                 cuda::Int8Gemm::kAuto, true),
                           gelu_of(ref::llm_int8_linear(x, cb, bias, 6.0)), tol, what("llm_int8")));
-        for (const auto path : {cuda::Nf4Path::kAuto, cuda::Nf4Path::kGemm, cuda::Nf4Path::kMma}) {
+        for (const auto path : {cuda::Nf4Path::kAuto, cuda::Nf4Path::kGemm}) {
           EXPECT_TRUE(close(cuda::nf4_linear(xg, to_gpu(nf4), bias.to(gpu()), path, true),
                             gelu_of(ref::nf4_linear(x, nf4, bias, dtype)), tol, what(path_name(path))));
         }

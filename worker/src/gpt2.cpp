@@ -184,12 +184,9 @@ GPT2ClassifierImpl::WeightPrefetch* GPT2ClassifierImpl::prefetch_for(int64_t tok
   // fp32 products run on the CUDA cores and keep every SM busy even at batch 1: a dequantization beside them
   // only takes SMs away (int8-sym on its fp32 base: 2.61 ms with prefetch against 2.29 ms without, one H200).
   if (base_dtype_ == torch::kFloat32) return nullptr;
-  // Some projections may multiply without a dense copy at this size (nf4's register-decoding kernel): the side
-  // stream copies the others (stage_block), and there is nothing to prefetch only when no projection takes one.
-  bool any = false;
   for (const auto& blk : blocks_)
-    for (const auto& q : blk.q) any = any || q->dequantizes_at(tokens);
-  if (!any) return nullptr;
+    for (const auto& q : blk.q)
+      if (!q->dequantizes_at(tokens)) return nullptr;
   if (!prefetch_) {  // reset by every change of device or base dtype (to_device, quantize, load_variant_state_dict)
     std::array<std::pair<int64_t, int64_t>, 4> shapes;
     for (size_t p = 0; p < 4; ++p) shapes[p] = {blocks_[0].q[p]->out_features(), blocks_[0].q[p]->in_features()};

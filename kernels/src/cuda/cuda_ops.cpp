@@ -7,7 +7,6 @@
 
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -323,54 +322,12 @@ torch::Tensor nf4_dequantize(const Nf4Weight& w, torch::ScalarType dtype) {
   return out;
 }
 
-bool nf4_auto_takes_mma(const Nf4Weight& w, int64_t m) {
-  static const std::string list = [] {
-    const char* e = std::getenv("QBENCH_NF4_MMA");
-    return std::string(e != nullptr ? e : "");
-  }();
-  if (list.empty() || list == "0" || m <= kNf4GemvMaxTokens || m > kNf4MmaMaxTokens) return false;
-  if (w.in_features % 64 != 0 || w.out_features % 16 != 0 || w.blocksize % 16 != 0) return false;
-  if (list == "all") return true;
-  const std::string shape = fmt::format("{}x{}", w.out_features, w.in_features);
-  size_t at = 0;
-  while (at <= list.size()) {
-    const size_t end = std::min(list.find(',', at), list.size());
-    if (list.compare(at, end - at, shape) == 0) return true;
-    at = end + 1;
-  }
-  return false;
-}
-
-torch::Tensor nf4_linear_mma(const torch::Tensor& x, const Nf4Weight& w, const torch::Tensor& bias, bool gelu_tanh,
-                             int splits) {
-  const char* op = "nf4_linear_mma";
-  const torch::Tensor x2 = flatten_input(op, x, w.in_features, {torch::kFloat16, torch::kBFloat16});
-  const Nf4View v = nf4_view(op, w, x);
-  EVALSVC_CHECK(nf4_mma_takes(v) && reinterpret_cast<uintptr_t>(x2.data_ptr()) % 16 == 0, InputError,
-                "cuda::{}: needs in_features % 64 == 0 (got {}), out_features % 16 == 0 (got {}), blocksize % 16 == 0 "
-                "(got {}) and 16-byte aligned x",
-                op, w.in_features, w.out_features, w.blocksize);
-  const int64_t m = x2.size(0);
-  const torch::Tensor b = bias_f32(op, bias, x, w.out_features);
-  auto y = torch::empty({m, w.out_features}, x2.options());
-  if (m > 0) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    EVALSVC_LAUNCH(launch_nf4_mma(x2.data_ptr(), v, ptr_or_null(b), y.data_ptr(), m, launcher_dtype(x2.scalar_type()),
-                                  gelu_tanh, stream_of(x), splits));
-  }
-  return y.view(output_shape(x, w.out_features));
-}
-
 torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w, const torch::Tensor& bias, Nf4Path path,
                          bool gelu_tanh) {
   const char* op = "nf4_linear";
   const torch::Tensor x2 = flatten_input(op, x, w.in_features, {torch::kFloat16, torch::kBFloat16});
   const Nf4View v = nf4_view(op, w, x);
   const int64_t m = x2.size(0);
-  if (m > 0 && (path == Nf4Path::kMma || (path == Nf4Path::kAuto && nf4_auto_takes_mma(w, m))) &&
-      nf4_mma_takes(v) && reinterpret_cast<uintptr_t>(x2.data_ptr()) % 16 == 0) {
-    return nf4_linear_mma(x, w, bias, gelu_tanh);
-  }
   if (path == Nf4Path::kDequantMatmul || (path == Nf4Path::kAuto && m >= kNf4DequantMinTokens)) {
     const c10::cuda::CUDAGuard guard(x.device());
     const torch::Tensor wd = nf4_dequantize(w, x2.scalar_type());

@@ -105,17 +105,6 @@ inline constexpr int64_t kNf4GemvMaxM = 8;
 int launch_nf4_gemm(const void* x, const Nf4View& w, const float* bias, void* y, int64_t m, DType dtype,
                     cudaStream_t stream);
 
-/// Same product on mma.sync with each lane decoding its weight operand in registers (nf4.cu's k_nf4_mma), for a
-/// sequence's tokens; gelu: GELU (tanh) of the product rounded to dtype. For k % 64 == 0, n % 16 == 0, blocksize
-/// % 16 == 0, 8-byte aligned codes and 16-byte aligned x (nf4_mma_takes; else kLaunchUnsupported). splits: warps
-/// of a block splitting k (1, 2, 4 or 8), 0 = nf4_mma_splits.
-int launch_nf4_mma(const void* x, const Nf4View& w, const float* bias, void* y, int64_t m, DType dtype, bool gelu,
-                   cudaStream_t stream, int splits = 0);
-/// Whether launch_nf4_mma takes w's shape, blocksize and code pointer.
-bool nf4_mma_takes(const Nf4View& w);
-/// The k split launch_nf4_mma picks for w at m tokens.
-int nf4_mma_splits(const Nf4View& w, int64_t m);
-
 // --- INT8 (kernels/cuda/int8.cu) -----------------------------------------------------------------------------
 
 /// Compacts flags [k] into ascending column indices idx [k] and their number *count (on the device).

@@ -58,18 +58,11 @@ struct Nf4Weight {
 /// compute dtype, then cuBLAS. At many tokens the product is compute-bound, and cuBLAS's tensor-core GEMM
 /// beats the fused kernel by more than the dequantization costs (one pass over a few MB). kernel_bench times
 /// all three paths; the threshold below is not tuned from those tables yet (docs/perf.md).
-/// kMma: k_nf4_mma, the weight decoded in registers for mma.sync (launch_nf4_mma), where it takes the shape (else
-/// kGemm); kAuto takes it only where nf4_auto_takes_mma says.
-enum class Nf4Path { kAuto, kGemv, kGemm, kDequantMatmul, kMma };
+enum class Nf4Path { kAuto, kGemv, kGemm, kDequantMatmul };
 /// Token count up to which kAuto picks the GEMV path (it re-streams the weight once per 4 tokens).
 inline constexpr int64_t kNf4GemvMaxTokens = 4;
 /// Token count from which kAuto dequantizes and calls cuBLAS.
 inline constexpr int64_t kNf4DequantMinTokens = 64;
-
-/// EXPERIMENT: whether kAuto takes kMma for w at m tokens: QBENCH_NF4_MMA = "all" or a comma list of
-/// out x in shapes ("2304x768,3072x768"), for kNf4GemvMaxTokens < m <= kNf4MmaMaxTokens.
-bool nf4_auto_takes_mma(const Nf4Weight& w, int64_t m);
-inline constexpr int64_t kNf4MmaMaxTokens = 128;
 
 /// The dense weight [out, in] in `dtype` (fp16, bf16 or fp32).
 torch::Tensor nf4_dequantize(const Nf4Weight& w, torch::ScalarType dtype);
@@ -81,10 +74,6 @@ void nf4_dequantize_into(const Nf4Weight& w, torch::Tensor& out, int max_blocks 
 /// shapes allow (launch_nf4_dequantize_batch), else one each. The same values.
 void nf4_dequantize_batch_into(const std::vector<const Nf4Weight*>& w, const std::vector<torch::Tensor*>& out,
                                int max_blocks = 0);
-/// The kMma product with an explicit k split (1, 2, 4 or 8 warps a block; 0: the launcher's choice). InputError
-/// where the kernel does not take the shape (launch_nf4_mma).
-torch::Tensor nf4_linear_mma(const torch::Tensor& x, const Nf4Weight& w, const torch::Tensor& bias, bool gelu_tanh = false,
-                             int splits = 0);
 
 /// y = x W^T + bias with W dequantized on the fly (tiles decoded into shared memory, tensor-core mma with
 /// fp32 accumulation; batch-1 GEMV path streaming the packed weight). x: fp16 or bf16 [..., in];
