@@ -216,6 +216,13 @@ struct Validation {
   double err;
 };
 
+/// One validation as a JSON line on stdout; whether it passed.
+bool print_validation(const Validation& r) {
+  const bool ok = r.err <= r.tol;
+  std::printf("%s\n", json{{"validate", r.op}, {"rel_err", r.err}, {"tol", r.tol}, {"ok", ok}}.dump().c_str());
+  return ok;
+}
+
 const std::pair<const char*, cuda::Nf4Path> kNf4Paths[] = {
     {"gemv", cuda::Nf4Path::kGemv}, {"gemm", cuda::Nf4Path::kGemm}, {"dequant_matmul", cuda::Nf4Path::kDequantMatmul}};
 
@@ -365,11 +372,7 @@ int main(int argc, char** argv) {
     for (const auto& L : layers) {
       std::vector<Validation> v;
       all_ok = validate(L, fp8, v) && all_ok;
-      for (const auto& r : v) {
-        std::printf("%s\n", json{{"validate", r.op}, {"rel_err", r.err}, {"tol", r.tol}, {"ok", r.err <= r.tol}}
-                                .dump()
-                                .c_str());
-      }
+      for (const auto& r : v) print_validation(r);
     }
     // A transformer block's four NF4 weights in the prefetch's one launch, each against the CPU reference.
     std::vector<const cuda::Nf4Weight*> block_w;
@@ -386,11 +389,9 @@ int main(int argc, char** argv) {
       for (auto& t : block_copy) t.fill_(7.0);  // each launch must write every element itself
       cuda::nf4_dequantize_batch_into(block_w, block_out, cap);
       for (size_t i = 0; i < layers.size(); ++i) {
-        const double err = rel_err(block_copy[i], block_want[i]);
-        all_ok = all_ok && err <= 1e-3;
-        const auto op = fmt::format("nf4_dequantize_batch_into max_blocks={} weight {}", cap, i);
-        std::printf("%s\n",
-                    json{{"validate", op}, {"rel_err", err}, {"tol", 1e-3}, {"ok", err <= 1e-3}}.dump().c_str());
+        all_ok = print_validation({fmt::format("nf4_dequantize_batch_into max_blocks={} weight {}", cap, i), 1e-3,
+                                   rel_err(block_copy[i], block_want[i])}) &&
+                 all_ok;
       }
     }
     std::fflush(stdout);
