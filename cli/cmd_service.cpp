@@ -102,7 +102,7 @@ CommandRegistrar worker_reg("worker", "Run a worker: claim jobs and execute them
   sub.add_option("--artifacts", *artifacts, "shared artifact folder (default QBENCH_ARTIFACTS or var/artifacts)");
   sub.add_option("--data", *data, "data folder with ag_news/ and gpt2/");
   sub.add_option("--queues", *queues, "queues to serve (default: cuda and cpu on a GPU, cpu otherwise)");
-  sub.add_option("--threads", *threads, "libtorch CPU threads");
+  sub.add_option("--threads", *threads, "CPU threads: libtorch's, and OpenBLAS's where it is the BLAS");
   sub.add_option("--max-jobs", *max_jobs, "exit after this many jobs (tests)");
   sub.add_option("--lease-ms", *lease_ms, "job lease; a worker silent this long loses its job to another")->capture_default_str();
   return [=] {

@@ -140,7 +140,7 @@ void add_stack_options(CLI::App& sub, StackArgs& a) {
   sub.add_option("--stack", a.dir, "folder for the servers' data and logs")->capture_default_str();
   sub.add_option("--workers", a.workers, "worker processes")->capture_default_str();
   sub.add_option("--device", a.device, "device of the workers: cpu | cuda | cuda:N")->capture_default_str();
-  sub.add_option("--threads", a.threads, "libtorch CPU threads per worker")->capture_default_str();
+  sub.add_option("--threads", a.threads, "CPU threads per worker (libtorch's, and OpenBLAS's where it is the BLAS)")->capture_default_str();
   sub.add_option("--gpus", a.gpus, "GPU indices, one per worker in turn (worker i gets CUDA_VISIBLE_DEVICES=gpus[i])")
       ->delimiter(',');
 }

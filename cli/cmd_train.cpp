@@ -42,7 +42,7 @@ int run_train(const TrainArgs& a) {
   if (a.train_limit > 0) rc.train_limit = a.train_limit;
   if (a.test_limit > 0) rc.test_limit = a.test_limit;
   if (a.validation_fraction >= 0) rc.validation_fraction = a.validation_fraction;
-  if (a.threads > 0) torch::set_num_threads(static_cast<int>(a.threads));
+  set_cpu_threads(static_cast<int>(a.threads));
 
   const torch::Device device = pick_device(a.device);
   const fs::path data = data_dir(a.data.empty() ? std::nullopt : std::optional<std::string>(a.data));
@@ -127,7 +127,7 @@ CommandRegistrar reg("train", "Train and evaluate a preset directly (no job syst
   sub.add_option("--train-limit", a->train_limit, "use only the first N train rows");
   sub.add_option("--test-limit", a->test_limit, "use only the first N test rows");
   sub.add_option("--validation-fraction", a->validation_fraction, "hold out this fraction of train (stratified)");
-  sub.add_option("--threads", a->threads, "CPU threads for libtorch");
+  sub.add_option("--threads", a->threads, "CPU threads (libtorch's, and OpenBLAS's where it is the BLAS)");
   sub.add_flag("!--no-resume", a->resume, "ignore and overwrite a saved training state in OUT/train_state");
   return [a] { return run_train(*a); };
 });

@@ -1,5 +1,6 @@
 #include "evalsvc/worker/device.h"
 
+#include <dlfcn.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -75,10 +76,34 @@ nlohmann::json describe_device(const torch::Device& device) {
 #endif
   } else {
     unsigned cores = std::thread::hardware_concurrency();
-    j["device"] = fmt::format("{} ({} cores, {} torch threads)", cpu_model(), cores, torch::get_num_threads());
+    const int blas = openblas_threads();
+    j["device"] = fmt::format("{} ({} cores, {} torch threads{})", cpu_model(), cores, torch::get_num_threads(),
+                              blas > 0 ? fmt::format(", {} OpenBLAS threads", blas) : std::string());
     j["kind"] = "cpu";
   }
   return j;
+}
+
+namespace {
+
+// OpenBLAS's C API, looked up at run time: qbench links libtorch, not a BLAS, and the BLAS behind Debian's
+// libtorch is whichever libblas.so.3 the system selects (OpenBLAS after scripts/setup.sh).
+template <typename Fn>
+Fn openblas_fn(const char* name) {
+  return reinterpret_cast<Fn>(::dlsym(RTLD_DEFAULT, name));
+}
+
+}  // namespace
+
+void set_cpu_threads(int n) {
+  if (n <= 0) return;
+  torch::set_num_threads(n);
+  if (auto set = openblas_fn<void (*)(int)>("openblas_set_num_threads")) set(n);
+}
+
+int openblas_threads() {
+  auto get = openblas_fn<int (*)()>("openblas_get_num_threads");
+  return get != nullptr ? get() : 0;
 }
 
 void synchronize(const torch::Device& device) {

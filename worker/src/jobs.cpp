@@ -379,7 +379,7 @@ nlohmann::json run_report(Shared& s, const JobMessage& job, JobContext&) {
 void register_job_executors(scheduler::ExecutorRegistry& registry, const JobEnvironment& env) {
   auto shared = std::make_shared<Shared>();
   shared->env = env;
-  if (env.threads > 0) torch::set_num_threads(env.threads);
+  set_cpu_threads(env.threads);
   auto wrap = [shared](auto fn) {
     return [shared, fn](const JobMessage& job, JobContext& ctx) -> nlohmann::json {
       std::lock_guard<std::mutex> lock(shared->mu);
