@@ -289,14 +289,15 @@ void GPT2ClassifierImpl::stage_half(WeightPrefetch& pf, size_t layer, int half, 
   pf.side.run_on_side([&] {
     std::vector<const kernels::QuantizedLinear*> layers;
     std::vector<torch::Tensor*> outs;
-    for (int p = 2 * half; p < 2 * half + 2; ++p) {
+    const int p0 = half == 3 ? 3 : 2 * half, p1 = half == 2 ? 3 : half == 3 ? 4 : 2 * half + 2;  // 2: c_fc, 3: mlp.c_proj
+    for (int p = p0; p < p1; ++p) {
       if (takes_dense(layer, p, all_tokens, tail_tokens)) {
         layers.push_back(blocks_[layer].q[p].get());
         outs.push_back(&pf.slot[slot][p]);
       }
     }
     kernels::dense_weights_into(layers, outs, prefetch_blocks_);
-    kernels::cuda::set_stream_flag(half == 0 ? pf.flag[slot] : pf.flag_mlp[slot], static_cast<int>(layer));
+    if (half != 2) kernels::cuda::set_stream_flag(half == 0 ? pf.flag[slot] : pf.flag_mlp[slot], static_cast<int>(layer));
   });
 #else
   (void)pf;
@@ -350,15 +351,15 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   // stream back). Each flag's setter is launched before its waiter, so a kernel loaded lazily at its first launch
   // never waits for a waiter that waits for it.
   const bool flag_sync = pf != nullptr && prefetch_flags_;
-  // EXPERIMENT (QBENCH_EXP_HALVES = 1, 2, 3): each block's copies in two halves, each with its own flags, waited for
+  // EXPERIMENT (QBENCH_EXP_HALVES = 1, 2, 3, 5): each block's copies in two halves, each with its own flags, waited for
   // by the add + LayerNorm before the half's first product. 1: two slots a half, a half restaged once the same half
   // two blocks back has run (the same 27 MiB of slots as now, the attention half restaged half a block earlier);
   // 2: one slot for the MLP half, restaged for block i + 1 once block i's has run (18.8 MiB live); 3: one slot for
-  // each half (14.1 MiB live). The aim: fewer dense-copy bytes in L2 beside the block being computed.
+  // each half (14.1 MiB live); 5: as 3, with c_fc's copy restaged as soon as c_fc has run. The aim: fewer dense-copy bytes in L2 beside the block being computed.
   int halves = 0;
   if (const char* e = std::getenv("QBENCH_EXP_HALVES"); e != nullptr && flag_sync) halves = std::atoi(e);
   const size_t n_blocks = blocks_.size();
-  auto slot_a = [&](size_t l) -> size_t { return halves == 3 ? 0 : l % 2; };
+  auto slot_a = [&](size_t l) -> size_t { return halves >= 3 ? 0 : l % 2; };
   auto slot_m = [&](size_t l) -> size_t { return halves >= 2 ? 0 : l % 2; };
   if (pf && halves > 0) {
     pf->side.record_current(WeightPrefetch::kStart);
@@ -433,7 +434,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
 #ifdef EVALSVC_WITH_CUDA
     if (pf && halves > 0) {
       // The attention half of slot_a(i) has been read: restage it (block i + 2, or i + 1 in mode 3).
-      const size_t next = halves == 3 ? i + 1 : i + 2;
+      const size_t next = halves >= 3 ? i + 1 : i + 2;
       if (next < n_blocks) {
         pf->side.record_current(WeightPrefetch::freed(slot_a(i)));
         pf->side.side_waits(WeightPrefetch::freed(slot_a(i)));
@@ -447,14 +448,22 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     std::tie(h, m) = add_layer_norm(h, o, blk.ln2_w, blk.ln2_b, blk.q[2].get(), &m_codes, ln2_flag,
                                     static_cast<int>(i));
     m = linear(blk, 2, m, kernels::Activation::kGeluTanh, dense_of(2), m_codes, act);
+#ifdef EVALSVC_WITH_CUDA
+    if (pf && halves == 5 && i + 1 < n_blocks) {  // 5: c_fc's copy restaged as soon as c_fc has run
+      pf->side.record_current(WeightPrefetch::freed_mlp(0));
+      pf->side.side_waits(WeightPrefetch::freed_mlp(0));
+      stage_half(*pf, i + 1, 2, 0, B * T, tail_tokens(i + 1));
+    }
+#endif
     m = linear(blk, 3, m, kernels::Activation::kNone, dense_of(3));
 #ifdef EVALSVC_WITH_CUDA
     if (pf && halves > 0) {
       const size_t next = halves >= 2 ? i + 1 : i + 2;
       if (next < n_blocks) {
-        pf->side.record_current(WeightPrefetch::freed_mlp(slot_m(i)));
-        pf->side.side_waits(WeightPrefetch::freed_mlp(slot_m(i)));
-        stage_half(*pf, next, 1, slot_m(next), B * T, tail_tokens(next));
+        const size_t ev = halves == 5 ? 1 : slot_m(i);
+        pf->side.record_current(WeightPrefetch::freed_mlp(ev));
+        pf->side.side_waits(WeightPrefetch::freed_mlp(ev));
+        stage_half(*pf, next, halves == 5 ? 3 : 1, slot_m(next), B * T, tail_tokens(next));
       }
     } else if (pf && i + 2 < blocks_.size()) {
       pf->side.record_current(WeightPrefetch::freed(i % 2));
