@@ -1,7 +1,6 @@
 #include "evalsvc/worker/gpt2.h"
 
 #include <cmath>
-#include <cstdlib>
 #include <vector>
 
 #include <fmt/ranges.h>
@@ -154,10 +153,9 @@ struct GPT2ClassifierImpl::WeightPrefetch {
   static int freed(size_t slot) { return 3 + static_cast<int>(slot); }
 
   WeightPrefetch(const torch::Device& d, torch::ScalarType dt, const std::array<std::pair<int64_t, int64_t>, 4>& shapes)
-      : side(d, 8),
-        flags(torch::full({4}, -1, torch::TensorOptions().dtype(torch::kInt32).device(d))),
-        flag{flags[0], flags[1]},
-        flag_mlp{flags[2], flags[3]} {
+      : side(d, 5),
+        flags(torch::full({2}, -1, torch::TensorOptions().dtype(torch::kInt32).device(d))),
+        flag{flags[0], flags[1]} {
     for (auto& s : slot)
       for (size_t p = 0; p < 4; ++p)
         s[p] = torch::empty({shapes[p].first, shapes[p].second}, torch::TensorOptions().dtype(dt).device(d));
@@ -169,11 +167,6 @@ struct GPT2ClassifierImpl::WeightPrefetch {
   // that block's copies are done.
   torch::Tensor flags;
   std::array<torch::Tensor, 2> flag;
-  // EXPERIMENT (QBENCH_EXP_HALVES): the MLP half's flags (flag then holds the attention half's), and the events
-  // "slot's MLP half free again" (5 + slot) and "the side stream's last copies" (7).
-  std::array<torch::Tensor, 2> flag_mlp;
-  static int freed_mlp(size_t slot) { return 5 + static_cast<int>(slot); }
-  static constexpr int kSideEnd = 7;
 };
 #else
 struct GPT2ClassifierImpl::WeightPrefetch {};
@@ -283,32 +276,6 @@ void GPT2ClassifierImpl::stage_block(WeightPrefetch& pf, size_t layer, int64_t a
 #endif
 }
 
-void GPT2ClassifierImpl::stage_half(WeightPrefetch& pf, size_t layer, int half, size_t slot, int64_t all_tokens,
-                                    int64_t tail_tokens) const {
-#ifdef EVALSVC_WITH_CUDA
-  pf.side.run_on_side([&] {
-    std::vector<const kernels::QuantizedLinear*> layers;
-    std::vector<torch::Tensor*> outs;
-    const int p0 = half == 3 ? 3 : 2 * half, p1 = half == 2 ? 3 : half == 3 ? 4 : 2 * half + 2;  // 2: c_fc, 3: mlp.c_proj
-    for (int p = p0; p < p1; ++p) {
-      if (takes_dense(layer, p, all_tokens, tail_tokens)) {
-        layers.push_back(blocks_[layer].q[p].get());
-        outs.push_back(&pf.slot[slot][p]);
-      }
-    }
-    kernels::dense_weights_into(layers, outs, prefetch_blocks_);
-    if (half != 2) kernels::cuda::set_stream_flag(half == 0 ? pf.flag[slot] : pf.flag_mlp[slot], static_cast<int>(layer));
-  });
-#else
-  (void)pf;
-  (void)layer;
-  (void)half;
-  (void)slot;
-  (void)all_tokens;
-  (void)tail_tokens;
-#endif
-}
-
 torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& lengths) {
   EVALSVC_CHECK(input_ids.dim() == 2, InputError, "input_ids must be [batch, seq], got {} dims", input_ids.dim());
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
@@ -351,26 +318,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   // stream back). Each flag's setter is launched before its waiter, so a kernel loaded lazily at its first launch
   // never waits for a waiter that waits for it.
   const bool flag_sync = pf != nullptr && prefetch_flags_;
-  // EXPERIMENT (QBENCH_EXP_HALVES = 1, 2, 3, 5): each block's copies in two halves, each with its own flags, waited for
-  // by the add + LayerNorm before the half's first product. 1: two slots a half, a half restaged once the same half
-  // two blocks back has run (the same 27 MiB of slots as now, the attention half restaged half a block earlier);
-  // 2: one slot for the MLP half, restaged for block i + 1 once block i's has run (18.8 MiB live); 3: one slot for
-  // each half (14.1 MiB live); 5: as 3, with c_fc's copy restaged as soon as c_fc has run. The aim: fewer dense-copy bytes in L2 beside the block being computed.
-  int halves = 0;
-  if (const char* e = std::getenv("QBENCH_EXP_HALVES"); e != nullptr && flag_sync) halves = std::atoi(e);
-  const size_t n_blocks = blocks_.size();
-  auto slot_a = [&](size_t l) -> size_t { return halves >= 3 ? 0 : l % 2; };
-  auto slot_m = [&](size_t l) -> size_t { return halves >= 2 ? 0 : l % 2; };
-  if (pf && halves > 0) {
-    pf->side.record_current(WeightPrefetch::kStart);
-    pf->side.side_waits(WeightPrefetch::kStart);
-    pf->side.run_on_side([&] { pf->flags.fill_(-1); });
-    stage_half(*pf, 0, 0, slot_a(0), B * T, tail_tokens(0));
-    pf->side.record_side(WeightPrefetch::ready(0));
-    stage_half(*pf, 0, 1, slot_m(0), B * T, tail_tokens(0));
-    if (n_blocks > 1 && halves <= 2) stage_half(*pf, 1, 0, slot_a(1), B * T, tail_tokens(1));
-    if (n_blocks > 1 && halves == 1) stage_half(*pf, 1, 1, slot_m(1), B * T, tail_tokens(1));
-  } else if (pf) {
+  if (pf) {
     pf->side.record_current(WeightPrefetch::kStart);
     pf->side.side_waits(WeightPrefetch::kStart);
     // Flags from -1 each forward, on the side stream (block 0's event orders it before every wait on them), so that
@@ -393,24 +341,14 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   for (size_t i = 0; i < blocks_.size(); ++i) {
     const auto& blk = blocks_[i];
 #ifdef EVALSVC_WITH_CUDA
-    if (pf && halves > 0) {
-      if (i == 0) pf->side.current_waits(WeightPrefetch::ready(0));
-      dense = nullptr;
-    } else if (pf) {
+    if (pf) {
       if (!flag_sync || i == 0) pf->side.current_waits(WeightPrefetch::ready(i % 2));
       dense = pf->slot[i % 2].data();
     }
     if (l2 && i >= 1 && i + 1 < blocks_.size()) l2->warm(i + 1);
 #endif
     // A pruned last block's products may see too few rows to multiply by a dense weight (nf4's fused kernels).
-    auto dense_of = [&](int p) -> const torch::Tensor* {
-#ifdef EVALSVC_WITH_CUDA
-      if (pf && halves > 0) {
-        return takes_dense(i, p, B * T, tail_tokens(i)) ? &pf->slot[p < 2 ? slot_a(i) : slot_m(i)][p] : nullptr;
-      }
-#endif
-      return dense && takes_dense(i, p, B * T, tail_tokens(i)) ? dense + p : nullptr;
-    };
+    auto dense_of = [&](int p) { return dense && takes_dense(i, p, B * T, tail_tokens(i)) ? dense + p : nullptr; };
     auto qkv = linear(blk, 0, a, kernels::Activation::kNone, dense_of(0), a_codes, act)
                    .view({B, T, 3, H, D})
                    .permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
@@ -430,42 +368,13 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     attn = attn.transpose(1, 2).reshape({B, attn.size(2), E});
     auto o = linear(blk, 1, attn, kernels::Activation::kNone, dense_of(1));
     if (train && config_.resid_pdrop > 0) o = torch::dropout(o, config_.resid_pdrop, true);
-    torch::Tensor ln2_flag;
-#ifdef EVALSVC_WITH_CUDA
-    if (pf && halves > 0) {
-      // The attention half of slot_a(i) has been read: restage it (block i + 2, or i + 1 in mode 3).
-      const size_t next = halves >= 3 ? i + 1 : i + 2;
-      if (next < n_blocks) {
-        pf->side.record_current(WeightPrefetch::freed(slot_a(i)));
-        pf->side.side_waits(WeightPrefetch::freed(slot_a(i)));
-        stage_half(*pf, next, 0, slot_a(next), B * T, tail_tokens(next));
-      }
-      ln2_flag = pf->flag_mlp[slot_m(i)];
-    }
-#endif
     torch::Tensor m;
     InputCodes m_codes;
-    std::tie(h, m) = add_layer_norm(h, o, blk.ln2_w, blk.ln2_b, blk.q[2].get(), &m_codes, ln2_flag,
-                                    static_cast<int>(i));
+    std::tie(h, m) = add_layer_norm(h, o, blk.ln2_w, blk.ln2_b, blk.q[2].get(), &m_codes);
     m = linear(blk, 2, m, kernels::Activation::kGeluTanh, dense_of(2), m_codes, act);
-#ifdef EVALSVC_WITH_CUDA
-    if (pf && halves == 5 && i + 1 < n_blocks) {  // 5: c_fc's copy restaged as soon as c_fc has run
-      pf->side.record_current(WeightPrefetch::freed_mlp(0));
-      pf->side.side_waits(WeightPrefetch::freed_mlp(0));
-      stage_half(*pf, i + 1, 2, 0, B * T, tail_tokens(i + 1));
-    }
-#endif
     m = linear(blk, 3, m, kernels::Activation::kNone, dense_of(3));
 #ifdef EVALSVC_WITH_CUDA
-    if (pf && halves > 0) {
-      const size_t next = halves >= 2 ? i + 1 : i + 2;
-      if (next < n_blocks) {
-        const size_t ev = halves == 5 ? 1 : slot_m(i);
-        pf->side.record_current(WeightPrefetch::freed_mlp(ev));
-        pf->side.side_waits(WeightPrefetch::freed_mlp(ev));
-        stage_half(*pf, next, halves == 5 ? 3 : 1, slot_m(next), B * T, tail_tokens(next));
-      }
-    } else if (pf && i + 2 < blocks_.size()) {
+    if (pf && i + 2 < blocks_.size()) {
       pf->side.record_current(WeightPrefetch::freed(i % 2));
       pf->side.side_waits(WeightPrefetch::freed(i % 2));
       stage_block(*pf, i + 2, B * T, tail_tokens(i + 2));
@@ -475,7 +384,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     if (i + 1 < blocks_.size()) {
       torch::Tensor wait_flag;  // block i + 1's copies, with flag_sync
 #ifdef EVALSVC_WITH_CUDA
-      if (flag_sync) wait_flag = pf->flag[halves > 0 ? slot_a(i + 1) : (i + 1) % 2];
+      if (flag_sync) wait_flag = pf->flag[(i + 1) % 2];
 #endif
       std::tie(h, a) = add_layer_norm(h, m, blocks_[i + 1].ln1_w, blocks_[i + 1].ln1_b, blocks_[i + 1].q[0].get(),
                                       &a_codes, wait_flag, static_cast<int>(i + 1));
@@ -484,12 +393,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     }
   }
 #ifdef EVALSVC_WITH_CUDA
-  if (flag_sync && halves > 0) {
-    pf->side.record_side(WeightPrefetch::kSideEnd);
-    pf->side.current_waits(WeightPrefetch::kSideEnd);
-  } else if (flag_sync) {
-    pf->side.current_waits(WeightPrefetch::ready((blocks_.size() - 1) % 2));
-  }
+  if (flag_sync) pf->side.current_waits(WeightPrefetch::ready((blocks_.size() - 1) % 2));
   if (l2) {
     l2->side.record_side(L2Prefetch::kDone);
     l2->side.current_waits(L2Prefetch::kDone);

@@ -196,10 +196,6 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// Queues the dense copies of block `layer` into slot layer % 2 on the side stream, of the projections that
   /// takes_dense names.
   void stage_block(WeightPrefetch& pf, size_t layer, int64_t all_tokens, int64_t tail_tokens) const;
-  /// EXPERIMENT (QBENCH_EXP_HALVES): half 0 (c_attn, attn.c_proj) or 1 (c_fc, mlp.c_proj) of block `layer` into
-  /// slot `slot`, then that half's flag of the slot set to `layer`.
-  void stage_half(WeightPrefetch& pf, size_t layer, int half, size_t slot, int64_t all_tokens,
-                  int64_t tail_tokens) const;
   /// {h + delta, LayerNorm(h + delta)}: one CUDA kernel in inference on a GPU, the two ops otherwise.
   /// With a `consumer` that quantizes its input per token (activation_code: W8A8, FP8, LLM.int8 on fp16) and
   /// where that kernel runs, the LayerNorm output is not returned (undefined) but quantized by the same kernel
