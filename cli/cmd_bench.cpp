@@ -63,16 +63,16 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
   sub.add_option("--iters", a->iters, "timed batch-1 forwards")->capture_default_str();
   sub.add_flag("--no-graph", a->no_graph, "time eager batch-1 forwards instead of CUDA graph replays");
   sub.add_flag("--no-prefetch", a->no_prefetch,
-               "weight-only variants dequantize each weight right before its product instead of one block ahead "
-               "on a side stream (for comparing the two)");
+               "weight-only variants dequantize each weight right before its product instead of ahead of it on a "
+               "side stream (for comparing the two)");
   sub.add_option("--prefetch-blocks", a->prefetch_blocks,
                  "threads the prefetch's dequantization may use at once, in units of 1024 (nf4: blocks of 1024, int8: "
                  "of 256); 0: as many blocks as it needs")
       ->capture_default_str();
   sub.add_flag("--prefetch-events", a->prefetch_events,
-               "the main stream waits on an event before each block for its prefetched copies, instead of the add "
-               "+ LayerNorm before the block waiting for a flag the side stream sets after them (for comparing the "
-               "two)");
+               "the prefetch copies whole blocks into two slots and the main stream waits on an event before each "
+               "block, instead of copying each half of a block into one slot set with the add + LayerNorm before "
+               "the half waiting for a flag the side stream sets after them (for comparing the two)");
   sub.add_flag("--no-l2-prefetch", a->no_l2_prefetch,
                fmt::format("fp16 and bf16 batch-1 graphs do without the side stream that warms L2 with the next "
                            "block's weights (used in CUDA graphs of up to {} tokens; for comparing the two)",

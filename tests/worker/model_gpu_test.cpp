@@ -155,7 +155,10 @@ TEST(ModelGpu, WeightPrefetchGivesIdenticalLogitsEagerAndInACudaGraph) {
                                    {kernels::Method::kNf4, torch::kFloat16, true},
                                    {kernels::Method::kNf4, torch::kBFloat16, true}};
   torch::NoGradGuard no_grad;
-  const auto cfg = ModelConfig::preset("tiny");
+  // Five blocks: with flags each half's slot is rewritten four times a forward; with events both slots are reused
+  // and the last block lands in slot 0.
+  auto cfg = ModelConfig::preset("tiny");
+  cfg.n_layer = 5;
   const auto [ids, ids2, lengths] = four_rows(cfg, 12, dev);
   for (const auto& [method, base, prefetches] : cases) {
     const auto what = fmt::format("{} on {}", kernels::method_name(method), c10::toString(base));
@@ -168,8 +171,8 @@ TEST(ModelGpu, WeightPrefetchGivesIdenticalLogitsEagerAndInACudaGraph) {
     EXPECT_TRUE(torch::equal(got, want)) << what << ": max diff " << (got - want).abs().max().item<double>();
     // Twice in a row: the second forward's first blocks reuse slots the first one's last blocks read.
     EXPECT_TRUE(torch::equal(on->forward(ids2, lengths), off->forward(ids2, lengths))) << what << " (second call)";
-    // The main stream told of the copies by an event wait before each block instead of flags that the add +
-    // LayerNorm before each block waits for (set_prefetch_flags, the default).
+    // The main stream told of the copies by an event wait before each block (whole blocks in two slots) instead of
+    // flags that the add + LayerNorm before each half waits for (set_prefetch_flags, the default).
     auto events = gpu_variant(cfg, method, base, dev);
     events->set_prefetch_flags(false);
     EXPECT_TRUE(torch::equal(events->forward(ids, lengths), want)) << what << " (events)";

@@ -146,27 +146,46 @@ std::pair<torch::Tensor, torch::Tensor> GPT2ClassifierImpl::add_layer_norm(const
 
 #ifdef EVALSVC_WITH_CUDA
 struct GPT2ClassifierImpl::WeightPrefetch {
-  // Events of `side`: the forward's start on the main stream, then per slot "copies ready" (side -> main) and
-  // "slot free again" (main -> side, after the block that read it).
+  // Events of `side`: the forward's start on the main stream; "copies of slot s ready" (side -> main: with flags
+  // only slot 0's attention half, for block 0); "copies read" (main -> side: with flags the attention half (0) or
+  // the MLP half (1) of slot 0, with events slot s); the side stream's last copies (flags: the forward's join).
   static constexpr int kStart = 0;
   static int ready(size_t slot) { return 1 + static_cast<int>(slot); }
   static int freed(size_t slot) { return 3 + static_cast<int>(slot); }
+  static constexpr int kSideEnd = 5;
+  // Flags: 0 for the attention half, 1 for the MLP half.
+  static constexpr int kAttentionHalf = 0;
+  static constexpr int kMlpHalf = 1;
 
-  WeightPrefetch(const torch::Device& d, torch::ScalarType dt, const std::array<std::pair<int64_t, int64_t>, 4>& shapes)
-      : side(d, 5),
-        flags(torch::full({2}, -1, torch::TensorOptions().dtype(torch::kInt32).device(d))),
-        flag{flags[0], flags[1]} {
-    for (auto& s : slot)
-      for (size_t p = 0; p < 4; ++p)
-        s[p] = torch::empty({shapes[p].first, shapes[p].second}, torch::TensorOptions().dtype(dt).device(d));
+  /// `slots`: 1 for the flag schedule, 2 for the event schedule, so that the second block's worth of device memory
+  /// exists only where the event schedule runs.
+  WeightPrefetch(const torch::Device& d, torch::ScalarType dt, const std::array<std::pair<int64_t, int64_t>, 4>& shapes,
+                 size_t slots)
+      : side(d, 6), flags(torch::full({2}, -1, torch::TensorOptions().dtype(torch::kInt32).device(d))),
+        flag{flags[0], flags[1]}, shapes_(shapes), dtype_(dt), device_(d) {
+    for (size_t s = 0; s < slots; ++s) make_slot(s);
+  }
+  /// Slot s's four tensors. A slot the constructor did not make (the schedule switched after the first forward) is
+  /// made here, on the current stream, outside any graph capture a caller had better not be in then.
+  std::array<torch::Tensor, 4>& slot_of(size_t s) {
+    if (!slot[s][0].defined()) make_slot(s);
+    return slot[s];
   }
   kernels::cuda::SideStream side;
-  std::array<std::array<torch::Tensor, 4>, 2> slot;  // [layer % 2][projection]
-  // set_prefetch_flags: flag[s] holds the layer whose copies slot s has, set by the side stream after them and reset
-  // to -1 at each forward's start. A block waits for its own layer number, which its slot's flag takes only once
-  // that block's copies are done.
+  // With flags, flag[half] holds the layer whose copies of that half slot 0 has, set by the side stream after them
+  // and reset to -1 at each forward's start; the add + LayerNorm before a half waits for its block's number.
   torch::Tensor flags;
   std::array<torch::Tensor, 2> flag;
+
+ private:
+  void make_slot(size_t s) {
+    for (size_t p = 0; p < 4; ++p)
+      slot[s][p] = torch::empty({shapes_[p].first, shapes_[p].second}, torch::TensorOptions().dtype(dtype_).device(device_));
+  }
+  std::array<std::array<torch::Tensor, 4>, 2> slot;  // [slot][projection]
+  std::array<std::pair<int64_t, int64_t>, 4> shapes_;
+  torch::ScalarType dtype_;
+  torch::Device device_;
 };
 #else
 struct GPT2ClassifierImpl::WeightPrefetch {};
@@ -190,7 +209,7 @@ GPT2ClassifierImpl::WeightPrefetch* GPT2ClassifierImpl::prefetch_for(int64_t tok
   if (!prefetch_) {  // reset by every change of device or base dtype (to_device, quantize, load_variant_state_dict)
     std::array<std::pair<int64_t, int64_t>, 4> shapes;
     for (size_t p = 0; p < 4; ++p) shapes[p] = {blocks_[0].q[p]->out_features(), blocks_[0].q[p]->in_features()};
-    prefetch_ = std::make_shared<WeightPrefetch>(device(), base_dtype_, shapes);
+    prefetch_ = std::make_shared<WeightPrefetch>(device(), base_dtype_, shapes, prefetch_flags_ ? 1 : 2);
   }
   return prefetch_.get();
 #else
@@ -252,25 +271,29 @@ bool GPT2ClassifierImpl::takes_dense(size_t layer, int p, int64_t all_tokens, in
   return blocks_[layer].q[p]->dequantizes_at(p == 0 ? all_tokens : tail_tokens);
 }
 
-void GPT2ClassifierImpl::stage_block(WeightPrefetch& pf, size_t layer, int64_t all_tokens, int64_t tail_tokens) const {
+void GPT2ClassifierImpl::stage_copies(WeightPrefetch& pf, size_t layer, int first, int last, size_t slot, int flag,
+                                      int64_t all_tokens, int64_t tail_tokens) const {
 #ifdef EVALSVC_WITH_CUDA
-  const size_t s = layer % 2;
+  auto& dest = pf.slot_of(slot);
   pf.side.run_on_side([&] {
     std::vector<const kernels::QuantizedLinear*> layers;
     std::vector<torch::Tensor*> outs;
-    for (int p = 0; p < 4; ++p) {
+    for (int p = first; p < last; ++p) {
       if (takes_dense(layer, p, all_tokens, tail_tokens)) {
         layers.push_back(blocks_[layer].q[p].get());
-        outs.push_back(&pf.slot[s][p]);
+        outs.push_back(&dest[p]);
       }
     }
-    kernels::dense_weights_into(layers, outs, prefetch_blocks_);  // nf4: one launch for the block
-    if (prefetch_flags_) kernels::cuda::set_stream_flag(pf.flag[s], static_cast<int>(layer));
+    kernels::dense_weights_into(layers, outs, prefetch_blocks_);  // nf4: one launch for them all
+    if (flag >= 0) kernels::cuda::set_stream_flag(pf.flag[flag], static_cast<int>(layer));
   });
-  pf.side.record_side(WeightPrefetch::ready(s));
 #else
   (void)pf;
   (void)layer;
+  (void)first;
+  (void)last;
+  (void)slot;
+  (void)flag;
   (void)all_tokens;
   (void)tail_tokens;
 #endif
@@ -306,25 +329,45 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   auto tail_tokens = [&](size_t layer) { return prune && layer + 1 == blocks_.size() ? B : B * T; };
 
   // Weight prefetch (set_weight_prefetch): the side stream starts after everything queued so far (the previous
-  // forward's last blocks may still read the slots), copies blocks 0 and 1 at once, and block i + 2 as soon as
-  // block i has run. The main stream waits for a block's copies only right before it; its wait for the last
-  // block's copies also joins the side stream back (which CUDA graph capture requires).
+  // forward's last blocks may still read the slots). With flags (set_prefetch_flags, the default) it makes block
+  // 0's two halves at once, then block i + 1's attention half (c_attn, attn.c_proj) once block i's attn.c_proj has
+  // run and its MLP half (c_fc, mlp.c_proj) once block i's mlp.c_proj has, all into one slot set. So only one
+  // block's copies (13.5 MiB in fp16 for GPT-2 small) are live in L2 beside the block being computed, where two
+  // slots of whole blocks made block i + 2's copies evict block i + 1's: 14-55 us a batch-1 forward (H200,
+  // docs/perf.md "The weight prefetch in halves"). With events: blocks 0 and 1 at once, block i + 2 into block i's
+  // slot once block i has run. The main stream waits for copies only right before they are read, and the forward's
+  // end joins the side stream back (which CUDA graph capture requires).
   WeightPrefetch* pf = prefetch_for(B * T);
   prefetched_last_forward_ = pf != nullptr;
   fused_quant_last_forward_ = false;
 #ifdef EVALSVC_WITH_CUDA
-  // With flags (set_prefetch_flags, the default) blocks 1.. learn that their copies are ready from the add +
-  // LayerNorm before them; only block 0 waits on an event, and the forward's end on the last one (joining the side
-  // stream back). Each flag's setter is launched before its waiter, so a kernel loaded lazily at its first launch
-  // never waits for a waiter that waits for it.
+  // With flags the add + LayerNorm before each half learns that its copies are ready; only block 0's attention
+  // half is waited for with an event (its LayerNorm is not fused with an add). Each flag's setter is launched
+  // before its waiter, so a kernel loaded lazily at its first launch never waits for a waiter that waits for it.
   const bool flag_sync = pf != nullptr && prefetch_flags_;
+  const size_t n_blocks = blocks_.size();
+  // stage(layer, half, slot): that half's copies (0: c_attn and attn.c_proj, 1: c_fc and mlp.c_proj) or, with half
+  // -1, the whole block's; with flags its flag is set after them.
+  auto stage = [&](size_t layer, int half, size_t slot) {
+    const int first = half < 0 ? 0 : 2 * half, last = half < 0 ? 4 : 2 * half + 2;
+    stage_copies(*pf, layer, first, last, slot, flag_sync ? half : -1, B * T, tail_tokens(layer));
+  };
   if (pf) {
     pf->side.record_current(WeightPrefetch::kStart);
     pf->side.side_waits(WeightPrefetch::kStart);
-    // Flags from -1 each forward, on the side stream (block 0's event orders it before every wait on them), so that
-    // no value left by a forward that stopped part-way can pass for this one's.
-    if (flag_sync) pf->side.run_on_side([&] { pf->flags.fill_(-1); });
-    for (size_t l = 0; l < std::min<size_t>(2, blocks_.size()); ++l) stage_block(*pf, l, B * T, tail_tokens(l));
+    if (flag_sync) {
+      // Flags from -1 each forward, on the side stream (block 0's event orders it before every wait on them), so
+      // that no value left by a forward that stopped part-way can pass for this one's.
+      pf->side.run_on_side([&] { pf->flags.fill_(-1); });
+      stage(0, WeightPrefetch::kAttentionHalf, 0);
+      pf->side.record_side(WeightPrefetch::ready(0));
+      stage(0, WeightPrefetch::kMlpHalf, 0);
+    } else {
+      for (size_t l = 0; l < std::min<size_t>(2, n_blocks); ++l) {
+        stage(l, -1, l % 2);
+        pf->side.record_side(WeightPrefetch::ready(l % 2));
+      }
+    }
   }
 #endif
   // L2 prefetch (set_l2_prefetch), where the products read their stored weights: blocks 0 and 1 at the start,
@@ -342,8 +385,9 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     const auto& blk = blocks_[i];
 #ifdef EVALSVC_WITH_CUDA
     if (pf) {
-      if (!flag_sync || i == 0) pf->side.current_waits(WeightPrefetch::ready(i % 2));
-      dense = pf->slot[i % 2].data();
+      const size_t s = flag_sync ? 0 : i % 2;
+      if (!flag_sync || i == 0) pf->side.current_waits(WeightPrefetch::ready(s));
+      dense = pf->slot_of(s).data();
     }
     if (l2 && i >= 1 && i + 1 < blocks_.size()) l2->warm(i + 1);
 #endif
@@ -368,23 +412,37 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     attn = attn.transpose(1, 2).reshape({B, attn.size(2), E});
     auto o = linear(blk, 1, attn, kernels::Activation::kNone, dense_of(1));
     if (train && config_.resid_pdrop > 0) o = torch::dropout(o, config_.resid_pdrop, true);
+    torch::Tensor mlp_flag;  // this block's MLP half, with flag_sync
+#ifdef EVALSVC_WITH_CUDA
+    // After "copies read" (freed) of what the next copies overwrite, which the main stream records here.
+    auto restage = [&](int freed, size_t layer, int half, size_t slot) {
+      pf->side.record_current(freed);
+      pf->side.side_waits(freed);
+      stage(layer, half, slot);
+    };
+    if (flag_sync) {
+      if (i + 1 < n_blocks) restage(WeightPrefetch::freed(0), i + 1, WeightPrefetch::kAttentionHalf, 0);
+      mlp_flag = pf->flag[WeightPrefetch::kMlpHalf];
+    }
+#endif
     torch::Tensor m;
     InputCodes m_codes;
-    std::tie(h, m) = add_layer_norm(h, o, blk.ln2_w, blk.ln2_b, blk.q[2].get(), &m_codes);
+    std::tie(h, m) = add_layer_norm(h, o, blk.ln2_w, blk.ln2_b, blk.q[2].get(), &m_codes, mlp_flag,
+                                    static_cast<int>(i));
     m = linear(blk, 2, m, kernels::Activation::kGeluTanh, dense_of(2), m_codes, act);
     m = linear(blk, 3, m, kernels::Activation::kNone, dense_of(3));
 #ifdef EVALSVC_WITH_CUDA
-    if (pf && i + 2 < blocks_.size()) {
-      pf->side.record_current(WeightPrefetch::freed(i % 2));
-      pf->side.side_waits(WeightPrefetch::freed(i % 2));
-      stage_block(*pf, i + 2, B * T, tail_tokens(i + 2));
+    if (flag_sync && i + 1 < n_blocks) restage(WeightPrefetch::freed(1), i + 1, WeightPrefetch::kMlpHalf, 0);
+    if (pf && !flag_sync && i + 2 < n_blocks) {
+      restage(WeightPrefetch::freed(i % 2), i + 2, -1, i % 2);
+      pf->side.record_side(WeightPrefetch::ready(i % 2));
     }
 #endif
     if (train && config_.resid_pdrop > 0) m = torch::dropout(m, config_.resid_pdrop, true);
     if (i + 1 < blocks_.size()) {
-      torch::Tensor wait_flag;  // block i + 1's copies, with flag_sync
+      torch::Tensor wait_flag;  // block i + 1's attention half, with flag_sync
 #ifdef EVALSVC_WITH_CUDA
-      if (flag_sync) wait_flag = pf->flag[(i + 1) % 2];
+      if (flag_sync) wait_flag = pf->flag[WeightPrefetch::kAttentionHalf];
 #endif
       std::tie(h, a) = add_layer_norm(h, m, blocks_[i + 1].ln1_w, blocks_[i + 1].ln1_b, blocks_[i + 1].q[0].get(),
                                       &a_codes, wait_flag, static_cast<int>(i + 1));
@@ -393,7 +451,10 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     }
   }
 #ifdef EVALSVC_WITH_CUDA
-  if (flag_sync) pf->side.current_waits(WeightPrefetch::ready((blocks_.size() - 1) % 2));
+  if (flag_sync) {
+    pf->side.record_side(WeightPrefetch::kSideEnd);
+    pf->side.current_waits(WeightPrefetch::kSideEnd);
+  }
   if (l2) {
     l2->side.record_side(L2Prefetch::kDone);
     l2->side.current_waits(L2Prefetch::kDone);

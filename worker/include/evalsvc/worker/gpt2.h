@@ -95,23 +95,26 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   torch::ScalarType base_dtype() const { return base_dtype_; }
 
   /// Weight-only variants (int8-sym, int8-sym-channel, nf4 where it dequantizes) on a fp16/bf16 base on a GPU
-  /// multiply by a dense
-  /// copy of each weight. With prefetch on (the default) forward() makes block i+1's copies on a side stream
-  /// while block i computes, into two persistent slots of one block's weights each (28 MB in fp16 for GPT-2
-  /// small, counted in the peak memory the bench reports), instead of before each product on the critical
-  /// path. Results are bit-identical either way (tests/worker/model_gpu_test.cpp). No effect on CPU.
+  /// multiply by a dense copy of each weight. With prefetch on (the default) forward() makes those copies on a
+  /// side stream ahead of the products that read them, instead of before each product on the critical path.
+  /// With flags (set_prefetch_flags, the default) each projection has one persistent slot (one block's weights:
+  /// 14 MB in fp16 for GPT-2 small, counted in the peak memory the bench reports), and a block's copies are made in
+  /// two halves: block i+1's attention half (c_attn, attn.c_proj) once block i's attention projection has run, its
+  /// MLP half (c_fc, mlp.c_proj) once block i's mlp.c_proj has. With events, whole blocks go into two slots.
+  /// Results are bit-identical either way (tests/worker/model_gpu_test.cpp). No effect on CPU.
   /// `blocks`: the threads its dequantization kernels may use at once, in units of 1024 (nf4 runs that many
   /// blocks of 1024 threads, int8 four times as many of 256)
   /// (kDefaultPrefetchBlocks; 0 = as many as they need, which takes every SM for a few microseconds and so
   /// delays the kernels of the block being computed).
   static constexpr int kDefaultPrefetchBlocks = 64;
   void set_weight_prefetch(bool on, int blocks = kDefaultPrefetchBlocks);
-  /// How the main stream learns that a block's copies are ready. Flags (the default): the side stream sets a device
-  /// flag after the copies, and the add + LayerNorm kernel before the block does not complete until it holds that
-  /// block's number; only block 0 and the forward's end wait on an event. Events (off): an event wait before every
-  /// block, which in a CUDA graph cost about 3 us each at batch 1 even when the copies were long done. Flags took
-  /// 19-36 us off the batch-1 forward (H200: int8-sym-channel 0.518-0.522 ms against 0.541-0.550, nf4 0.533-0.537
-  /// against 0.560-0.569; docs/perf.md). Results are bit-identical either way (tests/worker/model_gpu_test.cpp).
+  /// How the main stream learns that copies are ready. Flags (the default): the side stream sets a device flag
+  /// after each half's copies, and the add + LayerNorm kernel before that half does not complete until the flag
+  /// holds the block's number; only block 0's attention half and the forward's end wait on an event. Events (off):
+  /// block i+2's copies made into block i's slot once block i has run, and an event wait before every block, which
+  /// in a CUDA graph cost about 3 us each at batch 1 even when the copies were long done. Flags with whole blocks in
+  /// two slots took 19-36 us off the batch-1 forward; the halves in one slot set, 13.5 MiB of dense copies in L2
+  /// instead of 27, another 14-55 us (H200, docs/perf.md "The weight prefetch in halves").
   void set_prefetch_flags(bool on) { prefetch_flags_ = on; }
   /// Variants on an fp16 or bf16 base whose products read the stored weight (fp16 and bf16 through cuBLAS;
   /// weight-only ones only with the weight prefetch off, to dequantize it), in a forward of at most
@@ -193,9 +196,10 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// for c_attn, `tail_tokens` for the other three (B in a pruned last block). The one test both the prefetch's
   /// copies and the products' use of them go by.
   bool takes_dense(size_t layer, int p, int64_t all_tokens, int64_t tail_tokens) const;
-  /// Queues the dense copies of block `layer` into slot layer % 2 on the side stream, of the projections that
-  /// takes_dense names.
-  void stage_block(WeightPrefetch& pf, size_t layer, int64_t all_tokens, int64_t tail_tokens) const;
+  /// Queues the dense copies of projections [first, last) of block `layer` into slot `slot` on the side stream, of
+  /// those that takes_dense names, then (flag >= 0) sets flag `flag` to `layer`.
+  void stage_copies(WeightPrefetch& pf, size_t layer, int first, int last, size_t slot, int flag, int64_t all_tokens,
+                    int64_t tail_tokens) const;
   /// {h + delta, LayerNorm(h + delta)}: one CUDA kernel in inference on a GPU, the two ops otherwise.
   /// With a `consumer` that quantizes its input per token (activation_code: W8A8, FP8, LLM.int8 on fp16) and
   /// where that kernel runs, the LayerNorm output is not returned (undefined) but quantized by the same kernel
