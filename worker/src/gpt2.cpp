@@ -161,7 +161,7 @@ struct GPT2ClassifierImpl::WeightPrefetch {
   /// exists only where the event schedule runs.
   WeightPrefetch(const torch::Device& d, torch::ScalarType dt, const std::array<std::pair<int64_t, int64_t>, 4>& shapes,
                  size_t slots)
-      : side(d, 8), flags(torch::full({2}, -1, torch::TensorOptions().dtype(torch::kInt32).device(d))),
+      : side(d, 6), flags(torch::full({2}, -1, torch::TensorOptions().dtype(torch::kInt32).device(d))),
         flag{flags[0], flags[1]}, shapes_(shapes), dtype_(dt), device_(d) {
     for (size_t s = 0; s < slots; ++s) make_slot(s);
   }
@@ -346,10 +346,6 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   // before its waiter, so a kernel loaded lazily at its first launch never waits for a waiter that waits for it.
   const bool flag_sync = pf != nullptr && prefetch_flags_;
   const size_t n_blocks = blocks_.size();
-  // EXPERIMENT (QBENCH_EXP_PER_PROJECTION=1): with flags, each projection's copy for block i + 1 made as soon as its
-  // product in block i has run (events 6 and 7 for c_attn and c_fc); each half's flag after its second copy.
-  const bool per_projection = flag_sync && std::getenv("QBENCH_EXP_PER_PROJECTION") != nullptr &&
-                              std::string(std::getenv("QBENCH_EXP_PER_PROJECTION")) == "1";
   // stage(layer, half, slot): that half's copies (0: c_attn and attn.c_proj, 1: c_fc and mlp.c_proj) or, with half
   // -1, the whole block's; with flags its flag is set after them.
   auto stage = [&](size_t layer, int half, size_t slot) {
@@ -400,13 +396,6 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     auto qkv = linear(blk, 0, a, kernels::Activation::kNone, dense_of(0), a_codes, act)
                    .view({B, T, 3, H, D})
                    .permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
-#ifdef EVALSVC_WITH_CUDA
-    if (per_projection && i + 1 < n_blocks) {
-      pf->side.record_current(6);
-      pf->side.side_waits(6);
-      stage_copies(*pf, i + 1, 0, 1, 0, -1, B * T, tail_tokens(i + 1));
-    }
-#endif
     torch::Tensor attn;
     if (prune && i + 1 == blocks_.size()) {
       // Keys and values at every position, the query at the read position only: causal attention for that one
@@ -432,13 +421,7 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
       stage(layer, half, slot);
     };
     if (flag_sync) {
-      if (per_projection && i + 1 < n_blocks) {
-        pf->side.record_current(WeightPrefetch::freed(0));
-        pf->side.side_waits(WeightPrefetch::freed(0));
-        stage_copies(*pf, i + 1, 1, 2, 0, WeightPrefetch::kAttentionHalf, B * T, tail_tokens(i + 1));
-      } else if (i + 1 < n_blocks) {
-        restage(WeightPrefetch::freed(0), i + 1, WeightPrefetch::kAttentionHalf, 0);
-      }
+      if (i + 1 < n_blocks) restage(WeightPrefetch::freed(0), i + 1, WeightPrefetch::kAttentionHalf, 0);
       mlp_flag = pf->flag[WeightPrefetch::kMlpHalf];
     }
 #endif
@@ -447,22 +430,9 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
     std::tie(h, m) = add_layer_norm(h, o, blk.ln2_w, blk.ln2_b, blk.q[2].get(), &m_codes, mlp_flag,
                                     static_cast<int>(i));
     m = linear(blk, 2, m, kernels::Activation::kGeluTanh, dense_of(2), m_codes, act);
-#ifdef EVALSVC_WITH_CUDA
-    if (per_projection && i + 1 < n_blocks) {
-      pf->side.record_current(7);
-      pf->side.side_waits(7);
-      stage_copies(*pf, i + 1, 2, 3, 0, -1, B * T, tail_tokens(i + 1));
-    }
-#endif
     m = linear(blk, 3, m, kernels::Activation::kNone, dense_of(3));
 #ifdef EVALSVC_WITH_CUDA
-    if (per_projection && i + 1 < n_blocks) {
-      pf->side.record_current(WeightPrefetch::freed(1));
-      pf->side.side_waits(WeightPrefetch::freed(1));
-      stage_copies(*pf, i + 1, 3, 4, 0, WeightPrefetch::kMlpHalf, B * T, tail_tokens(i + 1));
-    } else if (flag_sync && i + 1 < n_blocks) {
-      restage(WeightPrefetch::freed(1), i + 1, WeightPrefetch::kMlpHalf, 0);
-    }
+    if (flag_sync && i + 1 < n_blocks) restage(WeightPrefetch::freed(1), i + 1, WeightPrefetch::kMlpHalf, 0);
     if (pf && !flag_sync && i + 2 < n_blocks) {
       restage(WeightPrefetch::freed(i % 2), i + 2, -1, i % 2);
       pf->side.record_side(WeightPrefetch::ready(i % 2));
