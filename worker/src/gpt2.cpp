@@ -332,9 +332,9 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   // forward's last blocks may still read the slots). With flags (set_prefetch_flags, the default) it makes block
   // 0's two halves at once, then block i + 1's attention half (c_attn, attn.c_proj) once block i's attn.c_proj has
   // run and its MLP half (c_fc, mlp.c_proj) once block i's mlp.c_proj has, all into one slot set. So only one
-  // block's copies (13.5 MiB in fp16 for GPT-2 small) are live in L2 beside the block being computed, where two
-  // slots of whole blocks made block i + 2's copies evict block i + 1's: 14-55 us a batch-1 forward (H200,
-  // docs/perf.md "The weight prefetch in halves"). With events: blocks 0 and 1 at once, block i + 2 into block i's
+  // block's copies (13.5 MiB in fp16 for GPT-2 small) are live in L2 beside the block being computed, against 27
+  // with whole blocks in two slots; each step down in live copy bytes was faster, 15-54 us a batch-1 forward in
+  // all (H200, docs/perf.md "The weight prefetch in halves"). With events: blocks 0 and 1 at once, block i + 2 into block i's
   // slot once block i has run. The main stream waits for copies only right before they are read, and the forward's
   // end joins the side stream back (which CUDA graph capture requires).
   WeightPrefetch* pf = prefetch_for(B * T);

@@ -114,7 +114,7 @@ class GPT2ClassifierImpl : public torch::nn::Module {
   /// block i+2's copies made into block i's slot once block i has run, and an event wait before every block, which
   /// in a CUDA graph cost about 3 us each at batch 1 even when the copies were long done. Flags with whole blocks in
   /// two slots took 19-36 us off the batch-1 forward; the halves in one slot set, 13.5 MiB of dense copies in L2
-  /// instead of 27, another 14-55 us (H200, docs/perf.md "The weight prefetch in halves").
+  /// instead of 27, another 15-54 us (H200, docs/perf.md "The weight prefetch in halves").
   void set_prefetch_flags(bool on) { prefetch_flags_ = on; }
   /// Variants on an fp16 or bf16 base whose products read the stored weight (fp16 and bf16 through cuBLAS;
   /// weight-only ones only with the weight prefetch off, to dequantize it), in a forward of at most
