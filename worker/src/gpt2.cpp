@@ -180,7 +180,8 @@ struct GPT2ClassifierImpl::WeightPrefetch {
  private:
   void make_slot(size_t s) {
     for (size_t p = 0; p < 4; ++p)
-      slot[s][p] = torch::empty({shapes_[p].first, shapes_[p].second}, torch::TensorOptions().dtype(dtype_).device(device_));
+      slot[s][p] = torch::empty({shapes_[p].first, shapes_[p].second},
+                                torch::TensorOptions().dtype(dtype_).device(device_));
   }
   std::array<std::array<torch::Tensor, 4>, 2> slot;  // [slot][projection]
   std::array<std::pair<int64_t, int64_t>, 4> shapes_;
@@ -334,9 +335,9 @@ torch::Tensor GPT2ClassifierImpl::forward(const torch::Tensor& input_ids, const 
   // run and its MLP half (c_fc, mlp.c_proj) once block i's mlp.c_proj has, all into one slot set. So only one
   // block's copies (13.5 MiB in fp16 for GPT-2 small) are live in L2 beside the block being computed, against 27
   // with whole blocks in two slots; each step down in live copy bytes was faster, 15-54 us a batch-1 forward in
-  // all (H200, docs/perf.md "The weight prefetch in halves"). With events: blocks 0 and 1 at once, block i + 2 into block i's
-  // slot once block i has run. The main stream waits for copies only right before they are read, and the forward's
-  // end joins the side stream back (which CUDA graph capture requires).
+  // all (H200, docs/perf.md "The weight prefetch in halves"). With events: blocks 0 and 1 at once, block i + 2
+  // into block i's slot once block i has run. The main stream waits for copies only right before they are read,
+  // and the forward's end joins the side stream back (which CUDA graph capture requires).
   WeightPrefetch* pf = prefetch_for(B * T);
   prefetched_last_forward_ = pf != nullptr;
   fused_quant_last_forward_ = false;
