@@ -29,6 +29,7 @@ struct BenchArgs {
   std::string base;  // empty: each method's default base dtype
   std::string config = "gpt2";
   std::string device = "auto";
+  int threads = 0;  // 0: libtorch's and OpenBLAS's defaults (one thread a core each)
   std::vector<int64_t> batch_sizes = {1, 8, 32, 128, 512};
   int64_t seq_len = 128, warmup = 20, iters = 200;
   bool no_graph = false;
@@ -57,6 +58,11 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
   sub.add_option("--base", a->base, "base dtype for every method (default: each method's own)");
   sub.add_option("--config", a->config, "model config: gpt2 | tiny")->capture_default_str();
   sub.add_option("--device", a->device, "auto | cpu | cuda | cuda:N")->capture_default_str();
+  sub.add_option("--threads", a->threads,
+                 "CPU threads (libtorch's, and OpenBLAS's where it is the BLAS; 0: one a core each); the device label "
+                 "names them")
+      ->check(CLI::Range(0, 4096))
+      ->capture_default_str();
   sub.add_option("--batch-sizes", a->batch_sizes, "throughput sweep")->delimiter(',');
   sub.add_option("--seq-len", a->seq_len, "tokens per row (every row full, no padding)")->capture_default_str();
   sub.add_option("--warmup", a->warmup, "untimed forwards first")->capture_default_str();
@@ -105,6 +111,7 @@ CommandRegistrar reg("bench", "Time batch-1 latency and a throughput sweep of qu
   sub.add_option("--eval-batch-size", a->eval_batch_size, "rows a forward for --test-set")->capture_default_str();
   sub.add_option("--max-len", a->max_len, "tokens kept a row for --test-set")->capture_default_str();
   return [a] {
+    worker::set_cpu_threads(a->threads);
     const torch::Device dev = worker::pick_device(a->device);
 #if EVALSVC_WITH_CUDA
     using kernels::cuda::Fp8Gemm;

@@ -132,4 +132,20 @@ TEST(CliBench, PdlSettingReachesTheJson) {
   EXPECT_NE(out.find("--pdl"), std::string::npos) << out;
 }
 
+// --threads: the CPU device label every figure carries names the threads the forwards ran with.
+TEST(CliBench, ThreadsReachTheDeviceLabel) {
+  for (const std::string n : {"1", "2"}) {
+    auto [rc, out] = run("bench --config tiny --device cpu --methods fp32 --iters 1 --warmup 0 --batch-sizes 1 "
+                         "--threads " + n);
+    ASSERT_EQ(rc, 0) << out;
+    const auto row = first_json_line(out);
+    ASSERT_FALSE(row.is_null()) << out;
+    const std::string label = row["device"]["device"].get<std::string>();
+    EXPECT_NE(label.find(", " + n + " torch threads"), std::string::npos) << label;
+  }
+  auto [rc, out] = run("bench --config tiny --device cpu --methods fp32 --iters 1 --threads -1");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("--threads"), std::string::npos) << out;
+}
+
 }  // namespace
