@@ -96,14 +96,26 @@ __global__ void k_nf4_dequantize8(Nf4View w, T* __restrict__ out) {
 /// threads. So each load instruction reads 128 contiguous bytes and each 16-byte store instruction writes 512: with
 /// a thread's 32 codes contiguous instead (one 16-byte load), each store instruction wrote half of each of 32
 /// sectors, and NF4's batch-1 forward took 0.521-0.523 ms against 0.510-0.513 (H200, docs/perf.md).
+///
+/// At batch 1 this loop runs on a side stream beside the block being computed, so its instructions are what it
+/// costs the forward: it issues few a value. Where blocksize is a power of two (GPT-2: 64), the 4 to 32 absmax
+/// blocks a trip covers are decoded one a lane and passed round by shuffles, not decoded once a word with a
+/// division; and each code's offset into the level table is one byte permute. 61.5 -> ~40 SASS instructions a
+/// word of 8 codes (sm_90a, fp16 out; docs/perf.md).
 template <typename T>
 __device__ __forceinline__ void dequantize32_groups(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
                                                     uint32_t first, uint32_t step) {
   const uint32_t words = static_cast<uint32_t>(w.n * w.k / 8);
-  const uint32_t per_block = static_cast<uint32_t>(w.blocksize / 8);
+  const uint32_t per_block = static_cast<uint32_t>(w.blocksize / 8);  // >= 4 (blocksize % 32 == 0)
+  const uint32_t nblocks = (words + per_block - 1) / per_block;
+  // A trip spans 128 words from a multiple of 128, so for per_block a power of two up to 128 its blocks are
+  // (base >> shift) + 0 .. 127 >> shift, at most 32 of them.
+  const bool warp_absmax = (per_block & (per_block - 1)) == 0 && per_block <= 128;
+  const uint32_t shift = __ffs(per_block) - 1;
   const uint32_t* src = reinterpret_cast<const uint32_t*>(w.packed);
+  const char* level = reinterpret_cast<const char*>(t.level);
   const uint32_t lane = first & 31u;
-  for (uint32_t base = (first & ~31u) * 4; base < words; base += step * 4) {
+  for (uint32_t base = (first & ~31u) * 4; base < words; base += step * 4) {  // warp-uniform: every lane shuffles
     uint32_t p[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -112,17 +124,32 @@ __device__ __forceinline__ void dequantize32_groups(const Nf4View& w, const Nf4T
       // from L2 only if these do not push them out (batch-1 NF4 0.541-0.554 ms against 0.574-0.576, H200).
       p[j] = i < words ? __ldcs(src + i) : 0u;
     }
+    float am[4];
+    if (warp_absmax) {
+      const uint32_t b = (base >> shift) + lane;
+      const float mine = b < nblocks ? block_absmax(w, t, b) : 0.0f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) am[j] = __shfl_sync(0xFFFFFFFFu, mine, static_cast<int>((32 * j + lane) >> shift));
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t i = base + 32 * j + lane;
+        am[j] = i < words ? block_absmax(w, t, i / per_block) : 0.0f;
+      }
+    }
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const uint32_t i = base + 32 * j + lane;
       if (i >= words) break;
-      const float am = block_absmax(w, t, i / per_block);
+      // Byte b of hi / lo is 4 x the code of element 2b / 2b + 1 (little-endian: byte b of the word holds
+      // elements 2b and 2b + 1, the even one in the high nibble), i.e. its byte offset into t.level.
+      const uint32_t hi = (p[j] >> 2) & 0x3C3C3C3Cu;
+      const uint32_t lo = (p[j] << 2) & 0x3C3C3C3Cu;
       float v[8];
 #pragma unroll
       for (int b = 0; b < 4; ++b) {
-        const unsigned byte = (p[j] >> (8 * b)) & 0xFFu;  // little-endian: byte b holds elements 2b, 2b + 1
-        v[2 * b] = __fmul_rn(t.level[byte >> 4], am);
-        v[2 * b + 1] = __fmul_rn(t.level[byte & 0xFu], am);
+        v[2 * b] = __fmul_rn(*reinterpret_cast<const float*>(level + __byte_perm(hi, 0u, 0x4440u + b)), am[j]);
+        v[2 * b + 1] = __fmul_rn(*reinterpret_cast<const float*>(level + __byte_perm(lo, 0u, 0x4440u + b)), am[j]);
       }
       store8(out + 8 * static_cast<size_t>(i), v);
     }

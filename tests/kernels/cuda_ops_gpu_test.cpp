@@ -1100,7 +1100,9 @@ TEST(CudaDenseWeight, CappedGridDequantizationEqualsTheFullGrid) {
 
 // A transformer block's four NF4 weights in one launch (the prefetch's batch) give each weight's own values, capped
 // or not, plain or double-quantized absmax; a weight the batched kernel does not take (99 x 17) sends the whole
-// batch through the one-by-one path, with the same values. dense_weights_into (the layers' entry point) as well.
+// batch through the one-by-one path, with the same values. Block sizes whose absmax the batched kernel passes
+// round a warp (powers of two, 32 to 1024) and those it decodes a word at a time (96, 2048), against the
+// element-wise kernel. dense_weights_into (the layers' entry point) as well.
 TEST(CudaDenseWeight, BatchedNf4DequantizationEqualsEachWeightsOwn) {
   REQUIRE_GPU();
   const std::vector<Shape> fitting = {{768, 256}, {768, 64}, {256, 96}, {3072, 32}};  // n * k % 32 == 0
@@ -1111,6 +1113,26 @@ TEST(CudaDenseWeight, BatchedNf4DequantizationEqualsEachWeightsOwn) {
       std::vector<cuda::Nf4Weight> w;
       for (size_t j = 0; j < shapes.size(); ++j) {
         w.push_back(to_gpu(ref::quantize_nf4(randn({shapes[j].n, shapes[j].k}, 1660 + j, 0.05), 64, dq)));
+      }
+      for (const int64_t blocksize : {32, 96, 256, 1024, 2048}) {  // 64 below
+        if (odd) break;
+        std::vector<cuda::Nf4Weight> wb;
+        std::vector<torch::Tensor> out;
+        std::vector<torch::Tensor*> outs;
+        std::vector<const cuda::Nf4Weight*> ws;
+        for (size_t j = 0; j < shapes.size(); ++j) {
+          wb.push_back(to_gpu(ref::quantize_nf4(randn({shapes[j].n, shapes[j].k}, 1670 + j, 0.05), blocksize, dq)));
+          out.push_back(torch::full({shapes[j].n, shapes[j].k}, 7.0, torch::TensorOptions().dtype(torch::kFloat16).device(gpu())));
+        }
+        for (size_t j = 0; j < wb.size(); ++j) {
+          outs.push_back(&out[j]);
+          ws.push_back(&wb[j]);
+        }
+        cuda::nf4_dequantize_batch_into(ws, outs, 64);
+        for (size_t j = 0; j < wb.size(); ++j) {
+          EXPECT_TRUE(torch::equal(out[j], cuda::nf4_dequantize(wb[j], torch::kFloat16)))
+              << "blocksize=" << blocksize << " double_quant=" << dq << " weight " << j;
+        }
       }
       for (const auto dtype : {torch::kFloat16, torch::kBFloat16}) {
         for (const int blocks : {0, 1, 64}) {
