@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
-#include <type_traits>
 #include <utility>
 
 #include "common.cuh"
@@ -159,137 +158,6 @@ __device__ __forceinline__ void dequantize32_groups(const Nf4View& w, const Nf4T
   }
 }
 
-// EXPERIMENT (QBENCH_EXP_NF4_DECODE=prmt|table|synthetic): leaner decodes, and a floor without per-value work.
-__device__ __forceinline__ float exp_lds_f32(uint32_t addr) {
-  float v;
-  asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr));
-  return v;
-}
-__device__ __forceinline__ uint32_t exp_lds_u16(uint32_t addr) {
-  unsigned short v;
-  asm volatile("ld.shared.u16 %0, [%1];" : "=h"(v) : "r"(addr));
-  return v;
-}
-template <typename T>
-__device__ __forceinline__ uint32_t exp_pack2(float lo, float hi) {
-  if constexpr (std::is_same_v<T, __half>) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  } else {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-}
-
-// kMode 1: the table address by one byte permute (t.level 256-byte aligned); 3: every value the block's absmax.
-template <typename T, int kMode>
-__device__ __forceinline__ void dequantize32_groups_exp(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
-                                                        uint32_t first, uint32_t step) {
-  const uint32_t words = static_cast<uint32_t>(w.n * w.k / 8);
-  const uint32_t per_block = static_cast<uint32_t>(w.blocksize / 8);
-  const uint32_t nblocks = (words + per_block - 1) / per_block;
-  const bool warp_absmax = (per_block & (per_block - 1)) == 0 && per_block <= 128;
-  const uint32_t shift = __ffs(per_block) - 1;
-  const uint32_t* src = reinterpret_cast<const uint32_t*>(w.packed);
-  const uint32_t tbase = static_cast<uint32_t>(__cvta_generic_to_shared(t.level));
-  const uint32_t lane = first & 31u;
-  for (uint32_t base = (first & ~31u) * 4; base < words; base += step * 4) {
-    uint32_t p[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint32_t i = base + 32 * j + lane;
-      p[j] = i < words ? __ldcs(src + i) : 0u;
-    }
-    float am[4];
-    if (warp_absmax) {
-      const uint32_t b = (base >> shift) + lane;
-      const float mine = b < nblocks ? block_absmax(w, t, b) : 0.0f;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) am[j] = __shfl_sync(0xFFFFFFFFu, mine, static_cast<int>((32 * j + lane) >> shift));
-    } else {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const uint32_t i = base + 32 * j + lane;
-        am[j] = i < words ? block_absmax(w, t, i / per_block) : 0.0f;
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint32_t i = base + 32 * j + lane;
-      if (i >= words) break;
-      float v[8];
-      if constexpr (kMode == 3) {
-#pragma unroll
-        for (int b = 0; b < 8; ++b) v[b] = am[j] + static_cast<float>(p[j] & 1u);
-      } else {
-        const uint32_t hi = (p[j] >> 2) & 0x3C3C3C3Cu;
-        const uint32_t lo = (p[j] << 2) & 0x3C3C3C3Cu;
-#pragma unroll
-        for (int b = 0; b < 4; ++b) {
-          v[2 * b] = __fmul_rn(exp_lds_f32(__byte_perm(hi, tbase, 0x7650u + b)), am[j]);
-          v[2 * b + 1] = __fmul_rn(exp_lds_f32(__byte_perm(lo, tbase, 0x7650u + b)), am[j]);
-        }
-      }
-      store8(out + 8 * static_cast<size_t>(i), v);
-    }
-  }
-}
-
-// kMode 2: per trip, each absmax block's 16 products (code level x absmax, rounded to T) in a table of the warp's
-// (wtab: 128 words, 512-byte aligned), each value one 16-bit shared load. blocksize 64 and 16-bit T only.
-template <typename T>
-__device__ __forceinline__ void dequantize32_groups_table(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
-                                                          uint32_t first, uint32_t step, uint32_t* wtab) {
-  const uint32_t words = static_cast<uint32_t>(w.n * w.k / 8);
-  const uint32_t nblocks = (words + 7) / 8;
-  const uint32_t* src = reinterpret_cast<const uint32_t*>(w.packed);
-  const uint32_t lane = first & 31u;
-  float lv[8];
-#pragma unroll
-  for (int e = 0; e < 8; ++e) lv[e] = t.level[(lane & 1u) * 8 + e];
-  const uint32_t tab = static_cast<uint32_t>(__cvta_generic_to_shared(wtab));
-  uint32_t sb[4], tb[4];
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const uint32_t slot = 4 * j + (lane >> 3);
-    sb[j] = ((slot & 7u) << 5) * 0x01010101u;
-    tb[j] = tab + ((slot >> 3) << 8);
-  }
-  const uint32_t my_entry = tab + (lane >> 1) * 32 + (lane & 1u) * 16;
-  for (uint32_t base = (first & ~31u) * 4; base < words; base += step * 4) {
-    uint32_t p[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint32_t i = base + 32 * j + lane;
-      p[j] = i < words ? __ldcs(src + i) : 0u;
-    }
-    const uint32_t b = (base >> 3) + (lane >> 1);
-    const float am = b < nblocks ? block_absmax(w, t, b) : 0.0f;
-    uint32_t e[4];
-#pragma unroll
-    for (int q = 0; q < 4; ++q) e[q] = exp_pack2<T>(__fmul_rn(lv[2 * q], am), __fmul_rn(lv[2 * q + 1], am));
-    __syncwarp();
-    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(my_entry), "r"(e[0]), "r"(e[1]), "r"(e[2]), "r"(e[3])
-                 : "memory");
-    __syncwarp();
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint32_t i = base + 32 * j + lane;
-      if (i >= words) break;
-      const uint32_t hi = ((p[j] >> 3) & 0x1E1E1E1Eu) | sb[j];
-      const uint32_t lo = ((p[j] << 1) & 0x1E1E1E1Eu) | sb[j];
-      uint32_t u[4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const uint32_t ev = exp_lds_u16(__byte_perm(hi, tb[j], 0x7650u + q));
-        const uint32_t od = exp_lds_u16(__byte_perm(lo, tb[j], 0x7650u + q));
-        u[q] = __byte_perm(ev, od, 0x5410u);
-      }
-      *reinterpret_cast<uint4*>(out + 8 * static_cast<size_t>(i)) = make_uint4(u[0], u[1], u[2], u[3]);
-    }
-  }
-}
-
 // EXPERIMENT (QBENCH_EXP_NF4_DECODE=old): the loop before this commit.
 template <typename T>
 __device__ __forceinline__ void dequantize32_groups_old(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
@@ -345,30 +213,21 @@ struct Nf4Batch {
   int count;
 };
 
-template <typename T, int kMode>
+template <typename T, bool kOld>
 __global__ void k_nf4_dequantize32_batch(Nf4Batch b) {
-  __shared__ __align__(256) Nf4Tables t;
+  __shared__ Nf4Tables t;
   load_tables(t, b.w[0].quant_map, b.w[0].nested_map);  // the launcher checked that all share them
   __syncthreads();
 #pragma unroll
   for (int j = 0; j < kNf4BatchMax; ++j) {
     if (j >= b.count || blockIdx.x < b.first[j] || blockIdx.x >= b.first[j + 1]) continue;
     const uint32_t blocks = b.first[j + 1] - b.first[j];
-    const uint32_t first = (blockIdx.x - b.first[j]) * blockDim.x + threadIdx.x;
-    T* out = static_cast<T*>(b.out[j]);
-    if constexpr (kMode == -1) {
-      dequantize32_groups_old(b.w[j], t, out, first, blocks * blockDim.x);
-    } else if constexpr (kMode == 0) {
-      dequantize32_groups(b.w[j], t, out, first, blocks * blockDim.x);
-    } else if constexpr (kMode == 2) {
-      __shared__ __align__(512) uint32_t wtab[32][128];
-      if (sizeof(T) == 2 && b.w[j].blocksize == 64 && blockDim.x <= 1024) {
-        dequantize32_groups_table(b.w[j], t, out, first, blocks * blockDim.x, wtab[threadIdx.x >> 5]);
-      } else {
-        dequantize32_groups(b.w[j], t, out, first, blocks * blockDim.x);
-      }
+    if constexpr (kOld) {
+      dequantize32_groups_old(b.w[j], t, static_cast<T*>(b.out[j]), (blockIdx.x - b.first[j]) * blockDim.x + threadIdx.x,
+                              blocks * blockDim.x);
     } else {
-      dequantize32_groups_exp<T, kMode>(b.w[j], t, out, first, blocks * blockDim.x);
+      dequantize32_groups(b.w[j], t, static_cast<T*>(b.out[j]), (blockIdx.x - b.first[j]) * blockDim.x + threadIdx.x,
+                          blocks * blockDim.x);
     }
   }
 }
@@ -661,20 +520,11 @@ int launch_nf4_dequantize_batch(const Nf4View* w, void* const* out, int count, D
     first += share;
   }
   b.first[count] = static_cast<unsigned>(first);
-  static const int mode = [] {
-    const char* e = std::getenv("QBENCH_EXP_NF4_DECODE");
-    const std::string m = e != nullptr ? e : "";
-    return m == "old" ? -1 : m == "prmt" ? 1 : m == "table" ? 2 : m == "synthetic" ? 3 : 0;
-  }();
-  static const int exp_threads = [] { const char* e = std::getenv("QBENCH_EXP_NF4_THREADS"); return e ? std::atoi(e) : 0; }();
-  const unsigned nthreads = exp_threads > 0 && max_blocks > 0 ? static_cast<unsigned>(exp_threads) : static_cast<unsigned>(threads);
-  const unsigned nblk = static_cast<unsigned>(first);
-  switch (mode) {
-    case -1: EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T, -1><<<nblk, nthreads, 0, stream>>>(b)); break;
-    case 1: EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T, 1><<<nblk, nthreads, 0, stream>>>(b)); break;
-    case 2: EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T, 2><<<nblk, nthreads, 0, stream>>>(b)); break;
-    case 3: EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T, 3><<<nblk, nthreads, 0, stream>>>(b)); break;
-    default: EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T, 0><<<nblk, nthreads, 0, stream>>>(b)); break;
+  static const bool old = [] { const char* e = std::getenv("QBENCH_EXP_NF4_DECODE"); return e != nullptr && std::string(e) == "old"; }();
+  if (old) {
+    EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T, true><<<static_cast<unsigned>(first), threads, 0, stream>>>(b));
+  } else {
+    EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T, false><<<static_cast<unsigned>(first), threads, 0, stream>>>(b));
   }
   return detail::launch_result();
 }
