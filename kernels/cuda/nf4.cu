@@ -6,8 +6,6 @@
 #include <mma.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 #include <utility>
 
 #include "common.cuh"
@@ -158,38 +156,6 @@ __device__ __forceinline__ void dequantize32_groups(const Nf4View& w, const Nf4T
   }
 }
 
-// EXPERIMENT (QBENCH_EXP_NF4_DECODE=old): the loop before this commit.
-template <typename T>
-__device__ __forceinline__ void dequantize32_groups_old(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
-                                                        uint32_t first, uint32_t step) {
-  const uint32_t words = static_cast<uint32_t>(w.n * w.k / 8);
-  const uint32_t per_block = static_cast<uint32_t>(w.blocksize / 8);
-  const uint32_t* src = reinterpret_cast<const uint32_t*>(w.packed);
-  const uint32_t lane = first & 31u;
-  for (uint32_t base = (first & ~31u) * 4; base < words; base += step * 4) {
-    uint32_t p[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint32_t i = base + 32 * j + lane;
-      p[j] = i < words ? __ldcs(src + i) : 0u;
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint32_t i = base + 32 * j + lane;
-      if (i >= words) break;
-      const float am = block_absmax(w, t, i / per_block);
-      float v[8];
-#pragma unroll
-      for (int b = 0; b < 4; ++b) {
-        const unsigned byte = (p[j] >> (8 * b)) & 0xFFu;
-        v[2 * b] = __fmul_rn(t.level[byte >> 4], am);
-        v[2 * b + 1] = __fmul_rn(t.level[byte & 0xFu], am);
-      }
-      store8(out + 8 * static_cast<size_t>(i), v);
-    }
-  }
-}
-
 /// The same values, 32 codes a thread a trip (four 4-byte loads, four 8-value stores): for a capped grid (launch
 /// max_blocks > 0), whose few blocks must each move many bytes per trip to keep up. For n*k % 32 == 0,
 /// blocksize % 32 == 0 and 16-byte aligned pointers; 32-bit indices (n*k / 8 < 2^31).
@@ -213,7 +179,7 @@ struct Nf4Batch {
   int count;
 };
 
-template <typename T, bool kOld>
+template <typename T>
 __global__ void k_nf4_dequantize32_batch(Nf4Batch b) {
   __shared__ Nf4Tables t;
   load_tables(t, b.w[0].quant_map, b.w[0].nested_map);  // the launcher checked that all share them
@@ -222,13 +188,8 @@ __global__ void k_nf4_dequantize32_batch(Nf4Batch b) {
   for (int j = 0; j < kNf4BatchMax; ++j) {
     if (j >= b.count || blockIdx.x < b.first[j] || blockIdx.x >= b.first[j + 1]) continue;
     const uint32_t blocks = b.first[j + 1] - b.first[j];
-    if constexpr (kOld) {
-      dequantize32_groups_old(b.w[j], t, static_cast<T*>(b.out[j]), (blockIdx.x - b.first[j]) * blockDim.x + threadIdx.x,
-                              blocks * blockDim.x);
-    } else {
-      dequantize32_groups(b.w[j], t, static_cast<T*>(b.out[j]), (blockIdx.x - b.first[j]) * blockDim.x + threadIdx.x,
-                          blocks * blockDim.x);
-    }
+    dequantize32_groups(b.w[j], t, static_cast<T*>(b.out[j]), (blockIdx.x - b.first[j]) * blockDim.x + threadIdx.x,
+                        blocks * blockDim.x);
   }
 }
 
@@ -520,12 +481,7 @@ int launch_nf4_dequantize_batch(const Nf4View* w, void* const* out, int count, D
     first += share;
   }
   b.first[count] = static_cast<unsigned>(first);
-  static const bool old = [] { const char* e = std::getenv("QBENCH_EXP_NF4_DECODE"); return e != nullptr && std::string(e) == "old"; }();
-  if (old) {
-    EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T, true><<<static_cast<unsigned>(first), threads, 0, stream>>>(b));
-  } else {
-    EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T, false><<<static_cast<unsigned>(first), threads, 0, stream>>>(b));
-  }
+  EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T><<<static_cast<unsigned>(first), threads, 0, stream>>>(b));
   return detail::launch_result();
 }
 
