@@ -97,11 +97,10 @@ __global__ void k_nf4_dequantize8(Nf4View w, T* __restrict__ out) {
 /// a thread's 32 codes contiguous instead (one 16-byte load), each store instruction wrote half of each of 32
 /// sectors, and NF4's batch-1 forward took 0.521-0.523 ms against 0.510-0.513 (H200, docs/perf.md).
 ///
-/// At batch 1 this loop runs on a side stream beside the block being computed, so its instructions are what it
-/// costs the forward: it issues few a value. Where blocksize is a power of two (GPT-2: 64), the 4 to 32 absmax
-/// blocks a trip covers are decoded one a lane and passed round by shuffles, not decoded once a word with a
-/// division; and each code's offset into the level table is one byte permute. 61.5 -> ~40 SASS instructions a
-/// word of 8 codes (sm_90a, fp16 out; docs/perf.md).
+/// The generic loop (fp32 copies, block sizes other than 64; dequantize32_products below takes the rest). Where
+/// blocksize is a power of two up to 1,024, the 4 to 32 absmax blocks a trip covers are decoded one a lane and
+/// passed round by shuffles, not decoded once a word with a division; each code's offset into the level table is
+/// one byte permute. ~44 SASS instructions a word of 8 codes where there were ~61 (sm_90a, fp16 out).
 template <typename T>
 __device__ __forceinline__ void dequantize32_groups(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
                                                     uint32_t first, uint32_t step) {
@@ -156,15 +155,142 @@ __device__ __forceinline__ void dequantize32_groups(const Nf4View& w, const Nf4T
   }
 }
 
+// ---- dequantize through a table of products (blocksize 64, fp16/bf16) --------------------------------------
+
+/// Two values rounded to T in one word, lo at the lower address (one F2FP instruction for fp16/bf16 on sm_90).
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  return bits16(from_float<T>(lo)) | (bits16(from_float<T>(hi)) << 16);
+}
+
+/// Shared-memory accesses by 32-bit shared address (what the byte permutes below compute). Volatile, so that they
+/// stay on their side of the __syncwarp()s that order a warp's table writes and reads.
+__device__ __forceinline__ uint32_t lds_u16(uint32_t addr) {
+  unsigned short v;
+  asm volatile("ld.shared.u16 %0, [%1];" : "=h"(v) : "r"(addr));
+  return v;
+}
+__device__ __forceinline__ void sts_v4(uint32_t addr, const uint32_t (&v)[4]) {
+  asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(v[0]), "r"(v[1]), "r"(v[2]), "r"(v[3])
+               : "memory");
+}
+
+/// Per warp, the products of one trip: 16 absmax blocks x 16 codes, 16-bit values. 512-byte aligned (the byte
+/// permutes of dequantize32_products assume it).
+constexpr int kProductTableWords = 128;
+struct alignas(512) Nf4ProductTables {
+  uint32_t warp[kBackgroundBlockThreads / 32][kProductTableWords];
+};
+
+/// dequantize32_groups for blocksize 64 (GPT-2's, and bitsandbytes' default) and 16-bit copies, the prefetch's case.
+/// At batch 1 this loop runs on a side stream beside the block being computed and its instructions are what it
+/// costs the forward, so it does the multiplications once a block instead of once a value: each trip (128 words,
+/// 16 absmax blocks), the warp writes the 16 products from_float<T>(level[c] x absmax) of each of its blocks into
+/// a table of its own (block slot s at byte 32 s, code c at 2 c; the same roundings as everywhere else, so the same
+/// bits), and then each value is one 16-bit shared load. A value's table address is one byte permute: byte b of
+/// hi (lo) holds the slot's low three bits and 2 x the code of element 2b (2b + 1), and the permute takes the
+/// other three bytes from the table's address. Lanes 8q .. 8q + 7 read slot 4j + q of a word j, one 32-byte row
+/// each: the 32 lanes hit 32 different banks.
+/// 27 SASS instructions a word of 8 codes, and ~70 a trip (sm_90a, fp16), against ~44 and ~40 for the generic
+/// loop and ~61 a word before it. NF4's batch-1 forward on an H200: docs/perf.md, "The NF4 decode in fewer
+/// instructions".
+template <typename T>
+__device__ __forceinline__ void dequantize32_products(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
+                                                      uint32_t first, uint32_t step, uint32_t* table) {
+  static_assert(sizeof(T) == 2, "16-bit copies only");
+  const uint32_t words = static_cast<uint32_t>(w.n * w.k / 8);
+  const uint32_t nblocks = (words + 7) / 8;
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(w.packed);
+  uint4* dst = reinterpret_cast<uint4*>(out);  // a word's 8 values: 16 bytes
+  const uint32_t lane = first & 31u;
+  // This lane's part of the table: block slot lane / 2, codes 8 (lane % 2) .. + 7.
+  float level[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) level[e] = t.level[(lane & 1u) * 8 + e];
+  const uint32_t tab = static_cast<uint32_t>(__cvta_generic_to_shared(table));
+  const uint32_t mine = tab + (lane >> 1) * 32 + (lane & 1u) * 16;
+  // Word j of a trip is in slot 4j + lane / 8: bits 0-2 of the slot go into bits 5-7 of each byte of hi and lo,
+  // bit 3 into the address's second byte.
+  uint32_t slot_bits[4], slot_base[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t slot = 4 * j + (lane >> 3);
+    slot_bits[j] = ((slot & 7u) << 5) * 0x01010101u;
+    slot_base[j] = tab + ((slot >> 3) << 8);
+  }
+  auto decode = [&](uint32_t p, int j) {
+    // Little-endian: byte b of p holds elements 2b (high nibble) and 2b + 1.
+    const uint32_t hi = ((p >> 3) & 0x1E1E1E1Eu) | slot_bits[j];
+    const uint32_t lo = ((p << 1) & 0x1E1E1E1Eu) | slot_bits[j];
+    uint32_t v[4];
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+      const uint32_t even = lds_u16(__byte_perm(hi, slot_base[j], 0x7650u + b));
+      const uint32_t odd = lds_u16(__byte_perm(lo, slot_base[j], 0x7650u + b));
+      v[b] = __byte_perm(even, odd, 0x5410u);
+    }
+    return make_uint4(v[0], v[1], v[2], v[3]);
+  };
+  for (uint32_t base = (first & ~31u) * 4; base < words; base += step * 4) {  // warp-uniform
+    // A whole trip (all but the last of a weight) needs no bounds checks: one address for its four loads and
+    // stores, with immediate offsets.
+    const bool whole = base + 128 <= words;
+    uint32_t p[4];
+    if (whole) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) p[j] = __ldcs(src + base + lane + 32 * j);  // evict-first, as above
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t i = base + 32 * j + lane;
+        p[j] = i < words ? __ldcs(src + i) : 0u;
+      }
+    }
+    const uint32_t b = (base >> 3) + (lane >> 1);
+    const float am = whole || b < nblocks ? block_absmax(w, t, b) : 0.0f;
+    uint32_t products[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) products[q] = pack2<T>(__fmul_rn(level[2 * q], am), __fmul_rn(level[2 * q + 1], am));
+    __syncwarp();  // every lane has read the last trip's table
+    sts_v4(mine, products);
+    __syncwarp();
+    if (whole) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) dst[base + lane + 32 * j] = decode(p[j], j);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t i = base + 32 * j + lane;
+        if (i >= words) break;
+        dst[i] = decode(p[j], j);
+      }
+    }
+  }
+}
+
+/// The capped kernels' loop: through the product tables where they apply, else the generic loop.
+template <typename T>
+__device__ __forceinline__ void dequantize32_any(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
+                                                 uint32_t first, uint32_t step, Nf4ProductTables& pt) {
+  if constexpr (sizeof(T) == 2) {
+    if (w.blocksize == 64 && blockDim.x <= kBackgroundBlockThreads) {
+      dequantize32_products(w, t, out, first, step, pt.warp[threadIdx.x >> 5]);
+      return;
+    }
+  }
+  dequantize32_groups(w, t, out, first, step);
+}
+
 /// The same values, 32 codes a thread a trip (four 4-byte loads, four 8-value stores): for a capped grid (launch
 /// max_blocks > 0), whose few blocks must each move many bytes per trip to keep up. For n*k % 32 == 0,
 /// blocksize % 32 == 0 and 16-byte aligned pointers; 32-bit indices (n*k / 8 < 2^31).
 template <typename T>
 __global__ void k_nf4_dequantize32(Nf4View w, T* __restrict__ out) {
   __shared__ Nf4Tables t;
+  __shared__ Nf4ProductTables pt;
   load_tables(t, w.quant_map, w.nested_map);
   __syncthreads();
-  dequantize32_groups(w, t, out, blockIdx.x * blockDim.x + threadIdx.x, gridDim.x * blockDim.x);
+  dequantize32_any(w, t, out, blockIdx.x * blockDim.x + threadIdx.x, gridDim.x * blockDim.x, pt);
 }
 
 /// Several weights' k_nf4_dequantize32 in one launch: weight j takes blocks [first[j], first[j + 1]) of the grid,
@@ -182,14 +308,15 @@ struct Nf4Batch {
 template <typename T>
 __global__ void k_nf4_dequantize32_batch(Nf4Batch b) {
   __shared__ Nf4Tables t;
+  __shared__ Nf4ProductTables pt;
   load_tables(t, b.w[0].quant_map, b.w[0].nested_map);  // the launcher checked that all share them
   __syncthreads();
 #pragma unroll
   for (int j = 0; j < kNf4BatchMax; ++j) {
     if (j >= b.count || blockIdx.x < b.first[j] || blockIdx.x >= b.first[j + 1]) continue;
     const uint32_t blocks = b.first[j + 1] - b.first[j];
-    dequantize32_groups(b.w[j], t, static_cast<T*>(b.out[j]), (blockIdx.x - b.first[j]) * blockDim.x + threadIdx.x,
-                        blocks * blockDim.x);
+    dequantize32_any(b.w[j], t, static_cast<T*>(b.out[j]), (blockIdx.x - b.first[j]) * blockDim.x + threadIdx.x,
+                     blocks * blockDim.x, pt);
   }
 }
 
