@@ -6,8 +6,6 @@
 #include <mma.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 #include <utility>
 
 #include "common.cuh"
@@ -273,9 +271,9 @@ __device__ __forceinline__ void dequantize32_products(const Nf4View& w, const Nf
 /// The capped kernels' loop: through the product tables where they apply, else the generic loop.
 template <typename T>
 __device__ __forceinline__ void dequantize32_any(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
-                                                 uint32_t first, uint32_t step, Nf4ProductTables& pt, bool exp_generic = false) {
+                                                 uint32_t first, uint32_t step, Nf4ProductTables& pt) {
   if constexpr (sizeof(T) == 2) {
-    if (!exp_generic && w.blocksize == 64 && blockDim.x <= kBackgroundBlockThreads) {
+    if (w.blocksize == 64 && blockDim.x <= kBackgroundBlockThreads) {
       dequantize32_products(w, t, out, first, step, pt.warp[threadIdx.x >> 5]);
       return;
     }
@@ -305,7 +303,6 @@ struct Nf4Batch {
   void* out[kNf4BatchMax];
   unsigned first[kNf4BatchMax + 1];
   int count;
-  int exp_generic;  // EXPERIMENT: QBENCH_EXP_NF4_DECODE=shuffle
 };
 
 template <typename T>
@@ -319,7 +316,7 @@ __global__ void k_nf4_dequantize32_batch(Nf4Batch b) {
     if (j >= b.count || blockIdx.x < b.first[j] || blockIdx.x >= b.first[j + 1]) continue;
     const uint32_t blocks = b.first[j + 1] - b.first[j];
     dequantize32_any(b.w[j], t, static_cast<T*>(b.out[j]), (blockIdx.x - b.first[j]) * blockDim.x + threadIdx.x,
-                     blocks * blockDim.x, pt, b.exp_generic != 0);
+                     blocks * blockDim.x, pt);
   }
 }
 
@@ -586,8 +583,6 @@ int launch_nf4_dequantize_batch(const Nf4View* w, void* const* out, int count, D
   if (w == nullptr || out == nullptr) return kLaunchBadPointer;
   Nf4Batch b{};
   b.count = count;
-  static const bool exp_generic = [] { const char* e = std::getenv("QBENCH_EXP_NF4_DECODE"); return e != nullptr && std::string(e) == "shuffle"; }();
-  b.exp_generic = exp_generic ? 1 : 0;
   int64_t groups[kNf4BatchMax] = {};
   int64_t total = 0;
   for (int j = 0; j < count; ++j) {
