@@ -191,8 +191,9 @@ struct alignas(512) Nf4ProductTables {
 /// hi (lo) holds the slot's low three bits and 2 x the code of element 2b (2b + 1), and the permute takes the
 /// other three bytes from the table's address. Lanes 8q .. 8q + 7 read slot 4j + q of a word j, one 32-byte row
 /// each: the 32 lanes hit 32 different banks.
-/// 27 SASS instructions a word of 8 codes, and ~70 a trip (sm_90a, fp16), against ~44 and ~40 for the generic
-/// loop and ~61 a word before it. NF4's batch-1 forward on an H200: docs/perf.md, "The NF4 decode in fewer
+/// ~27 SASS instructions a word of 8 codes and ~75 a trip (sm_90a, fp16), against ~44 and ~40 for the generic
+/// loop and ~61 a word before it. A branch for whole trips without bounds checks (one address, immediate
+/// offsets) ran no fewer instructions and measured 5 us slower a forward. NF4's batch-1 forward on an H200: docs/perf.md, "The NF4 decode in fewer
 /// instructions".
 template <typename T>
 __device__ __forceinline__ void dequantize32_products(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
@@ -232,38 +233,25 @@ __device__ __forceinline__ void dequantize32_products(const Nf4View& w, const Nf
     return make_uint4(v[0], v[1], v[2], v[3]);
   };
   for (uint32_t base = (first & ~31u) * 4; base < words; base += step * 4) {  // warp-uniform
-    // A whole trip (all but the last of a weight) needs no bounds checks: one address for its four loads and
-    // stores, with immediate offsets.
-    const bool whole = base + 128 <= words;
     uint32_t p[4];
-    if (whole) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) p[j] = __ldcs(src + base + lane + 32 * j);  // evict-first, as above
-    } else {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const uint32_t i = base + 32 * j + lane;
-        p[j] = i < words ? __ldcs(src + i) : 0u;
-      }
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t i = base + 32 * j + lane;
+      p[j] = i < words ? __ldcs(src + i) : 0u;  // evict-first, as above
     }
     const uint32_t b = (base >> 3) + (lane >> 1);
-    const float am = whole || b < nblocks ? block_absmax(w, t, b) : 0.0f;
+    const float am = b < nblocks ? block_absmax(w, t, b) : 0.0f;
     uint32_t products[4];
 #pragma unroll
     for (int q = 0; q < 4; ++q) products[q] = pack2<T>(__fmul_rn(level[2 * q], am), __fmul_rn(level[2 * q + 1], am));
     __syncwarp();  // every lane has read the last trip's table
     sts_v4(mine, products);
     __syncwarp();
-    if (whole) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) dst[base + lane + 32 * j] = decode(p[j], j);
-    } else {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const uint32_t i = base + 32 * j + lane;
-        if (i >= words) break;
-        dst[i] = decode(p[j], j);
-      }
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t i = base + 32 * j + lane;
+      if (i >= words) break;
+      dst[i] = decode(p[j], j);
     }
   }
 }
