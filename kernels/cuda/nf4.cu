@@ -6,8 +6,6 @@
 #include <mma.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 #include <utility>
 
 #include "common.cuh"
@@ -258,90 +256,13 @@ __device__ __forceinline__ void dequantize32_products(const Nf4View& w, const Nf
   }
 }
 
-// EXPERIMENT (QBENCH_EXP_NF4_DECODE=whole): the loop with a whole-trip branch.
-template <typename T>
-__device__ __forceinline__ void dequantize32_products_whole(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
-                                                      uint32_t first, uint32_t step, uint32_t* table) {
-  static_assert(sizeof(T) == 2, "16-bit copies only");
-  const uint32_t words = static_cast<uint32_t>(w.n * w.k / 8);
-  const uint32_t nblocks = (words + 7) / 8;
-  const uint32_t* src = reinterpret_cast<const uint32_t*>(w.packed);
-  uint4* dst = reinterpret_cast<uint4*>(out);  // a word's 8 values: 16 bytes
-  const uint32_t lane = first & 31u;
-  // This lane's part of the table: block slot lane / 2, codes 8 (lane % 2) .. + 7.
-  float level[8];
-#pragma unroll
-  for (int e = 0; e < 8; ++e) level[e] = t.level[(lane & 1u) * 8 + e];
-  const uint32_t tab = static_cast<uint32_t>(__cvta_generic_to_shared(table));
-  const uint32_t mine = tab + (lane >> 1) * 32 + (lane & 1u) * 16;
-  // Word j of a trip is in slot 4j + lane / 8: bits 0-2 of the slot go into bits 5-7 of each byte of hi and lo,
-  // bit 3 into the address's second byte.
-  uint32_t slot_bits[4], slot_base[4];
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const uint32_t slot = 4 * j + (lane >> 3);
-    slot_bits[j] = ((slot & 7u) << 5) * 0x01010101u;
-    slot_base[j] = tab + ((slot >> 3) << 8);
-  }
-  auto decode = [&](uint32_t p, int j) {
-    // Little-endian: byte b of p holds elements 2b (high nibble) and 2b + 1.
-    const uint32_t hi = ((p >> 3) & 0x1E1E1E1Eu) | slot_bits[j];
-    const uint32_t lo = ((p << 1) & 0x1E1E1E1Eu) | slot_bits[j];
-    uint32_t v[4];
-#pragma unroll
-    for (int b = 0; b < 4; ++b) {
-      const uint32_t even = lds_u16(__byte_perm(hi, slot_base[j], 0x7650u + b));
-      const uint32_t odd = lds_u16(__byte_perm(lo, slot_base[j], 0x7650u + b));
-      v[b] = __byte_perm(even, odd, 0x5410u);
-    }
-    return make_uint4(v[0], v[1], v[2], v[3]);
-  };
-  for (uint32_t base = (first & ~31u) * 4; base < words; base += step * 4) {  // warp-uniform
-    const bool whole = base + 128 <= words;
-    uint32_t p[4];
-    if (whole) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) p[j] = __ldcs(src + base + lane + 32 * j);
-    } else {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const uint32_t i = base + 32 * j + lane;
-        p[j] = i < words ? __ldcs(src + i) : 0u;
-      }
-    }
-    const uint32_t b = (base >> 3) + (lane >> 1);
-    const float am = whole || b < nblocks ? block_absmax(w, t, b) : 0.0f;
-    uint32_t products[4];
-#pragma unroll
-    for (int q = 0; q < 4; ++q) products[q] = pack2<T>(__fmul_rn(level[2 * q], am), __fmul_rn(level[2 * q + 1], am));
-    __syncwarp();
-    sts_v4(mine, products);
-    __syncwarp();
-    if (whole) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) dst[base + lane + 32 * j] = decode(p[j], j);
-    } else {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const uint32_t i = base + 32 * j + lane;
-        if (i >= words) break;
-        dst[i] = decode(p[j], j);
-      }
-    }
-  }
-}
-
 /// The capped kernels' loop: through the product tables where they apply, else the generic loop.
 template <typename T>
 __device__ __forceinline__ void dequantize32_any(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
-                                                 uint32_t first, uint32_t step, Nf4ProductTables& pt, int exp_mode = 0) {
+                                                 uint32_t first, uint32_t step, Nf4ProductTables& pt) {
   if constexpr (sizeof(T) == 2) {
-    if (exp_mode != 2 && w.blocksize == 64 && blockDim.x <= kBackgroundBlockThreads) {
-      if (exp_mode == 1) {
-        dequantize32_products_whole(w, t, out, first, step, pt.warp[threadIdx.x >> 5]);
-      } else {
-        dequantize32_products(w, t, out, first, step, pt.warp[threadIdx.x >> 5]);
-      }
+    if (w.blocksize == 64 && blockDim.x <= kBackgroundBlockThreads) {
+      dequantize32_products(w, t, out, first, step, pt.warp[threadIdx.x >> 5]);
       return;
     }
   }
@@ -370,10 +291,9 @@ struct Nf4Batch {
   void* out[kNf4BatchMax];
   unsigned first[kNf4BatchMax + 1];
   int count;
-  int exp_mode;  // EXPERIMENT: QBENCH_EXP_NF4_DECODE=whole (1) / shuffle (2)
 };
 
-template <typename T, int kExp>
+template <typename T>
 __global__ void k_nf4_dequantize32_batch(Nf4Batch b) {
   __shared__ Nf4Tables t;
   __shared__ Nf4ProductTables pt;
@@ -384,7 +304,7 @@ __global__ void k_nf4_dequantize32_batch(Nf4Batch b) {
     if (j >= b.count || blockIdx.x < b.first[j] || blockIdx.x >= b.first[j + 1]) continue;
     const uint32_t blocks = b.first[j + 1] - b.first[j];
     dequantize32_any(b.w[j], t, static_cast<T*>(b.out[j]), (blockIdx.x - b.first[j]) * blockDim.x + threadIdx.x,
-                     blocks * blockDim.x, pt, kExp);
+                     blocks * blockDim.x, pt);
   }
 }
 
@@ -651,12 +571,6 @@ int launch_nf4_dequantize_batch(const Nf4View* w, void* const* out, int count, D
   if (w == nullptr || out == nullptr) return kLaunchBadPointer;
   Nf4Batch b{};
   b.count = count;
-  static const int exp_mode = [] {
-    const char* e = std::getenv("QBENCH_EXP_NF4_DECODE");
-    const std::string m = e != nullptr ? e : "";
-    return m == "whole" ? 1 : m == "shuffle" ? 2 : 0;
-  }();
-  b.exp_mode = exp_mode;
   int64_t groups[kNf4BatchMax] = {};
   int64_t total = 0;
   for (int j = 0; j < count; ++j) {
@@ -682,11 +596,7 @@ int launch_nf4_dequantize_batch(const Nf4View* w, void* const* out, int count, D
     first += share;
   }
   b.first[count] = static_cast<unsigned>(first);
-  switch (b.exp_mode) {
-    case 1: EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T, 1><<<static_cast<unsigned>(first), threads, 0, stream>>>(b)); break;
-    case 2: EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T, 2><<<static_cast<unsigned>(first), threads, 0, stream>>>(b)); break;
-    default: EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T, 0><<<static_cast<unsigned>(first), threads, 0, stream>>>(b)); break;
-  }
+  EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T><<<static_cast<unsigned>(first), threads, 0, stream>>>(b));
   return detail::launch_result();
 }
 
