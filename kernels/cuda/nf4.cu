@@ -192,9 +192,9 @@ struct alignas(512) Nf4ProductTables {
 /// other three bytes from the table's address. Lanes 8q .. 8q + 7 read slot 4j + q of a word j, one 32-byte row
 /// each: the 32 lanes hit 32 different banks.
 /// ~27 SASS instructions a word of 8 codes and ~75 a trip (sm_90a, fp16), against ~44 and ~40 for the generic
-/// loop and ~61 a word before it. A branch for whole trips without bounds checks (one address, immediate
-/// offsets) ran no fewer instructions and was no faster (H200, same call: 0.472-0.474 ms against 0.470-0.472). NF4's batch-1 forward on an H200: docs/perf.md, "The NF4 decode in fewer
-/// instructions".
+/// loop and ~61 a word before it; NF4's batch-1 forward on an H200 in docs/perf.md, "The NF4 decode in fewer
+/// instructions". A branch for whole trips without bounds checks (one address, immediate offsets) ran no fewer
+/// instructions and was no faster (same call: 0.472-0.474 ms against 0.470-0.472).
 template <typename T>
 __device__ __forceinline__ void dequantize32_products(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
                                                       uint32_t first, uint32_t step, uint32_t* table) {

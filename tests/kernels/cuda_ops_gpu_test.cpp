@@ -1100,11 +1100,13 @@ TEST(CudaDenseWeight, CappedGridDequantizationEqualsTheFullGrid) {
 
 // A transformer block's four NF4 weights in one launch (the prefetch's batch) give each weight's own values, capped
 // or not, plain or double-quantized absmax; a weight the batched kernel does not take (99 x 17) sends the whole
-// batch through the one-by-one path, with the same values. Block sizes whose absmax the batched kernel passes
-// round a warp (32 to 1024) and those it decodes a word at a time (2048, 4096), against the element-wise kernel. dense_weights_into (the layers' entry point) as well.
+// batch through the one-by-one path, with the same values. Block 64 with 16-bit copies takes the product tables;
+// the other block sizes the generic loop, whose absmax is passed round a warp (32 to 1024) or decoded a word at a
+// time (2048, 4096): each against the element-wise kernel. dense_weights_into (the layers' entry point) as well.
 TEST(CudaDenseWeight, BatchedNf4DequantizationEqualsEachWeightsOwn) {
   REQUIRE_GPU();
-  const std::vector<Shape> fitting = {{768, 256}, {768, 64}, {200, 72}, {3072, 32}};  // n * k % 32 == 0; 200 x 72 ends in part of a trip
+  // n * k % 32 == 0; 200 x 72 ends in part of a trip (128 words a warp)
+  const std::vector<Shape> fitting = {{768, 256}, {768, 64}, {200, 72}, {3072, 32}};
   std::vector<Shape> shapes = fitting;
   for (const bool odd : {false, true}) {
     if (odd) shapes.back() = Shape{99, 17};
@@ -1121,7 +1123,8 @@ TEST(CudaDenseWeight, BatchedNf4DequantizationEqualsEachWeightsOwn) {
         std::vector<const cuda::Nf4Weight*> ws;
         for (size_t j = 0; j < shapes.size(); ++j) {
           wb.push_back(to_gpu(ref::quantize_nf4(randn({shapes[j].n, shapes[j].k}, 1670 + j, 0.05), blocksize, dq)));
-          out.push_back(torch::full({shapes[j].n, shapes[j].k}, 7.0, torch::TensorOptions().dtype(torch::kFloat16).device(gpu())));
+          out.push_back(torch::full({shapes[j].n, shapes[j].k}, 7.0,
+                                    torch::TensorOptions().dtype(torch::kFloat16).device(gpu())));
         }
         for (size_t j = 0; j < wb.size(); ++j) {
           outs.push_back(&out[j]);
