@@ -1108,6 +1108,21 @@ TEST(CudaDenseWeight, BatchedNf4DequantizationEqualsEachWeightsOwn) {
   // n * k % 32 == 0; 200 x 72 ends in part of a trip (128 words a warp)
   const std::vector<Shape> fitting = {{768, 256}, {768, 64}, {200, 72}, {3072, 32}};
   std::vector<Shape> shapes = fitting;
+  // The weights dequantized by one batched launch into tensors of 7s (each launch must write every element).
+  auto batched = [](std::vector<cuda::Nf4Weight>& w, torch::ScalarType dtype, int blocks) {
+    std::vector<torch::Tensor> out;
+    std::vector<torch::Tensor*> outs;
+    std::vector<const cuda::Nf4Weight*> ws;
+    for (auto& x : w) {
+      out.push_back(torch::full({x.out_features, x.in_features}, 7.0, torch::TensorOptions().dtype(dtype).device(gpu())));
+    }
+    for (size_t j = 0; j < w.size(); ++j) {
+      outs.push_back(&out[j]);
+      ws.push_back(&w[j]);
+    }
+    cuda::nf4_dequantize_batch_into(ws, outs, blocks);
+    return out;
+  };
   for (const bool odd : {false, true}) {
     if (odd) shapes.back() = Shape{99, 17};
     for (const bool dq : {true, false}) {
@@ -1118,19 +1133,10 @@ TEST(CudaDenseWeight, BatchedNf4DequantizationEqualsEachWeightsOwn) {
       for (const int64_t blocksize : {32, 128, 1024, 2048, 4096}) {  // 64 below
         if (odd) break;
         std::vector<cuda::Nf4Weight> wb;
-        std::vector<torch::Tensor> out;
-        std::vector<torch::Tensor*> outs;
-        std::vector<const cuda::Nf4Weight*> ws;
         for (size_t j = 0; j < shapes.size(); ++j) {
           wb.push_back(to_gpu(ref::quantize_nf4(randn({shapes[j].n, shapes[j].k}, 1670 + j, 0.05), blocksize, dq)));
-          out.push_back(torch::full({shapes[j].n, shapes[j].k}, 7.0,
-                                    torch::TensorOptions().dtype(torch::kFloat16).device(gpu())));
         }
-        for (size_t j = 0; j < wb.size(); ++j) {
-          outs.push_back(&out[j]);
-          ws.push_back(&wb[j]);
-        }
-        cuda::nf4_dequantize_batch_into(ws, outs, 64);
+        const auto out = batched(wb, torch::kFloat16, 64);
         for (size_t j = 0; j < wb.size(); ++j) {
           EXPECT_TRUE(torch::equal(out[j], cuda::nf4_dequantize(wb[j], torch::kFloat16)))
               << "blocksize=" << blocksize << " double_quant=" << dq << " weight " << j;
@@ -1139,15 +1145,7 @@ TEST(CudaDenseWeight, BatchedNf4DequantizationEqualsEachWeightsOwn) {
       for (const auto dtype : {torch::kFloat16, torch::kBFloat16}) {
         for (const int blocks : {0, 1, 64}) {
           const auto what = fmt::format("odd={} double_quant={} dtype={} max_blocks={}", odd, dq, c10::toString(dtype), blocks);
-          std::vector<torch::Tensor> out;
-          std::vector<torch::Tensor*> outs;
-          std::vector<const cuda::Nf4Weight*> ws;
-          for (auto& x : w) out.push_back(torch::full({x.out_features, x.in_features}, 7.0, torch::TensorOptions().dtype(dtype).device(gpu())));
-          for (size_t j = 0; j < w.size(); ++j) {
-            outs.push_back(&out[j]);
-            ws.push_back(&w[j]);
-          }
-          cuda::nf4_dequantize_batch_into(ws, outs, blocks);
+          const auto out = batched(w, dtype, blocks);
           for (size_t j = 0; j < w.size(); ++j) {
             EXPECT_TRUE(torch::equal(out[j], cuda::nf4_dequantize(w[j], dtype))) << what << " weight " << j;
           }
