@@ -581,6 +581,12 @@ int launch_nf4_dequantize_batch(const Nf4View* w, void* const* out, int count, D
   if (w == nullptr || out == nullptr) return kLaunchBadPointer;
   Nf4Batch b{};
   b.count = count;
+  // EXPERIMENT: QBENCH_EXP_NF4_DECODE=eight, 8 words a lane a trip on the grid of 4; eight-sized, on a grid for 8.
+  static const int eight = [] {
+    const char* e = std::getenv("QBENCH_EXP_NF4_DECODE");
+    const std::string m = e != nullptr ? e : "";
+    return m == "eight" ? 1 : m == "eight-sized" ? 2 : 0;
+  }();
   int64_t groups[kNf4BatchMax] = {};
   int64_t total = 0;
   for (int j = 0; j < count; ++j) {
@@ -591,7 +597,7 @@ int launch_nf4_dequantize_batch(const Nf4View* w, void* const* out, int count, D
     }
     b.w[j] = w[j];
     b.out[j] = out[j];
-    groups[j] = w[j].n * w[j].k / 32;
+    groups[j] = eight == 2 ? (w[j].n * w[j].k / 8 + 7) / 8 : w[j].n * w[j].k / 32;
     total += groups[j];
   }
   // The grid: as for one weight (blocks of kBackgroundBlockThreads up to max_blocks, or of 256), shared out in
@@ -606,12 +612,7 @@ int launch_nf4_dequantize_batch(const Nf4View* w, void* const* out, int count, D
     first += share;
   }
   b.first[count] = static_cast<unsigned>(first);
-  // EXPERIMENT: QBENCH_EXP_NF4_DECODE=eight, 8 words a lane a trip.
-  static const bool eight = [] {
-    const char* e = std::getenv("QBENCH_EXP_NF4_DECODE");
-    return e != nullptr && std::string(e) == "eight";
-  }();
-  if (eight) {
+  if (eight != 0) {
     EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T, 8><<<static_cast<unsigned>(first), threads, 0, stream>>>(b));
   } else {
     EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T, 4><<<static_cast<unsigned>(first), threads, 0, stream>>>(b));
