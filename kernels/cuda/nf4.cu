@@ -6,8 +6,6 @@
 #include <mma.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 #include <utility>
 
 #include "common.cuh"
@@ -177,93 +175,80 @@ __device__ __forceinline__ void sts_v4(uint32_t addr, const uint32_t (&v)[4]) {
                : "memory");
 }
 
-/// Per warp, the products of one trip of W words a lane: 4W absmax blocks x 16 codes, 16-bit values. Aligned to
-/// 512 bytes (the byte permutes of dequantize32_products take the address's upper bytes whole).
-template <int W>
+/// Per warp, the products of one trip: 16 absmax blocks x 16 codes, 16-bit values. 512-byte aligned (the byte
+/// permutes of dequantize32_products assume it).
+constexpr int kProductTableWords = 128;
 struct alignas(512) Nf4ProductTables {
-  uint32_t warp[kBackgroundBlockThreads / 32][32 * W];
+  uint32_t warp[kBackgroundBlockThreads / 32][kProductTableWords];
 };
 
 /// dequantize32_groups for blocksize 64 (GPT-2's, and bitsandbytes' default) and 16-bit copies, the prefetch's case.
 /// At batch 1 this loop runs on a side stream beside the block being computed and its instructions are what it
-/// costs the forward, so it does the multiplications once a block instead of once a value: each trip (W words a
-/// lane, 4W absmax blocks), the warp writes the 16 products from_float<T>(level[c] x absmax) of each of its blocks
-/// into a table of its own (block slot s at byte 32 s, code c at 2 c; the same roundings as everywhere else, so
-/// the same bits), and then each value is one 16-bit shared load. A value's table address is one byte permute:
-/// byte b of hi (lo) holds the slot's low three bits and 2 x the code of element 2b (2b + 1), and the permute takes
-/// the other three bytes from the table's address. Lanes 8q .. 8q + 7 read slot 4j + q of a word j, one 32-byte
-/// row each: the 32 lanes hit 32 different banks.
-/// ~27 SASS instructions a word of 8 codes and ~75 a trip (W = 4, sm_90a, fp16), against ~44 and ~40 for the
-/// generic loop and ~61 a word before it; NF4's batch-1 forward on an H200 in docs/perf.md, "The NF4 decode in
-/// fewer instructions". A branch for whole trips without bounds checks (one address, immediate offsets) ran no
-/// fewer instructions and was no faster (same call: 0.472-0.474 ms against 0.470-0.472).
-template <typename T, int W>
+/// costs the forward, so it does the multiplications once a block instead of once a value: each trip (128 words,
+/// 16 absmax blocks), the warp writes the 16 products from_float<T>(level[c] x absmax) of each of its blocks into
+/// a table of its own (block slot s at byte 32 s, code c at 2 c; the same roundings as everywhere else, so the same
+/// bits), and then each value is one 16-bit shared load. A value's table address is one byte permute: byte b of
+/// hi (lo) holds the slot's low three bits and 2 x the code of element 2b (2b + 1), and the permute takes the
+/// other three bytes from the table's address. Lanes 8q .. 8q + 7 read slot 4j + q of a word j, one 32-byte row
+/// each: the 32 lanes hit 32 different banks.
+/// ~27 SASS instructions a word of 8 codes and ~75 a trip (sm_90a, fp16), against ~44 and ~40 for the generic
+/// loop and ~61 a word before it; NF4's batch-1 forward on an H200 in docs/perf.md, "The NF4 decode in fewer
+/// instructions". A branch for whole trips without bounds checks (one address, immediate offsets) ran no fewer
+/// instructions and was no faster (same call: 0.472-0.474 ms against 0.470-0.472).
+template <typename T>
 __device__ __forceinline__ void dequantize32_products(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
                                                       uint32_t first, uint32_t step, uint32_t* table) {
   static_assert(sizeof(T) == 2, "16-bit copies only");
-  static_assert(W == 2 || W == 4 || W == 8, "a lane writes a quarter (W = 2), half (4) or all (8) of a block's products");
   const uint32_t words = static_cast<uint32_t>(w.n * w.k / 8);
   const uint32_t nblocks = (words + 7) / 8;
   const uint32_t* src = reinterpret_cast<const uint32_t*>(w.packed);
   uint4* dst = reinterpret_cast<uint4*>(out);  // a word's 8 values: 16 bytes
   const uint32_t lane = first & 31u;
-  // This lane's part of the table: W = 4, codes 8 (lane % 2) .. + 7 of block slot lane / 2; W = 8, all 16 codes
-  // of slot lane, as two 16-byte halves, the first half written first by lanes 0-3 of each 8 and second by lanes
-  // 4-7, so that each quarter warp's stores cover 32 banks.
-  constexpr int kCodes = 2 * W;
-  const uint32_t slot = W == 2 ? lane >> 2 : W == 4 ? lane >> 1 : lane;
-  const uint32_t half0 = W == 4 ? lane & 1u : (lane >> 2) & 1u;
-  const uint32_t code0 = W == 2 ? (lane & 3u) * 4 : half0 * 8;  // this lane's first code
-  float level[kCodes];
+  // This lane's part of the table: block slot lane / 2, codes 8 (lane % 2) .. + 7.
+  float level[8];
 #pragma unroll
-  for (int e = 0; e < kCodes; ++e) level[e] = t.level[(code0 + e) & 15];
+  for (int e = 0; e < 8; ++e) level[e] = t.level[(lane & 1u) * 8 + e];
   const uint32_t tab = static_cast<uint32_t>(__cvta_generic_to_shared(table));
-  const uint32_t mine = tab + slot * 32 + code0 * 2;
-  const uint32_t mine2 = tab + slot * 32 + (half0 ^ 1u) * 16;  // W = 8's second half
+  const uint32_t mine = tab + (lane >> 1) * 32 + (lane & 1u) * 16;
   // Word j of a trip is in slot 4j + lane / 8: bits 0-2 of the slot go into bits 5-7 of each byte of hi and lo,
-  // bits 3-4 into the address's second byte.
-  uint32_t slot_bits[2], slot_base[(W + 1) / 2];
+  // bit 3 into the address's second byte.
+  uint32_t slot_bits[4], slot_base[4];
 #pragma unroll
-  for (int j = 0; j < 2; ++j) slot_bits[j] = (((4u * j + (lane >> 3)) & 7u) << 5) * 0x01010101u;
-#pragma unroll
-  for (int j = 0; j < (W + 1) / 2; ++j) slot_base[j] = tab + (static_cast<uint32_t>(j) << 8);
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t slot = 4 * j + (lane >> 3);
+    slot_bits[j] = ((slot & 7u) << 5) * 0x01010101u;
+    slot_base[j] = tab + ((slot >> 3) << 8);
+  }
   auto decode = [&](uint32_t p, int j) {
     // Little-endian: byte b of p holds elements 2b (high nibble) and 2b + 1.
-    const uint32_t hi = ((p >> 3) & 0x1E1E1E1Eu) | slot_bits[j & 1];
-    const uint32_t lo = ((p << 1) & 0x1E1E1E1Eu) | slot_bits[j & 1];
+    const uint32_t hi = ((p >> 3) & 0x1E1E1E1Eu) | slot_bits[j];
+    const uint32_t lo = ((p << 1) & 0x1E1E1E1Eu) | slot_bits[j];
     uint32_t v[4];
 #pragma unroll
     for (int b = 0; b < 4; ++b) {
-      const uint32_t even = lds_u16(__byte_perm(hi, slot_base[j >> 1], 0x7650u + b));
-      const uint32_t odd = lds_u16(__byte_perm(lo, slot_base[j >> 1], 0x7650u + b));
+      const uint32_t even = lds_u16(__byte_perm(hi, slot_base[j], 0x7650u + b));
+      const uint32_t odd = lds_u16(__byte_perm(lo, slot_base[j], 0x7650u + b));
       v[b] = __byte_perm(even, odd, 0x5410u);
     }
     return make_uint4(v[0], v[1], v[2], v[3]);
   };
-  for (uint32_t base = (first & ~31u) * W; base < words; base += step * W) {  // warp-uniform
-    uint32_t p[W];
+  for (uint32_t base = (first & ~31u) * 4; base < words; base += step * 4) {  // warp-uniform
+    uint32_t p[4];
 #pragma unroll
-    for (int j = 0; j < W; ++j) {
+    for (int j = 0; j < 4; ++j) {
       const uint32_t i = base + 32 * j + lane;
       p[j] = i < words ? __ldcs(src + i) : 0u;  // evict-first, as above
     }
-    const uint32_t b = (base >> 3) + slot;
+    const uint32_t b = (base >> 3) + (lane >> 1);
     const float am = b < nblocks ? block_absmax(w, t, b) : 0.0f;
-    uint32_t products[kCodes / 2];
+    uint32_t products[4];
 #pragma unroll
-    for (int q = 0; q < kCodes / 2; ++q) {
-      products[q] = pack2<T>(__fmul_rn(level[2 * q], am), __fmul_rn(level[2 * q + 1], am));
-    }
+    for (int q = 0; q < 4; ++q) products[q] = pack2<T>(__fmul_rn(level[2 * q], am), __fmul_rn(level[2 * q + 1], am));
     __syncwarp();  // every lane has read the last trip's table
-    if constexpr (W == 2) {
-      asm volatile("st.shared.v2.u32 [%0], {%1, %2};" ::"r"(mine), "r"(products[0]), "r"(products[1]) : "memory");
-    } else {
-      sts_v4(mine, {products[0], products[1], products[2], products[3]});
-    }
-    if constexpr (W == 8) sts_v4(mine2, {products[4], products[5], products[6], products[7]});
+    sts_v4(mine, products);
     __syncwarp();
 #pragma unroll
-    for (int j = 0; j < W; ++j) {
+    for (int j = 0; j < 4; ++j) {
       const uint32_t i = base + 32 * j + lane;
       if (i >= words) break;
       dst[i] = decode(p[j], j);
@@ -272,12 +257,12 @@ __device__ __forceinline__ void dequantize32_products(const Nf4View& w, const Nf
 }
 
 /// The capped kernels' loop: through the product tables where they apply, else the generic loop.
-template <typename T, int W>
+template <typename T>
 __device__ __forceinline__ void dequantize32_any(const Nf4View& w, const Nf4Tables& t, T* __restrict__ out,
-                                                 uint32_t first, uint32_t step, Nf4ProductTables<W>& pt) {
+                                                 uint32_t first, uint32_t step, Nf4ProductTables& pt) {
   if constexpr (sizeof(T) == 2) {
     if (w.blocksize == 64 && blockDim.x <= kBackgroundBlockThreads) {
-      dequantize32_products<T, W>(w, t, out, first, step, pt.warp[threadIdx.x >> 5]);
+      dequantize32_products(w, t, out, first, step, pt.warp[threadIdx.x >> 5]);
       return;
     }
   }
@@ -290,7 +275,7 @@ __device__ __forceinline__ void dequantize32_any(const Nf4View& w, const Nf4Tabl
 template <typename T>
 __global__ void k_nf4_dequantize32(Nf4View w, T* __restrict__ out) {
   __shared__ Nf4Tables t;
-  __shared__ Nf4ProductTables<4> pt;
+  __shared__ Nf4ProductTables pt;
   load_tables(t, w.quant_map, w.nested_map);
   __syncthreads();
   dequantize32_any(w, t, out, blockIdx.x * blockDim.x + threadIdx.x, gridDim.x * blockDim.x, pt);
@@ -308,10 +293,10 @@ struct Nf4Batch {
   int count;
 };
 
-template <typename T, int W>
+template <typename T>
 __global__ void k_nf4_dequantize32_batch(Nf4Batch b) {
   __shared__ Nf4Tables t;
-  __shared__ Nf4ProductTables<W> pt;
+  __shared__ Nf4ProductTables pt;
   load_tables(t, b.w[0].quant_map, b.w[0].nested_map);  // the launcher checked that all share them
   __syncthreads();
 #pragma unroll
@@ -586,13 +571,6 @@ int launch_nf4_dequantize_batch(const Nf4View* w, void* const* out, int count, D
   if (w == nullptr || out == nullptr) return kLaunchBadPointer;
   Nf4Batch b{};
   b.count = count;
-  // EXPERIMENT: QBENCH_EXP_NF4_DECODE=two: 2 words a lane a trip (on the grid of 4); pad: 4 words with 16 KiB
-  // of unused dynamic shared memory a block (the footprint of 8 words' tables).
-  static const int mode = [] {
-    const char* e = std::getenv("QBENCH_EXP_NF4_DECODE");
-    const std::string m = e != nullptr ? e : "";
-    return m == "two" ? 1 : m == "pad" ? 2 : 0;
-  }();
   int64_t groups[kNf4BatchMax] = {};
   int64_t total = 0;
   for (int j = 0; j < count; ++j) {
@@ -618,13 +596,7 @@ int launch_nf4_dequantize_batch(const Nf4View* w, void* const* out, int count, D
     first += share;
   }
   b.first[count] = static_cast<unsigned>(first);
-  if (mode == 1) {
-    EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T, 2><<<static_cast<unsigned>(first), threads, 0, stream>>>(b));
-  } else if (mode == 2) {
-    EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T, 4><<<static_cast<unsigned>(first), threads, 16384, stream>>>(b));
-  } else {
-    EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T, 4><<<static_cast<unsigned>(first), threads, 0, stream>>>(b));
-  }
+  EVALSVC_DISPATCH_FLOAT(dtype, T, k_nf4_dequantize32_batch<T><<<static_cast<unsigned>(first), threads, 0, stream>>>(b));
   return detail::launch_result();
 }
 
