@@ -570,8 +570,145 @@ __device__ __forceinline__ Acc staged_acc(int bits) {
   else return __int_as_float(bits);
 }
 
-template <typename Cfg, int NTHREADS, typename T, typename Acc>
-__device__ __forceinline__ void wg_store_tile(const Acc* staged, const WgTileParams<Cfg>& tp, int tid, int64_t m0,
+/// Barrier among the consumer warpgroups only (named barrier 1): the producer warp has left by then.
+template <int THREADS>
+__device__ __forceinline__ void consumers_sync() {
+  asm volatile("bar.sync 1, %0;\n" ::"n"(THREADS) : "memory");
+}
+
+/// wg_store_tile for a tile of LLM.int8's product when the quantizer found outlier columns (n % 8 == 0, 16-byte
+/// aligned y). Per element the outlier part is, for each outlier column j in ascending order, the integer product
+/// of its codes taken back out of the accumulator and o = fma(fp16(x[r, j]), fp16(cb[c, j] * scb[c] / 127), o):
+/// epilogue_value's arithmetic, so the same bits. What is per row (x, the codes) and what is per column (cb, the
+/// dequantized weight) is staged in the stage memory past the accumulators, up to kChunk columns at a time, once a
+/// tile: read per element from global memory instead, each thread loaded a column's weight bytes again for each of
+/// its rows and LLM.int8 with ~31 outlier columns took 8.0 ms at 32,768 x 768 -> 2304 (LayerNorm included)
+/// against W8A8's 0.20 (H200, docs/perf.md). The corrected accumulators go back into the staged tile; the o sums
+/// stay in registers across the chunks, for 2 of a thread's rows at a time (the chunks staged again for the next
+/// 2): 4 rows at once made the 64 x 64 tiles' kernel spill, and these kernels are LLM.int8's own (the launcher
+/// picks them by ep.outlier_count), so W8A8's carry neither this code nor its registers.
+template <typename Cfg, int NTHREADS, typename T>
+__device__ __forceinline__ void wg_store_tile_outliers(int* cs, const WgTileParams<Cfg>& tp, int tid, int64_t m0,
+                                                    int64_t n0, int64_t m, int64_t n, int64_t k,
+                                                    const Int8Epilogue& ep, T* __restrict__ y) {
+  constexpr int kGroups = Cfg::kBn / 8;
+  constexpr int kStep = NTHREADS / kGroups;  // rows between one of a thread's rows and its next
+  constexpr int kRows = Cfg::kBm / kStep;
+  static_assert(Cfg::kBm % kStep == 0, "every thread has the same number of row slots");
+  constexpr int kBatch = kRows < 2 ? kRows : 2;  // row slots whose o sums are live at once
+  static_assert(kRows % kBatch == 0, "whole batches of row slots");
+  // Stage bytes past the staged accumulators; a chunk column takes 4 + 1 bytes per tile column and per tile row.
+  constexpr int kFree = Cfg::kStages * Cfg::kStageBytes - Cfg::kBm * Cfg::kCStride * 4;
+  constexpr int kFit = kFree / (5 * (Cfg::kBm + Cfg::kBn));
+  constexpr int kChunk = kFit < 32 ? kFit : 32;
+  static_assert(kChunk >= 8, "room for a useful chunk of outlier columns");
+  float* wv_s = reinterpret_cast<float*>(cs + Cfg::kBm * Cfg::kCStride);  // [kChunk][kBn] dequantized weights
+  float* xv_s = wv_s + kChunk * Cfg::kBn;                                  // [kChunk][kBm] fp16 x values
+  int8_t* cb_s = reinterpret_cast<int8_t*>(xv_s + kChunk * Cfg::kBm);      // [kChunk][kBn] weight codes
+  int8_t* qv_s = cb_s + kChunk * Cfg::kBn;                                 // [kChunk][kBm] x codes
+  const int lc = (tid % kGroups) * 8;
+  const int64_t c = n0 + lc;
+  const bool col_ok = c < n;  // n % 8 == 0: a group is wholly inside or wholly outside; no early return (barriers)
+  const int rows = static_cast<int>(m - m0 < Cfg::kBm ? m - m0 : Cfg::kBm);
+  const int outliers = tp.outliers;
+  const T* x = static_cast<const T*>(ep.outlier_x);
+  const bool has_bias = ep.bias != nullptr || ep.bias_out_dtype != nullptr;  // both staged in tp.bias
+  float col[8], bias[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    col[e] = col_ok ? tp.col_scale[lc + e] : 0.0f;
+    bias[e] = col_ok ? tp.bias[lc + e] : 0.0f;
+  }
+#pragma unroll 1
+  for (int i0 = 0; i0 < kRows; i0 += kBatch) {
+  float o[kBatch][8];
+#pragma unroll
+  for (int i = 0; i < kBatch; ++i)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) o[i][e] = 0.0f;
+  for (int j0 = 0; j0 < outliers; j0 += kChunk) {
+    const int jn = outliers - j0 < kChunk ? outliers - j0 : kChunk;
+    consumers_sync<NTHREADS>();  // the last chunk's reads are done
+    for (int i = tid; i < jn * Cfg::kBn; i += NTHREADS) {
+      const int j = i / Cfg::kBn, cc = i % Cfg::kBn;
+      const int oc = ep.outlier_idx[j0 + j];
+      int8_t cbv = 0;
+      float wv = 0.0f;
+      if (n0 + cc < n) {
+        cbv = ep.outlier_cb[(n0 + cc) * k + oc];
+        wv = __half2float(__float2half_rn(static_cast<float>(cbv) * tp.outlier_scb[cc] / 127.0f));
+      }
+      cb_s[j * Cfg::kBn + cc] = cbv;
+      wv_s[j * Cfg::kBn + cc] = wv;
+    }
+    for (int i = tid; i < jn * Cfg::kBm; i += NTHREADS) {
+      const int j = i / Cfg::kBm, lr = i % Cfg::kBm;
+      const int oc = ep.outlier_idx[j0 + j];
+      float xv = 0.0f;
+      int8_t qv = 0;
+      if (lr < rows) {
+        xv = __half2float(__float2half_rn(to_float(x[(m0 + lr) * k + oc])));
+        if (ep.outlier_q != nullptr) qv = ep.outlier_q[(m0 + lr) * k + oc];
+      }
+      xv_s[j * Cfg::kBm + lr] = xv;
+      qv_s[j * Cfg::kBm + lr] = qv;
+    }
+    consumers_sync<NTHREADS>();
+    if (!col_ok) continue;
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) {
+      const int lr = tid / kGroups + (i0 + i) * kStep;
+      if (lr < rows) {
+        int4* src = reinterpret_cast<int4*>(cs + lr * Cfg::kCStride + lc);
+        const int4 a0 = src[0];
+        const int4 a1 = src[1];
+        int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+#pragma unroll 1
+        for (int j = 0; j < jn; ++j) {
+          const int qv = qv_s[j * Cfg::kBm + lr];
+          const float xv = xv_s[j * Cfg::kBm + lr];
+          const uint2 cbw = *reinterpret_cast<const uint2*>(cb_s + j * Cfg::kBn + lc);
+          const float4 w0 = *reinterpret_cast<const float4*>(wv_s + j * Cfg::kBn + lc);
+          const float4 w1 = *reinterpret_cast<const float4*>(wv_s + j * Cfg::kBn + lc + 4);
+          const float wv[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            const int cbv = static_cast<int8_t>(((e < 4 ? cbw.x : cbw.y) >> (8 * (e & 3))) & 0xFFu);
+            a[e] -= qv * cbv;
+            o[i][e] = fmaf(xv, wv[e], o[i][e]);
+          }
+        }
+        src[0] = make_int4(a[0], a[1], a[2], a[3]);
+        src[1] = make_int4(a[4], a[5], a[6], a[7]);
+      }
+    }
+  }
+  if (!col_ok) continue;  // no return: the next batch's chunks have barriers
+#pragma unroll
+  for (int i = 0; i < kBatch; ++i) {
+    const int lr = tid / kGroups + (i0 + i) * kStep;
+    if (lr < rows) {
+      const int4* src = reinterpret_cast<const int4*>(cs + lr * Cfg::kCStride + lc);
+      const int4 a0 = src[0];
+      const int4 a1 = src[1];
+      const int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+      const float rs = tp.row_scale[lr];
+      float v[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        v[e] = static_cast<float>(a[e]) * rs * col[e] * ep.alpha;
+        v[e] += o[i][e];
+        if (has_bias) v[e] += bias[e];
+        if (ep.gelu_tanh) v[e] = detail::gelu_tanh(to_float(from_float<T>(v[e])));
+      }
+      detail::store8(y + (m0 + lr) * n + c, v);
+    }
+  }
+  }
+}
+
+template <typename Cfg, int NTHREADS, bool kOutliers, typename T, typename Acc>
+__device__ __forceinline__ void wg_store_tile(Acc* staged, const WgTileParams<Cfg>& tp, int tid, int64_t m0,
                                               int64_t n0, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
                                               T* __restrict__ y) {
   constexpr int kGroups = Cfg::kBn / 8;
@@ -579,19 +716,24 @@ __device__ __forceinline__ void wg_store_tile(const Acc* staged, const WgTilePar
   constexpr bool kInt = std::is_same_v<Acc, int>;
   const int* cs = reinterpret_cast<const int*>(staged);  // read as raw 32-bit words, converted by staged_acc
   const bool vec_out = n % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0;
+  if constexpr (kInt && kOutliers) {
+    // tp.outliers is the block's one value: every consumer thread takes the same branch (it has barriers).
+    if (vec_out && ep.outlier_count != nullptr && tp.outliers > 0) {
+      wg_store_tile_outliers<Cfg, NTHREADS, T>(staged, tp, tid, m0, n0, m, n, k, ep, y);
+      return;
+    }
+  }
   if (vec_out) {
     const int lc = (tid % kGroups) * 8;
     const int64_t c = n0 + lc;
     if (c >= n) return;  // n % 8 == 0: a group is wholly inside or wholly outside
     const bool has_bias = ep.bias != nullptr || ep.bias_out_dtype != nullptr;  // both staged in tp.bias
-    const bool has_outliers = kInt && ep.outlier_count != nullptr;
-    const int outliers = has_outliers ? tp.outliers : 0;
-    float col[8], bias[8] = {}, scb[8] = {};
+    const bool has_outliers = kInt && kOutliers && ep.outlier_count != nullptr;  // and none this call (above)
+    float col[8], bias[8] = {};
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
       col[e] = tp.col_scale[lc + e];
       bias[e] = tp.bias[lc + e];
-      if (has_outliers) scb[e] = tp.outlier_scb[lc + e];
     }
     const int rows = static_cast<int>(m - m0 < Cfg::kBm ? m - m0 : Cfg::kBm);
 #pragma unroll 1
@@ -607,30 +749,12 @@ __device__ __forceinline__ void wg_store_tile(const Acc* staged, const WgTilePar
       const int4 second = src[sel ^ 1];
       const int4 a0 = sel ? second : first;
       const int4 a1 = sel ? first : second;
-      int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-      float o[8] = {};
-      if (kInt && has_outliers) {
-        const T* xr = static_cast<const T*>(ep.outlier_x) + r * k;
-        const int8_t* qr = ep.outlier_q != nullptr ? ep.outlier_q + r * k : nullptr;
-#pragma unroll 1
-        for (int j = 0; j < outliers; ++j) {
-          const int oc = ep.outlier_idx[j];
-          const int qv = qr != nullptr ? qr[oc] : 0;
-          const float xv = __half2float(__float2half_rn(to_float(xr[oc])));
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            const int8_t cbv = ep.outlier_cb[(c + e) * k + oc];
-            a[e] -= qv * static_cast<int>(cbv);
-            const float wv = __half2float(__float2half_rn(static_cast<float>(cbv) * scb[e] / 127.0f));
-            o[e] = fmaf(xv, wv, o[e]);
-          }
-        }
-      }
+      const int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
       float v[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         v[e] = static_cast<float>(staged_acc<Acc>(a[e])) * rs * col[e] * ep.alpha;
-        if (has_outliers) v[e] += o[e];
+        if (has_outliers) v[e] += 0.0f;  // no outlier column this call: the outlier part's zero, as epilogue_value adds it
       }
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
@@ -705,15 +829,10 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
       : "memory");
 #endif
 }
-/// Barrier among the consumer warpgroups only (named barrier 1): the producer warp has left by then.
-template <int THREADS>
-__device__ __forceinline__ void consumers_sync() {
-  asm volatile("bar.sync 1, %0;\n" ::"n"(THREADS) : "memory");
-}
 
 /// The product of 8-bit codes: int8 (s32 accumulators) or E4M3 (fp32 accumulators, 64 x 64 tiles only: their
 /// promotion below needs three accumulator sets, which the 128-column tiles' registers cannot hold).
-template <typename Cfg, typename T, ActCode kCode = ActCode::kInt8>
+template <typename Cfg, typename T, ActCode kCode = ActCode::kInt8, bool kOutliers = false>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     k_gemm8_wgmma(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                   int64_t m, int64_t n, int64_t k, Int8Epilogue ep, T* __restrict__ y) {
@@ -775,7 +894,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   // the main loop and the first store of every product.)
   const int tid = threadIdx.x;
   const bool my_col = tid < Cfg::kBn && n0 + tid < n;
-  const bool has_outliers = !kFp8 && ep.outlier_count != nullptr;
+  const bool has_outliers = kOutliers && !kFp8 && ep.outlier_count != nullptr;
   const float my_col_scale = my_col ? ep.col_scale[ep.col_scale_per_channel ? n0 + tid : 0] : 0.0f;
   float my_bias = 0.0f;
   if (my_col && ep.bias != nullptr) my_bias = ep.bias[n0 + tid];
@@ -836,7 +955,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   }
   if (tid == 0) tile.outliers = my_outliers;
   consumers_sync<Cfg::kConsumers>();
-  wg_store_tile<Cfg, Cfg::kConsumers>(cs, tile, threadIdx.x, m0, n0, m, n, k, ep, y);
+  wg_store_tile<Cfg, Cfg::kConsumers, kOutliers>(cs, tile, threadIdx.x, m0, n0, m, n, k, ep, y);
 #else
   __trap();  // not sm_90a code: int8_wgmma_available() keeps the launcher from getting here
 #endif
@@ -875,7 +994,7 @@ bool code_tensor_map(CUtensorMap* map, const void* g, int64_t rows, int64_t k, i
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <typename Cfg, typename T, ActCode kCode = ActCode::kInt8>
+template <typename Cfg, typename T, ActCode kCode = ActCode::kInt8, bool kOutliers = false>
 int launch_gemm8_wgmma_cfg(const void* xq, const void* wq, int64_t m, int64_t n, int64_t k, const Int8Epilogue& ep,
                            T* y, cudaStream_t stream) {
   // TMA coordinates are 32-bit: rows and k must fit (GPT-2's are far inside).
@@ -886,10 +1005,11 @@ int launch_gemm8_wgmma_cfg(const void* xq, const void* wq, int64_t m, int64_t n,
     return kLaunchUnsupported;
   }
   static bool opted_in[64] = {};
-  const int st = opt_in_smem(reinterpret_cast<const void*>(k_gemm8_wgmma<Cfg, T, kCode>), Cfg::kSmemBytes, opted_in);
+  const int st = opt_in_smem(reinterpret_cast<const void*>(k_gemm8_wgmma<Cfg, T, kCode, kOutliers>), Cfg::kSmemBytes,
+                             opted_in);
   if (st != kLaunchOk) return st;
   const dim3 grid(static_cast<unsigned>((n + Cfg::kBn - 1) / Cfg::kBn), static_cast<unsigned>((m + Cfg::kBm - 1) / Cfg::kBm));
-  detail::launch_pdl(k_gemm8_wgmma<Cfg, T, kCode>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, map_a, map_b, m, n, k,
+  detail::launch_pdl(k_gemm8_wgmma<Cfg, T, kCode, kOutliers>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, map_a, map_b, m, n, k,
                      ep, y);
   return detail::launch_result();
 }
@@ -1080,6 +1200,11 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
   if (wgmma || (kernel == Int8Kernel::kBest && vec && int8_wgmma_available())) {
     const bool large = !wgmma_small_tiles(m, n);
     EVALSVC_DISPATCH_FLOAT(dtype, T, {
+      // LLM.int8's outlier part has kernels of its own, so that W8A8's carry none of its code or registers.
+      if (ep.outlier_count != nullptr) {
+        return large ? launch_gemm8_wgmma_cfg<WgLarge, T, ActCode::kInt8, true>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream)
+                     : launch_gemm8_wgmma_cfg<WgSmall, T, ActCode::kInt8, true>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
+      }
       return large ? launch_gemm8_wgmma_cfg<WgLarge, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream)
                    : launch_gemm8_wgmma_cfg<WgSmall, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
     });

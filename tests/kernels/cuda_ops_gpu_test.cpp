@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -537,6 +538,32 @@ TEST(CudaLlmInt8, ManyOutlierColumns) {
   for (const auto g : {cuda::Int8Gemm::kAuto, cuda::Int8Gemm::kFused, cuda::Int8Gemm::kCublasLt}) {
     const auto got = cuda::llm_int8_linear(x.to(gpu()), lw.CB.to(gpu()), lw.SCB.to(gpu()), {}, 0.5, g);
     EXPECT_TRUE(close(got, want, kF16Tol, fmt::format("llm_int8_linear threshold 0.5 gemm={}", gemm_name(g))));
+  }
+}
+
+TEST(CudaLlmInt8, ManyOutlierColumnsInEveryProduct) {
+  REQUIRE_GPU();
+  // Threshold 1 makes most of 256 columns outliers: many chunks of the columns the wgmma epilogue stages at a time.
+  // 40 x 136 takes the 64 x 64 tiles, 2,000 x 1,032 the 128 x 128 ones, both ending in partial tiles. Every
+  // product computes epilogue_value's arithmetic, so they agree bit for bit (and with the reference within fp16).
+  struct Case {
+    int64_t t, n;
+  };
+  for (const Case c : {Case{40, 136}, Case{2000, 1032}}) {
+    const auto w = randn({c.n, 256}, 1680 + c.n, 0.05);
+    const auto bias = randn({c.n}, 1681, 0.1);
+    const auto lw = ref::quantize_llm_int8(w);
+    const auto x = randn({c.t, 256}, 1682 + c.t).to(torch::kFloat16);
+    const auto want = ref::llm_int8_linear(x, lw, bias, 1.0);
+    std::optional<torch::Tensor> first;
+    for (const auto g : int8_gemms(true)) {
+      if (!gemm_takes(g, c.t, 256, c.n)) continue;
+      const auto got = cuda::llm_int8_linear(x.to(gpu()), lw.CB.to(gpu()), lw.SCB.to(gpu()), bias.to(gpu()), 1.0, g);
+      const auto what = fmt::format("llm_int8_linear threshold 1 gemm={} M={} out={}", gemm_name(g), c.t, c.n);
+      EXPECT_TRUE(close(got, want, kF16Tol, what));
+      if (!first) first = got;
+      else EXPECT_TRUE(torch::equal(got, *first)) << what << " differs from gemm=" << gemm_name(int8_gemms(true)[0]);
+    }
   }
 }
 
