@@ -583,7 +583,7 @@ __device__ __forceinline__ void consumers_sync() {
 /// dequantized weight) is staged in the stage memory past the accumulators, up to kChunk columns at a time, once a
 /// tile: read per element from global memory instead, each thread loaded a column's weight bytes again for each of
 /// its rows and LLM.int8 with ~31 outlier columns took 8.0 ms at 32,768 x 768 -> 2304 (LayerNorm included)
-/// against W8A8's 0.20 (H200, docs/perf.md). The corrected accumulators go back into the staged tile; the o sums
+/// against W8A8's 0.20, and takes 2.24 ms so (H200, docs/perf.md). The corrected accumulators go back into the staged tile; the o sums
 /// stay in registers across the chunks, for 2 of a thread's rows at a time (the chunks staged again for the next
 /// 2): 4 rows at once made the 64 x 64 tiles' kernel spill, and these kernels are LLM.int8's own (the launcher
 /// picks them by ep.outlier_count), so W8A8's carry neither this code nor its registers.
