@@ -583,10 +583,10 @@ __device__ __forceinline__ void consumers_sync() {
 /// dequantized weight) is staged in the stage memory past the accumulators, up to kChunk columns at a time, once a
 /// tile: read per element from global memory instead, each thread loaded a column's weight bytes again for each of
 /// its rows and LLM.int8 with ~31 outlier columns took 8.0 ms at 32,768 x 768 -> 2304 (LayerNorm included)
-/// against W8A8's 0.20, and takes 2.24 ms so (H200, docs/perf.md). The corrected accumulators go back into the staged tile; the o sums
-/// stay in registers across the chunks, for 2 of a thread's rows at a time (the chunks staged again for the next
-/// 2): 4 rows at once made the 64 x 64 tiles' kernel spill, and these kernels are LLM.int8's own (the launcher
-/// picks them by ep.outlier_count), so W8A8's carry neither this code nor its registers.
+/// against W8A8's 0.20; so it takes 2.24 ms (H200, docs/perf.md). The corrected accumulators go back into the
+/// staged tile; the o sums stay in registers across the chunks, for 2 of a thread's rows at a time (the chunks
+/// staged again for the next 2): 4 rows at once made the 64 x 64 tiles' kernel spill. These kernels are LLM.int8's
+/// own (the launcher picks them by ep.outlier_count), so W8A8's carry neither this code nor its registers.
 template <typename Cfg, int NTHREADS, typename T>
 __device__ __forceinline__ void wg_store_tile_outliers(int* cs, const WgTileParams<Cfg>& tp, int tid, int64_t m0,
                                                     int64_t n0, int64_t m, int64_t n, int64_t k,
@@ -621,89 +621,89 @@ __device__ __forceinline__ void wg_store_tile_outliers(int* cs, const WgTilePara
   }
 #pragma unroll 1
   for (int i0 = 0; i0 < kRows; i0 += kBatch) {
-  float o[kBatch][8];
+    float o[kBatch][8];
 #pragma unroll
-  for (int i = 0; i < kBatch; ++i)
+    for (int i = 0; i < kBatch; ++i)
 #pragma unroll
-    for (int e = 0; e < 8; ++e) o[i][e] = 0.0f;
-  for (int j0 = 0; j0 < outliers; j0 += kChunk) {
-    const int jn = outliers - j0 < kChunk ? outliers - j0 : kChunk;
-    consumers_sync<NTHREADS>();  // the last chunk's reads are done
-    for (int i = tid; i < jn * Cfg::kBn; i += NTHREADS) {
-      const int j = i / Cfg::kBn, cc = i % Cfg::kBn;
-      const int oc = ep.outlier_idx[j0 + j];
-      int8_t cbv = 0;
-      float wv = 0.0f;
-      if (n0 + cc < n) {
-        cbv = ep.outlier_cb[(n0 + cc) * k + oc];
-        wv = __half2float(__float2half_rn(static_cast<float>(cbv) * tp.outlier_scb[cc] / 127.0f));
+      for (int e = 0; e < 8; ++e) o[i][e] = 0.0f;
+    for (int j0 = 0; j0 < outliers; j0 += kChunk) {
+      const int jn = outliers - j0 < kChunk ? outliers - j0 : kChunk;
+      consumers_sync<NTHREADS>();  // the last chunk's reads are done
+      for (int i = tid; i < jn * Cfg::kBn; i += NTHREADS) {
+        const int j = i / Cfg::kBn, cc = i % Cfg::kBn;
+        const int oc = ep.outlier_idx[j0 + j];
+        int8_t cbv = 0;
+        float wv = 0.0f;
+        if (n0 + cc < n) {
+          cbv = ep.outlier_cb[(n0 + cc) * k + oc];
+          wv = __half2float(__float2half_rn(static_cast<float>(cbv) * tp.outlier_scb[cc] / 127.0f));
+        }
+        cb_s[j * Cfg::kBn + cc] = cbv;
+        wv_s[j * Cfg::kBn + cc] = wv;
       }
-      cb_s[j * Cfg::kBn + cc] = cbv;
-      wv_s[j * Cfg::kBn + cc] = wv;
-    }
-    for (int i = tid; i < jn * Cfg::kBm; i += NTHREADS) {
-      const int j = i / Cfg::kBm, lr = i % Cfg::kBm;
-      const int oc = ep.outlier_idx[j0 + j];
-      float xv = 0.0f;
-      int8_t qv = 0;
-      if (lr < rows) {
-        xv = __half2float(__float2half_rn(to_float(x[(m0 + lr) * k + oc])));
-        if (ep.outlier_q != nullptr) qv = ep.outlier_q[(m0 + lr) * k + oc];
+      for (int i = tid; i < jn * Cfg::kBm; i += NTHREADS) {
+        const int j = i / Cfg::kBm, lr = i % Cfg::kBm;
+        const int oc = ep.outlier_idx[j0 + j];
+        float xv = 0.0f;
+        int8_t qv = 0;
+        if (lr < rows) {
+          xv = __half2float(__float2half_rn(to_float(x[(m0 + lr) * k + oc])));
+          if (ep.outlier_q != nullptr) qv = ep.outlier_q[(m0 + lr) * k + oc];
+        }
+        xv_s[j * Cfg::kBm + lr] = xv;
+        qv_s[j * Cfg::kBm + lr] = qv;
       }
-      xv_s[j * Cfg::kBm + lr] = xv;
-      qv_s[j * Cfg::kBm + lr] = qv;
+      consumers_sync<NTHREADS>();
+      if (!col_ok) continue;
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int lr = tid / kGroups + (i0 + i) * kStep;
+        if (lr < rows) {
+          int4* src = reinterpret_cast<int4*>(cs + lr * Cfg::kCStride + lc);
+          const int4 a0 = src[0];
+          const int4 a1 = src[1];
+          int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+#pragma unroll 1
+          for (int j = 0; j < jn; ++j) {
+            const int qv = qv_s[j * Cfg::kBm + lr];
+            const float xv = xv_s[j * Cfg::kBm + lr];
+            const uint2 cbw = *reinterpret_cast<const uint2*>(cb_s + j * Cfg::kBn + lc);
+            const float4 w0 = *reinterpret_cast<const float4*>(wv_s + j * Cfg::kBn + lc);
+            const float4 w1 = *reinterpret_cast<const float4*>(wv_s + j * Cfg::kBn + lc + 4);
+            const float wv[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+              const int cbv = static_cast<int8_t>(((e < 4 ? cbw.x : cbw.y) >> (8 * (e & 3))) & 0xFFu);
+              a[e] -= qv * cbv;
+              o[i][e] = fmaf(xv, wv[e], o[i][e]);
+            }
+          }
+          src[0] = make_int4(a[0], a[1], a[2], a[3]);
+          src[1] = make_int4(a[4], a[5], a[6], a[7]);
+        }
+      }
     }
-    consumers_sync<NTHREADS>();
-    if (!col_ok) continue;
+    if (!col_ok) continue;  // no return: the next batch's chunks have barriers
 #pragma unroll
     for (int i = 0; i < kBatch; ++i) {
       const int lr = tid / kGroups + (i0 + i) * kStep;
       if (lr < rows) {
-        int4* src = reinterpret_cast<int4*>(cs + lr * Cfg::kCStride + lc);
+        const int4* src = reinterpret_cast<const int4*>(cs + lr * Cfg::kCStride + lc);
         const int4 a0 = src[0];
         const int4 a1 = src[1];
-        int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-#pragma unroll 1
-        for (int j = 0; j < jn; ++j) {
-          const int qv = qv_s[j * Cfg::kBm + lr];
-          const float xv = xv_s[j * Cfg::kBm + lr];
-          const uint2 cbw = *reinterpret_cast<const uint2*>(cb_s + j * Cfg::kBn + lc);
-          const float4 w0 = *reinterpret_cast<const float4*>(wv_s + j * Cfg::kBn + lc);
-          const float4 w1 = *reinterpret_cast<const float4*>(wv_s + j * Cfg::kBn + lc + 4);
-          const float wv[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+        const int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        const float rs = tp.row_scale[lr];
+        float v[8];
 #pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            const int cbv = static_cast<int8_t>(((e < 4 ? cbw.x : cbw.y) >> (8 * (e & 3))) & 0xFFu);
-            a[e] -= qv * cbv;
-            o[i][e] = fmaf(xv, wv[e], o[i][e]);
-          }
+        for (int e = 0; e < 8; ++e) {
+          v[e] = static_cast<float>(a[e]) * rs * col[e] * ep.alpha;
+          v[e] += o[i][e];
+          if (has_bias) v[e] += bias[e];
+          if (ep.gelu_tanh) v[e] = detail::gelu_tanh(to_float(from_float<T>(v[e])));
         }
-        src[0] = make_int4(a[0], a[1], a[2], a[3]);
-        src[1] = make_int4(a[4], a[5], a[6], a[7]);
+        detail::store8(y + (m0 + lr) * n + c, v);
       }
     }
-  }
-  if (!col_ok) continue;  // no return: the next batch's chunks have barriers
-#pragma unroll
-  for (int i = 0; i < kBatch; ++i) {
-    const int lr = tid / kGroups + (i0 + i) * kStep;
-    if (lr < rows) {
-      const int4* src = reinterpret_cast<const int4*>(cs + lr * Cfg::kCStride + lc);
-      const int4 a0 = src[0];
-      const int4 a1 = src[1];
-      const int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-      const float rs = tp.row_scale[lr];
-      float v[8];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        v[e] = static_cast<float>(a[e]) * rs * col[e] * ep.alpha;
-        v[e] += o[i][e];
-        if (has_bias) v[e] += bias[e];
-        if (ep.gelu_tanh) v[e] = detail::gelu_tanh(to_float(from_float<T>(v[e])));
-      }
-      detail::store8(y + (m0 + lr) * n + c, v);
-    }
-  }
   }
 }
 
@@ -754,7 +754,7 @@ __device__ __forceinline__ void wg_store_tile(Acc* staged, const WgTileParams<Cf
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         v[e] = static_cast<float>(staged_acc<Acc>(a[e])) * rs * col[e] * ep.alpha;
-        if (has_outliers) v[e] += 0.0f;  // no outlier column this call: the outlier part's zero, as epilogue_value adds it
+        if (has_outliers) v[e] += 0.0f;  // no outlier column this call: their part's zero, as epilogue_value adds it
       }
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
@@ -1009,8 +1009,8 @@ int launch_gemm8_wgmma_cfg(const void* xq, const void* wq, int64_t m, int64_t n,
                              opted_in);
   if (st != kLaunchOk) return st;
   const dim3 grid(static_cast<unsigned>((n + Cfg::kBn - 1) / Cfg::kBn), static_cast<unsigned>((m + Cfg::kBm - 1) / Cfg::kBm));
-  detail::launch_pdl(k_gemm8_wgmma<Cfg, T, kCode, kOutliers>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, map_a, map_b, m, n, k,
-                     ep, y);
+  detail::launch_pdl(k_gemm8_wgmma<Cfg, T, kCode, kOutliers>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, map_a,
+                     map_b, m, n, k, ep, y);
   return detail::launch_result();
 }
 
@@ -1202,8 +1202,9 @@ int launch_int8_gemm(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, i
     EVALSVC_DISPATCH_FLOAT(dtype, T, {
       // LLM.int8's outlier part has kernels of its own, so that W8A8's carry none of its code or registers.
       if (ep.outlier_count != nullptr) {
-        return large ? launch_gemm8_wgmma_cfg<WgLarge, T, ActCode::kInt8, true>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream)
-                     : launch_gemm8_wgmma_cfg<WgSmall, T, ActCode::kInt8, true>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
+        T* out = static_cast<T*>(y);
+        return large ? launch_gemm8_wgmma_cfg<WgLarge, T, ActCode::kInt8, true>(xq, wq, m, n, k, ep, out, stream)
+                     : launch_gemm8_wgmma_cfg<WgSmall, T, ActCode::kInt8, true>(xq, wq, m, n, k, ep, out, stream);
       }
       return large ? launch_gemm8_wgmma_cfg<WgLarge, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream)
                    : launch_gemm8_wgmma_cfg<WgSmall, T>(xq, wq, m, n, k, ep, static_cast<T*>(y), stream);
