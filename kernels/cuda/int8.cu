@@ -831,7 +831,8 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
 }
 
 /// The product of 8-bit codes: int8 (s32 accumulators) or E4M3 (fp32 accumulators, 64 x 64 tiles only: their
-/// promotion below needs three accumulator sets, which the 128-column tiles' registers cannot hold).
+/// promotion below needs three accumulator sets, which the 128-column tiles' registers cannot hold). kOutliers:
+/// LLM.int8's, whose epilogue adds the outlier part (wg_store_tile_outliers); W8A8's kernels are compiled without.
 template <typename Cfg, typename T, ActCode kCode = ActCode::kInt8, bool kOutliers = false>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     k_gemm8_wgmma(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
