@@ -7,7 +7,7 @@
 Prints two Markdown tables: each op the model calls on GPT-2's four projection shapes at every M of the run,
 host-launched (ms per call, the achieved TFLOP/s or TOP/s, and in brackets the speed-up against the fp16 matmul of
 the same shape in the same run), and, for the M the run captured in CUDA graphs (1 and 128), the time per call inside
-a graph, which is what the batch-1 forward pays. A run whose validations did not all pass is refused: its timings
+a graph, which is what the batch-1 forward pays, with the achieved TFLOP/s (TOP/s) from M = 128. A run whose validations did not all pass is refused: its timings
 would describe kernels that compute something else. A file that is not kernel_bench's output is an error naming it.
 """
 import json
@@ -98,7 +98,14 @@ def main(argv):
                 cells = []
                 for _, _, op in COLUMNS:
                     row = graph.get((op, m, k, n))
-                    cells.append("-" if row is None else f"{row['graph_ms'] * 1e3:.2f} us")
+                    if row is None:
+                        cells.append("-")
+                        continue
+                    us = row["graph_ms"] * 1e3
+                    # The product's 2 m k n operations over the time a call takes in the graph (at M = 1 a rate
+                    # says little: the call reads the weight and does almost no arithmetic).
+                    rate = f", {2.0 * m * k * n / (us * 1e-6) / 1e12:,.0f} T/s" if m >= 128 else ""
+                    cells.append(f"{us:.2f} us{rate}")
                 print(f"| {m:,} | {k} x {n} | " + " | ".join(cells) + " |")
 
 
