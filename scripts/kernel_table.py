@@ -63,6 +63,35 @@ def load(path):
     return device, timed, graph, validations
 
 
+def print_table(ms, rows, op_field, cell):
+    """One Markdown table: a row per M and shape, a column per COLUMNS entry (its op at index op_field), "-" where
+    the run has no row, else cell(row, m, op)."""
+    print("| M | in x out | " + " | ".join(c[0] for c in COLUMNS) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in COLUMNS) + " |")
+    for m in ms:
+        for k, n in SHAPES:
+            cells = []
+            for column in COLUMNS:
+                row = rows.get((column[op_field], m, k, n))
+                cells.append("-" if row is None else cell(row, m, column[op_field]))
+            print(f"| {m:,} | {k} x {n} | " + " | ".join(cells) + " |")
+
+
+def timed_cell(row, m, op):
+    """Host-launched: the time, the achieved rate from 1,024 tokens, the speed-up against fp16."""
+    rate = f", {row['tflops']:,.0f} T/s" if m >= 1024 else ""
+    speed = "" if op == "fp16_matmul" else f" ({row['speedup_vs_fp16']:.2f}x)"
+    return f"{row['ms'] * 1e3:,.1f} us{rate}{speed}"
+
+
+def graph_cell(row, m, op):
+    """In a CUDA graph: the time, and from 128 tokens the product's 2 m k n operations over it (at M = 1 a rate says
+    little: the call reads the weight and does almost no arithmetic)."""
+    us = row["graph_ms"] * 1e3
+    rate = f", {2.0 * m * row['k'] * row['n'] / (us * 1e-6) / 1e12:,.0f} T/s" if m >= 128 else ""
+    return f"{us:.2f} us{rate}"
+
+
 def main(argv):
     if len(argv) != 2:
         sys.exit("usage: kernel_table.py KERNEL_BENCH.jsonl")
@@ -73,41 +102,11 @@ def main(argv):
     print(f"{device['device']} ({device['sms']} SMs, compute capability {device['compute_capability']}), libtorch "
           f"{device.get('libtorch', '?')}, CUDA runtime {runtime}, programmatic dependent "
           f"launch {'on' if device.get('pdl') else 'off'}; {validations} validations passed.\n")
-    print("| M | in x out | " + " | ".join(c[0] for c in COLUMNS) + " |")
-    print("| --- | --- | " + " | ".join("---" for _ in COLUMNS) + " |")
-    for m in ms:
-        for k, n in SHAPES:
-            cells = []
-            for _, op, _ in COLUMNS:
-                row = timed.get((op, m, k, n))
-                if row is None:
-                    cells.append("-")
-                    continue
-                us = row["ms"] * 1e3
-                rate = f", {row['tflops']:,.0f} T/s" if m >= 1024 else ""
-                speed = "" if op == "fp16_matmul" else f" ({row['speedup_vs_fp16']:.2f}x)"
-                cells.append(f"{us:,.1f} us{rate}{speed}")
-            print(f"| {m:,} | {k} x {n} | " + " | ".join(cells) + " |")
+    print_table(ms, timed, 1, timed_cell)
     graph_ms = sorted({key[1] for key in graph})
     if graph_ms:
         print("\nInside a CUDA graph (20 calls captured, the graph replayed), per call:\n")
-        print("| M | in x out | " + " | ".join(c[0] for c in COLUMNS) + " |")
-        print("| --- | --- | " + " | ".join("---" for _ in COLUMNS) + " |")
-        for m in graph_ms:
-            for k, n in SHAPES:
-                cells = []
-                for _, _, op in COLUMNS:
-                    row = graph.get((op, m, k, n))
-                    if row is None:
-                        cells.append("-")
-                        continue
-                    us = row["graph_ms"] * 1e3
-                    # The product's 2 m k n operations over the time a call takes in the graph (at M = 1 a rate
-                    # says little: the call reads the weight and does almost no arithmetic).
-                    rate = f", {2.0 * m * k * n / (us * 1e-6) / 1e12:,.0f} T/s" if m >= 128 else ""
-                    cells.append(f"{us:.2f} us{rate}")
-                print(f"| {m:,} | {k} x {n} | " + " | ".join(cells) + " |")
-
+        print_table(graph_ms, graph, 2, graph_cell)
 
 if __name__ == "__main__":
     main(sys.argv)
