@@ -5,10 +5,11 @@
   python3 scripts/kernel_table.py kb.jsonl
 
 Prints two Markdown tables: each op the model calls on GPT-2's four projection shapes at every M of the run,
-host-launched (ms per call, the achieved TFLOP/s or TOP/s, and in brackets the speed-up against the fp16 matmul of
-the same shape in the same run), and, for the M the run captured in CUDA graphs (1 and 128), the time per call inside
-a graph, which is what the batch-1 forward pays, with the achieved TFLOP/s (TOP/s) from M = 128. A run whose validations did not all pass is refused: its timings
-would describe kernels that compute something else. A file that is not kernel_bench's output is an error naming it.
+host-launched (time per call, the achieved TFLOP/s or TOP/s from M = 1,024, and in brackets the speed-up against the
+fp16 matmul of the same shape in the same run), and, for the M the run captured in CUDA graphs (1 and 128), the time
+per call inside a graph, which is what the batch-1 forward pays, with the achieved rate from M = 128. A run whose
+validations did not all pass is refused: its timings would describe kernels that compute something else. A file
+that is not kernel_bench's output is an error naming it.
 """
 import json
 import sys
