@@ -2,7 +2,7 @@
 // GEMM shapes (in, out) = (768, 2304) c_attn, (768, 768) attn.c_proj, (768, 3072) c_fc, (3072, 768) mlp.c_proj at
 // M = 1, 128, 1,024, 4,096, 32,768 tokens with CUDA events, next to the fp16 torch::matmul (cuBLAS) peer of the same run.
 // Then the per-token quantizers, the weight prefetch's dequantizations (dense copies), the residual add + LayerNorm
-// and its quantizing form. Output: JSON lines on stdout (one "device" line, one line per validation, one per
+// and its quantizing form, and LLM.int8 with 0 to 128 planted outlier columns against W8A8. Output: JSON lines on stdout (one "device" line, one line per validation, one per
 // timing). Exit status 1 when any validation fails (nothing is timed then), 2 on a usage error; 0 with a message
 // when built without CUDA.
 //
@@ -302,6 +302,16 @@ bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
                                                                false, L.llm_state), want_llm));
     add("llm_int8_linear (state zeroed per call)", 3e-3,
         rel_err(cuda::llm_int8_linear(xg, L.cb, L.scb, L.bias_gpu, 6.0), want_llm));
+    {
+      // 33 outlier columns: the one above and 32 more, a whole chunk of the wgmma epilogue's outlier part and one.
+      auto xo = x.clone();
+      for (int64_t j = 0; j < 32; ++j) xo.index_put_({(j * 5) % m, j * 23 + 3}, -7.5 - 0.25 * j);
+      const auto xo16 = xo.to(torch::kFloat16);
+      add("llm_int8_linear (33 outlier columns)", 3e-3,
+          rel_err(cuda::llm_int8_linear(xo16.to(gpu()), L.cb, L.scb, L.bias_gpu, 6.0, cuda::Int8Gemm::kAuto, false,
+                                        L.llm_state),
+                  ref::llm_int8_linear(xo16, L.llm, L.bias, 6.0)));
+    }
     add("int8_weight_only_linear", 3e-3,
         rel_err(cuda::int8_weight_only_linear(xg, L.i8_q, L.i8_s, L.bias_gpu),
                 ref::int8_weight_only_linear(x16, L.i8, L.bias, torch::kFloat16)));
@@ -682,6 +692,37 @@ int main(int argc, char** argv) {
             row["separate_quant_graph_ms"] = graph_ms(p.separate, 20, 20);
           }
           std::printf("%s\n", row.dump().c_str());
+          std::fflush(stdout);
+        }
+      }
+    }
+    // LLM.int8 with outlier columns planted into rows clamped to +-4 (which have none), each column given one
+    // |x| >= 6: what its epilogue's outlier part costs, against W8A8 on the same rows (c_attn's and mlp.c_proj's
+    // shapes). The quantizer's count of outlier columns is printed beside the number planted.
+    for (const size_t li : {size_t{0}, size_t{3}}) {
+      const Layer& L = layers[li];
+      for (const int64_t m : ms) {
+        if (m < 128) continue;
+        const auto base = randn({m, L.k}, 21 + m).clamp(-4.0, 4.0).to(torch::kFloat16).to(gpu());
+        const int iters = m >= 4096 ? 20 : 200;
+        const int warmup = m >= 4096 ? 3 : 20;
+        const double w8a8 =
+            time_ms([&] { (void)cuda::int8_w8a8_linear(base, L.i8_q, L.i8_s, L.bias_gpu); }, warmup, iters);
+        for (const int64_t planted : {0, 8, 32, 128}) {
+          auto x = base.clone();
+          if (planted > 0) {
+            const auto j = torch::arange(planted, torch::TensorOptions().dtype(torch::kLong).device(gpu()));
+            x.index_put_({(j * 131) % m, j * (L.k / planted)}, 8.0);
+          }
+          const int64_t found = cuda::quantize_per_token_int8(x, 6.0).outlier_cols.sum().item<int64_t>();
+          const double t = time_ms([&] {
+            (void)cuda::llm_int8_linear(x, L.cb, L.scb, L.bias_gpu, 6.0, cuda::Int8Gemm::kAuto, false, L.llm_state);
+          }, warmup, iters);
+          std::printf("%s\n", json{{"op", "llm_int8_linear (planted outlier columns)"}, {"m", m}, {"k", L.k},
+                                   {"n", L.n}, {"planted", planted}, {"outlier_columns", found}, {"ms", t},
+                                   {"w8a8_ms", w8a8}, {"over_w8a8", t / w8a8}}
+                                  .dump()
+                                  .c_str());
           std::fflush(stdout);
         }
       }
