@@ -576,134 +576,189 @@ __device__ __forceinline__ void consumers_sync() {
   asm volatile("bar.sync 1, %0;\n" ::"n"(THREADS) : "memory");
 }
 
+/// d += a (16 x 16 f16, row) . b (16 x 8 f16, col), f32 accumulators: m16n8k16's fragments (a0-a3: rows lane / 4
+/// and + 8, k 2 (lane % 4) and + 8; b0-b1: k 2 (lane % 4) and + 8, column lane / 4).
+__device__ __forceinline__ void mma_f16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 /// wg_store_tile for a tile of LLM.int8's product when the quantizer found outlier columns (n % 8 == 0, 16-byte
-/// aligned y). Per element the outlier part is, for each outlier column j in ascending order, the integer product
-/// of its codes taken back out of the accumulator and o = fma(fp16(x[r, j]), fp16(cb[c, j] * scb[c] / 127), o):
-/// epilogue_value's arithmetic, so the same bits. What is per row (x, the codes) and what is per column (cb, the
-/// dequantized weight) is staged in the stage memory past the accumulators, up to kChunk columns at a time, once a
-/// tile: read per element from global memory instead, each thread loaded a column's weight bytes again for each of
-/// its rows and LLM.int8 with ~31 outlier columns took 8.0 ms at 32,768 x 768 -> 2304 (LayerNorm included)
-/// against W8A8's 0.20; so it takes 2.24 ms (H200, docs/perf.md). The corrected accumulators go back into the
-/// staged tile; the o sums stay in registers across the chunks, for 2 of a thread's rows at a time (the chunks
-/// staged again for the next 2): 4 rows at once made the 64 x 64 tiles' kernel spill. These kernels are LLM.int8's
-/// own (the launcher picks them by ep.outlier_count), so W8A8's carry neither this code nor its registers.
+/// aligned y). The outlier part is two small products on the tensor cores (mma.sync), over chunks of kChunk
+/// outlier columns staged in the stage memory past the staged accumulators:
+///  1. the codes of the outlier columns are still in the product (the quantizer does not zero them): their integer
+///     product, (-q) . cb over s8, is added into the staged int32 accumulators, exactly;
+///  2. the accumulators become fp32, acc * row scale * column scale * alpha, and the fp16 product of the outlier
+///     columns, fp16(x) . fp16(cb * scb / 127) with fp32 accumulation, is added onto them in place.
+/// Then bias and GELU as wg_store_tile. The products are exact and their sums fp32, so the result is the
+/// reference's up to fp32 rounding order (within an fp16 ulp of the other product paths, which add the outlier
+/// columns one at a time in epilogue_value). The outlier part on CUDA cores, one fma a column and element, took
+/// 2.24 ms at 32,768 x 768 -> 2304 with ~31 outlier columns against W8A8's 0.20 (H200, docs/perf.md).
+/// Each warp owns a 32 x (kBn / warps across) region of the tile in the m16n8 fragment layout; its accumulators
+/// live in the staged tile, so nothing is held in registers from one chunk to the next.
 template <typename Cfg, int NTHREADS, typename T>
 __device__ __forceinline__ void wg_store_tile_outliers(int* cs, const WgTileParams<Cfg>& tp, int tid, int64_t m0,
                                                     int64_t n0, int64_t m, int64_t n, int64_t k,
                                                     const Int8Epilogue& ep, T* __restrict__ y) {
-  constexpr int kGroups = Cfg::kBn / 8;
-  constexpr int kStep = NTHREADS / kGroups;  // rows between one of a thread's rows and its next
-  constexpr int kRows = Cfg::kBm / kStep;
-  static_assert(Cfg::kBm % kStep == 0, "every thread has the same number of row slots");
-  constexpr int kBatch = kRows < 2 ? kRows : 2;  // row slots whose o sums are live at once
-  static_assert(kRows % kBatch == 0, "whole batches of row slots");
-  // Stage bytes past the staged accumulators; a chunk column takes 4 + 1 bytes per tile column and per tile row.
+  constexpr int kChunk = 32;                      // outlier columns a chunk: one k32 s8 step, two k16 f16 steps
+  constexpr int kWarps = NTHREADS / 32;
+  constexpr int kWarpsM = Cfg::kBm / 32;          // warps down the tile, 32 rows (two m16 fragments) each
+  static_assert(kWarps % kWarpsM == 0, "whole columns of warps");
+  constexpr int kWarpN = Cfg::kBn / (kWarps / kWarpsM);
+  constexpr int kNt = kWarpN / 8;                 // n8 fragments a warp
+  static_assert(kWarpN % 8 == 0 && kNt >= 1, "whole n8 fragments");
+  // Row strides of the staged operands, chosen so that the 8 rows a fragment load touches (lane / 4) fall on
+  // distinct banks: 48 bytes (12 words) for the s8 codes, 80 bytes (20 words) for the fp16 values.
+  constexpr int kQStride = 48;
+  constexpr int kHStride = 40;  // halves
   constexpr int kFree = Cfg::kStages * Cfg::kStageBytes - Cfg::kBm * Cfg::kCStride * 4;
-  constexpr int kFit = kFree / (5 * (Cfg::kBm + Cfg::kBn));
-  constexpr int kChunk = kFit < 32 ? kFit : 32;
-  static_assert(kChunk >= 8, "room for a useful chunk of outlier columns");
-  float* wv_s = reinterpret_cast<float*>(cs + Cfg::kBm * Cfg::kCStride);  // [kChunk][kBn] dequantized weights
-  float* xv_s = wv_s + kChunk * Cfg::kBn;                                  // [kChunk][kBm] fp16 x values
-  int8_t* cb_s = reinterpret_cast<int8_t*>(xv_s + kChunk * Cfg::kBm);      // [kChunk][kBn] weight codes
-  int8_t* qv_s = cb_s + kChunk * Cfg::kBn;                                 // [kChunk][kBm] x codes
-  const int lc = (tid % kGroups) * 8;
-  const int64_t c = n0 + lc;
-  const bool col_ok = c < n;  // n % 8 == 0: a group is wholly inside or wholly outside; no early return (barriers)
+  static_assert((Cfg::kBm + Cfg::kBn) * kHStride * 2 <= kFree, "the staged chunk must fit past the accumulators");
+  int8_t* const q_s = reinterpret_cast<int8_t*>(cs + Cfg::kBm * Cfg::kCStride);  // [kBm][kQStride]: -q
+  int8_t* const cb_s = q_s + Cfg::kBm * kQStride;                                // [kBn][kQStride]: cb
+  __half* const x_s = reinterpret_cast<__half*>(q_s);                            // [kBm][kHStride]: fp16(x)
+  __half* const w_s = x_s + Cfg::kBm * kHStride;                                 // [kBn][kHStride]: fp16(w)
+  float* const fs = reinterpret_cast<float*>(cs);                                // the tile as fp32, phase 2
+
   const int rows = static_cast<int>(m - m0 < Cfg::kBm ? m - m0 : Cfg::kBm);
   const int outliers = tp.outliers;
   const T* x = static_cast<const T*>(ep.outlier_x);
-  const bool has_bias = ep.bias != nullptr || ep.bias_out_dtype != nullptr;  // both staged in tp.bias
-  float col[8], bias[8];
+  const int lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int wr = (warp % kWarpsM) * 32;        // the warp's first row and column in the tile
+  const int wc = (warp / kWarpsM) * kWarpN;
+
+  // Phase 1: acc += (-q) . cb over the outlier columns (exact integers). Without codes (outlier_q null) those
+  // columns' codes were zeroed before the product: nothing to take out.
+  const int int_chunks_end = ep.outlier_q != nullptr ? outliers : 0;
+  for (int j0 = 0; j0 < int_chunks_end; j0 += kChunk) {
+    const int jn = outliers - j0 < kChunk ? outliers - j0 : kChunk;
+    consumers_sync<NTHREADS>();  // the staged accumulators are written / the last chunk has been read
+    // A warp gathers one row's chunk at a time (consecutive columns of one row, few cache lines).
+    for (int i = tid; i < (Cfg::kBm + Cfg::kBn) * kChunk; i += NTHREADS) {
+      const int r = i / kChunk, j = i % kChunk;
+      int8_t v = 0;
+      if (j < jn) {
+        const int oc = ep.outlier_idx[j0 + j];
+        if (r < Cfg::kBm) {
+          if (r < rows) v = static_cast<int8_t>(-ep.outlier_q[(m0 + r) * k + oc]);
+        } else if (n0 + (r - Cfg::kBm) < n) {
+          v = ep.outlier_cb[(n0 + r - Cfg::kBm) * k + oc];
+        }
+      }
+      q_s[r * kQStride + j] = v;  // cb_s follows q_s: row kBm + c of the same array
+    }
+    consumers_sync<NTHREADS>();
 #pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    col[e] = col_ok ? tp.col_scale[lc + e] : 0.0f;
-    bias[e] = col_ok ? tp.bias[lc + e] : 0.0f;
+    for (int mt = 0; mt < 2; ++mt) {
+      const int r = wr + mt * 16 + g;
+      uint32_t a[4];
+      a[0] = *reinterpret_cast<const uint32_t*>(q_s + r * kQStride + 4 * t);
+      a[1] = *reinterpret_cast<const uint32_t*>(q_s + (r + 8) * kQStride + 4 * t);
+      a[2] = *reinterpret_cast<const uint32_t*>(q_s + r * kQStride + 16 + 4 * t);
+      a[3] = *reinterpret_cast<const uint32_t*>(q_s + (r + 8) * kQStride + 16 + 4 * t);
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt) {
+        const int c = wc + nt * 8;
+        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(cb_s + (c + g) * kQStride + 4 * t);
+        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(cb_s + (c + g) * kQStride + 16 + 4 * t);
+        int2* p0 = reinterpret_cast<int2*>(cs + r * Cfg::kCStride + c + 2 * t);
+        int2* p1 = reinterpret_cast<int2*>(cs + (r + 8) * Cfg::kCStride + c + 2 * t);
+        const int2 v0 = *p0, v1 = *p1;
+        int d[4] = {v0.x, v0.y, v1.x, v1.y};
+        mma_s8_16832(d, a, b0, b1);
+        *p0 = make_int2(d[0], d[1]);
+        *p1 = make_int2(d[2], d[3]);
+      }
+    }
   }
-#pragma unroll 1
-  for (int i0 = 0; i0 < kRows; i0 += kBatch) {
-    float o[kBatch][8];
-#pragma unroll
-    for (int i = 0; i < kBatch; ++i)
-#pragma unroll
-      for (int e = 0; e < 8; ++e) o[i][e] = 0.0f;
-    for (int j0 = 0; j0 < outliers; j0 += kChunk) {
-      const int jn = outliers - j0 < kChunk ? outliers - j0 : kChunk;
-      consumers_sync<NTHREADS>();  // the last chunk's reads are done
-      for (int i = tid; i < jn * Cfg::kBn; i += NTHREADS) {
-        const int j = i / Cfg::kBn, cc = i % Cfg::kBn;
+
+  // Phase 2: v = acc * row scale * column scale * alpha (on the first chunk), then v += fp16(x) . fp16(w).
+  for (int j0 = 0; j0 < outliers; j0 += kChunk) {
+    const int jn = outliers - j0 < kChunk ? outliers - j0 : kChunk;
+    consumers_sync<NTHREADS>();
+    for (int i = tid; i < (Cfg::kBm + Cfg::kBn) * kChunk; i += NTHREADS) {
+      const int r = i / kChunk, j = i % kChunk;
+      float v = 0.0f;
+      if (j < jn) {
         const int oc = ep.outlier_idx[j0 + j];
-        int8_t cbv = 0;
-        float wv = 0.0f;
-        if (n0 + cc < n) {
-          cbv = ep.outlier_cb[(n0 + cc) * k + oc];
-          wv = __half2float(__float2half_rn(static_cast<float>(cbv) * tp.outlier_scb[cc] / 127.0f));
+        if (r < Cfg::kBm) {
+          if (r < rows) v = to_float(x[(m0 + r) * k + oc]);
+        } else if (n0 + (r - Cfg::kBm) < n) {
+          const int c = r - Cfg::kBm;
+          v = static_cast<float>(ep.outlier_cb[(n0 + c) * k + oc]) * tp.outlier_scb[c] / 127.0f;
         }
-        cb_s[j * Cfg::kBn + cc] = cbv;
-        wv_s[j * Cfg::kBn + cc] = wv;
       }
-      for (int i = tid; i < jn * Cfg::kBm; i += NTHREADS) {
-        const int j = i / Cfg::kBm, lr = i % Cfg::kBm;
-        const int oc = ep.outlier_idx[j0 + j];
-        float xv = 0.0f;
-        int8_t qv = 0;
-        if (lr < rows) {
-          xv = __half2float(__float2half_rn(to_float(x[(m0 + lr) * k + oc])));
-          if (ep.outlier_q != nullptr) qv = ep.outlier_q[(m0 + lr) * k + oc];
-        }
-        xv_s[j * Cfg::kBm + lr] = xv;
-        qv_s[j * Cfg::kBm + lr] = qv;
+      x_s[r * kHStride + j] = __float2half_rn(v);  // w_s follows x_s: row kBm + c of the same array
+    }
+    consumers_sync<NTHREADS>();
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      const int r = wr + mt * 16 + g;
+      uint32_t a[2][4];
+#pragma unroll
+      for (int ks = 0; ks < 2; ++ks) {
+        const __half* lo = x_s + r * kHStride + ks * 16 + 2 * t;
+        const __half* hi = lo + 8 * kHStride;
+        a[ks][0] = *reinterpret_cast<const uint32_t*>(lo);
+        a[ks][1] = *reinterpret_cast<const uint32_t*>(hi);
+        a[ks][2] = *reinterpret_cast<const uint32_t*>(lo + 8);
+        a[ks][3] = *reinterpret_cast<const uint32_t*>(hi + 8);
       }
-      consumers_sync<NTHREADS>();
-      if (!col_ok) continue;
+      const float rs0 = tp.row_scale[r], rs1 = tp.row_scale[r + 8];
 #pragma unroll
-      for (int i = 0; i < kBatch; ++i) {
-        const int lr = tid / kGroups + (i0 + i) * kStep;
-        if (lr < rows) {
-          int4* src = reinterpret_cast<int4*>(cs + lr * Cfg::kCStride + lc);
-          const int4 a0 = src[0];
-          const int4 a1 = src[1];
-          int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-#pragma unroll 1
-          for (int j = 0; j < jn; ++j) {
-            const int qv = qv_s[j * Cfg::kBm + lr];
-            const float xv = xv_s[j * Cfg::kBm + lr];
-            const uint2 cbw = *reinterpret_cast<const uint2*>(cb_s + j * Cfg::kBn + lc);
-            const float4 w0 = *reinterpret_cast<const float4*>(wv_s + j * Cfg::kBn + lc);
-            const float4 w1 = *reinterpret_cast<const float4*>(wv_s + j * Cfg::kBn + lc + 4);
-            const float wv[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
-#pragma unroll
-            for (int e = 0; e < 8; ++e) {
-              const int cbv = static_cast<int8_t>(((e < 4 ? cbw.x : cbw.y) >> (8 * (e & 3))) & 0xFFu);
-              a[e] -= qv * cbv;
-              o[i][e] = fmaf(xv, wv[e], o[i][e]);
-            }
-          }
-          src[0] = make_int4(a[0], a[1], a[2], a[3]);
-          src[1] = make_int4(a[4], a[5], a[6], a[7]);
+      for (int nt = 0; nt < kNt; ++nt) {
+        const int c = wc + nt * 8;
+        float2* p0 = reinterpret_cast<float2*>(fs + r * Cfg::kCStride + c + 2 * t);
+        float2* p1 = reinterpret_cast<float2*>(fs + (r + 8) * Cfg::kCStride + c + 2 * t);
+        float d[4];
+        if (j0 == 0) {  // still the int32 accumulators: epilogue_value's scaling, operation for operation
+          const int2 v0 = *reinterpret_cast<const int2*>(p0), v1 = *reinterpret_cast<const int2*>(p1);
+          const float c0 = tp.col_scale[c + 2 * t], c1 = tp.col_scale[c + 2 * t + 1];
+          d[0] = static_cast<float>(v0.x) * rs0 * c0 * ep.alpha;
+          d[1] = static_cast<float>(v0.y) * rs0 * c1 * ep.alpha;
+          d[2] = static_cast<float>(v1.x) * rs1 * c0 * ep.alpha;
+          d[3] = static_cast<float>(v1.y) * rs1 * c1 * ep.alpha;
+        } else {
+          const float2 v0 = *p0, v1 = *p1;
+          d[0] = v0.x, d[1] = v0.y, d[2] = v1.x, d[3] = v1.y;
         }
+        const __half* wlo = w_s + (c + g) * kHStride + 2 * t;
+#pragma unroll
+        for (int ks = 0; ks < 2; ++ks) {
+          mma_f16_16816(d, a[ks], *reinterpret_cast<const uint32_t*>(wlo + ks * 16),
+                        *reinterpret_cast<const uint32_t*>(wlo + ks * 16 + 8));
+        }
+        *p0 = make_float2(d[0], d[1]);
+        *p1 = make_float2(d[2], d[3]);
       }
     }
-    if (!col_ok) continue;  // no return: the next batch's chunks have barriers
+  }
+  consumers_sync<NTHREADS>();
+
+  // Bias and GELU, 8 adjacent columns a thread as in wg_store_tile.
+  constexpr int kGroups = Cfg::kBn / 8;
+  const int lc = (tid % kGroups) * 8;
+  const int64_t c = n0 + lc;
+  if (c >= n) return;  // n % 8 == 0: a group is wholly inside or wholly outside
+  const bool has_bias = ep.bias != nullptr || ep.bias_out_dtype != nullptr;  // both staged in tp.bias
+  float bias[8];
 #pragma unroll
-    for (int i = 0; i < kBatch; ++i) {
-      const int lr = tid / kGroups + (i0 + i) * kStep;
-      if (lr < rows) {
-        const int4* src = reinterpret_cast<const int4*>(cs + lr * Cfg::kCStride + lc);
-        const int4 a0 = src[0];
-        const int4 a1 = src[1];
-        const int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-        const float rs = tp.row_scale[lr];
-        float v[8];
+  for (int e = 0; e < 8; ++e) bias[e] = tp.bias[lc + e];
+#pragma unroll 1
+  for (int lr = tid / kGroups; lr < rows; lr += NTHREADS / kGroups) {
+    const float4* src = reinterpret_cast<const float4*>(fs + lr * Cfg::kCStride + lc);
+    const float4 a0 = src[0];
+    const float4 a1 = src[1];
+    float v[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          v[e] = static_cast<float>(a[e]) * rs * col[e] * ep.alpha;
-          v[e] += o[i][e];
-          if (has_bias) v[e] += bias[e];
-          if (ep.gelu_tanh) v[e] = detail::gelu_tanh(to_float(from_float<T>(v[e])));
-        }
-        detail::store8(y + (m0 + lr) * n + c, v);
-      }
+    for (int e = 0; e < 8; ++e) {
+      if (has_bias) v[e] += bias[e];
+      if (ep.gelu_tanh) v[e] = detail::gelu_tanh(to_float(from_float<T>(v[e])));
     }
+    detail::store8(y + (m0 + lr) * n + c, v);
   }
 }
 

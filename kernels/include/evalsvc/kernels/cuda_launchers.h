@@ -133,7 +133,9 @@ int launch_zero_columns(int8_t* q, int64_t t, int64_t k, const int32_t* idx, con
 /// Epilogue parameters shared by the int8 GEMM and the int32 epilogue:
 /// y[r, c] = acc * row_scale[r] * col_scale[col_scale_per_channel ? c : 0] * alpha + outlier(r, c) + bias[c]
 /// where outlier(r, c) = sum_{j < *outlier_count} fp16(x[r, idx_j]) * fp16(cb[c, idx_j] * scb[c] / 127)
-/// (LLM.int8's fp16 product of the outlier columns; skipped when outlier_count is null).
+/// (LLM.int8's fp16 product of the outlier columns, fp32 sums; skipped when outlier_count is null). The mma.sync
+/// kernel and the int32 epilogue add the columns one at a time; the wgmma kernel as tensor-core products, in
+/// another fp32 order.
 struct Int8Epilogue {
   const float* row_scale = nullptr;   ///< [m]
   const float* col_scale = nullptr;   ///< [n] or [1]
