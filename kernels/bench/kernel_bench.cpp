@@ -302,12 +302,13 @@ bool validate(const Layer& L, bool fp8, std::vector<Validation>& out) {
                                                                false, L.llm_state), want_llm));
     add("llm_int8_linear (state zeroed per call)", 3e-3,
         rel_err(cuda::llm_int8_linear(xg, L.cb, L.scb, L.bias_gpu, 6.0), want_llm));
-    {
-      // 33 outlier columns: the one above and 32 more, a whole chunk of the wgmma epilogue's outlier part and one.
+    for (const int64_t more : {31, 32}) {
+      // The outlier column above and 31 or 32 more: one whole chunk of the wgmma epilogue's outlier part (32
+      // columns), then two.
       auto xo = x.clone();
-      for (int64_t j = 0; j < 32; ++j) xo.index_put_({(j * 5) % m, j * 23 + 3}, -7.5 - 0.25 * j);
+      for (int64_t j = 0; j < more; ++j) xo.index_put_({(j * 5) % m, j * 23 + 3}, -7.5 - 0.25 * j);
       const auto xo16 = xo.to(torch::kFloat16);
-      add("llm_int8_linear (33 outlier columns)", 3e-3,
+      add(fmt::format("llm_int8_linear ({} outlier columns)", more + 1), 3e-3,
           rel_err(cuda::llm_int8_linear(xo16.to(gpu()), L.cb, L.scb, L.bias_gpu, 6.0, cuda::Int8Gemm::kAuto, false,
                                         L.llm_state),
                   ref::llm_int8_linear(xo16, L.llm, L.bias, 6.0)));

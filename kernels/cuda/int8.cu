@@ -594,11 +594,12 @@ __device__ __forceinline__ void mma_f16_16816(float (&d)[4], const uint32_t (&a)
 ///  2. the accumulators become fp32, acc * row scale * column scale * alpha, and the fp16 product of the outlier
 ///     columns, fp16(x) . fp16(cb * scb / 127) with fp32 accumulation, is added onto them in place.
 /// Then bias and GELU as wg_store_tile. The products are exact and their sums fp32, so the result is the
-/// reference's up to fp32 rounding order (within an fp16 ulp of the other product paths, which add the outlier
-/// columns one at a time in epilogue_value). The outlier part on CUDA cores, one fma a column and element, took
-/// 2.24 ms at 32,768 x 768 -> 2304 with ~31 outlier columns against W8A8's 0.20 (H200, docs/perf.md).
-/// Each warp owns a 32 x (kBn / warps across) region of the tile in the m16n8 fragment layout; its accumulators
-/// live in the staged tile, so nothing is held in registers from one chunk to the next.
+/// reference's up to fp32 rounding order (within an fp16 step of the other product paths, which add the outlier
+/// columns one at a time in epilogue_value). Each warp owns a 32 x (kBn / warps across) region of the tile in the
+/// m16n8 fragment layout; its sums live in the staged tile, so nothing is held in registers from chunk to chunk.
+/// On CUDA cores (one fma a column and element, staged per chunk as here) the outlier part made LLM.int8 at 32,768
+/// x 768 -> 2304 take 0.87 / 2.70 / 9.07 ms with 8 / 32 / 128 outlier columns; this way 0.36 / 0.39 / 0.86 ms,
+/// against W8A8's 0.17 (H200, docs/perf.md).
 template <typename Cfg, int NTHREADS, typename T>
 __device__ __forceinline__ void wg_store_tile_outliers(int* cs, const WgTileParams<Cfg>& tp, int tid, int64_t m0,
                                                     int64_t n0, int64_t m, int64_t n, int64_t k,
@@ -610,60 +611,102 @@ __device__ __forceinline__ void wg_store_tile_outliers(int* cs, const WgTilePara
   constexpr int kWarpN = Cfg::kBn / (kWarps / kWarpsM);
   constexpr int kNt = kWarpN / 8;                 // n8 fragments a warp
   static_assert(kWarpN % 8 == 0 && kNt >= 1, "whole n8 fragments");
-  // Row strides of the staged operands, chosen so that the 8 rows a fragment load touches (lane / 4) fall on
-  // distinct banks: 48 bytes (12 words) for the s8 codes, 80 bytes (20 words) for the fp16 values.
-  constexpr int kQStride = 48;
-  constexpr int kHStride = 40;  // halves
+  // Staged per chunk, past the accumulators: codes [kBm + kBn][32] s8 (-q of the tile's rows, then cb of its
+  // columns) and values [kBm + kBn][kHStride] fp16 (x, then the dequantized weight). Row strides and the codes'
+  // swizzle (16-byte halves swapped in rows 4-7 of every 8) put the 8 rows a fragment load touches (lane / 4) on
+  // distinct banks.
+  constexpr int kHStride = 40;  // halves: 20 words
   constexpr int kFree = Cfg::kStages * Cfg::kStageBytes - Cfg::kBm * Cfg::kCStride * 4;
-  static_assert((Cfg::kBm + Cfg::kBn) * kHStride * 2 <= kFree, "the staged chunk must fit past the accumulators");
-  int8_t* const q_s = reinterpret_cast<int8_t*>(cs + Cfg::kBm * Cfg::kCStride);  // [kBm][kQStride]: -q
-  int8_t* const cb_s = q_s + Cfg::kBm * kQStride;                                // [kBn][kQStride]: cb
-  __half* const x_s = reinterpret_cast<__half*>(q_s);                            // [kBm][kHStride]: fp16(x)
-  __half* const w_s = x_s + Cfg::kBm * kHStride;                                 // [kBn][kHStride]: fp16(w)
-  float* const fs = reinterpret_cast<float*>(cs);                                // the tile as fp32, phase 2
+  static_assert((Cfg::kBm + Cfg::kBn) * (kChunk + kHStride * 2) <= kFree, "a staged chunk must fit past the tile");
+  int8_t* const codes = reinterpret_cast<int8_t*>(cs + Cfg::kBm * Cfg::kCStride);
+  __half* const vals = reinterpret_cast<__half*>(codes + (Cfg::kBm + Cfg::kBn) * kChunk);
+  auto code_at = [&](int row, int byte) { return codes + row * kChunk + (byte ^ (((row >> 2) & 1) << 4)); };
+  float* const fs = reinterpret_cast<float*>(cs);  // the tile as fp32 once scaled
 
   const int rows = static_cast<int>(m - m0 < Cfg::kBm ? m - m0 : Cfg::kBm);
   const int outliers = tp.outliers;
   const T* x = static_cast<const T*>(ep.outlier_x);
   const int lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int wr = (warp % kWarpsM) * 32;        // the warp's first row and column in the tile
+  const int wr = (warp % kWarpsM) * 32;  // the warp's first row and column in the tile
   const int wc = (warp / kWarpsM) * kWarpN;
 
-  // Phase 1: acc += (-q) . cb over the outlier columns (exact integers). Without codes (outlier_q null) those
-  // columns' codes were zeroed before the product: nothing to take out.
-  const int int_chunks_end = ep.outlier_q != nullptr ? outliers : 0;
-  for (int j0 = 0; j0 < int_chunks_end; j0 += kChunk) {
+  // Stages chunk j0's codes and/or values. Lane j takes outlier column j0 + j, a warp one staged row at a time
+  // (the tile's rows of x, then its output columns' weight rows), all of a thread's kSlots loads issued before
+  // any is stored (one load after another, each waiting on its index's, ran ~14% slower at 32,768 tokens).
+  static_assert(Cfg::kBn % kWarps == 0 && Cfg::kBm % kWarps == 0, "whole rows a warp");
+  constexpr int kXSlots = Cfg::kBm / kWarps, kWSlots = Cfg::kBn / kWarps;
+  auto stage = [&](int j0, bool with_codes, bool with_values) {
     const int jn = outliers - j0 < kChunk ? outliers - j0 : kChunk;
-    consumers_sync<NTHREADS>();  // the staged accumulators are written / the last chunk has been read
-    // A warp gathers one row's chunk at a time (consecutive columns of one row, few cache lines).
-    for (int i = tid; i < (Cfg::kBm + Cfg::kBn) * kChunk; i += NTHREADS) {
-      const int r = i / kChunk, j = i % kChunk;
-      int8_t v = 0;
-      if (j < jn) {
-        const int oc = ep.outlier_idx[j0 + j];
-        if (r < Cfg::kBm) {
-          if (r < rows) v = static_cast<int8_t>(-ep.outlier_q[(m0 + r) * k + oc]);
-        } else if (n0 + (r - Cfg::kBm) < n) {
-          v = ep.outlier_cb[(n0 + r - Cfg::kBm) * k + oc];
+    const int oc = lane < jn ? ep.outlier_idx[j0 + lane] : -1;
+    // The tile's rows of x first, then its columns' weight rows, kRound rows' loads in flight at a time (all of a
+    // thread's at once made the 128 x 128 tiles' kernel spill).
+    constexpr int kRound = 8;
+    static_assert(kXSlots % kRound == 0 && kWSlots % kRound == 0, "whole rounds");
+    const int64_t step = static_cast<int64_t>(kWarps) * k;  // from one of a thread's rows to its next
+    if (oc >= 0) {
+#pragma unroll 1
+      for (int i0 = 0; i0 < kXSlots; i0 += kRound) {
+        const int8_t* qp = ep.outlier_q + (m0 + warp + i0 * kWarps) * k + oc;
+        const T* xp = x + (m0 + warp + i0 * kWarps) * k + oc;
+        uint32_t v[kRound];  // the code's byte, and the value's fp16 bits above it
+#pragma unroll
+        for (int i = 0; i < kRound; ++i) {
+          int code = 0;
+          float value = 0.0f;
+          if (warp + (i0 + i) * kWarps < rows) {
+            if (with_codes) code = -qp[i * step];
+            if (with_values) value = to_float(xp[i * step]);
+          }
+          v[i] = (code & 0xFFu) | (static_cast<uint32_t>(__half_as_ushort(__float2half_rn(value))) << 16);
+        }
+#pragma unroll
+        for (int i = 0; i < kRound; ++i) {
+          const int r = warp + (i0 + i) * kWarps;
+          if (with_codes) *code_at(r, lane) = static_cast<int8_t>(v[i] & 0xFFu);
+          if (with_values) vals[r * kHStride + lane] = __ushort_as_half(static_cast<unsigned short>(v[i] >> 16));
         }
       }
-      q_s[r * kQStride + j] = v;  // cb_s follows q_s: row kBm + c of the same array
+#pragma unroll 1
+      for (int i0 = 0; i0 < kWSlots; i0 += kRound) {
+        const int8_t* cbp = ep.outlier_cb + (n0 + warp + i0 * kWarps) * k + oc;
+        int8_t cb[kRound];
+#pragma unroll
+        for (int i = 0; i < kRound; ++i) cb[i] = n0 + warp + (i0 + i) * kWarps < n ? cbp[i * step] : int8_t{0};
+#pragma unroll
+        for (int i = 0; i < kRound; ++i) {
+          const int c = warp + (i0 + i) * kWarps;
+          if (with_codes) *code_at(Cfg::kBm + c, lane) = cb[i];
+          if (with_values) {
+            vals[(Cfg::kBm + c) * kHStride + lane] =
+                __float2half_rn(static_cast<float>(cb[i]) * tp.outlier_scb[c] / 127.0f);
+          }
+        }
+      }
     }
-    consumers_sync<NTHREADS>();
+    if (oc < 0) {  // lanes past the chunk's last column: zeros, which add nothing
+#pragma unroll 4
+      for (int r = warp; r < Cfg::kBm + Cfg::kBn; r += kWarps) {
+        if (with_codes) *code_at(r, lane) = 0;
+        if (with_values) vals[r * kHStride + lane] = __float2half_rn(0.0f);
+      }
+    }
+  };
+  // acc += (-q) . cb over the staged chunk: exact integers, into the staged int32 tile.
+  auto take_out_codes = [&]() {
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
       const int r = wr + mt * 16 + g;
-      uint32_t a[4];
-      a[0] = *reinterpret_cast<const uint32_t*>(q_s + r * kQStride + 4 * t);
-      a[1] = *reinterpret_cast<const uint32_t*>(q_s + (r + 8) * kQStride + 4 * t);
-      a[2] = *reinterpret_cast<const uint32_t*>(q_s + r * kQStride + 16 + 4 * t);
-      a[3] = *reinterpret_cast<const uint32_t*>(q_s + (r + 8) * kQStride + 16 + 4 * t);
+      const uint32_t a[4] = {*reinterpret_cast<const uint32_t*>(code_at(r, 4 * t)),
+                             *reinterpret_cast<const uint32_t*>(code_at(r + 8, 4 * t)),
+                             *reinterpret_cast<const uint32_t*>(code_at(r, 16 + 4 * t)),
+                             *reinterpret_cast<const uint32_t*>(code_at(r + 8, 16 + 4 * t))};
 #pragma unroll
       for (int nt = 0; nt < kNt; ++nt) {
         const int c = wc + nt * 8;
-        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(cb_s + (c + g) * kQStride + 4 * t);
-        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(cb_s + (c + g) * kQStride + 16 + 4 * t);
+        const int wrow = Cfg::kBm + c + g;
+        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(code_at(wrow, 4 * t));
+        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(code_at(wrow, 16 + 4 * t));
         int2* p0 = reinterpret_cast<int2*>(cs + r * Cfg::kCStride + c + 2 * t);
         int2* p1 = reinterpret_cast<int2*>(cs + (r + 8) * Cfg::kCStride + c + 2 * t);
         const int2 v0 = *p0, v1 = *p1;
@@ -673,34 +716,17 @@ __device__ __forceinline__ void wg_store_tile_outliers(int* cs, const WgTilePara
         *p1 = make_int2(d[2], d[3]);
       }
     }
-  }
-
-  // Phase 2: v = acc * row scale * column scale * alpha (on the first chunk), then v += fp16(x) . fp16(w).
-  for (int j0 = 0; j0 < outliers; j0 += kChunk) {
-    const int jn = outliers - j0 < kChunk ? outliers - j0 : kChunk;
-    consumers_sync<NTHREADS>();
-    for (int i = tid; i < (Cfg::kBm + Cfg::kBn) * kChunk; i += NTHREADS) {
-      const int r = i / kChunk, j = i % kChunk;
-      float v = 0.0f;
-      if (j < jn) {
-        const int oc = ep.outlier_idx[j0 + j];
-        if (r < Cfg::kBm) {
-          if (r < rows) v = to_float(x[(m0 + r) * k + oc]);
-        } else if (n0 + (r - Cfg::kBm) < n) {
-          const int c = r - Cfg::kBm;
-          v = static_cast<float>(ep.outlier_cb[(n0 + c) * k + oc]) * tp.outlier_scb[c] / 127.0f;
-        }
-      }
-      x_s[r * kHStride + j] = __float2half_rn(v);  // w_s follows x_s: row kBm + c of the same array
-    }
-    consumers_sync<NTHREADS>();
+  };
+  // v += fp16(x) . fp16(w) over the staged chunk; first: the tile still holds int32 accumulators, scaled here as
+  // epilogue_value scales them, operation for operation.
+  auto add_values = [&](bool first) {
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
       const int r = wr + mt * 16 + g;
       uint32_t a[2][4];
 #pragma unroll
       for (int ks = 0; ks < 2; ++ks) {
-        const __half* lo = x_s + r * kHStride + ks * 16 + 2 * t;
+        const __half* lo = vals + r * kHStride + ks * 16 + 2 * t;
         const __half* hi = lo + 8 * kHStride;
         a[ks][0] = *reinterpret_cast<const uint32_t*>(lo);
         a[ks][1] = *reinterpret_cast<const uint32_t*>(hi);
@@ -714,7 +740,7 @@ __device__ __forceinline__ void wg_store_tile_outliers(int* cs, const WgTilePara
         float2* p0 = reinterpret_cast<float2*>(fs + r * Cfg::kCStride + c + 2 * t);
         float2* p1 = reinterpret_cast<float2*>(fs + (r + 8) * Cfg::kCStride + c + 2 * t);
         float d[4];
-        if (j0 == 0) {  // still the int32 accumulators: epilogue_value's scaling, operation for operation
+        if (first) {
           const int2 v0 = *reinterpret_cast<const int2*>(p0), v1 = *reinterpret_cast<const int2*>(p1);
           const float c0 = tp.col_scale[c + 2 * t], c1 = tp.col_scale[c + 2 * t + 1];
           d[0] = static_cast<float>(v0.x) * rs0 * c0 * ep.alpha;
@@ -725,7 +751,7 @@ __device__ __forceinline__ void wg_store_tile_outliers(int* cs, const WgTilePara
           const float2 v0 = *p0, v1 = *p1;
           d[0] = v0.x, d[1] = v0.y, d[2] = v1.x, d[3] = v1.y;
         }
-        const __half* wlo = w_s + (c + g) * kHStride + 2 * t;
+        const __half* wlo = vals + (Cfg::kBm + c + g) * kHStride + 2 * t;
 #pragma unroll
         for (int ks = 0; ks < 2; ++ks) {
           mma_f16_16816(d, a[ks], *reinterpret_cast<const uint32_t*>(wlo + ks * 16),
@@ -734,6 +760,32 @@ __device__ __forceinline__ void wg_store_tile_outliers(int* cs, const WgTilePara
         *p0 = make_float2(d[0], d[1]);
         *p1 = make_float2(d[2], d[3]);
       }
+    }
+  };
+
+  // Without codes (outlier_q null) the outlier columns' codes were zeroed before the product: nothing to take out.
+  // (The kernel's barrier after staging the accumulators lets the first chunk be staged straight away.)
+  const bool codes_in = ep.outlier_q != nullptr;
+  if (outliers <= kChunk) {
+    // One chunk, the usual case: one gather for both parts. A thread's fragments are the same elements in both,
+    // so the scaling needs no barrier after the codes are taken out.
+    stage(0, codes_in, true);
+    consumers_sync<NTHREADS>();
+    if (codes_in) take_out_codes();
+    add_values(true);
+  } else {
+    // Every chunk's codes out of the int32 sums before any is scaled, then the values.
+    for (int j0 = 0; codes_in && j0 < outliers; j0 += kChunk) {
+      if (j0 > 0) consumers_sync<NTHREADS>();  // the last chunk has been read
+      stage(j0, true, false);
+      consumers_sync<NTHREADS>();
+      take_out_codes();
+    }
+    for (int j0 = 0; j0 < outliers; j0 += kChunk) {
+      consumers_sync<NTHREADS>();
+      stage(j0, false, true);
+      consumers_sync<NTHREADS>();
+      add_values(j0 == 0);
     }
   }
   consumers_sync<NTHREADS>();
