@@ -633,7 +633,8 @@ __device__ __forceinline__ void wg_store_tile_outliers(int* cs, const WgTilePara
 
   // Stages chunk j0's codes and/or values. Lane j takes outlier column j0 + j, a warp one staged row at a time
   // (the tile's rows of x, then its output columns' weight rows), all of a thread's kSlots loads issued before
-  // any is stored (one load after another, each waiting on its index's, ran ~14% slower at 32,768 tokens).
+  // any is stored. (27f0b81's gathers, one load after another and the values in a second gather, made LLM.int8
+  // with 8 outlier columns at 32,768 x 768 -> 2304 take 0.63 ms, against 0.36 ms this way.)
   static_assert(Cfg::kBn % kWarps == 0 && Cfg::kBm % kWarps == 0, "whole rows a warp");
   constexpr int kXSlots = Cfg::kBm / kWarps, kWSlots = Cfg::kBn / kWarps;
   auto stage = [&](int j0, bool with_codes, bool with_values) {
