@@ -636,7 +636,7 @@ __device__ __forceinline__ void wg_store_tile_outliers(int* cs, const WgTilePara
   // stored. (27f0b81's gathers, one load after another and the values in a second gather, made LLM.int8 with 8
   // outlier columns at 32,768 x 768 -> 2304 take 0.63 ms, against 0.36 ms this way.) Lanes past the chunk's last
   // column skip the loads and stage zeros in a loop of their own: folding them into the loads' predicates (one
-  // path, review of this session) ran 2-9% slower with 8 outlier columns (H200, same call).
+  // path, review of this session) ran 1-9% slower with 8 outlier columns (H200, same call).
   static_assert(Cfg::kBn % kWarps == 0 && Cfg::kBm % kWarps == 0, "whole rows a warp");
   constexpr int kXSlots = Cfg::kBm / kWarps, kWSlots = Cfg::kBn / kWarps;
   auto stage = [&](int j0, bool with_codes, bool with_values) {
